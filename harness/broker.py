@@ -1,0 +1,167 @@
+"""Start a real mosquitto from one of the project's configs on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "deploy" / "mosquitto"
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
+
+
+def render_config(text: str, overrides: dict[str, str | list[str] | None]) -> str:
+    """Replace directives in a mosquitto config.
+
+    Each key is a directive name; its value replaces the first line holding that
+    directive (a list gives several lines, None deletes it); later lines with the same
+    directive are dropped. Directives absent from the text are appended.
+    """
+    out: list[str] = []
+    done: set[str] = set()
+    for line in text.splitlines():
+        word = line.split(maxsplit=1)[0] if line.strip() and not line.lstrip().startswith("#") else None
+        if word in overrides:
+            if word not in done:
+                done.add(word)
+                out.extend(_lines(word, overrides[word]))
+            continue
+        out.append(line)
+    for word, value in overrides.items():
+        if word not in done:
+            out.extend(_lines(word, value))
+    return "\n".join(out) + "\n"
+
+
+def _lines(word: str, value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [f"{word} {v}" for v in values]
+
+
+class Mosquitto:
+    """One mosquitto process. ``start()``/``stop()``/``kill()``/``restart()``; the port,
+    persistence directory and log survive restarts."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        conf: Path | str = "dev.conf",
+        port: int | None = None,
+        overrides: dict[str, str | list[str] | None] | None = None,
+        name: str = "broker",
+    ) -> None:
+        self.conf = Path(conf) if Path(conf).is_absolute() else CONF_DIR / conf
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.name = name
+        self.overrides = dict(overrides or {})
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workdir / f"{name}.log"
+        self.conf_path = self.workdir / f"{name}.conf"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def render(self) -> str:
+        data = self.workdir / f"{self.name}-data"
+        data.mkdir(parents=True, exist_ok=True)
+        base = {
+            "listener": f"{self.port} 127.0.0.1",
+            "persistence_location": f"{data}/",
+            "log_dest": f"file {self.log_path}",
+            "pid_file": None,
+        }
+        if os.geteuid() == 0:
+            base["user"] = "root"  # keep root so the test's temp dirs stay writable
+        base.update(self.overrides)
+        return render_config(self.conf.read_text(), base)
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.render())
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {err}{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n" + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: mosquitto saves its persistence snapshot and exits."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: everything since the last snapshot is lost."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def _signal(self, sig: int, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self, timeout: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

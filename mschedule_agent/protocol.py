@@ -1,0 +1,727 @@
+"""The mschedule wire contract: every message, its encoding, and every topic name.
+
+This is the only module that calls orjson for wire messages, and the only one that
+builds or parses topic names. Both daemons import it; it imports nothing of theirs.
+
+A message on the wire is the design document's envelope plus a version::
+
+    {"v": 1, "type": "task", "payload": {"id": "...", "script": "<base64>", ...}}
+
+Each ``type`` maps to one frozen dataclass below. Fields typed ``bytes`` travel as
+base64 strings. :func:`decode` validates every field (presence, type, range) and
+either returns a complete message or raises :class:`DecodeError` carrying the raw
+bytes; nothing partial ever reaches business logic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import orjson
+
+PROTOCOL_VERSION = 1
+
+#: Largest encoded message either daemon will publish. Mosquitto's ``max_packet_size``
+#: in ``deploy/mosquitto`` is 16 MiB; the margin covers topic and MQTT headers.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024 - 64 * 1024
+
+#: Largest script (decoded bytes) a task may carry.
+MAX_SCRIPT_BYTES = 4 * 1024 * 1024
+
+#: Largest per-stream output cap a task may ask for; a result carries two streams.
+MAX_OUTPUT_CAP = 4 * 1024 * 1024
+
+DEFAULT_PREFIX = "mschedule"
+
+
+class ProtocolError(Exception):
+    """Base class of everything this module raises."""
+
+
+class DecodeError(ProtocolError):
+    """A message could not be decoded. Carries the raw bytes and, when readable,
+    the message type, the offending field and the task id (so the receiver can answer)."""
+
+    def __init__(
+        self,
+        message: str,
+        data: bytes,
+        cause: BaseException | None = None,
+        *,
+        field: str | None = None,
+        msg_type: str | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.cause = cause
+        self.field = field
+        self.msg_type = msg_type
+        self.msg_id = msg_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class MessageTooLarge(ProtocolError):
+    """An encoded message is larger than :data:`MAX_MESSAGE_BYTES`."""
+
+    def __init__(self, size: int, limit: int = MAX_MESSAGE_BYTES) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class TopicError(ProtocolError):
+    """A name cannot be used as a topic level (empty, or holds '/', '+', '#')."""
+
+
+# --------------------------------------------------------------------------- states
+
+
+class TargetState:
+    """Names of per-target states, shared by the agent's results and the master's store.
+
+    The master's ``TargetState`` enum uses these same strings; the agent reports only
+    the final execution states.
+    """
+
+    SUCCEED = "SUCCEED"  #: exit code 0
+    FAILED = "FAILED"  #: non-zero exit code, or the script could not be started
+    TIMEOUT = "TIMEOUT"  #: killed by the agent after ``timeout`` seconds
+    KILLED = "KILLED"  #: killed on request (``kill`` on the control topic)
+    INTERRUPTED = "INTERRUPTED"  #: the agent died while it ran; never re-run
+
+
+RESULT_STATES = frozenset(
+    {TargetState.SUCCEED, TargetState.FAILED, TargetState.TIMEOUT, TargetState.KILLED, TargetState.INTERRUPTED}
+)
+
+#: Reasons an agent gives in a ``reject``.
+REJECT_CODES = frozenset({"bad_message", "bad_script", "too_large", "expired", "killed"})
+
+ON_ABORT = frozenset({"kill", "drain"})
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def parse_percent(value: str) -> float | None:
+    """``"25%"`` -> 25.0; anything else -> None."""
+    m = _PERCENT.match(value)
+    return float(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------- messages
+
+_REGISTRY: dict[str, type] = {}
+
+
+def message(type_name: str):
+    """Class decorator: a frozen dataclass that travels as ``{"type": type_name, ...}``."""
+
+    def wrap(cls):
+        cls = dataclass(frozen=True, slots=True)(cls)
+        cls.TYPE = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return wrap
+
+
+def _check(cond: bool, field_name: str, text: str) -> None:
+    if not cond:
+        raise _FieldError(field_name, text)
+
+
+class _FieldError(ValueError):
+    def __init__(self, field_name: str, text: str) -> None:
+        super().__init__(text)
+        self.field = field_name
+        self.text = text
+
+
+def _topic_level_ok(value: str) -> bool:
+    return bool(value) and not any(c in value for c in "/+#\x00") and len(value) <= 128
+
+
+@message("register")
+class Register:
+    """Retained on ``<prefix>/agents/<id>/status`` at every (re)connect: the agent is online."""
+
+    TYPE: ClassVar[str]
+    id: str
+    hostname: str
+    ip: list[str]
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    capacity: int = 1  #: how many scripts the agent runs at once
+    started_at: float = 0.0  #: epoch seconds the agent process started
+    heartbeat: float = 5.0  #: seconds between heartbeats
+    state: str = "online"
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.id), "id", "agent id must be a non-empty topic level")
+        _check(self.capacity >= 1, "capacity", "capacity must be >= 1")
+        _check(self.heartbeat > 0, "heartbeat", "heartbeat must be > 0")
+        _check(self.state == "online", "state", "register state must be 'online'")
+
+
+@message("offline")
+class Offline:
+    """Retained on ``<prefix>/agents/<id>/status``: as the last will, or on clean shutdown."""
+
+    TYPE: ClassVar[str]
+    id: str
+    reason: str = "will"  #: "will" (connection lost) or "shutdown"
+    at: float | None = None  #: epoch seconds; None in a last will (written at connect time)
+    state: str = "offline"
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.id), "id", "agent id must be a non-empty topic level")
+        _check(self.state == "offline", "state", "offline state must be 'offline'")
+
+
+@message("heartbeat")
+class Heartbeat:
+    """Retained on ``<prefix>/agents/<id>/heartbeat`` every ``interval`` seconds."""
+
+    TYPE: ClassVar[str]
+    id: str
+    hostname: str
+    ip: list[str]
+    ts: float  #: epoch seconds at the agent
+    running: list[str] = field(default_factory=list)  #: task ids running now
+    queued: int = 0  #: accepted tasks waiting for a free slot
+    interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.id), "id", "agent id must be a non-empty topic level")
+        _check(self.interval > 0, "interval", "interval must be > 0")
+        _check(self.queued >= 0, "queued", "queued must be >= 0")
+
+
+@message("task")
+class Task:
+    """Master -> agent on ``<prefix>/agents/<id>/tasks``: run this script once.
+
+    ``parallel``, ``fail_rate`` and ``fail_count`` are the design document's rollout
+    fields; the agent accepts and ignores them.
+    """
+
+    TYPE: ClassVar[str]
+    id: str
+    script: bytes
+    timeout: float = 0  #: seconds; 0 = no limit
+    parallel: int | str = 1
+    fail_rate: float | str | None = None
+    fail_count: int = -1
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    output_cap: int | None = None  #: bytes kept per stream; None = the agent's default
+    expires_at: float | None = None  #: epoch seconds; an agent receiving it later refuses it
+    kill_grace: float = 5.0  #: seconds between SIGTERM and SIGKILL
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.id), "id", "task id must be a non-empty topic level")
+        _check(len(self.script) > 0, "script", "script is empty")
+        _check(len(self.script) <= MAX_SCRIPT_BYTES, "script", f"script exceeds {MAX_SCRIPT_BYTES} bytes")
+        _check(self.timeout >= 0, "timeout", "timeout must be >= 0 (0 = no limit)")
+        _check(self.kill_grace >= 0, "kill_grace", "kill_grace must be >= 0")
+        _check(
+            self.output_cap is None or 0 <= self.output_cap <= MAX_OUTPUT_CAP,
+            "output_cap",
+            f"output_cap must be between 0 and {MAX_OUTPUT_CAP}",
+        )
+        _check(all("\x00" not in k + v and "=" not in k and k for k, v in self.env.items()), "env", "bad env entry")
+
+
+@message("kill")
+class Kill:
+    """Master -> agent on ``<prefix>/agents/<id>/control``: kill this task (or never run it)."""
+
+    TYPE: ClassVar[str]
+    id: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.id), "id", "task id must be a non-empty topic level")
+
+
+@message("result_ack")
+class ResultAck:
+    """Master -> agent on ``<prefix>/agents/<id>/control``: the result is stored; forget it."""
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+
+
+@message("ack")
+class Ack:
+    """Agent -> master on ``<prefix>/results/<id>``: task accepted and durably recorded."""
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+    at: float
+    state: str = "ACCEPTED"  #: the agent's ledger state: ACCEPTED, RUNNING or DONE
+    duplicate: bool = False  #: True when the task id was already known
+
+
+@message("started")
+class Started:
+    """Agent -> master on ``<prefix>/results/<id>``: the script is running."""
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+    started_at: float
+    pid: int | None = None
+
+
+@message("result")
+class Result:
+    """Agent -> master on ``<prefix>/results/<id>``: the design document's result, extended.
+
+    ``code`` is the exit status (0 = success); after a signal death it is 128 + signal
+    and ``signal`` holds the signal number. ``code`` is None when the script never ran.
+    ``output`` is stdout, ``stderr`` is stderr; each holds at most the task's output cap,
+    head and tail kept, with ``*_truncated`` and the total ``*_bytes`` seen.
+    """
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+    state: str
+    code: int | None
+    output: bytes = b""
+    stderr: bytes = b""
+    signal: int | None = None
+    output_bytes: int = 0
+    stderr_bytes: int = 0
+    output_truncated: bool = False
+    stderr_truncated: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str = ""  #: why the script could not run / was interrupted, when it applies
+
+    def __post_init__(self) -> None:
+        _check(self.state in RESULT_STATES, "state", f"state must be one of {sorted(RESULT_STATES)}")
+        _check(self.output_bytes >= len(self.output) or self.output_truncated, "output_bytes", "inconsistent")
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+
+@message("reject")
+class Reject:
+    """Agent -> master on ``<prefix>/results/<id>``: the task was refused and will not run."""
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+    code: str  #: one of REJECT_CODES
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check(self.code in REJECT_CODES, "code", f"code must be one of {sorted(REJECT_CODES)}")
+
+
+@message("submit")
+class Submit:
+    """User -> master on ``<prefix>/submit``: start a rollout.
+
+    Exactly one of ``script`` (base64 on the wire, as in the design document) and
+    ``script_text`` (plain text) is given. ``targets`` are selectors (see
+    docs/protocol.md). The reply goes to the MQTT v5 response topic when the request
+    has one, else to ``<prefix>/submit/reply/<request_id>``.
+    """
+
+    TYPE: ClassVar[str]
+    targets: list[str]
+    script: bytes | None = None
+    script_text: str | None = None
+    request_id: str | None = None
+    name: str = ""
+    timeout: float = 0
+    parallel: int | str = 1
+    fail_rate: float | str | None = None
+    fail_count: int = -1
+    on_abort: str = "kill"
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    output_cap: int | None = None
+    delivery_timeout: float | None = None  #: seconds for an agent to accept; None = master default
+
+    def __post_init__(self) -> None:
+        _check((self.script is None) != (self.script_text is None), "script", "give exactly one of script, script_text")
+        _check(len(self.script_bytes) > 0, "script", "script is empty")
+        _check(len(self.script_bytes) <= MAX_SCRIPT_BYTES, "script", f"script exceeds {MAX_SCRIPT_BYTES} bytes")
+        _check(len(self.targets) > 0, "targets", "targets is empty")
+        _check(all(t.strip() for t in self.targets), "targets", "a target selector is empty")
+        _check(self.request_id is None or _topic_level_ok(self.request_id), "request_id", "bad request_id")
+        _check(self.timeout >= 0, "timeout", "timeout must be >= 0 (0 = no limit)")
+        validate_parallel(self.parallel)
+        validate_fail_rate(self.fail_rate)
+        _check(self.fail_count >= -1, "fail_count", "fail_count must be >= -1 (-1 = no limit)")
+        _check(self.on_abort in ON_ABORT, "on_abort", f"on_abort must be one of {sorted(ON_ABORT)}")
+        _check(
+            self.output_cap is None or 0 <= self.output_cap <= MAX_OUTPUT_CAP,
+            "output_cap",
+            f"output_cap must be between 0 and {MAX_OUTPUT_CAP}",
+        )
+        _check(
+            self.delivery_timeout is None or self.delivery_timeout > 0, "delivery_timeout", "delivery_timeout must be > 0"
+        )
+
+    @property
+    def script_bytes(self) -> bytes:
+        if self.script is not None:
+            return self.script
+        return (self.script_text or "").encode()
+
+
+def validate_parallel(value: int | str) -> None:
+    """``parallel`` is an integer >= 1 or ``"N%"`` with 0 < N <= 100."""
+    if isinstance(value, str):
+        pct = parse_percent(value)
+        _check(pct is not None and 0 < pct <= 100, "parallel", "parallel must be an integer >= 1 or 'N%' (0 < N <= 100)")
+    else:
+        _check(value >= 1, "parallel", "parallel must be an integer >= 1 or 'N%'")
+
+
+def validate_fail_rate(value: float | str | None) -> None:
+    """``fail_rate`` is -1 / None (no limit), a fraction 0..1, or ``"N%"`` with 0 <= N <= 100."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        pct = parse_percent(value)
+        _check(pct is not None and 0 <= pct <= 100, "fail_rate", "fail_rate must be -1, a fraction 0..1 or 'N%'")
+    else:
+        _check(value == -1 or 0 <= value <= 1, "fail_rate", "fail_rate must be -1, a fraction 0..1 or 'N%'")
+
+
+@message("submit_reply")
+class SubmitReply:
+    """Master -> user: the answer to a ``submit``."""
+
+    TYPE: ClassVar[str]
+    ok: bool
+    request_id: str | None = None
+    task_id: str | None = None
+    targets: list[str] = field(default_factory=list)  #: resolved agent ids
+    error: str | None = None
+    field: str | None = None
+
+
+@message("progress")
+class Progress:
+    """Master -> users on ``<prefix>/tasks/<task_id>/progress``: one target changed state."""
+
+    TYPE: ClassVar[str]
+    task_id: str
+    state: str  #: the task's state
+    counts: dict[str, int]  #: targets per state
+    ts: float
+    agent_id: str | None = None
+    target_state: str | None = None
+    code: int | None = None
+
+
+@message("summary")
+class Summary:
+    """Master -> users, retained on ``<prefix>/tasks/<task_id>/summary`` when a task ends."""
+
+    TYPE: ClassVar[str]
+    task_id: str
+    state: str
+    counts: dict[str, int]
+    ts: float
+    reason: str = ""
+    targets: dict[str, Any] = field(default_factory=dict)  #: agent id -> {state, code}
+
+
+Message = Union[
+    Register, Offline, Heartbeat, Task, Kill, ResultAck, Ack, Started, Result, Reject, Submit, SubmitReply, Progress, Summary
+]
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as e:
+        raise _FieldError(name, "not valid base64") from e
+
+
+class _Schema:
+    """Per-class field table built once from the type hints."""
+
+    def __init__(self, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        self.fields = [f for f in dataclasses.fields(cls)]
+        self.types = {f.name: hints[f.name] for f in self.fields}
+        self.required = {
+            f.name for f in self.fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        self.byte_fields = [n for n, t in self.types.items() if bytes in _options(t)]
+
+
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    s = _SCHEMAS.get(cls)
+    if s is None:
+        s = _SCHEMAS[cls] = _Schema(cls)
+    return s
+
+
+def _options(tp: Any) -> tuple:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _convert(value: Any, tp: Any, name: str) -> Any:
+    """Check ``value`` (decoded JSON) against type ``tp``; return it converted."""
+    options = _options(tp)
+    if value is None:
+        _check(type(None) in options, name, "must not be null")
+        return None
+    for opt in options:
+        ok, out = _try_convert(value, opt, name)
+        if ok:
+            return out
+    raise _FieldError(name, f"has the wrong type ({type(value).__name__})")
+
+
+def _try_convert(value: Any, opt: Any, name: str) -> tuple[bool, Any]:
+    if opt is type(None):
+        return False, None
+    if opt is bool:
+        return isinstance(value, bool), value
+    if opt is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if opt is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if opt is str:
+        return isinstance(value, str), value
+    if opt is bytes:
+        if isinstance(value, str):
+            return True, _unb64(value, name)
+        return False, None
+    origin = typing.get_origin(opt)
+    if origin is list:
+        (item,) = typing.get_args(opt)
+        if not isinstance(value, list):
+            return False, None
+        return True, [_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(opt)
+        if not isinstance(value, dict):
+            return False, None
+        if vt is Any:
+            return True, dict(value)
+        return True, {k: _convert(v, vt, f"{name}.{k}") for k, v in value.items()}
+    raise TypeError(f"unsupported field type {opt!r}")  # a bug in this module, not bad input
+
+
+def to_payload(msg: Message) -> dict[str, Any]:
+    """The ``payload`` object of a message (bytes fields as base64)."""
+    s = _schema(type(msg))
+    out = {f.name: getattr(msg, f.name) for f in s.fields}
+    for name in s.byte_fields:
+        if out[name] is not None:
+            out[name] = _b64(out[name])
+    return out
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message to its wire bytes. Raises MessageTooLarge past MAX_MESSAGE_BYTES."""
+    data = orjson.dumps({"v": PROTOCOL_VERSION, "type": msg.TYPE, "payload": to_payload(msg)})
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(len(data))
+    return data
+
+
+def from_payload(cls: type, payload: Any, data: bytes = b"") -> Message:
+    """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API)."""
+    type_name = getattr(cls, "TYPE", cls.__name__)
+    msg_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+    if not isinstance(payload, dict):
+        raise DecodeError("payload must be a JSON object", data, msg_type=type_name, field="payload")
+    s = _schema(cls)
+    try:
+        unknown = sorted(set(payload) - set(s.types))
+        _check(not unknown, unknown[0] if unknown else "", f"unknown field(s): {', '.join(unknown)}")
+        missing = sorted(s.required - set(payload))
+        _check(not missing, missing[0] if missing else "", f"missing field(s): {', '.join(missing)}")
+        kwargs = {name: _convert(value, s.types[name], name) for name, value in payload.items()}
+        return cls(**kwargs)
+    except _FieldError as e:
+        raise DecodeError(
+            f"invalid {type_name}: {e.field}: {e.text}", data, e, field=e.field, msg_type=type_name, msg_id=msg_id
+        ) from e
+
+
+def decode(data: bytes) -> Message:
+    """Decode wire bytes into one of the message dataclasses, or raise DecodeError."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}", data[:1024])
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"malformed JSON: {e}", data, e) from e
+    if not isinstance(doc, dict):
+        raise DecodeError("message must be a JSON object", data)
+    type_name = doc.get("type")
+    payload = doc.get("payload")
+    msg_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+    if not isinstance(type_name, str):
+        raise DecodeError("message has no 'type'", data, field="type", msg_id=msg_id)
+    version = doc.get("v", PROTOCOL_VERSION)  # the design document's envelope has no version: v1
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise DecodeError(f"unsupported protocol version {version!r}", data, field="v", msg_type=type_name, msg_id=msg_id)
+    extra = sorted(set(doc) - {"v", "type", "payload"})
+    if extra:
+        raise DecodeError(f"unknown envelope field(s): {', '.join(extra)}", data, field=extra[0], msg_id=msg_id)
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise DecodeError(f"unknown message type {type_name!r}", data, field="type", msg_type=type_name, msg_id=msg_id)
+    return from_payload(cls, payload, data)
+
+
+def decode_as(data: bytes, *classes: type) -> Message:
+    """Decode and insist on one of ``classes`` (e.g. only Task/Kill on an agent's topics)."""
+    msg = decode(data)
+    if not isinstance(msg, classes):
+        names = ", ".join(c.TYPE for c in classes)
+        raise DecodeError(
+            f"unexpected message type {msg.TYPE!r} here (expected {names})",
+            data,
+            field="type",
+            msg_type=msg.TYPE,
+            msg_id=getattr(msg, "id", None),
+        )
+    return msg
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def check_level(name: str, what: str = "name") -> str:
+    if not _topic_level_ok(name):
+        raise TopicError(f"{what} {name!r} cannot be a topic level")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic name, built from one prefix (default ``mschedule``).
+
+    Agents always use the plain form. At a central broker, an agent from datacenter
+    ``bj`` appears under ``<prefix>/dc/bj/...`` (the edge bridge remaps it); ``dc()``
+    gives the Topics for that datacenter.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "+#\x00") or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise TopicError(f"bad topic prefix {self.prefix!r}")
+
+    def dc(self, name: str | None) -> Topics:
+        if name is None:
+            return self
+        return Topics(f"{self.prefix}/dc/{check_level(name, 'datacenter')}")
+
+    def status(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{check_level(agent_id, 'agent id')}/status"
+
+    def heartbeat(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{check_level(agent_id, 'agent id')}/heartbeat"
+
+    def tasks(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{check_level(agent_id, 'agent id')}/tasks"
+
+    def control(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{check_level(agent_id, 'agent id')}/control"
+
+    def results(self, agent_id: str) -> str:
+        return f"{self.prefix}/results/{check_level(agent_id, 'agent id')}"
+
+    def submit(self) -> str:
+        return f"{self.prefix}/submit"
+
+    def submit_reply(self, request_id: str) -> str:
+        return f"{self.prefix}/submit/reply/{check_level(request_id, 'request id')}"
+
+    def task_progress(self, task_id: str) -> str:
+        return f"{self.prefix}/tasks/{check_level(task_id, 'task id')}/progress"
+
+    def task_summary(self, task_id: str) -> str:
+        return f"{self.prefix}/tasks/{check_level(task_id, 'task id')}/summary"
+
+    # subscriptions -------------------------------------------------------------
+    def agent_subscriptions(self, agent_id: str) -> list[str]:
+        """What an agent subscribes to on its own broker."""
+        return [self.tasks(agent_id), self.control(agent_id)]
+
+    def master_subscriptions(self) -> list[str]:
+        """What the master subscribes to: local agents and every bridged datacenter."""
+        p = self.prefix
+        return [
+            f"{p}/agents/+/status",
+            f"{p}/agents/+/heartbeat",
+            f"{p}/results/+",
+            f"{p}/dc/+/agents/+/status",
+            f"{p}/dc/+/agents/+/heartbeat",
+            f"{p}/dc/+/results/+",
+            f"{p}/submit",
+        ]
+
+    def parse(self, topic: str) -> TopicInfo | None:
+        """Classify a topic under this prefix; None when it is not one of ours."""
+        p = self.prefix + "/"
+        if not topic.startswith(p):
+            return None
+        parts = topic[len(p):].split("/")
+        dc = None
+        if len(parts) >= 2 and parts[0] == "dc":
+            dc, parts = parts[1], parts[2:]
+        if len(parts) == 3 and parts[0] == "agents" and parts[2] in _AGENT_KINDS:
+            return TopicInfo(kind=parts[2], agent_id=parts[1], dc=dc)
+        if len(parts) == 2 and parts[0] == "results":
+            return TopicInfo(kind="results", agent_id=parts[1], dc=dc)
+        if parts == ["submit"] and dc is None:
+            return TopicInfo(kind="submit", agent_id=None, dc=None)
+        return None
+
+
+_AGENT_KINDS = frozenset({"status", "heartbeat", "tasks", "control"})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    kind: str  #: status, heartbeat, tasks, control, results or submit
+    agent_id: str | None
+    dc: str | None  #: datacenter the message was bridged from; None = the master's own broker

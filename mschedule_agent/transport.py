@@ -1,0 +1,428 @@
+"""The one place that speaks paho-mqtt.
+
+Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
+:class:`Incoming` values and :class:`Publication` handles, and tests can swap in
+:class:`MemoryTransport`. What this wrapper guarantees, on top of paho 2.x:
+
+* MQTT v5 with a persistent session (``clean_start=False`` + a session expiry);
+  subscriptions are (re)made in ``on_connect``, so a reconnect renews them.
+* Manual acknowledgement: an incoming QoS-1 message is PUBACKed only when the
+  receiver calls :meth:`Incoming.ack` (after it has recorded the message durably).
+* Every paho callback is wrapped: an exception is logged, never allowed to kill
+  paho's network thread silently.
+* TCP_NODELAY on the socket (88 ms -> 0.35 ms QoS-1 round trips, MQTT-FACTS.md).
+* Reconnects forever with capped exponential backoff and full jitter (paho alone
+  doubles without jitter); the first connect is retried the same way with tenacity.
+* Payload sizes are checked before publishing: Mosquitto answers an oversize QoS-1
+  publish in a way paho 2.2 cannot decode, and paho then resends it forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge
+
+log = logging.getLogger(__name__)
+
+#: The one reconnect policy: full jitter, exponential from BASE, capped at CAP seconds.
+RECONNECT_BASE = 0.5
+RECONNECT_CAP = 30.0
+
+
+def backoff_delay(attempt: int, *, base: float = RECONNECT_BASE, cap: float = RECONNECT_CAP, rand=random.random) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0-based): full jitter."""
+    return max(0.05, rand() * min(cap, base * (2 ** min(attempt, 30))))
+
+
+class TransportError(Exception):
+    """The broker could not be reached or refused us."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    """``mqtt://[user:pass@]host:port`` or ``mqtts://...`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        if "://" not in url:
+            url = "mqtt://" + url
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, not {u.scheme!r}")
+        tls = u.scheme in ("mqtts", "ssl")
+        if not u.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        try:
+            port = u.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise ValueError(f"broker URL {url!r} has a bad port") from e
+        user = urllib.parse.unquote(u.username) if u.username else None
+        pw = urllib.parse.unquote(u.password) if u.password else None
+        return cls(u.hostname, port, tls, user, pw)
+
+    def __str__(self) -> str:  # never prints the password
+        auth = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+    delay: int = 0  #: seconds the broker waits before publishing it (MQTT v5 will delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A received message. Call :meth:`ack` once it is durably handled (QoS >= 1)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    _ack: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def ack(self) -> None:
+        if self._ack is not None:
+            self._ack()
+
+
+class Publication(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """True once the broker acknowledged the message (QoS 1) or it was written (QoS 0)."""
+
+
+class Transport(Protocol):
+    """What business code needs from MQTT; :class:`MqttTransport` and :class:`MemoryTransport`."""
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> Publication: ...
+
+    def is_connected(self) -> bool: ...
+
+
+class _PahoPublication:
+    __slots__ = ("_info",)
+
+    def __init__(self, info: paho.MQTTMessageInfo) -> None:
+        self._info = info
+
+    def wait(self, timeout: float) -> bool:
+        # paho's wait_for_publish raises while disconnected although the message stays
+        # queued for the reconnect; wait on its condition directly instead.
+        info = self._info
+        with info._condition:
+            return info._condition.wait_for(lambda: info._published, timeout)
+
+
+MessageHandler = Callable[[Incoming], None]
+
+
+class MqttTransport:
+    """A paho client with the guarantees listed in the module docstring.
+
+    ``on_message`` runs on paho's network thread: keep it short, and call
+    ``msg.ack()`` (possibly later, from any thread) to PUBACK a QoS-1 message.
+    ``on_connect(session_present)`` runs after the subscriptions are renewed.
+    """
+
+    def __init__(
+        self,
+        url: BrokerURL | str,
+        *,
+        client_id: str,
+        subscriptions: Iterable[tuple[str, int]] = (),
+        on_message: MessageHandler | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        will: Will | None = None,
+        clean_start: bool = False,
+        session_expiry: int = 7 * 24 * 3600,
+        keepalive: int = 30,
+        max_inflight: int = 1000,
+        max_payload: int = MAX_MESSAGE_BYTES,
+        ca_file: str | None = None,
+        manual_ack: bool = True,
+    ) -> None:
+        self.url = BrokerURL.parse(url) if isinstance(url, str) else url
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._keepalive = keepalive
+        self._max_payload = max_payload
+        self._connected = threading.Event()
+        self._attempt = 0
+        self._stopping = False
+        self.connect_count = 0
+
+        c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        if self.url.username is not None:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            props = None
+            if will.delay:
+                props = Properties(PacketTypes.WILLMESSAGE)
+                props.WillDelayInterval = int(will.delay)
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
+        c.on_connect = self._guard(self._handle_connect)
+        c.on_disconnect = self._guard(self._handle_disconnect)
+        c.on_connect_fail = self._guard(self._handle_connect_fail)
+        c.on_message = self._guard(self._handle_message)
+        c.on_publish = self._guard(self._handle_publish)
+        c.on_subscribe = self._guard(self._handle_subscribe)
+        c.on_socket_open = self._guard(self._handle_socket_open)
+        self._client = c
+        self._rejitter()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, *, connect_timeout: float | None = None) -> None:
+        """Connect (retrying with jittered backoff, forever unless ``connect_timeout``)
+        and start the network thread, which then reconnects by itself."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry
+        retry = Retrying(
+            wait=wait_random_exponential(multiplier=RECONNECT_BASE, max=RECONNECT_CAP),
+            retry=retry_if_exception_type(OSError),
+            stop=stop_after_delay(connect_timeout) if connect_timeout is not None else (lambda _s: False),
+            before_sleep=lambda rs: log.warning(
+                "cannot reach broker %s (%s); will retry", self.url, rs.outcome.exception()
+            ),
+            reraise=True,
+        )
+        try:
+            for attempt in retry:
+                with attempt:
+                    if self._stopping:
+                        return
+                    self._client.connect(
+                        self.url.host,
+                        self.url.port,
+                        keepalive=self._keepalive,
+                        clean_start=self._clean_start,
+                        properties=props,
+                    )
+        except OSError as e:
+            raise TransportError(f"cannot reach broker {self.url}: {e}") from e
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, *, final: Iterable[tuple[str, bytes, bool]] = (), timeout: float = 5.0) -> None:
+        """Publish ``final`` (topic, payload, retain) messages, wait for them, disconnect.
+
+        A clean DISCONNECT means the broker does not publish the last will.
+        """
+        self._stopping = True
+        pubs = []
+        for topic, payload, retain in final:
+            try:
+                pubs.append(self.publish(topic, payload, retain=retain))
+            except Exception:
+                log.exception("final publish to %s failed", topic)
+        deadline = time.monotonic() + timeout
+        for p in pubs:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    # ------------------------------------------------------------------ publishing
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> Publication:
+        if len(payload) + len(topic) > self._max_payload:
+            raise MessageTooLarge(len(payload) + len(topic), self._max_payload)
+        props = None
+        if response_topic is not None or correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s returned %s; paho keeps it queued", topic, paho.error_string(info.rc))
+        return _PahoPublication(info)
+
+    # ------------------------------------------------------------------ callbacks
+    def _guard(self, fn):
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                log.exception("error in MQTT callback %s; carrying on", fn.__name__)
+
+        wrapped.__name__ = fn.__name__
+        return wrapped
+
+    def _rejitter(self) -> None:
+        # paho doubles its delay without jitter; pin min=max to our own jittered value.
+        d = backoff_delay(self._attempt)
+        self._attempt += 1
+        self._client.reconnect_delay_set(min_delay=d, max_delay=d)  # type: ignore[arg-type]
+
+    def _handle_socket_open(self, client, userdata, sock) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _handle_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.url, reason_code)
+            self._rejitter()
+            return
+        self._attempt = 0
+        self._rejitter()
+        self.connect_count += 1
+        if self.subscriptions:
+            client.subscribe([(t, q) for t, q in self.subscriptions])
+        self._connected.set()
+        log.info("connected to %s as %s (session present: %s)", self.url, self.client_id, flags.session_present)
+        if self._on_connect is not None:
+            self._on_connect(bool(flags.session_present))
+
+    def _handle_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._rejitter()
+        if not self._stopping:
+            log.warning("disconnected from %s (%s); will reconnect", self.url, reason_code)
+        if was and self._on_disconnect is not None:
+            self._on_disconnect()
+
+    def _handle_connect_fail(self, client, userdata) -> None:
+        self._rejitter()
+        log.warning("reconnect to %s failed; will retry", self.url)
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:
+                log.error("subscription refused by %s: %s", self.url, rc)
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused publish mid=%s: %s (not authorised?)", mid, reason_code)
+
+    def _handle_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        ack = None
+        if msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+            ack = lambda: client.ack(mid, qos)  # noqa: E731
+        incoming = Incoming(msg.topic, msg.payload, msg.qos, bool(msg.retain), response_topic, corr, ack)
+        if self._on_message is None:
+            incoming.ack()
+            return
+        try:
+            self._on_message(incoming)
+        except Exception:
+            # Never leave a message un-acked on a handler bug: the broker would hold the
+            # session's inflight window forever. The handler logs its own failures.
+            log.exception("message handler failed on %s; acknowledging it anyway", msg.topic)
+            incoming.ack()
+
+
+# ---------------------------------------------------------------------- in-memory fake
+
+
+class _DonePublication:
+    def wait(self, timeout: float) -> bool:
+        return True
+
+
+@dataclass
+class Published:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+class MemoryTransport:
+    """A fake for unit tests: records what was published, never touches a network."""
+
+    def __init__(self, *, max_payload: int = MAX_MESSAGE_BYTES) -> None:
+        self.published: list[Published] = []
+        self.connected = True
+        self._max_payload = max_payload
+        self._lock = threading.Lock()
+
+    def publish(self, topic, payload, *, qos=1, retain=False, response_topic=None, correlation_data=None):
+        if len(payload) + len(topic) > self._max_payload:
+            raise MessageTooLarge(len(payload) + len(topic), self._max_payload)
+        with self._lock:
+            self.published.append(Published(topic, payload, qos, retain, response_topic, correlation_data))
+        return _DonePublication()
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def take(self) -> list[Published]:
+        with self._lock:
+            out, self.published = self.published, []
+        return out

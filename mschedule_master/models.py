@@ -1,0 +1,133 @@
+"""The master's records, as the store returns them and the API/CLI show them.
+
+INTERFACE CONTRACT between the master core (store, engine, service) and the user
+interfaces (HTTP API, CLI, web page). Fields may be added; none renamed or removed
+without updating both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .states import TargetState, TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    hostname: str
+    ip: list[str]
+    labels: dict[str, str]
+    version: str
+    capacity: int
+    online: bool
+    dc: str | None  #: datacenter it is bridged from; None = the master's own broker
+    started_at: float | None
+    last_seen: float | None  #: last status/heartbeat received (master clock)
+    last_heartbeat: float | None  #: ts of the last heartbeat (agent clock)
+    heartbeat_interval: float
+    running: list[str] = field(default_factory=list)  #: task ids running now
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    task_id: str
+    agent_id: str
+    state: TargetState
+    acked: bool = False
+    code: int | None = None
+    signal: int | None = None
+    reason: str = ""  #: why it ended as it did (reject reason, abort, ...)
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    name: str
+    script: bytes
+    targets_spec: list[str]  #: the selectors as submitted
+    timeout: float
+    parallel: int | str
+    fail_rate: float | str | None
+    fail_count: int
+    on_abort: str
+    env: dict[str, str]
+    cwd: str | None
+    output_cap: int | None
+    delivery_timeout: float
+    state: TaskState
+    reason: str
+    created_at: float
+    finished_at: float | None
+    counts: dict[str, int]  #: TargetState value -> number of targets in it
+    target_count: int
+    targets: list[Target] | None = None  #: filled by get_task(), None in listings
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a watcher (web page, CLI, MQTT progress topic) wants to know."""
+
+    kind: str  #: "task" (task state/counts changed), "target" (one target changed), "agent"
+    task_id: str | None
+    ts: float
+    data: dict[str, Any]
+
+
+class ServiceError(Exception):
+    """Base of the errors the service raises at its boundary."""
+
+
+class NotFound(ServiceError):
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident!r} not found")
+        self.what = what
+        self.ident = ident
+
+
+class InvalidRequest(ServiceError):
+    """A bad submission: ``field`` names the offending field (or selector)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Service(Protocol):
+    """What the HTTP API (and so the CLI and web page) calls. Every method must be called
+    on the master's asyncio loop thread (aiohttp handlers are). Methods are synchronous
+    and fast (in-memory state plus SQLite reads)."""
+
+    def submit(self, spec: Any) -> Task:
+        """``spec`` is a validated ``protocol.Submit``. Resolves selectors, stores the task,
+        starts the rollout. Raises InvalidRequest (unknown selector, empty target set)."""
+
+    def kill(self, task_id: str) -> Task: ...
+
+    def agents(self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None) -> list[Agent]:
+        """``label`` is ``key=value``; ``hostname`` may be a glob."""
+
+    def agent(self, agent_id: str) -> Agent: ...
+
+    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
+        """Newest first, without targets."""
+
+    def task(self, task_id: str) -> Task:
+        """With targets (and their output)."""
+
+    def output(self, task_id: str, agent_id: str) -> Target: ...
+
+    def subscribe(self, callback) -> Any:
+        """``callback(Event)`` is called on the loop for every event; returns an
+        unsubscribe function."""

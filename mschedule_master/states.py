@@ -1,0 +1,102 @@
+"""Task and target states, and the transitions allowed between them.
+
+States are stored as their ``.value`` in SQLite and parsed back at the store boundary.
+Every change of a target's state goes through :func:`check_target_transition`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskState(str, Enum):
+    WAITING = "WAITING"  #: stored, nothing dispatched yet
+    RUNNING = "RUNNING"  #: at least one target dispatched, not finished
+    SUCCEED = "SUCCEED"  #: every target succeeded
+    FAILED = "FAILED"  #: aborted by a failure threshold, or some target failed
+    KILLED = "KILLED"  #: killed by a user
+
+    @property
+    def final(self) -> bool:
+        return self in TASK_FINAL
+
+
+TASK_FINAL = frozenset({TaskState.SUCCEED, TaskState.FAILED, TaskState.KILLED})
+
+
+class TargetState(str, Enum):
+    WAITING = "WAITING"  #: not dispatched yet
+    DISPATCHED = "DISPATCHED"  #: published to the agent; ``acked`` says whether it accepted
+    RUNNING = "RUNNING"  #: the agent reported ``started``
+    SUCCEED = "SUCCEED"  #: exit code 0
+    FAILED = "FAILED"  #: non-zero exit code (or the script could not start)
+    TIMEOUT = "TIMEOUT"  #: killed by the agent after the task's timeout
+    KILLED = "KILLED"  #: killed on a user's or an abort's request
+    INTERRUPTED = "INTERRUPTED"  #: the agent died while running it; never re-run
+    LOST = "LOST"  #: the agent went offline mid-run and did not come back in time
+    UNREACHABLE = "UNREACHABLE"  #: the agent did not accept the task before its expiry
+    REJECTED = "REJECTED"  #: the agent refused the task (bad script, too large, ...)
+    CANCELLED = "CANCELLED"  #: never started: the rollout was aborted or killed first
+
+    @property
+    def final(self) -> bool:
+        return self in TARGET_FINAL
+
+    @property
+    def active(self) -> bool:
+        return self in (TargetState.DISPATCHED, TargetState.RUNNING)
+
+    @property
+    def failure(self) -> bool:
+        """Counts against fail_count / fail_rate."""
+        return self in TARGET_FAILURES
+
+
+TARGET_FINAL = frozenset(
+    {
+        TargetState.SUCCEED,
+        TargetState.FAILED,
+        TargetState.TIMEOUT,
+        TargetState.KILLED,
+        TargetState.INTERRUPTED,
+        TargetState.LOST,
+        TargetState.UNREACHABLE,
+        TargetState.REJECTED,
+        TargetState.CANCELLED,
+    }
+)
+
+TARGET_FAILURES = frozenset(
+    {
+        TargetState.FAILED,
+        TargetState.TIMEOUT,
+        TargetState.LOST,
+        TargetState.UNREACHABLE,
+        TargetState.INTERRUPTED,
+        TargetState.REJECTED,
+    }
+)
+
+_T = TargetState
+#: target state -> the states it may move to. Final states move nowhere.
+TARGET_TRANSITIONS: dict[TargetState, frozenset[TargetState]] = {
+    _T.WAITING: frozenset({_T.DISPATCHED, _T.CANCELLED}),
+    _T.DISPATCHED: frozenset(
+        {_T.RUNNING, _T.UNREACHABLE, _T.REJECTED, _T.CANCELLED, _T.LOST} | (TARGET_FINAL - {_T.CANCELLED})
+    ),
+    _T.RUNNING: frozenset(TARGET_FINAL - {_T.UNREACHABLE, _T.REJECTED, _T.CANCELLED}),
+}
+for _s in TARGET_FINAL:
+    TARGET_TRANSITIONS[_s] = frozenset()
+
+
+class TransitionError(ValueError):
+    def __init__(self, old: TargetState, new: TargetState) -> None:
+        super().__init__(f"target cannot move from {old.value} to {new.value}")
+        self.old = old
+        self.new = new
+
+
+def check_target_transition(old: TargetState, new: TargetState) -> None:
+    if new not in TARGET_TRANSITIONS[old]:
+        raise TransitionError(old, new)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything mschedule's demo and tests need on a fresh Debian/Ubuntu machine:
+# mosquitto + mosquitto-clients (apt-get, when missing), a virtualenv at $VENV with the
+# package and its test extras. Safe to run again: it skips what is already there.
+#   BROWSER=1 also installs Debian's chromium for the browser test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+if [ "${BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+        echo "bootstrap: need root (or sudo) to apt-get install ${need_apt[*]}; install them and re-run" >&2
+        exit 1
+    fi
+    $SUDO apt-get update -qq || { echo "bootstrap: apt-get update failed" >&2; exit 1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
+        || { echo "bootstrap: apt-get install ${need_apt[*]} failed" >&2; exit 1; }
+    # Debian starts mosquitto as a service on install; mschedule never uses that one.
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.mschedule-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, pytest' \
+        || { echo "bootstrap: python dependencies did not install" >&2; exit 1; }
+    touch "$stamp"
+fi

@@ -1,0 +1,59 @@
+"""Shared fixtures: a real mosquitto started from deploy/mosquitto/dev.conf on a free
+loopback port (never the system broker on 1883), and a unique topic prefix per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness.broker import Mosquitto, mosquitto_binary
+from mschedule_agent.protocol import Topics
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_mosquitto() -> None:
+    if mosquitto_binary() is None:
+        if IN_CI:
+            pytest.fail("mosquitto is not installed; CI must run integration tests (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> Mosquitto:
+    """One broker for the session; tests keep apart through their topic prefix."""
+    require_mosquitto()
+    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path) -> Mosquitto:
+    """A broker of the test's own, for tests that stop, kill or restart it."""
+    require_mosquitto()
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}/mschedule"
+
+
+@pytest.fixture
+def topics(prefix) -> Topics:
+    return Topics(prefix)
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    d = Path(__file__).resolve().parent.parent / "test-artifacts"
+    d.mkdir(exist_ok=True)
+    return d

@@ -1,0 +1,119 @@
+"""The paho wrapper against a real mosquitto."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from harness.mqtt import Collector
+from mschedule_agent.protocol import MessageTooLarge
+from mschedule_agent.transport import BrokerURL, MqttTransport, Will, backoff_delay
+
+
+def test_broker_url_parses_credentials_and_tls():
+    u = BrokerURL.parse("mqtts://alice:s%40cret@broker.example:8884")
+    assert (u.host, u.port, u.tls, u.username, u.password) == ("broker.example", 8884, True, "alice", "s@cret")
+    assert "s@cret" not in str(u)
+    assert BrokerURL.parse("localhost").port == 1883
+    with pytest.raises(ValueError):
+        BrokerURL.parse("http://x")
+
+
+def test_backoff_is_jittered_and_capped():
+    assert backoff_delay(0, rand=lambda: 1.0) == pytest.approx(0.5)
+    assert backoff_delay(3, rand=lambda: 1.0) == pytest.approx(4.0)
+    assert backoff_delay(50, rand=lambda: 1.0) == pytest.approx(30.0)
+    assert backoff_delay(5, rand=lambda: 0.5) == pytest.approx(8.0)
+
+
+def test_publish_and_receive_with_manual_ack(broker, prefix):
+    got = []
+    done = threading.Event()
+
+    def on_message(m):
+        got.append(m)
+        m.ack()
+        done.set()
+
+    t = MqttTransport(broker.url, client_id=f"rx-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/x", 1)],
+                      on_message=on_message)
+    t.start(connect_timeout=5)
+    try:
+        assert t.wait_connected(5)
+        with Collector(broker.url, []) as c:
+            c.publish(f"{prefix}/x", b"hello", response_topic=f"{prefix}/reply", correlation_data=b"42")
+        assert done.wait(5)
+        assert got[0].payload == b"hello"
+        assert got[0].response_topic == f"{prefix}/reply"
+        assert got[0].correlation_data == b"42"
+    finally:
+        t.stop()
+
+
+def test_oversize_publish_is_refused_before_it_reaches_paho(broker):
+    t = MqttTransport(broker.url, client_id=f"big-{uuid.uuid4().hex[:6]}", max_payload=1000)
+    with pytest.raises(MessageTooLarge):
+        t.publish("x/y", b"0" * 2000)
+
+
+def test_callback_exception_does_not_kill_the_network_thread(broker, prefix):
+    calls = []
+
+    def on_message(m):
+        calls.append(m.payload)
+        if m.payload == b"boom":
+            raise RuntimeError("handler bug")
+
+    t = MqttTransport(broker.url, client_id=f"boom-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/b", 1)],
+                      on_message=on_message)
+    t.start(connect_timeout=5)
+    try:
+        assert t.wait_connected(5)
+        with Collector(broker.url, []) as c:
+            c.publish(f"{prefix}/b", b"boom")
+            c.publish(f"{prefix}/b", b"after")
+        from harness.procs import wait_until
+        wait_until(lambda: b"after" in calls, 5, what="message after the exception")
+    finally:
+        t.stop()
+
+
+def test_last_will_is_published_when_connection_dies(broker, prefix):
+    topic = f"{prefix}/will"
+    with Collector(broker.url, [topic]) as c:
+        t = MqttTransport(broker.url, client_id=f"will-{uuid.uuid4().hex[:6]}",
+                          will=Will(topic, b"gone", retain=True), session_expiry=0, clean_start=True)
+        t.start(connect_timeout=5)
+        assert t.wait_connected(5)
+        t._client.socket().close()  # a dead connection, not a clean DISCONNECT
+        msgs = c.wait_for(lambda m: m.topic == topic, timeout=10)
+        assert msgs[0].payload == b"gone"
+        t.stop()
+
+
+def test_persistent_session_queues_messages_while_offline(broker, prefix):
+    cid = f"persist-{uuid.uuid4().hex[:6]}"
+    topic = f"{prefix}/q"
+    got = []
+    ev = threading.Event()
+
+    def on_message(m):
+        got.append(m.payload)
+        m.ack()
+        ev.set()
+
+    t = MqttTransport(broker.url, client_id=cid, subscriptions=[(topic, 1)], on_message=on_message)
+    t.start(connect_timeout=5)
+    assert t.wait_connected(5)
+    t.stop()
+    with Collector(broker.url, []) as c:
+        c.publish(topic, b"while-away")
+    t2 = MqttTransport(broker.url, client_id=cid, subscriptions=[(topic, 1)], on_message=on_message)
+    t2.start(connect_timeout=5)
+    try:
+        assert ev.wait(5)
+        assert got == [b"while-away"]
+    finally:
+        t2.stop()
