@@ -20,12 +20,16 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 from __future__ import annotations
 
 import logging
+import heapq
+import itertools
 import random
+import selectors
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -177,6 +181,7 @@ class MqttTransport:
         max_payload: int = MAX_MESSAGE_BYTES,
         ca_file: str | None = None,
         manual_ack: bool = True,
+        network: NetworkLoop | None = None,
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id
@@ -189,6 +194,8 @@ class MqttTransport:
         self._keepalive = keepalive
         self._max_payload = max_payload
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
+        self._network = network
         self._attempt = 0
         self._stopping = False
         self.connect_count = 0
@@ -218,6 +225,10 @@ class MqttTransport:
         c.on_publish = self._guard(self._handle_publish)
         c.on_subscribe = self._guard(self._handle_subscribe)
         c.on_socket_open = self._guard(self._handle_socket_open)
+        if network is not None:
+            c.on_socket_close = self._guard(lambda cl, ud, sock: network._unregister(sock))
+            c.on_socket_register_write = self._guard(lambda cl, ud, sock: network._want_write(cl, sock, True))
+            c.on_socket_unregister_write = self._guard(lambda cl, ud, sock: network._want_write(cl, sock, False))
         self._client = c
         self._rejitter()
 
@@ -250,7 +261,8 @@ class MqttTransport:
                     )
         except OSError as e:
             raise TransportError(f"cannot reach broker {self.url}: {e}") from e
-        self._client.loop_start()
+        if self._network is None:
+            self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -275,8 +287,11 @@ class MqttTransport:
             p.wait(max(0.0, deadline - time.monotonic()))
         try:
             self._client.disconnect()
+            if self._network is not None:
+                self._disconnected.wait(max(0.1, deadline - time.monotonic()))
         finally:
-            self._client.loop_stop()
+            if self._network is None:
+                self._client.loop_stop()
             self._connected.clear()
 
     # ------------------------------------------------------------------ publishing
@@ -326,6 +341,8 @@ class MqttTransport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        if self._network is not None:
+            self._network._register(client, sock)
 
     def _handle_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
@@ -334,6 +351,7 @@ class MqttTransport:
             return
         self._attempt = 0
         self._rejitter()
+        self._disconnected.clear()
         self.connect_count += 1
         if self.subscriptions:
             client.subscribe([(t, q) for t, q in self.subscriptions])
@@ -345,11 +363,24 @@ class MqttTransport:
     def _handle_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._disconnected.set()
         self._rejitter()
         if not self._stopping:
             log.warning("disconnected from %s (%s); will reconnect", self.url, reason_code)
+            if self._network is not None:
+                self._network.call_later(backoff_delay(self._attempt - 1), self._network_reconnect)
         if was and self._on_disconnect is not None:
             self._on_disconnect()
+
+    def _network_reconnect(self) -> None:
+        if self._stopping or self._connected.is_set():
+            return
+        try:
+            self._client.reconnect()
+        except OSError as e:
+            self._rejitter()
+            log.warning("reconnect to %s failed (%s); will retry", self.url, e)
+            self._network.call_later(backoff_delay(self._attempt - 1), self._network_reconnect)
 
     def _handle_connect_fail(self, client, userdata) -> None:
         self._rejitter()
@@ -383,6 +414,139 @@ class MqttTransport:
             # session's inflight window forever. The handler logs its own failures.
             log.exception("message handler failed on %s; acknowledging it anyway", msg.topic)
             incoming.ack()
+
+
+# ---------------------------------------------------------------------- shared network loop
+
+
+class NetworkLoop:
+    """Drives many :class:`MqttTransport` connections from ONE thread through paho's
+    external-loop API (socket callbacks + ``loop_read``/``loop_write``/``loop_misc``),
+    instead of one network thread per connection. This is what lets a fleet simulator
+    pack thousands of real agents into a process; a lone daemon does not need it.
+
+    Socket (un)registrations arrive from any thread as queued operations applied on the
+    loop thread; ``call_soon``/``call_later`` run functions there too (e.g. reconnects).
+    """
+
+    MISC_INTERVAL = 1.0
+
+    def __init__(self, name: str = "mqtt-network") -> None:
+        self._sel = selectors.DefaultSelector()
+        self._ops: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._clients: dict[int, paho.Client] = {}  # fd -> client
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> NetworkLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self._ops.append(fn)
+        self._wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+        self._wake()
+
+    # socket callbacks (any thread) ------------------------------------------------
+    # socket callbacks (any thread). The fd is read now: by the time the queued
+    # operation runs, paho may already have closed the socket.
+    def _register(self, client: paho.Client, sock) -> None:
+        fd = sock.fileno()
+        self.call_soon(lambda: self._apply(fd, client, selectors.EVENT_READ))
+
+    def _want_write(self, client: paho.Client, sock, on: bool) -> None:
+        fd = sock.fileno()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self.call_soon(lambda: self._apply(fd, client, events))
+
+    def _unregister(self, sock) -> None:
+        fd = sock.fileno()
+        self.call_soon(lambda: self._apply(fd, None, 0))
+
+    def _apply(self, fd: int, client: paho.Client | None, events: int) -> None:
+        if fd < 0:
+            return
+        try:
+            if events == 0:
+                if fd in self._clients:
+                    self._clients.pop(fd)
+                    self._sel.unregister(fd)
+            elif fd in self._clients:
+                self._sel.modify(fd, events, client)
+                self._clients[fd] = client
+            else:
+                self._sel.register(fd, events, client)
+                self._clients[fd] = client
+        except (KeyError, ValueError, OSError):
+            log.debug("selector update for fd %s failed", fd, exc_info=True)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    # the loop --------------------------------------------------------------------
+    def _run(self) -> None:
+        next_misc = time.monotonic() + self.MISC_INTERVAL
+        while not self._stop.is_set():
+            try:
+                next_misc = self._once(next_misc)
+            except Exception:
+                log.exception("network loop iteration failed; carrying on")
+
+    def _once(self, next_misc: float) -> float:
+        while self._ops:
+            self._ops.popleft()()
+        now = time.monotonic()
+        with self._lock:
+            due = []
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+            wake_at = min(next_misc, self._timers[0][0]) if self._timers else next_misc
+        for fn in due:
+            fn()
+        if due or self._ops:
+            return next_misc
+        for key, mask in self._sel.select(max(0.0, min(wake_at - now, 1.0))):
+            client = key.data
+            if client is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            if mask & selectors.EVENT_READ:
+                client.loop_read()
+            if mask & selectors.EVENT_WRITE:
+                client.loop_write()
+        now = time.monotonic()
+        if now >= next_misc:
+            for client in list(self._clients.values()):
+                client.loop_misc()
+            next_misc = now + self.MISC_INTERVAL
+        return next_misc
 
 
 # ---------------------------------------------------------------------- in-memory fake

@@ -117,3 +117,48 @@ def test_persistent_session_queues_messages_while_offline(broker, prefix):
         assert got == [b"while-away"]
     finally:
         t2.stop()
+
+
+def test_network_loop_drives_many_connections_on_one_thread_and_reconnects(own_broker, prefix):
+    from harness.procs import wait_until
+    from mschedule_agent.transport import NetworkLoop
+
+    n = 150
+    got: dict[int, list[bytes]] = {i: [] for i in range(n)}
+    net = NetworkLoop().start()
+    clients = []
+    threads_before = threading.active_count()
+
+    def handler(i):
+        def on_message(m):
+            got[i].append(m.payload)
+            m.ack()
+        return on_message
+
+    try:
+        for i in range(n):
+            t = MqttTransport(own_broker.url, client_id=f"net-{i}-{uuid.uuid4().hex[:6]}",
+                              subscriptions=[(f"{prefix}/n/{i}", 1)], on_message=handler(i), network=net)
+            t.start(connect_timeout=10)
+            clients.append(t)
+        assert threading.active_count() == threads_before  # no thread per connection
+        wait_until(lambda: all(c.is_connected() for c in clients), 10, what="all connected")
+        import time as _t
+        _t.sleep(0.2)  # let SUBACKs land
+        with Collector(own_broker.url, []) as pub:
+            for i in range(n):
+                pub.publish(f"{prefix}/n/{i}", b"one")
+        wait_until(lambda: all(got[i] == [b"one"] for i in range(n)), 15, what="every client got one")
+
+        own_broker.stop()
+        wait_until(lambda: not any(c.is_connected() for c in clients), 15, what="all disconnected")
+        own_broker.start()
+        wait_until(lambda: all(c.is_connected() for c in clients), 60, what="all reconnected")
+        with Collector(own_broker.url, []) as pub:
+            for i in range(n):
+                pub.publish(f"{prefix}/n/{i}", b"two")
+        wait_until(lambda: all(got[i] == [b"one", b"two"] for i in range(n)), 15, what="every client got two")
+    finally:
+        for c in clients:
+            c.stop(timeout=2)
+        net.stop()
