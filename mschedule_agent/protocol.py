@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -125,9 +126,22 @@ _REGISTRY: dict[str, type] = {}
 
 
 def message(type_name: str):
-    """Class decorator: a frozen dataclass that travels as ``{"type": type_name, ...}``."""
+    """Class decorator: a frozen dataclass that travels as ``{"type": type_name, ...}``.
+
+    Every message also refuses non-finite floats (JSON has no NaN/Infinity: orjson would
+    write ``null``) and integers outside 64 bits (orjson cannot write them), so whatever
+    can be constructed can be encoded and decoded back.
+    """
 
     def wrap(cls):
+        own_check = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self) -> None:
+            _check_numbers(self)
+            if own_check is not None:
+                own_check(self)
+
+        cls.__post_init__ = __post_init__
         cls = dataclass(frozen=True, slots=True)(cls)
         cls.TYPE = type_name
         _REGISTRY[type_name] = cls
@@ -149,7 +163,24 @@ class _FieldError(ValueError):
 
 
 def _topic_level_ok(value: str) -> bool:
-    return bool(value) and not any(c in value for c in "/+#\x00") and len(value) <= 128
+    return isinstance(value, str) and bool(value) and not any(c in value for c in "/+#\x00") and len(value) <= 128
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson can write
+
+
+def _check_numbers(msg: Any) -> None:
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f.name, "must be a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _check(_INT_MIN <= value <= _INT_MAX, f.name, "is out of the 64-bit range")
+
+
+def _check_ids(**ids: str) -> None:
+    for name, value in ids.items():
+        _check(_topic_level_ok(value), name, f"{name} must be a non-empty topic level (no '/', '+', '#')")
 
 
 @message("register")
@@ -263,6 +294,9 @@ class ResultAck:
     id: str
     agent_id: str
 
+    def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
+
 
 @message("ack")
 class Ack:
@@ -275,6 +309,9 @@ class Ack:
     state: str = "ACCEPTED"  #: the agent's ledger state: ACCEPTED, RUNNING or DONE
     duplicate: bool = False  #: True when the task id was already known
 
+    def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
+
 
 @message("started")
 class Started:
@@ -285,6 +322,9 @@ class Started:
     agent_id: str
     started_at: float
     pid: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
 
 
 @message("result")
@@ -314,8 +354,16 @@ class Result:
     error: str = ""  #: why the script could not run / was interrupted, when it applies
 
     def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
         _check(self.state in RESULT_STATES, "state", f"state must be one of {sorted(RESULT_STATES)}")
-        _check(self.output_bytes >= len(self.output) or self.output_truncated, "output_bytes", "inconsistent")
+        # A count left at 0 (or absent, as in the design document's result) means "what is here".
+        for name, data in (("output", self.output), ("stderr", self.stderr)):
+            seen = getattr(self, f"{name}_bytes")
+            if seen == 0 and data:
+                object.__setattr__(self, f"{name}_bytes", len(data))
+            elif not getattr(self, f"{name}_truncated"):
+                _check(seen >= len(data), f"{name}_bytes", f"{name}_bytes is less than the {name} it carries")
+            _check(seen >= 0, f"{name}_bytes", f"{name}_bytes must be >= 0")
 
     @property
     def duration(self) -> float | None:
@@ -438,6 +486,9 @@ class Progress:
     target_state: str | None = None
     code: int | None = None
 
+    def __post_init__(self) -> None:
+        _check_ids(task_id=self.task_id)
+
 
 @message("summary")
 class Summary:
@@ -450,6 +501,9 @@ class Summary:
     ts: float
     reason: str = ""
     targets: dict[str, Any] = field(default_factory=dict)  #: agent id -> {state, code}
+
+    def __post_init__(self) -> None:
+        _check_ids(task_id=self.task_id)
 
 
 Message = Union[
@@ -563,6 +617,21 @@ def encode(msg: Message) -> bytes:
     return data
 
 
+def _result_from_design_document(payload: dict[str, Any]) -> dict[str, Any]:
+    """The design document's result has no ``state``: derive it from ``code``
+    (0 -> SUCCEED, any other integer -> FAILED). Without a usable code it stays missing."""
+    code = payload.get("code")
+    if "state" in payload or type(code) is not int:
+        return payload
+    return {**payload, "state": TargetState.SUCCEED if code == 0 else TargetState.FAILED}
+
+
+#: Payload rewrites applied before validation, for fields older senders leave out.
+_UPGRADES: dict[type, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
+    Result: _result_from_design_document,
+}
+
+
 def from_payload(cls: type, payload: Any, data: bytes = b"") -> Message:
     """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API)."""
     type_name = getattr(cls, "TYPE", cls.__name__)
@@ -570,6 +639,9 @@ def from_payload(cls: type, payload: Any, data: bytes = b"") -> Message:
     if not isinstance(payload, dict):
         raise DecodeError("payload must be a JSON object", data, msg_type=type_name, field="payload")
     s = _schema(cls)
+    upgrade = _UPGRADES.get(cls)
+    if upgrade is not None:
+        payload = upgrade(payload)
     try:
         unknown = sorted(set(payload) - set(s.types))
         _check(not unknown, unknown[0] if unknown else "", f"unknown field(s): {', '.join(unknown)}")
@@ -599,7 +671,7 @@ def decode(data: bytes) -> Message:
     if not isinstance(type_name, str):
         raise DecodeError("message has no 'type'", data, field="type", msg_id=msg_id)
     version = doc.get("v", PROTOCOL_VERSION)  # the design document's envelope has no version: v1
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {version!r}", data, field="v", msg_type=type_name, msg_id=msg_id)
     extra = sorted(set(doc) - {"v", "type", "payload"})
     if extra:
@@ -708,6 +780,10 @@ class Topics:
         dc = None
         if len(parts) >= 2 and parts[0] == "dc":
             dc, parts = parts[1], parts[2:]
+            if not _topic_level_ok(dc):
+                return None
+        if len(parts) >= 2 and parts[0] in ("agents", "results") and not _topic_level_ok(parts[1]):
+            return None
         if len(parts) == 3 and parts[0] == "agents" and parts[2] in _AGENT_KINDS:
             return TopicInfo(kind=parts[2], agent_id=parts[1], dc=dc)
         if len(parts) == 2 and parts[0] == "results":
