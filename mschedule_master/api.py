@@ -1,0 +1,430 @@
+"""The master's HTTP API and web page (aiohttp), on the master's asyncio loop.
+
+The daemon calls ``runner = await start_http(service, host, port, token=token)`` and
+``await runner.cleanup()`` at shutdown; tests use :func:`create_app`. Every route is
+listed in :data:`ROUTES` and documented in ``openapi.py`` (a test keeps them equal).
+
+JSON in and out. Errors are ``{"error": message, "field": name-or-null}`` with a 4xx
+status; bad input never produces a 500. With a token configured, every API route
+needs ``Authorization: Bearer <token>``; the page itself (static files) does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from mschedule_agent import protocol
+from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
+
+from . import openapi, sse
+from .models import Agent, InvalidRequest, NotFound, Service, Target, Task
+from .states import TaskState
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: Largest request body: a maximal script as base64 plus room for the other fields.
+MAX_BODY_BYTES = MAX_SCRIPT_BYTES * 4 // 3 + 64 * 1024
+
+#: Page size of GET /api/v1/tasks when none is asked for, and the largest allowed.
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+SERVICE_KEY = sse.SERVICE_KEY
+TOKEN_KEY = web.AppKey("token", str)
+
+
+class InsecureBind(ValueError):
+    """The API would listen beyond loopback without a token."""
+
+
+class ApiError(Exception):
+    """A 4xx answer: ``{"error": message, "field": field}``."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def encode_output(data: bytes) -> tuple[str, str]:
+    """``(text, encoding)``: the bytes as UTF-8 text when they decode, else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def agent_json(a: Agent) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "hostname": a.hostname,
+        "ip": list(a.ip),
+        "labels": dict(a.labels),
+        "version": a.version,
+        "capacity": a.capacity,
+        "online": a.online,
+        "dc": a.dc,
+        "started_at": a.started_at,
+        "last_seen": a.last_seen,
+        "last_heartbeat": a.last_heartbeat,
+        "heartbeat_interval": a.heartbeat_interval,
+        "running": list(a.running),
+    }
+
+
+def target_json(t: Target) -> dict[str, Any]:
+    out, out_enc = encode_output(t.stdout)
+    err, err_enc = encode_output(t.stderr)
+    duration = None
+    if t.started_at is not None and t.finished_at is not None:
+        duration = max(0.0, t.finished_at - t.started_at)
+    return {
+        "agent_id": t.agent_id,
+        "hostname": t.hostname,
+        "state": _value(t.state),
+        "acked": t.acked,
+        "code": t.code,
+        "signal": t.signal,
+        "reason": t.reason,
+        "dispatched_at": t.dispatched_at,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "duration": duration,
+        "output": out,
+        "output_encoding": out_enc,
+        "output_bytes": t.stdout_bytes,
+        "output_truncated": t.stdout_truncated,
+        "stderr": err,
+        "stderr_encoding": err_enc,
+        "stderr_bytes": t.stderr_bytes,
+        "stderr_truncated": t.stderr_truncated,
+    }
+
+
+def task_json(t: Task) -> dict[str, Any]:
+    script, script_enc = encode_output(t.script)
+    doc: dict[str, Any] = {
+        "id": t.id,
+        "name": t.name,
+        "state": _value(t.state),
+        "reason": t.reason,
+        "created_at": t.created_at,
+        "finished_at": t.finished_at,
+        "script": script,
+        "script_encoding": script_enc,
+        "targets_spec": list(t.targets_spec),
+        "timeout": t.timeout,
+        "parallel": t.parallel,
+        "fail_rate": t.fail_rate,
+        "fail_count": t.fail_count,
+        "on_abort": t.on_abort,
+        "env": dict(t.env),
+        "cwd": t.cwd,
+        "output_cap": t.output_cap,
+        "delivery_timeout": t.delivery_timeout,
+        "counts": dict(t.counts),
+        "target_count": t.target_count,
+    }
+    if t.targets is not None:
+        doc["targets"] = {x.agent_id: target_json(x) for x in t.targets}
+    return doc
+
+
+def _value(state: Any) -> str:
+    return state.value if hasattr(state, "value") else str(state)
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(doc: Any, status: int = 200, **kw) -> web.Response:
+    return web.json_response(doc, status=status, dumps=dumps, **kw)
+
+
+# ------------------------------------------------------------------ request helpers
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "body") from None
+    if not body.strip():
+        raise ApiError(400, "request body is empty; send a JSON object", "body")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON: {e}", "body") from None
+
+
+def parse_submit(body: Any) -> protocol.Submit:
+    try:
+        return protocol.from_payload(protocol.Submit, body)
+    except DecodeError as e:
+        raise ApiError(400, _strip_prefix(e.message), e.field or None) from None
+
+
+def _strip_prefix(message: str) -> str:
+    return message.removeprefix("invalid submit: ")
+
+
+def query_bool(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    low = raw.lower()
+    if low in ("1", "true", "yes"):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false", name)
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", name) from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
+    return value
+
+
+def service_of(request: web.Request) -> Service:
+    return request.app[SERVICE_KEY]
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def legacy_targets(request: web.Request) -> web.Response:
+    """The design document's route: every registered agent id."""
+    return json_response([a.id for a in service_of(request).agents()])
+
+
+async def legacy_submit(request: web.Request) -> web.Response:
+    """The design document's route: the task JSON in, 201 with the task id as text."""
+    spec = parse_submit(await read_json(request))
+    task = service_of(request).submit(spec)
+    return web.Response(text=task.id, status=201, headers={"Location": f"/api/v1/tasks/{task.id}"})
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    online = query_bool(request, "online")
+    label = request.query.get("label") or None
+    if label is not None and "=" not in label:
+        raise ApiError(400, "label must be key=value", "label")
+    hostname = request.query.get("hostname") or None
+    agents = service_of(request).agents(online=online, label=label, hostname=hostname)
+    return json_response({"agents": [agent_json(a) for a in agents]})
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    return json_response(agent_json(service_of(request).agent(request.match_info["agent_id"])))
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    spec = parse_submit(await read_json(request))
+    task = service_of(request).submit(spec)
+    return json_response(task_json(task), status=201, headers={"Location": f"/api/v1/tasks/{task.id}"})
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    raw_state = request.query.get("state") or None
+    state = None
+    if raw_state is not None:
+        try:
+            state = TaskState(raw_state.upper())
+        except ValueError:
+            names = ", ".join(s.value for s in TaskState)
+            raise ApiError(400, f"state must be one of {names}", "state") from None
+    limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    offset = query_int(request, "offset", 0, 0, 10**9)
+    tasks = service_of(request).tasks(state=state, limit=limit, offset=offset)
+    next_offset = offset + len(tasks) if len(tasks) == limit else None
+    return json_response(
+        {"tasks": [task_json(t) for t in tasks], "limit": limit, "offset": offset, "next_offset": next_offset}
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return json_response(task_json(service_of(request).task(request.match_info["task_id"])))
+
+
+async def get_output(request: web.Request) -> web.Response:
+    stream = request.query.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise ApiError(400, "stream must be stdout or stderr", "stream")
+    target = service_of(request).output(request.match_info["task_id"], request.match_info["agent_id"])
+    data = target.stdout if stream == "stdout" else target.stderr
+    truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
+    total = target.stdout_bytes if stream == "stdout" else target.stderr_bytes
+    headers = {
+        "X-Mschedule-State": _value(target.state),
+        "X-Mschedule-Truncated": "true" if truncated else "false",
+        "X-Mschedule-Total-Bytes": str(total),
+    }
+    if target.code is not None:
+        headers["X-Mschedule-Exit-Code"] = str(target.code)
+    return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+
+
+async def kill_task(request: web.Request) -> web.Response:
+    return json_response(task_json(service_of(request).kill(request.match_info["task_id"])), status=202)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    auth: bool = True  #: needs the bearer token when one is configured
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/task/targets", legacy_targets),
+    Route("POST", "/task", legacy_submit),
+    Route("GET", "/api/v1/agents", list_agents),
+    Route("GET", "/api/v1/agents/{agent_id}", get_agent),
+    Route("POST", "/api/v1/tasks", submit_task),
+    Route("GET", "/api/v1/tasks", list_tasks),
+    Route("GET", "/api/v1/tasks/{task_id}", get_task),
+    Route("GET", "/api/v1/tasks/{task_id}/targets/{agent_id}/output", get_output),
+    Route("POST", "/api/v1/tasks/{task_id}/kill", kill_task),
+    Route("GET", "/api/v1/events", sse.events),
+    Route("GET", "/api/v1/openapi.json", get_openapi, auth=False),
+    Route("GET", "/", index, auth=False),
+)
+
+
+# ------------------------------------------------------------------ middleware
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    return json_response({"error": message, "field": field}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _error(e.status, e.message, e.field)
+    except NotFound as e:
+        return _error(404, str(e), e.what)
+    except InvalidRequest as e:
+        return _error(400, str(e), e.field)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "body")
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return _error(e.status, e.reason)
+        raise
+    except Exception:
+        log.error("unhandled error in %s %s", request.method, request.path, exc_info=True)
+        return _error(500, "internal error (see the master's log)")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    token = request.app.get(TOKEN_KEY)
+    if token and _needs_auth(request) and not _token_ok(request, token):
+        return json_response(
+            {"error": "missing or wrong bearer token", "field": "Authorization"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="mschedule"'},
+        )
+    return await handler(request)
+
+
+_PUBLIC = frozenset(r.handler for r in ROUTES if not r.auth)
+
+
+def _needs_auth(request: web.Request) -> bool:
+    """Everything but the page, its static files and the OpenAPI document."""
+    if request.match_info.handler in _PUBLIC:
+        return False
+    return not request.path.startswith("/static/")
+
+
+def _token_ok(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+# ------------------------------------------------------------------ app
+
+
+def create_app(service: Service, *, token: str | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware])
+    app[SERVICE_KEY] = service
+    if token:
+        app[TOKEN_KEY] = token
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler)
+    app.router.add_static("/static/", WEB_DIR, append_version=False)
+    sse.setup(app)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def start_http(service: Service, host: str, port: int, *, token: str | None = None) -> web.AppRunner:
+    """Serve the API on ``host:port``; return the runner (``await runner.cleanup()`` stops it).
+
+    Raises InsecureBind for a non-loopback host without a token: this API runs code on
+    every machine of the fleet.
+    """
+    if not token and not is_loopback(host):
+        raise InsecureBind(
+            f"refusing to serve the HTTP API on {host}:{port} without a token: set one "
+            "(MSCHEDULE_TOKEN) or listen on 127.0.0.1"
+        )
+    runner = web.AppRunner(create_app(service, token=token), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("HTTP API listening on %s", ", ".join(f"http://{a[0]}:{a[1]}" for a in runner.addresses))
+    return runner

@@ -1,0 +1,309 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``.
+
+Written out by hand so it says what a client needs to know; a test checks that its
+paths and methods are exactly the routes ``api.py`` serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mschedule_agent.protocol import PROTOCOL_VERSION
+
+TASK_STATES = ["WAITING", "RUNNING", "SUCCEED", "FAILED", "KILLED"]
+TARGET_STATES = [
+    "WAITING", "DISPATCHED", "RUNNING", "SUCCEED", "FAILED", "TIMEOUT",
+    "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED", "CANCELLED",
+]  # fmt: skip
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_NUM = {"type": ["number", "null"]}
+_UNAUTH = _err("missing or wrong bearer token (when the master has one)")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "field"],
+        "properties": {
+            "error": {"type": "string", "description": "what is wrong"},
+            "field": {"type": ["string", "null"], "description": "the offending field, parameter or selector"},
+        },
+    },
+    "Agent": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "hostname": {"type": "string"},
+            "ip": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "version": {"type": "string"},
+            "capacity": {"type": "integer"},
+            "online": {"type": "boolean"},
+            "dc": {"type": ["string", "null"], "description": "datacenter it is bridged from; null = local"},
+            "started_at": _NUM,
+            "last_seen": {**_NUM, "description": "epoch seconds, master clock"},
+            "last_heartbeat": {**_NUM, "description": "epoch seconds, agent clock"},
+            "heartbeat_interval": {"type": "number"},
+            "running": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Submit": {
+        "type": "object",
+        "description": "The design document's task JSON. Give exactly one of script (base64) and script_text.",
+        "required": ["targets"],
+        "additionalProperties": False,
+        "properties": {
+            "targets": {"type": "array", "items": {"type": "string"}, "description": "selectors (agent ids, labels)"},
+            "script": {"type": "string", "contentEncoding": "base64"},
+            "script_text": {"type": "string"},
+            "request_id": {"type": ["string", "null"]},
+            "name": {"type": "string"},
+            "timeout": {"type": "number", "minimum": 0, "description": "seconds, 0 = no limit"},
+            "parallel": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^\\d+(\\.\\d+)?%$"}]},
+            "fail_rate": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}],
+                          "description": "-1/null = none, a fraction 0..1, or 'N%'"},
+            "fail_count": {"type": "integer", "minimum": -1, "description": "-1 = no limit"},
+            "on_abort": {"type": "string", "enum": ["kill", "drain"]},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "cwd": {"type": ["string", "null"]},
+            "output_cap": {"type": ["integer", "null"]},
+            "delivery_timeout": _NUM,
+        },
+    },  # fmt: skip
+    "Target": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string"},
+            "hostname": {"type": ["string", "null"]},
+            "state": {"type": "string", "enum": TARGET_STATES},
+            "acked": {"type": "boolean"},
+            "code": {"type": ["integer", "null"], "description": "exit status; null when it never ran"},
+            "signal": {"type": ["integer", "null"]},
+            "reason": {"type": "string"},
+            "dispatched_at": _NUM,
+            "started_at": _NUM,
+            "finished_at": _NUM,
+            "duration": _NUM,
+            "output": {"type": "string", "description": "stdout, encoded as output_encoding says"},
+            "output_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "output_bytes": {"type": "integer"},
+            "output_truncated": {"type": "boolean"},
+            "stderr": {"type": "string"},
+            "stderr_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "stderr_bytes": {"type": "integer"},
+            "stderr_truncated": {"type": "boolean"},
+        },
+    },
+    "Task": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": TASK_STATES},
+            "reason": {"type": "string"},
+            "created_at": {"type": "number"},
+            "finished_at": _NUM,
+            "script": {"type": "string"},
+            "script_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "targets_spec": {"type": "array", "items": {"type": "string"}},
+            "timeout": {"type": "number"},
+            "parallel": {"type": ["integer", "string"]},
+            "fail_rate": {"type": ["number", "string", "null"]},
+            "fail_count": {"type": "integer"},
+            "on_abort": {"type": "string"},
+            "env": {"type": "object"},
+            "cwd": {"type": ["string", "null"]},
+            "output_cap": {"type": ["integer", "null"]},
+            "delivery_timeout": {"type": "number"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "target_count": {"type": "integer"},
+            "targets": {
+                "type": "object",
+                "additionalProperties": _ref("Target"),
+                "description": "agent id -> target; present on GET /api/v1/tasks/{task_id}",
+            },
+        },
+    },
+}
+
+_TASK_ID = _path_param("task_id", "task id")
+_AGENT_ID = _path_param("agent_id", "agent id")
+
+PATHS: dict[str, Any] = {
+    "/task/targets": {
+        "get": {
+            "summary": "Every registered agent id (the design document's route)",
+            "responses": {
+                "200": _json({"type": "array", "items": {"type": "string"}}, "agent ids"),
+                "401": _UNAUTH,
+            },
+        }
+    },
+    "/task": {
+        "post": {
+            "summary": "Submit a task (the design document's route); answers the task id as text",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Submit")}}},
+            "responses": {
+                "201": {"description": "the new task id", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "400": _err("bad JSON, bad limits, unknown targets"),
+                "401": _UNAUTH,
+                "413": _err("body too large"),
+            },
+        }
+    },
+    "/api/v1/agents": {
+        "get": {
+            "summary": "The fleet",
+            "parameters": [
+                _query("online", {"type": "boolean"}, "only online (true) or offline (false) agents"),
+                _query("label", {"type": "string"}, "key=value"),
+                _query("hostname", {"type": "string"}, "hostname or glob"),
+            ],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"agents": {"type": "array", "items": _ref("Agent")}}},
+                             "agents"),
+                "400": _err("bad filter"),
+                "401": _UNAUTH,
+            },
+        }
+    },  # fmt: skip
+    "/api/v1/agents/{agent_id}": {
+        "get": {
+            "summary": "One agent",
+            "parameters": [_AGENT_ID],
+            "responses": {"200": _json(_ref("Agent"), "the agent"), "401": _UNAUTH, "404": _err("unknown agent")},
+        }
+    },
+    "/api/v1/tasks": {
+        "post": {
+            "summary": "Submit a task",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Submit")}}},
+            "responses": {
+                "201": _json(_ref("Task"), "the new task"),
+                "400": _err("bad JSON, bad limits, unknown targets"),
+                "401": _UNAUTH,
+                "413": _err("body too large"),
+            },
+        },
+        "get": {
+            "summary": "Tasks, newest first, paged",
+            "parameters": [
+                _query("state", {"type": "string", "enum": TASK_STATES}, "only tasks in this state"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+                _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "tasks to skip"),
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "tasks": {"type": "array", "items": _ref("Task")},
+                            "limit": {"type": "integer"},
+                            "offset": {"type": "integer"},
+                            "next_offset": {"type": ["integer", "null"]},
+                        },
+                    },
+                    "a page of tasks (without targets)",
+                ),
+                "400": _err("bad state, limit or offset"),
+                "401": _UNAUTH,
+            },
+        },
+    },
+    "/api/v1/tasks/{task_id}": {
+        "get": {
+            "summary": "One task with its limits, counts and targets (state, exit code, timings, output)",
+            "parameters": [_TASK_ID],
+            "responses": {"200": _json(_ref("Task"), "the task"), "401": _UNAUTH, "404": _err("unknown task")},
+        }
+    },
+    "/api/v1/tasks/{task_id}/targets/{agent_id}/output": {
+        "get": {
+            "summary": "A target's output as raw bytes",
+            "parameters": [
+                _TASK_ID,
+                _AGENT_ID,
+                _query("stream", {"type": "string", "enum": ["stdout", "stderr"], "default": "stdout"}, "which stream"),
+            ],
+            "responses": {
+                "200": {
+                    "description": "raw bytes; X-Mschedule-State, X-Mschedule-Exit-Code, X-Mschedule-Truncated, "
+                    "X-Mschedule-Total-Bytes headers",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "400": _err("bad stream"),
+                "401": _UNAUTH,
+                "404": _err("unknown task or target"),
+            },
+        }
+    },
+    "/api/v1/tasks/{task_id}/kill": {
+        "post": {
+            "summary": "Kill the task: running targets are killed, waiting ones cancelled",
+            "parameters": [_TASK_ID],
+            "responses": {"202": _json(_ref("Task"), "kill requested"), "401": _UNAUTH, "404": _err("unknown task")},
+        }
+    },
+    "/api/v1/events": {
+        "get": {
+            "summary": "Server-sent events (task, target, agent changes; hello; resync)",
+            "parameters": [_query("task", {"type": "string"}, "only this task's events")],
+            "responses": {
+                "200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "401": _UNAUTH,
+            },
+        }
+    },
+    "/api/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "The web page",
+            "security": [],
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        }
+    },
+}  # fmt: skip
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mschedule master API",
+            "version": f"1 (wire protocol v{PROTOCOL_VERSION})",
+            "description": "Run shell scripts on a fleet over MQTT. Errors are {error, field} with a 4xx status.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
