@@ -117,8 +117,8 @@ def target_json(t: Target) -> dict[str, Any]:
     }
 
 
-def task_json(t: Task) -> dict[str, Any]:
-    script, script_enc = encode_output(t.script)
+def task_json(t: Task, *, with_script: bool = True) -> dict[str, Any]:
+    """The task; listings leave out the script (up to 4 MiB each)."""
     doc: dict[str, Any] = {
         "id": t.id,
         "name": t.name,
@@ -126,8 +126,6 @@ def task_json(t: Task) -> dict[str, Any]:
         "reason": t.reason,
         "created_at": t.created_at,
         "finished_at": t.finished_at,
-        "script": script,
-        "script_encoding": script_enc,
         "targets_spec": list(t.targets_spec),
         "timeout": t.timeout,
         "parallel": t.parallel,
@@ -141,6 +139,8 @@ def task_json(t: Task) -> dict[str, Any]:
         "counts": dict(t.counts),
         "target_count": t.target_count,
     }
+    if with_script:
+        doc["script"], doc["script_encoding"] = encode_output(t.script)
     if t.targets is not None:
         doc["targets"] = {x.agent_id: target_json(x) for x in t.targets}
     return doc
@@ -263,7 +263,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     tasks = service_of(request).tasks(state=state, limit=limit, offset=offset)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
     return json_response(
-        {"tasks": [task_json(t) for t in tasks], "limit": limit, "offset": offset, "next_offset": next_offset}
+        {"tasks": [task_json(t, with_script=False) for t in tasks], "limit": limit, "offset": offset, "next_offset": next_offset}
     )
 
 

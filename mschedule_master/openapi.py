@@ -123,7 +123,7 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string"},
             "created_at": {"type": "number"},
             "finished_at": _NUM,
-            "script": {"type": "string"},
+            "script": {"type": "string", "description": "on GET /api/v1/tasks/{task_id} only"},
             "script_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
             "targets_spec": {"type": "array", "items": {"type": "string"}},
             "timeout": {"type": "number"},
