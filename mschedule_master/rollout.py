@@ -20,16 +20,47 @@ change names or signatures without updating both sides):
     actions = r.tick(now)                # time-based: redeliver, expiry -> UNREACHABLE, LOST, kill resend
     r.next_deadline() -> float | None    # when tick() next has something to do
     r.state, r.reason, r.counts(), r.targets (dict agent_id -> TargetSnapshot, read-only use)
+
+ADDED (optional to use):
+
+    r.on_final(agent_id, state, now, reason="...")   # reason is copied into TargetChanged
+    r.pop_dirty() -> list[str]   # agent ids whose snapshot fields changed since the last call,
+                                 # also without a state change (acked, kill_requested,
+                                 # last_sent_at, offline_since): persist r.targets[id] for each
+    Rollout.restore(..., killed=None)   # True if the user had killed the task (else inferred)
+    r.final, r.failures, r.active, r.window, r.aborted, r.killed
+
+Carry the actions out IN ORDER: every change to persist (TargetChanged, TaskChanged)
+comes before the publication it implies (Dispatch, SendKill). Unknown agent ids and
+events that make no sense in a target's current state are ignored (return ``[]``);
+the rollout never raises on what an agent sends. Deadlines are due AT their time
+(``now >= deadline``), so calling ``tick(next_deadline())`` always makes progress.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fractions import Fraction
 
 from mschedule_agent.protocol import parse_percent
 
-from .states import TargetState, TaskState
+from .states import TargetState, TaskState, check_target_transition
+
+_T = TargetState
+
+
+def _percent(value: str) -> Fraction | None:
+    """``"12.5%"`` -> Fraction(1, 8), exactly; anything else -> None."""
+    if parse_percent(value) is None:
+        return None
+    return Fraction(value.strip()[:-1].strip()) / 100
+
+
+def _fraction(value: float | int) -> Fraction:
+    """A user's decimal number as the exact fraction they wrote (0.2 -> 1/5, not the binary double)."""
+    return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +72,72 @@ class Limits:
     fail_count: int = -1  #: -1 = no count limit
     on_abort: str = "kill"  #: "kill" running targets on abort, or "drain" them
 
+    def __post_init__(self) -> None:
+        if isinstance(self.parallel, str):
+            pct = _percent(self.parallel)
+            if pct is None or not 0 < pct <= 1:
+                raise ValueError(f"parallel must be an integer >= 1 or 'N%', got {self.parallel!r}")
+        elif self.parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {self.parallel!r}")
+        if isinstance(self.fail_rate, str) and _percent(self.fail_rate) is None:
+            raise ValueError(f"fail_rate must be -1, a fraction 0..1 or 'N%', got {self.fail_rate!r}")
+        if not isinstance(self.fail_rate, str | None) and not (self.fail_rate == -1 or 0 <= self.fail_rate <= 1):
+            raise ValueError(f"fail_rate must be -1, a fraction 0..1 or 'N%', got {self.fail_rate!r}")
+        if self.fail_count < -1:
+            raise ValueError(f"fail_count must be >= -1, got {self.fail_count!r}")
+        if self.on_abort not in ("kill", "drain"):
+            raise ValueError(f"on_abort must be 'kill' or 'drain', got {self.on_abort!r}")
+
     def window(self, n_targets: int) -> int:
         """How many targets may be active at once."""
-        raise NotImplementedError
+        if isinstance(self.parallel, str):
+            pct = _percent(self.parallel)
+            assert pct is not None  # checked in __post_init__
+            return max(1, math.floor(pct * n_targets))
+        return self.parallel
+
+    def rate(self) -> Fraction | None:
+        """The failure rate limit as an exact fraction, or None when there is no rate limit.
+
+        The design document's default pair -- fail_rate 0 with fail_count -1 ("-1: count
+        and rate don't matter") -- means no limit at all, so that pair yields None too.
+        """
+        if self.fail_rate is None:
+            return None
+        if isinstance(self.fail_rate, str):
+            rate = _percent(self.fail_rate)
+        elif self.fail_rate == -1:
+            return None
+        else:
+            rate = _fraction(self.fail_rate)
+        if rate == 0 and self.fail_count == -1:
+            return None
+        return rate
 
     def tripped(self, failures: int, n_targets: int) -> bool:
         """True when ``failures`` exceed fail_count or fail_rate x n_targets."""
-        raise NotImplementedError
+        return self.trip_reason(failures, n_targets) is not None
+
+    def trip_reason(self, failures: int, n_targets: int) -> str | None:
+        """Why ``failures`` out of ``n_targets`` abort the rollout, or None if they do not."""
+        if self.fail_count != -1 and failures > self.fail_count:
+            plural = "" if failures == 1 else "s"
+            return f"fail_count {self.fail_count} exceeded: {failures} failure{plural}"
+        rate = self.rate()
+        if rate is not None and failures > rate * n_targets:
+            return f"fail_rate {self.fail_rate} exceeded: {failures} of {n_targets} targets failed"
+        return None
+
+    def first_tripping(self, n_targets: int) -> int | None:
+        """The smallest number of failures that aborts a rollout of ``n_targets``, if any."""
+        bounds = []
+        if self.fail_count != -1:
+            bounds.append(self.fail_count + 1)
+        rate = self.rate()
+        if rate is not None:
+            bounds.append(math.floor(rate * n_targets) + 1)
+        least = min(bounds, default=None)
+        return least if least is not None and least <= n_targets else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +147,14 @@ class Timing:
     ack_grace: float = 5.0  #: extra wait past expires_at before marking UNREACHABLE
     lost_grace: float = 60.0  #: agent offline this long while it runs our target -> LOST
     kill_resend: float = 5.0  #: re-send kill this often until the target reports
+
+    def __post_init__(self) -> None:
+        for name in ("delivery_timeout", "redeliver_interval", "kill_resend"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("ack_grace", "lost_grace"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
 
 
 @dataclass(slots=True)
@@ -114,8 +212,14 @@ class TaskChanged:
     new: TaskState
     reason: str = ""
 
+    @property
+    def final(self) -> bool:
+        return self.new.final
+
 
 Action = Dispatch | SendKill | TargetChanged | TaskChanged
+
+_ACTIVE = (_T.DISPATCHED, _T.RUNNING)
 
 
 class Rollout:
@@ -130,7 +234,8 @@ class Rollout:
         timing: Timing = Timing(),
         now: float,
     ) -> None:
-        raise NotImplementedError
+        targets = [TargetSnapshot(agent_id=a, seq=i) for i, a in enumerate(agent_ids)]
+        self._setup(task_id, limits, timing, targets)
 
     @classmethod
     def restore(
@@ -142,5 +247,374 @@ class Rollout:
         task_state: TaskState,
         reason: str = "",
         timing: Timing = Timing(),
+        killed: bool | None = None,
     ) -> Rollout:
-        raise NotImplementedError
+        """Rebuild a rollout from its stored targets (after a master restart).
+
+        Whether the rollout had been aborted follows from the stored failures (the limits
+        are monotonic). Whether the user had killed it is ``killed`` when given, else
+        inferred: not aborted, and some target has kill_requested or is CANCELLED.
+        """
+        self = cls.__new__(cls)
+        self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq))
+        self.state = task_state
+        self.reason = reason
+        if task_state.final:
+            return self
+        least = limits.first_tripping(self._n)
+        if least is not None and self._failures >= least:
+            self.aborted = True
+            self._end_reason = limits.trip_reason(least, self._n) or reason
+        elif killed or (
+            killed is None and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
+        ):
+            self.killed = True
+            self._end_reason = reason or "killed by user"
+        for t in self._targets.values():
+            self._schedule(t)
+        return self
+
+    def _setup(self, task_id: str, limits: Limits, timing: Timing, targets: list[TargetSnapshot]) -> None:
+        if not targets:
+            raise ValueError("a rollout needs at least one target")
+        self.task_id = task_id
+        self.limits = limits
+        self.timing = timing
+        self.state = TaskState.WAITING
+        self.reason = ""
+        self.aborted = False
+        self.killed = False
+        self._end_reason = ""  #: the abort or kill reason the task will end with
+        self._targets: dict[str, TargetSnapshot] = {t.agent_id: t for t in targets}
+        if len(self._targets) != len(targets):
+            raise ValueError("duplicate agent id in targets")
+        self._order = [t.agent_id for t in targets]
+        self._n = len(targets)
+        self.window = limits.window(self._n)
+        self._next = 0  #: index in _order from which to look for the next WAITING target
+        self._counts = {s: 0 for s in TargetState}
+        for t in targets:
+            self._counts[t.state] += 1
+        self._failures = sum(n for s, n in self._counts.items() if s.failure)
+        self._active = {t.agent_id for t in targets if t.state in _ACTIVE}
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._pushes = 0
+        self._dirty: set[str] = set()
+
+    # ------------------------------------------------------------------ read side
+
+    @property
+    def targets(self) -> dict[str, TargetSnapshot]:
+        return self._targets
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: n for s, n in self._counts.items()}
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and self._due.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_dirty(self) -> list[str]:
+        dirty = sorted(self._dirty, key=lambda a: self._targets[a].seq)
+        self._dirty.clear()
+        return dirty
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> list[Action]:
+        if self.state is not TaskState.WAITING or self.killed:
+            return []
+        return self._fill(now)
+
+    def resume(self, now: float) -> list[Action]:
+        """After :meth:`restore`: re-send unacked dispatches and owed kills, fill the window."""
+        if self.final:
+            return []
+        actions: list[Action] = []
+        for agent_id in sorted(self._active, key=lambda a: self._targets[a].seq):
+            t = self._targets[agent_id]
+            if t.kill_requested:
+                t.kill_sent_at = now
+                actions.append(SendKill(agent_id))
+            elif not t.acked and t.state is _T.DISPATCHED and t.expires_at is not None and now < t.expires_at:
+                t.last_sent_at = now
+                actions.append(Dispatch(agent_id, t.expires_at, redeliver=True))
+            self._touch(t)
+        if self.aborted or self.killed:  # the crash may have come before all of it was stored
+            actions += self._cancel_waiting(now, f"{'rollout aborted' if self.aborted else 'task killed'}: {self._end_reason}")
+            if self.killed or self.limits.on_abort == "kill":
+                actions += self._kill_active(now)
+        actions += self.tick(now)
+        actions += self._fill(now)
+        actions += self._check_final()
+        return actions
+
+    def kill(self, now: float, reason: str = "killed by user") -> list[Action]:
+        if self.final or self.killed:
+            return []
+        actions: list[Action] = []
+        if not self.aborted:
+            self.killed = True
+            self._end_reason = reason
+            actions += self._cancel_waiting(now, f"task killed: {reason}")
+        actions += self._kill_active(now)
+        actions += self._check_final()
+        return actions
+
+    # ------------------------------------------------------------------ agent events
+
+    def on_ack(self, agent_id: str, now: float) -> list[Action]:
+        t = self._targets.get(agent_id)
+        if t is None or t.state not in _ACTIVE:
+            return []
+        changed = not t.acked or t.offline_since is not None
+        t.acked = True
+        t.offline_since = None  # an ack proves the agent is alive
+        if changed:
+            self._touch(t)
+        return []
+
+    def on_started(self, agent_id: str, now: float) -> list[Action]:
+        t = self._targets.get(agent_id)
+        if t is None or t.state is not _T.DISPATCHED:
+            return []
+        t.acked = True
+        t.offline_since = None
+        t.started_at = now
+        return [self._move(t, _T.RUNNING, "")]
+
+    def on_final(self, agent_id: str, state: TargetState, now: float, reason: str = "") -> list[Action]:
+        if not state.final:
+            raise ValueError(f"on_final needs a final state, got {state.value}")
+        t = self._targets.get(agent_id)
+        if t is None or t.state not in _ACTIVE:
+            return []
+        if state is _T.UNREACHABLE and t.acked:
+            return []  # an "expired" reject cannot follow an ack of the same task
+        try:
+            check_target_transition(t.state, state)
+        except ValueError:
+            return []  # out of sequence (e.g. REJECTED after started): ignore
+        return self._finish(t, state, now, reason)
+
+    def on_agent_offline(self, agent_id: str, now: float) -> list[Action]:
+        t = self._targets.get(agent_id)
+        if t is None or t.state not in _ACTIVE or t.offline_since is not None:
+            return []
+        t.offline_since = now
+        self._touch(t)
+        return []
+
+    def on_agent_online(self, agent_id: str, now: float) -> list[Action]:
+        t = self._targets.get(agent_id)
+        if t is None or t.offline_since is None:
+            return []
+        t.offline_since = None
+        self._touch(t)
+        return []
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, agent_id = heapq.heappop(heap)
+            if self._due.get(agent_id) != due:
+                continue  # stale entry
+            del self._due[agent_id]
+            actions += self._tick_target(self._targets[agent_id], now)
+        return actions
+
+    def _tick_target(self, t: TargetSnapshot, now: float) -> list[Action]:
+        tm = self.timing
+        if t.state not in _ACTIVE:
+            return []
+        if not t.acked and t.state is _T.DISPATCHED and now >= _expiry(t, tm):
+            if t.kill_requested:
+                return self._finish(t, _T.CANCELLED, now, "killed before the agent accepted it")
+            return self._finish(t, _T.UNREACHABLE, now, f"not accepted within delivery_timeout {tm.delivery_timeout:g}s")
+        if _lost_at(t, tm) is not None and now >= _lost_at(t, tm):
+            return self._finish(t, _T.LOST, now, f"agent offline for more than lost_grace {tm.lost_grace:g}s")
+        actions: list[Action] = []
+        if t.kill_requested:
+            if t.kill_sent_at is None or now >= t.kill_sent_at + tm.kill_resend:
+                t.kill_sent_at = now
+                actions.append(SendKill(t.agent_id))
+        elif _redeliver_at(t, tm) is not None and now >= _redeliver_at(t, tm):
+            t.last_sent_at = now
+            assert t.expires_at is not None
+            actions.append(Dispatch(t.agent_id, t.expires_at, redeliver=True))
+        self._touch(t)
+        return actions
+
+    # ------------------------------------------------------------------ internals
+
+    def _touch(self, t: TargetSnapshot) -> None:
+        """Mark dirty and (re)schedule the target's next deadline."""
+        self._dirty.add(t.agent_id)
+        self._schedule(t)
+
+    def _schedule(self, t: TargetSnapshot) -> None:
+        due = _deadline(t, self.timing)
+        if due is None:
+            self._due.pop(t.agent_id, None)
+        elif self._due.get(t.agent_id) != due:
+            self._due[t.agent_id] = due
+            self._pushes += 1
+            heapq.heappush(self._heap, (due, self._pushes, t.agent_id))
+
+    def _move(self, t: TargetSnapshot, new: TargetState, reason: str) -> TargetChanged:
+        old = t.state
+        check_target_transition(old, new)
+        t.state = new
+        self._counts[old] -= 1
+        self._counts[new] += 1
+        if new.failure:
+            self._failures += 1
+        if new in _ACTIVE:
+            self._active.add(t.agent_id)
+        else:
+            self._active.discard(t.agent_id)
+        self._touch(t)
+        return TargetChanged(t.agent_id, old, new, reason)
+
+    def _finish(self, t: TargetSnapshot, state: TargetState, now: float, reason: str) -> list[Action]:
+        t.finished_at = now
+        t.offline_since = None
+        actions: list[Action] = [self._move(t, state, reason)]
+        if state.failure and not self.aborted and not self.killed:
+            why = self.limits.trip_reason(self._failures, self._n)
+            if why is not None:
+                actions += self._abort(now, why)
+        actions += self._fill(now)
+        actions += self._check_final()
+        return actions
+
+    def _abort(self, now: float, why: str) -> list[Action]:
+        self.aborted = True
+        self._end_reason = why
+        actions = self._cancel_waiting(now, f"rollout aborted: {why}")
+        if self.limits.on_abort == "kill":
+            actions += self._kill_active(now)
+        return actions
+
+    def _cancel_waiting(self, now: float, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for agent_id in self._order[self._next :]:
+            t = self._targets[agent_id]
+            if t.state is _T.WAITING:
+                t.finished_at = now
+                actions.append(self._move(t, _T.CANCELLED, reason))
+        self._next = self._n
+        return actions
+
+    def _kill_active(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for agent_id in sorted(self._active, key=lambda a: self._targets[a].seq):
+            t = self._targets[agent_id]
+            if t.kill_requested:
+                continue
+            t.kill_requested = True
+            t.kill_sent_at = now
+            self._touch(t)
+            actions.append(SendKill(agent_id))
+        return actions
+
+    def _fill(self, now: float) -> list[Action]:
+        """Dispatch WAITING targets in seq order until the window is full."""
+        if self.aborted or self.killed or self.final:
+            return []
+        actions: list[Action] = []
+        expires_at = now + self.timing.delivery_timeout
+        while len(self._active) < self.window and self._next < self._n:
+            t = self._targets[self._order[self._next]]
+            self._next += 1
+            if t.state is not _T.WAITING:
+                continue
+            if self.state is TaskState.WAITING:
+                actions.append(self._set_task(TaskState.RUNNING, ""))
+            t.dispatched_at = t.last_sent_at = now
+            t.expires_at = expires_at
+            t.acked = False
+            actions.append(self._move(t, _T.DISPATCHED, ""))
+            actions.append(Dispatch(t.agent_id, expires_at))
+        return actions
+
+    def _check_final(self) -> list[Action]:
+        c = self._counts
+        if self.final or c[_T.WAITING] + c[_T.DISPATCHED] + c[_T.RUNNING]:
+            return []
+        if self.killed:
+            return [self._set_task(TaskState.KILLED, self._end_reason)]
+        if self.aborted:
+            return [self._set_task(TaskState.FAILED, self._end_reason)]
+        if c[_T.SUCCEED] == self._n:
+            return [self._set_task(TaskState.SUCCEED, f"all {self._n} targets succeeded")]
+        return [self._set_task(TaskState.FAILED, self._failure_summary())]
+
+    def _failure_summary(self) -> str:
+        bad = {s.value: n for s, n in self._counts.items() if n and s is not _T.SUCCEED}
+        detail = ", ".join(f"{k} {v}" for k, v in bad.items())
+        return f"{self._n - self._counts[_T.SUCCEED]} of {self._n} targets did not succeed: {detail}"
+
+    def _set_task(self, new: TaskState, reason: str) -> TaskChanged:
+        old = self.state
+        self.state = new
+        self.reason = reason
+        return TaskChanged(old, new, reason)
+
+
+# ---------------------------------------------------------------------- deadlines
+
+
+def _expiry(t: TargetSnapshot, tm: Timing) -> float:
+    return (t.expires_at if t.expires_at is not None else math.inf) + tm.ack_grace
+
+
+def _lost_at(t: TargetSnapshot, tm: Timing) -> float | None:
+    running = t.state is _T.RUNNING or (t.state is _T.DISPATCHED and t.acked)
+    if not running or t.offline_since is None:
+        return None
+    return t.offline_since + tm.lost_grace
+
+
+def _redeliver_at(t: TargetSnapshot, tm: Timing) -> float | None:
+    if t.state is not _T.DISPATCHED or t.acked or t.kill_requested:
+        return None
+    last = t.last_sent_at if t.last_sent_at is not None else t.dispatched_at
+    if last is None or t.expires_at is None or last + tm.redeliver_interval >= t.expires_at:
+        return None  # a copy arriving after expires_at would only be refused
+    return last + tm.redeliver_interval
+
+
+def _deadline(t: TargetSnapshot, tm: Timing) -> float | None:
+    """The earliest time at which tick() has something to do for ``t``."""
+    if t.state not in _ACTIVE:
+        return None
+    times: list[float] = []
+    if t.state is _T.DISPATCHED and not t.acked:
+        times.append(_expiry(t, tm))
+    for at in (_lost_at(t, tm), _redeliver_at(t, tm)):
+        if at is not None:
+            times.append(at)
+    if t.kill_requested:
+        times.append((t.kill_sent_at if t.kill_sent_at is not None else -math.inf) + tm.kill_resend)
+    finite = [x for x in times if x != math.inf]
+    return min(finite) if finite else None
+

@@ -1,0 +1,741 @@
+"""The rollout engine, pure: a table per rule, an injected clock, no sleeps, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from mschedule_master.rollout import (
+    Dispatch,
+    Limits,
+    Rollout,
+    SendKill,
+    TargetChanged,
+    TargetSnapshot,
+    TaskChanged,
+    Timing,
+)
+from mschedule_master.states import TargetState, TaskState, check_target_transition
+
+T = TargetState
+FAILURES = [T.FAILED, T.TIMEOUT, T.LOST, T.UNREACHABLE, T.INTERRUPTED, T.REJECTED]
+TIMING = Timing(delivery_timeout=30, redeliver_interval=5, ack_grace=2, lost_grace=20, kill_resend=4)
+
+
+def ids(n: int) -> list[str]:
+    return [f"a{i:02d}" for i in range(n)]
+
+
+class Run:
+    """Drives a Rollout and checks every action it returns against a mirror of the targets."""
+
+    def __init__(self, n: int = 5, timing: Timing = TIMING, **limits) -> None:
+        self.r = Rollout("t1", ids(n), Limits(**limits), timing=timing, now=0.0)
+        self.mirror = {a: T.WAITING for a in ids(n)}
+        self.task = TaskState.WAITING
+        self.actions: list = []
+        self.max_active = 0
+
+    def do(self, actions: list) -> list:
+        for a in actions:
+            if isinstance(a, TargetChanged):
+                assert self.mirror[a.agent_id] == a.old
+                check_target_transition(a.old, a.new)
+                self.mirror[a.agent_id] = a.new
+            elif isinstance(a, TaskChanged):
+                assert a.old == self.task and a.new != a.old
+                assert not self.task.final, "a final task never changes again"
+                self.task = a.new
+            elif isinstance(a, Dispatch) and not a.redeliver:
+                assert self.mirror[a.agent_id] == T.DISPATCHED, "persist DISPATCHED before publishing"
+        active = sum(1 for s in self.mirror.values() if s.active)
+        self.max_active = max(self.max_active, active)
+        assert active <= self.r.window
+        assert self.r.state == self.task
+        assert self.r.counts() == {s.value: list(self.mirror.values()).count(s) for s in TargetState}
+        self.actions += actions
+        return actions
+
+    def start(self, now: float = 0.0) -> list:
+        return self.do(self.r.start(now))
+
+    def final(self, agent: str, state: TargetState, now: float = 1.0) -> list:
+        return self.do(self.r.on_final(agent, state, now))
+
+    def finish_active(self, state: TargetState, now: float = 1.0) -> list:
+        """Report ``state`` for every currently active target (in seq order)."""
+        out = []
+        for a in [a for a, s in self.mirror.items() if s.active]:
+            out += self.final(a, state, now)
+        return out
+
+    def active(self) -> list[str]:
+        return [a for a, s in self.mirror.items() if s.active]
+
+    def tick(self, now: float) -> list:
+        return self.do(self.r.tick(now))
+
+    def of(self, kind: type, actions: list | None = None) -> list:
+        return [a for a in (self.actions if actions is None else actions) if isinstance(a, kind)]
+
+
+def only(actions: list, kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+# ------------------------------------------------------------------------ limits
+
+
+@pytest.mark.parametrize(
+    ("parallel", "n", "window"),
+    [
+        (1, 10, 1),
+        (3, 10, 3),
+        (50, 10, 50),
+        ("10%", 5, 1),
+        ("50%", 10, 5),
+        ("33%", 10, 3),
+        ("100%", 7, 7),
+        ("12.5%", 8, 1),
+        ("0.5%", 10, 1),
+        ("25%", 10_000, 2_500),
+    ],
+)
+def test_window_is_parallel_or_the_floor_of_a_percentage_with_a_minimum_of_one(parallel, n, window):
+    assert Limits(parallel=parallel).window(n) == window
+
+
+@pytest.mark.parametrize(
+    ("fail_rate", "fail_count", "n", "failures", "tripped"),
+    [
+        (0.2, -1, 10, 2, False),
+        (0.2, -1, 10, 3, True),
+        ("20%", -1, 10, 3, True),
+        ("20%", -1, 10, 2, False),
+        (None, 0, 10, 1, True),
+        (None, 0, 10, 0, False),
+        (None, 2, 10, 2, False),
+        (None, 2, 10, 3, True),
+        (0, -1, 10, 10, False),  # the design document's default pair: no limit at all
+        (-1, -1, 10, 10, False),
+        (None, -1, 10, 10, False),
+        (1.0, -1, 10, 10, False),
+        ("100%", -1, 1, 1, False),
+        (0.5, -1, 1, 1, True),
+        (0, 2, 10, 1, True),  # with a count limit, fail_rate 0 is a real zero-tolerance rate
+        (0.57, -1, 100, 57, False),  # exact: 0.57 * 100 is 56.99999999999999 in floats
+        (0.57, -1, 100, 58, True),
+        (0.1, 5, 3, 1, True),  # rate trips first
+        (0.9, 1, 10, 2, True),  # count trips first
+    ],
+)
+def test_limits_trip_when_failures_exceed_count_or_rate_times_targets(fail_rate, fail_count, n, failures, tripped):
+    assert Limits(fail_rate=fail_rate, fail_count=fail_count).tripped(failures, n) is tripped
+
+
+@pytest.mark.parametrize(
+    ("limits", "failures", "n", "reason"),
+    [
+        (Limits(fail_count=0), 1, 10, "fail_count 0 exceeded: 1 failure"),
+        (Limits(fail_count=2), 3, 10, "fail_count 2 exceeded: 3 failures"),
+        (Limits(fail_rate=0.2), 3, 10, "fail_rate 0.2 exceeded: 3 of 10 targets failed"),
+        (Limits(fail_rate="20%"), 3, 10, "fail_rate 20% exceeded: 3 of 10 targets failed"),
+        (Limits(fail_rate="20%"), 2, 10, None),
+    ],
+)
+def test_trip_reason_names_the_limit_and_the_failures(limits, failures, n, reason):
+    assert limits.trip_reason(failures, n) == reason
+
+
+@pytest.mark.parametrize(
+    ("limits", "n", "least"),
+    [
+        (Limits(fail_rate=0.2), 10, 3),
+        (Limits(fail_count=0), 10, 1),
+        (Limits(fail_count=4, fail_rate="10%"), 10, 2),
+        (Limits(), 10, None),
+        (Limits(fail_rate=1), 10, None),
+        (Limits(fail_count=10), 10, None),
+    ],
+)
+def test_first_tripping_is_the_smallest_aborting_number_of_failures(limits, n, least):
+    assert limits.first_tripping(n) == least
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"parallel": 0},
+        {"parallel": "0%"},
+        {"parallel": "ten"},
+        {"fail_rate": 1.5},
+        {"fail_rate": -0.5},
+        {"fail_rate": "lots"},
+        {"fail_count": -2},
+        {"on_abort": "panic"},
+    ],
+)
+def test_limits_refuse_nonsense(kwargs):
+    with pytest.raises(ValueError):
+        Limits(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"delivery_timeout": 0}, {"redeliver_interval": 0}, {"kill_resend": -1}])
+def test_timing_refuses_intervals_that_would_never_advance(kwargs):
+    with pytest.raises(ValueError):
+        Timing(**kwargs)
+
+
+def test_a_rollout_needs_targets_and_distinct_ones():
+    with pytest.raises(ValueError):
+        Rollout("t", [], Limits(), now=0)
+    with pytest.raises(ValueError):
+        Rollout("t", ["a", "a"], Limits(), now=0)
+
+
+# ------------------------------------------------------------------------ start and window
+
+
+def test_start_dispatches_the_first_window_in_order_with_an_expiry():
+    run = Run(5, parallel=2)
+    actions = run.start(100.0)
+    assert actions[0] == TaskChanged(TaskState.WAITING, TaskState.RUNNING, "")
+    assert only(actions, Dispatch) == [Dispatch("a00", 130.0), Dispatch("a01", 130.0)]
+    assert run.r.targets["a00"].dispatched_at == 100.0
+    assert run.r.targets["a00"].expires_at == 130.0
+    assert run.r.start(101.0) == [], "start twice does nothing"
+
+
+@pytest.mark.parametrize(("n", "parallel", "first"), [(10, 1, 1), (10, 3, 3), (10, "50%", 5), (3, 10, 3), (10, "1%", 1)])
+def test_start_dispatches_min_of_window_and_targets(n, parallel, first):
+    run = Run(n, parallel=parallel)
+    assert len(only(run.start(), Dispatch)) == first
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3, "30%", 10])
+def test_sliding_window_dispatches_the_next_target_as_soon_as_one_finishes(parallel):
+    run = Run(10, parallel=parallel)
+    run.start()
+    order = [a.agent_id for a in run.of(Dispatch)]
+    clock = 1.0
+    while run.active():
+        before = len(run.of(Dispatch))
+        victim = run.active()[-1]  # finish out of order: the newest first
+        clock += 1
+        run.do(run.r.on_started(victim, clock))
+        new = run.final(victim, T.SUCCEED, clock)
+        if before < 10:
+            assert len(only(new, Dispatch)) == 1, "exactly one replacement"
+        order += [a.agent_id for a in only(new, Dispatch)]
+    assert order == ids(10), "dispatch follows seq order"
+    assert run.max_active == min(Limits(parallel=parallel).window(10), 10)
+    assert run.task == TaskState.SUCCEED
+    assert run.r.reason == "all 10 targets succeeded"
+
+
+# ------------------------------------------------------------------------ thresholds
+
+
+@pytest.mark.parametrize(
+    ("n", "limits", "failed_at_abort", "reason"),
+    [
+        (10, {"fail_rate": 0.2}, 3, "fail_rate 0.2 exceeded: 3 of 10 targets failed"),
+        (10, {"fail_rate": "20%"}, 3, "fail_rate 20% exceeded: 3 of 10 targets failed"),
+        (10, {"fail_count": 0}, 1, "fail_count 0 exceeded: 1 failure"),
+        (10, {"fail_count": 3}, 4, "fail_count 3 exceeded: 4 failures"),
+        (10, {"fail_count": 4, "fail_rate": 0.1}, 2, "fail_rate 0.1 exceeded: 2 of 10 targets failed"),
+        (1, {"fail_count": 0}, 1, "fail_count 0 exceeded: 1 failure"),
+        (1, {"fail_rate": 0.5}, 1, "fail_rate 0.5 exceeded: 1 of 1 targets failed"),
+    ],
+)
+@pytest.mark.parametrize("failure", FAILURES)
+def test_rollout_aborts_at_the_failure_that_exceeds_a_limit(n, limits, failed_at_abort, reason, failure):
+    run = Run(n, parallel=1, **limits)
+    run.start()
+    for i in range(failed_at_abort):
+        assert run.r.aborted is False
+        run.final(ids(n)[i], failure, now=float(i + 1))
+    assert run.r.aborted is True
+    c = run.r.counts()
+    assert c[failure.value] == failed_at_abort
+    assert c["CANCELLED"] == n - failed_at_abort
+    assert run.task == TaskState.FAILED
+    assert run.r.reason == reason
+    assert not run.of(Dispatch)[failed_at_abort:], "nothing dispatched after the abort"
+
+
+@pytest.mark.parametrize(
+    ("limits", "n"),
+    [({"fail_rate": "100%"}, 10), ({"fail_rate": 1}, 4), ({}, 10), ({"fail_rate": 0, "fail_count": -1}, 5), ({"fail_count": 10}, 10)],
+)
+def test_rollout_without_a_reachable_limit_runs_every_target_and_ends_failed(limits, n):
+    run = Run(n, parallel=2, **limits)
+    run.start()
+    for _ in range(n):
+        run.finish_active(T.FAILED)
+    assert run.r.counts()["FAILED"] == n
+    assert run.r.aborted is False
+    assert run.task == TaskState.FAILED
+    assert run.r.reason == f"{n} of {n} targets did not succeed: FAILED {n}"
+
+
+@pytest.mark.parametrize("neither", [T.KILLED, T.CANCELLED])
+def test_killed_and_cancelled_targets_are_no_failures_but_the_task_does_not_succeed(neither):
+    run = Run(2, parallel=2, fail_count=0)
+    run.start()
+    run.final("a00", neither)
+    assert run.r.failures == 0 and not run.r.aborted
+    run.final("a01", T.SUCCEED)
+    assert run.task == TaskState.FAILED
+    assert run.r.reason == f"1 of 2 targets did not succeed: {neither.value} 1"
+
+
+def test_abort_with_on_abort_kill_kills_every_active_target_and_ends_when_they_report():
+    run = Run(10, parallel=3, fail_count=0, on_abort="kill")
+    run.start()
+    run.do(run.r.on_ack("a01", 1))
+    run.do(run.r.on_started("a02", 1))
+    actions = run.final("a00", T.FAILED, 2)
+    assert only(actions, SendKill) == [SendKill("a01"), SendKill("a02")]
+    assert run.r.counts()["CANCELLED"] == 7
+    assert run.task == TaskState.RUNNING, "waits for the killed targets to report"
+    run.final("a01", T.KILLED, 3)
+    assert run.task == TaskState.RUNNING
+    run.final("a02", T.KILLED, 3)
+    assert run.task == TaskState.FAILED
+    assert run.r.reason == "fail_count 0 exceeded: 1 failure"
+
+
+def test_abort_with_on_abort_drain_lets_active_targets_finish_but_dispatches_nothing_more():
+    run = Run(10, parallel=3, fail_count=0, on_abort="drain")
+    run.start()
+    actions = run.final("a00", T.FAILED, 2)
+    assert not only(actions, SendKill) and not only(actions, Dispatch)
+    run.final("a01", T.SUCCEED, 3)
+    assert run.task == TaskState.RUNNING
+    run.final("a02", T.FAILED, 4)
+    assert run.task == TaskState.FAILED
+    assert run.r.counts() == {**run.r.counts(), "SUCCEED": 1, "FAILED": 2, "CANCELLED": 7}
+    assert run.r.reason == "fail_count 0 exceeded: 1 failure"
+    assert len(run.of(Dispatch)) == 3
+
+
+def test_an_unacked_dispatch_killed_by_an_abort_becomes_cancelled_at_its_expiry():
+    run = Run(3, parallel=2, fail_count=0)
+    run.start(0)
+    assert only(run.final("a00", T.FAILED, 1), SendKill) == [SendKill("a01")]
+    assert not only(run.tick(10), Dispatch), "no redelivery of a task being killed"
+    run.tick(31.9)
+    assert run.mirror["a01"] == T.DISPATCHED
+    run.tick(32)
+    assert run.mirror["a01"] == T.CANCELLED
+    assert run.task == TaskState.FAILED
+
+
+# ------------------------------------------------------------------------ kill
+
+
+def test_kill_cancels_waiting_targets_and_kills_active_ones_then_ends_killed():
+    run = Run(6, parallel=2)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    actions = run.do(run.r.kill(2, reason="oops"))
+    assert only(actions, SendKill) == [SendKill("a00"), SendKill("a01")]
+    assert run.r.counts()["CANCELLED"] == 4
+    assert all(a.reason == "task killed: oops" for a in only(actions, TargetChanged))
+    assert run.task == TaskState.RUNNING
+    assert run.do(run.r.kill(3)) == [], "a second kill changes nothing"
+    run.final("a00", T.KILLED, 4)
+    run.final("a01", T.KILLED, 4)
+    assert run.task == TaskState.KILLED
+    assert run.r.reason == "oops"
+
+
+def test_kill_is_resent_every_kill_resend_until_the_target_reports():
+    run = Run(2, parallel=2)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    run.do(run.r.on_ack("a01", 1))
+    run.do(run.r.kill(10))
+    assert run.r.next_deadline() == 14
+    assert run.tick(13.9) == []
+    assert only(run.tick(14), SendKill) == [SendKill("a00"), SendKill("a01")]
+    run.final("a01", T.KILLED, 15)
+    assert only(run.tick(18), SendKill) == [SendKill("a00")]
+    run.final("a00", T.SUCCEED, 19)  # finished before the kill landed: a success is a success
+    assert run.r.next_deadline() is None
+    assert run.task == TaskState.KILLED
+
+
+def test_kill_before_start_cancels_everything_and_ends_killed_at_once():
+    run = Run(3)
+    actions = run.do(run.r.kill(0))
+    assert run.r.counts()["CANCELLED"] == 3
+    assert actions[-1] == TaskChanged(TaskState.WAITING, TaskState.KILLED, "killed by user")
+    assert run.r.start(1) == []
+
+
+def test_kill_after_the_task_ended_does_nothing():
+    run = Run(1)
+    run.start()
+    run.final("a00", T.SUCCEED)
+    assert run.r.kill(5) == []
+    assert run.task == TaskState.SUCCEED
+
+
+def test_a_killed_unacked_dispatch_that_expires_is_cancelled_not_unreachable():
+    run = Run(1)
+    run.start(0)
+    run.do(run.r.kill(1))
+    run.tick(32)
+    assert run.mirror["a00"] == T.CANCELLED
+    assert run.task == TaskState.KILLED
+
+
+def test_a_killed_running_target_whose_agent_stays_offline_becomes_lost():
+    run = Run(1)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    run.do(run.r.on_agent_offline("a00", 2))
+    run.do(run.r.kill(3))
+    run.tick(21.9)
+    assert run.mirror["a00"] == T.RUNNING
+    run.tick(22)
+    assert run.mirror["a00"] == T.LOST
+    assert run.task == TaskState.KILLED
+
+
+def test_kill_during_a_drain_stops_it_but_the_task_stays_failed():
+    run = Run(3, parallel=2, fail_count=0, on_abort="drain")
+    run.start()
+    run.final("a00", T.FAILED)
+    assert only(run.do(run.r.kill(2)), SendKill) == [SendKill("a01")]
+    run.final("a01", T.KILLED)
+    assert run.task == TaskState.FAILED
+    assert run.r.reason == "fail_count 0 exceeded: 1 failure"
+
+
+# ------------------------------------------------------------------------ delivery
+
+
+def test_an_unacked_dispatch_is_redelivered_every_interval_with_the_same_expiry():
+    run = Run(1)
+    run.start(0)
+    sent = []
+    t = 0.0
+    while (d := run.r.next_deadline()) is not None and d < 30:
+        t = d
+        sent += [(t, a) for a in run.tick(t)]
+    assert sent == [(float(s), Dispatch("a00", 30.0, redeliver=True)) for s in (5, 10, 15, 20, 25)]
+    assert run.r.next_deadline() == 32
+
+
+def test_an_ack_stops_redelivery_and_expiry():
+    run = Run(1)
+    run.start(0)
+    assert run.do(run.r.on_ack("a00", 3)) == []
+    assert run.r.next_deadline() is None
+    assert run.tick(1000) == []
+    assert run.mirror["a00"] == T.DISPATCHED
+
+
+@pytest.mark.parametrize(("now", "state"), [(31.99, T.DISPATCHED), (32.0, T.UNREACHABLE), (500.0, T.UNREACHABLE)])
+def test_an_unacked_dispatch_becomes_unreachable_after_expiry_plus_grace(now, state):
+    run = Run(1)
+    run.start(0)
+    run.tick(now)
+    assert run.mirror["a00"] == state
+
+
+def test_unreachable_is_a_failure_and_frees_the_window():
+    run = Run(3, parallel=1, fail_count=1)
+    run.start(0)
+    actions = run.tick(32)
+    assert run.r.failures == 1
+    assert only(actions, Dispatch) == [Dispatch("a01", 62.0)]
+
+
+def test_a_late_tick_resolves_expiry_without_redelivering():
+    run = Run(1)
+    run.start(0)
+    actions = run.tick(1000)
+    assert not only(actions, Dispatch)
+    assert run.task == TaskState.FAILED
+
+
+def test_redelivery_stops_before_the_expiry():
+    run = Run(1, timing=dataclasses.replace(TIMING, delivery_timeout=12))
+    run.start(0)
+    assert only(run.tick(5), Dispatch) and only(run.tick(10), Dispatch)
+    assert run.r.next_deadline() == 14, "a copy at 15 would arrive after expires_at=12"
+
+
+# ------------------------------------------------------------------------ LOST
+
+
+@pytest.mark.parametrize(
+    ("how_far", "online_at", "expected"),
+    [
+        ("started", None, T.LOST),
+        ("acked", None, T.LOST),
+        ("started", 21.9, T.RUNNING),
+        ("acked", 15.0, T.DISPATCHED),
+        ("dispatched", None, T.DISPATCHED),  # unacked: waits for its delivery expiry instead
+    ],
+)
+def test_an_agent_offline_past_lost_grace_loses_its_running_target(how_far, online_at, expected):
+    run = Run(1)
+    run.start(0)
+    if how_far == "started":
+        run.do(run.r.on_started("a00", 1))
+    elif how_far == "acked":
+        run.do(run.r.on_ack("a00", 1))
+    run.do(run.r.on_agent_offline("a00", 2))
+    if online_at is not None:
+        run.do(run.r.on_agent_online("a00", online_at))
+    run.tick(21.99)
+    assert run.mirror["a00"] in (T.RUNNING, T.DISPATCHED)
+    run.tick(22)
+    assert run.mirror["a00"] == expected
+
+
+def test_an_unacked_target_offline_becomes_unreachable_at_its_expiry():
+    run = Run(1)
+    run.start(0)
+    run.do(run.r.on_agent_offline("a00", 1))
+    run.tick(31)
+    assert run.mirror["a00"] == T.DISPATCHED
+    run.tick(32)
+    assert run.mirror["a00"] == T.UNREACHABLE
+
+
+def test_a_second_offline_does_not_restart_the_grace_period():
+    run = Run(1)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    run.do(run.r.on_agent_offline("a00", 2))
+    run.do(run.r.on_agent_offline("a00", 10))
+    run.tick(22)
+    assert run.mirror["a00"] == T.LOST
+
+
+def test_an_ack_from_an_agent_thought_offline_cancels_the_lost_timer():
+    run = Run(1)
+    run.start(0)
+    run.do(run.r.on_agent_offline("a00", 1))
+    run.do(run.r.on_ack("a00", 2))
+    assert run.r.targets["a00"].offline_since is None
+    assert run.r.next_deadline() is None
+
+
+# ------------------------------------------------------------------------ agent events
+
+
+@pytest.mark.parametrize(
+    ("setup", "event"),
+    [
+        ("final", T.FAILED),  # a second result for a finished target
+        ("final", T.SUCCEED),
+        ("waiting", T.SUCCEED),  # a result for a target never dispatched
+        ("unknown", T.SUCCEED),  # an agent that is not a target
+        ("started", T.REJECTED),  # out of sequence
+        ("started", T.UNREACHABLE),
+        ("acked", T.UNREACHABLE),  # an "expired" reject cannot follow an ack
+    ],
+)
+def test_on_final_ignores_what_makes_no_sense(setup, event):
+    run = Run(2, parallel=1)
+    run.start(0)
+    agent = {"final": "a00", "waiting": "a01", "unknown": "zz", "started": "a00", "acked": "a00"}[setup]
+    if setup == "final":
+        run.final("a00", T.SUCCEED)
+    elif setup == "started":
+        run.do(run.r.on_started("a00", 1))
+    elif setup == "acked":
+        run.do(run.r.on_ack("a00", 1))
+    counts = run.r.counts()
+    assert run.r.on_final(agent, event, 2) == []
+    assert run.r.counts() == counts
+
+
+@pytest.mark.parametrize("state", [T.WAITING, T.DISPATCHED, T.RUNNING])
+def test_on_final_refuses_a_state_that_is_not_final(state):
+    run = Run(1)
+    run.start()
+    with pytest.raises(ValueError):
+        run.r.on_final("a00", state, 1)
+
+
+@pytest.mark.parametrize("state", [T.SUCCEED, T.FAILED, T.TIMEOUT, T.KILLED, T.INTERRUPTED, T.REJECTED, T.UNREACHABLE, T.CANCELLED])
+def test_on_final_applies_any_final_state_to_a_dispatched_target(state):
+    run = Run(1)
+    run.start()
+    actions = run.do(run.r.on_final("a00", state, 5, reason="why"))
+    assert actions[0] == TargetChanged("a00", T.DISPATCHED, state, "why")
+    assert run.r.targets["a00"].finished_at == 5
+
+
+def test_on_started_moves_dispatched_to_running_and_implies_the_ack():
+    run = Run(1)
+    run.start(0)
+    assert run.do(run.r.on_started("a00", 3)) == [TargetChanged("a00", T.DISPATCHED, T.RUNNING, "")]
+    assert run.r.targets["a00"].acked and run.r.targets["a00"].started_at == 3
+    assert run.r.next_deadline() is None, "no redelivery, no expiry once started"
+    assert run.r.on_started("a00", 4) == []
+
+
+@pytest.mark.parametrize("method", ["on_ack", "on_started", "on_agent_offline", "on_agent_online"])
+def test_events_for_unknown_agents_are_ignored(method):
+    run = Run(1)
+    run.start()
+    assert getattr(run.r, method)("nobody", 1) == []
+
+
+def test_counts_list_every_state_with_zeros():
+    run = Run(3)
+    assert run.r.counts() == {s.value: (3 if s is T.WAITING else 0) for s in TargetState}
+
+
+def test_pop_dirty_reports_targets_whose_fields_changed_without_a_state_change():
+    run = Run(2, parallel=2)
+    run.start()
+    assert run.r.pop_dirty() == ["a00", "a01"]
+    run.do(run.r.on_ack("a01", 1))
+    assert run.r.pop_dirty() == ["a01"]
+    assert run.r.pop_dirty() == []
+
+
+# ------------------------------------------------------------------------ deadlines
+
+
+def test_ticking_at_each_next_deadline_always_makes_progress_and_ends():
+    """Agents that never answer: ticking at next_deadline() must end the task in few steps."""
+    run = Run(20, parallel=4, fail_count=-1)
+    run.start(0)
+    steps = 0
+    while (d := run.r.next_deadline()) is not None:
+        run.tick(d)
+        steps += 1
+        assert steps < 1000
+    assert run.task == TaskState.FAILED
+    assert run.r.counts()["UNREACHABLE"] == 20
+    assert run.r.next_deadline() is None
+
+
+def test_next_deadline_is_the_earliest_pending_one():
+    run = Run(3, parallel=3)
+    run.start(0)
+    run.do(run.r.on_ack("a00", 0))
+    run.do(run.r.on_ack("a01", 0))
+    run.do(run.r.on_agent_offline("a00", 1))  # LOST at 21
+    run.do(run.r.on_ack("a02", 0))
+    assert run.r.next_deadline() == 21
+    run.do(run.r.kill(2))  # kill resend at 6
+    assert run.r.next_deadline() == 6
+
+
+# ------------------------------------------------------------------------ restore
+
+
+def snapshot(r: Rollout) -> list[TargetSnapshot]:
+    return [dataclasses.replace(t) for t in r.targets.values()]
+
+
+def test_restore_then_resume_redelivers_unacked_and_fills_the_window():
+    run = Run(6, parallel=3)
+    run.start(0)
+    run.do(run.r.on_ack("a00", 1))
+    run.do(run.r.on_started("a01", 1))
+    run.final("a01", T.SUCCEED, 2)  # a03 dispatched at 2
+    r2 = Rollout.restore("t1", Limits(parallel=3), targets=snapshot(run.r), task_state=TaskState.RUNNING, timing=TIMING)
+    assert r2.counts() == run.r.counts()
+    actions = r2.resume(10)
+    assert only(actions, Dispatch) == [Dispatch("a02", 30.0, redeliver=True), Dispatch("a03", 32.0, redeliver=True)]
+    assert not only(actions, SendKill)
+    r2.on_final("a00", T.SUCCEED, 11)
+    assert r2.targets["a04"].state == T.DISPATCHED
+
+
+def test_resume_resends_owed_kills_and_ends_a_killed_task_as_killed():
+    run = Run(4, parallel=2)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    run.do(run.r.kill(2))
+    r2 = Rollout.restore("t1", Limits(parallel=2), targets=snapshot(run.r), task_state=TaskState.RUNNING, timing=TIMING)
+    assert r2.killed and not r2.aborted
+    actions = r2.resume(5)
+    assert only(actions, SendKill) == [SendKill("a00"), SendKill("a01")]
+    assert not only(actions, Dispatch)
+    r2.on_final("a00", T.KILLED, 6)
+    r2.on_final("a01", T.KILLED, 6)
+    assert r2.state == TaskState.KILLED and r2.reason == "killed by user"
+
+
+def test_restore_infers_an_abort_from_the_stored_failures_and_finishes_it():
+    run = Run(5, parallel=2, fail_count=0)
+    run.start(0)
+    targets = snapshot(run.r)
+    targets[0].state = T.FAILED  # the crash came after the failure was stored, before the abort was
+    r2 = Rollout.restore("t1", Limits(parallel=2, fail_count=0), targets=targets, task_state=TaskState.RUNNING, timing=TIMING)
+    assert r2.aborted
+    actions = r2.resume(3)
+    assert r2.counts()["CANCELLED"] == 3
+    assert only(actions, SendKill) == [SendKill("a01")]
+    r2.on_final("a01", T.KILLED, 4)
+    assert r2.state == TaskState.FAILED and r2.reason == "fail_count 0 exceeded: 1 failure"
+
+
+def test_restore_of_a_waiting_task_starts_it_on_resume():
+    r = Rollout.restore(
+        "t1", Limits(parallel=2), targets=[TargetSnapshot(a, seq=i) for i, a in enumerate(ids(3))], task_state=TaskState.WAITING
+    )
+    assert [a.agent_id for a in only(r.resume(0), Dispatch)] == ["a00", "a01"]
+    assert r.state == TaskState.RUNNING
+
+
+def test_restore_of_a_finished_task_does_nothing():
+    targets = [TargetSnapshot("a00", T.SUCCEED)]
+    r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.SUCCEED, reason="done")
+    assert r.resume(0) == [] and r.kill(0) == [] and r.next_deadline() is None
+
+
+def test_resume_ends_a_task_whose_targets_all_finished_before_the_crash():
+    targets = [TargetSnapshot("a00", T.SUCCEED, seq=0), TargetSnapshot("a01", T.SUCCEED, seq=1)]
+    r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.RUNNING)
+    assert r.resume(0) == [TaskChanged(TaskState.RUNNING, TaskState.SUCCEED, "all 2 targets succeeded")]
+
+
+def test_resume_expires_a_dispatch_whose_deadline_passed_while_the_master_was_down():
+    run = Run(1)
+    run.start(0)
+    r2 = Rollout.restore("t1", Limits(), targets=snapshot(run.r), task_state=TaskState.RUNNING, timing=TIMING)
+    actions = r2.resume(100)
+    assert not only(actions, Dispatch)
+    assert r2.targets["a00"].state == T.UNREACHABLE and r2.state == TaskState.FAILED
+
+
+# ------------------------------------------------------------------------ scale
+
+
+def test_ten_thousand_targets_roll_out_in_time_linear_in_the_events():
+    n = 10_000
+    r = Rollout("big", ids(n) if n <= 100 else [f"a{i}" for i in range(n)], Limits(parallel=100, fail_rate="50%"), now=0)
+    began = time.perf_counter()
+    actions = r.start(0)
+    queue = [a.agent_id for a in actions if isinstance(a, Dispatch)]
+    clock, done = 0.0, 0
+    while queue:
+        clock += 0.001
+        agent = queue.pop(0)
+        r.on_ack(agent, clock)
+        r.on_started(agent, clock)
+        out = r.on_final(agent, T.FAILED if done % 4 == 0 else T.SUCCEED, clock)
+        r.tick(clock)
+        queue += [a.agent_id for a in out if isinstance(a, Dispatch)]
+        done += 1
+    elapsed = time.perf_counter() - began
+    assert done == n
+    assert r.state == TaskState.FAILED and r.counts()["FAILED"] == n // 4
+    assert elapsed < 10, f"{n} targets took {elapsed:.2f}s"
