@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Render mschedule's broker configs from the templates next to this file.
+
+    render.py central --out DIR --dc bj --dc sh [--operator alice]...
+    render.py edge    --out DIR --dc bj --central HOST:PORT --credentials FILE
+
+``central`` writes DIR/mosquitto.conf (from central.conf) and DIR/acl (agents, master,
+operators, read-only monitors, one block per datacenter's bridge). ``edge`` writes
+DIR/mosquitto.conf (from edge.conf; it holds the bridge's password, so it is written
+mode 0640) and DIR/acl (the agents' patterns, read-only monitors). The bridge password
+is read from the credentials file that mkpasswd.sh writes (``user:password`` lines).
+
+The templates hold ``@NAME@`` placeholders; a placeholder left unfilled is an error, so
+a rendered file is always complete. Standard library only: it runs wherever
+mosquitto does. docs/deploy.md walks through it; harness/xdc.py runs these same steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+DEFAULT_PREFIX = "mschedule"
+DEFAULT_CONF_DIR = "/etc/mschedule/mosquitto"
+DEFAULT_DATA_DIR = "/var/lib/mschedule-broker"
+MASTER_USER = "mschedule-master"
+
+_PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+_LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_USER = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+class RenderError(ValueError):
+    """A value cannot go into a config, or a template has an unknown placeholder."""
+
+
+def bridge_user(dc: str) -> str:
+    """The bridge's client id and username at central: ``mschedule-bridge-<dc>``."""
+    return f"mschedule-bridge-{dc}"
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """Replace every ``@NAME@``; refuse a placeholder with no value."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise RenderError(f"no value for placeholder @{m.group(1)}@")
+        return values[m.group(1)]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def template(name: str) -> str:
+    return (HERE / name).read_text()
+
+
+def check(value: str, pattern: re.Pattern, what: str) -> str:
+    if not pattern.match(value):
+        raise RenderError(f"bad {what}: {value!r}")
+    return value
+
+
+def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors: list[str], conf_dir: str,
+                  data_dir: str, master_user: str = MASTER_USER) -> dict[str, str]:
+    """The central broker's mosquitto.conf and acl, as {file name: text}."""
+    check(prefix, _PREFIX, "topic prefix")
+    for dc in dcs:
+        check(dc, _LEVEL, "datacenter name")
+    users = [master_user, *operators, *monitors, *map(bridge_user, dcs)]
+    for user in users:
+        check(user, _USER, "username")
+    if len(set(users)) != len(users):
+        raise RenderError(f"a user or datacenter is listed twice: {users}")
+    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir}
+    acl = [fill(template("acl-agents"), base), fill(template("acl-central"), {**base, "MASTER_USER": master_user})]
+    acl += [fill(template("acl-operator"), {**base, "USER": u}) for u in operators]
+    acl += [fill(template("acl-monitor"), {**base, "USER": u}) for u in monitors]
+    acl += [fill(template("acl-bridge"), {**base, "DC": dc}) for dc in dcs]
+    return {"mosquitto.conf": fill(template("central.conf"), base), "acl": "".join(acl)}
+
+
+def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, monitors: list[str], conf_dir: str,
+               data_dir: str) -> dict[str, str]:
+    """One datacenter's edge mosquitto.conf (with its bridge) and acl."""
+    check(prefix, _PREFIX, "topic prefix")
+    check(dc, _LEVEL, "datacenter name")
+    for user in monitors:
+        check(user, _USER, "username")
+    if not re.match(r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$", central):
+        raise RenderError(f"central address must be HOST:PORT, not {central!r}")
+    if not bridge_password or any(c.isspace() for c in bridge_password):
+        raise RenderError(f"bad password for {bridge_user(dc)}: empty or holds white space")
+    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir, "DC": dc}
+    conf = fill(template("edge.conf"), {**base, "CENTRAL_ADDRESS": central, "BRIDGE_PASSWORD": bridge_password})
+    acl = [fill(template("acl-agents"), base)]
+    acl += [fill(template("acl-monitor"), {**base, "USER": u}) for u in monitors]
+    return {"mosquitto.conf": conf, "acl": "".join(acl)}
+
+
+def read_password(credentials: Path, user: str) -> str:
+    for line in credentials.read_text().splitlines():
+        name, sep, password = line.partition(":")
+        if sep and name == user:
+            return password
+    raise RenderError(f"{credentials} has no password for {user} (run mkpasswd.sh with {user})")
+
+
+def write(out: Path, files: dict[str, str], *, secret: set[str] = frozenset()) -> None:
+    """Write each file atomically; ``secret`` ones readable by owner and group only."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640 if name in secret else 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="role", required=True)
+    for role in ("central", "edge"):
+        p = sub.add_parser(role)
+        p.add_argument("--out", required=True, type=Path, help="directory to write mosquitto.conf and acl into")
+        p.add_argument("--prefix", default=DEFAULT_PREFIX, help="mschedule topic prefix (default %(default)s)")
+        p.add_argument("--conf-dir", help="where the files will live (default: --out)")
+        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="persistence directory (default %(default)s)")
+        p.add_argument("--monitor", action="append", default=[], help="a read-only username (repeat)")
+    c = sub.choices["central"]
+    c.add_argument("--dc", action="append", default=[], help="a bridged datacenter (repeat)")
+    c.add_argument("--operator", action="append", default=[], help="an operator username (repeat)")
+    c.add_argument("--master-user", default=MASTER_USER)
+    e = sub.choices["edge"]
+    e.add_argument("--dc", required=True, help="this edge's datacenter name")
+    e.add_argument("--central", required=True, help="central broker HOST:PORT")
+    e.add_argument("--credentials", required=True, type=Path, help="mkpasswd.sh's user:password file")
+    args = ap.parse_args(argv)
+    conf_dir = str(Path(args.conf_dir or args.out).absolute())
+    try:
+        if args.role == "central":
+            files = central_files(prefix=args.prefix, dcs=args.dc, operators=args.operator, monitors=args.monitor,
+                                  conf_dir=conf_dir,
+                                  data_dir=args.data_dir, master_user=args.master_user)
+            write(args.out, files)
+        else:
+            password = read_password(args.credentials, bridge_user(args.dc))
+            files = edge_files(prefix=args.prefix, dc=args.dc, central=args.central, bridge_password=password,
+                               monitors=args.monitor, conf_dir=conf_dir, data_dir=args.data_dir)
+            write(args.out, files, secret={"mosquitto.conf"})
+    except (RenderError, OSError) as e:
+        print(f"render.py: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(args.out / n) for n in files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""A central broker and one edge broker per datacenter, from the shipped configs.
+
+The setup runs the steps of docs/deploy.md: ``deploy/mosquitto/mkpasswd.sh`` makes the
+password and credentials files, ``deploy/mosquitto/render.py`` renders central.conf,
+edge.conf and the ACLs; the brokers then start from those rendered files, with only
+their listener (a free loopback port), persistence directory and log rewritten by
+:class:`harness.broker.Mosquitto`.
+
+    with Xdc(tmp_path, prefix=prefix, dcs=("bj", "sh")) as xdc:
+        xdc.add_agent("bj", agent_id)            # a user on the bj edge, its broker reloaded
+        url = xdc.url("bj", agent_id)            # mqtt://<id>:<password>@127.0.0.1:<port>
+        xdc.wait_bridge("bj", up=True)
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from harness.broker import CONF_DIR, Mosquitto
+from harness.mqtt import Collector
+
+CENTRAL = "central"
+MASTER_USER = "mschedule-master"
+OPERATOR_USER = "operator"
+#: Read-only user present on every broker, for a test's observers.
+MONITOR_USER = "monitor"
+#: Read-only user at central for the harness's own bridge-state watcher. Brokers run
+#: with use_username_as_clientid, so two connections of one user kick each other out.
+WATCH_USER = "xdc-watch"
+
+RENDER = CONF_DIR / "render.py"
+MKPASSWD = CONF_DIR / "mkpasswd.sh"
+
+
+def bridge_user(dc: str) -> str:
+    return f"mschedule-bridge-{dc}"
+
+
+def bridge_state_topic(dc: str) -> str:
+    return f"$SYS/broker/connection/{bridge_user(dc)}/state"
+
+
+def run(argv: list[str]) -> str:
+    """Run one deployment step; fail loudly with its output."""
+    p = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} exited {p.returncode}: {p.stdout}{p.stderr}")
+    return p.stdout
+
+
+class Site:
+    """One broker (central or a datacenter's edge): its rendered files and process."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.dir = root / name
+        self.etc = self.dir / "etc"
+        self.etc.mkdir(parents=True, exist_ok=True)
+        self.passwd = self.etc / "passwd"
+        self.credentials = self.etc / "credentials"
+        self.broker = Mosquitto(self.dir, conf=self.etc / "mosquitto.conf", name=name)
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    def add_users(self, *users: str) -> None:
+        run(["sh", MKPASSWD, self.passwd, self.credentials, *users])
+
+    def password(self, user: str) -> str:
+        for line in self.credentials.read_text().splitlines():
+            name, _, password = line.partition(":")
+            if name == user:
+                return password
+        raise KeyError(f"no user {user} on {self.name}")
+
+    def url(self, user: str | None, password: str | None = None) -> str:
+        if user is None:
+            return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{user}:{password if password is not None else self.password(user)}@127.0.0.1:{self.port}"
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password and ACL files."""
+        if self.broker.proc is not None:
+            self.broker.proc.send_signal(signal.SIGHUP)
+
+
+class Xdc:
+    """Central + edges. ``start()`` renders, starts every broker and waits for the bridges."""
+
+    def __init__(self, workdir: Path, *, prefix: str, dcs: tuple[str, ...] = ("bj", "sh")) -> None:
+        self.workdir = Path(workdir)
+        self.prefix = prefix
+        self.dcs = tuple(dcs)
+        self.central = Site(self.workdir, CENTRAL)
+        self.edges = {dc: Site(self.workdir, dc) for dc in self.dcs}
+        self._watch: Collector | None = None
+
+    def site(self, name: str) -> Site:
+        return self.central if name == CENTRAL else self.edges[name]
+
+    def url(self, site: str, user: str | None) -> str:
+        return self.site(site).url(user)
+
+    # ------------------------------------------------------------------ the documented steps
+    def render(self) -> None:
+        c = self.central
+        c.add_users(MASTER_USER, OPERATOR_USER, MONITOR_USER, WATCH_USER, *map(bridge_user, self.dcs))
+        dc_args = [a for dc in self.dcs for a in ("--dc", dc)]
+        run([sys.executable, RENDER, "central", "--out", c.etc, "--prefix", self.prefix, *dc_args,
+             "--operator", OPERATOR_USER, "--monitor", MONITOR_USER, "--monitor", WATCH_USER,
+             "--data-dir", c.dir / "central-data"])
+        for dc, e in self.edges.items():
+            e.add_users(MONITOR_USER)
+            # The bridge's credential, carried from central to the edge (docs/deploy.md, step 3).
+            bridge_cred = e.etc / "bridge-credentials"
+            bridge_cred.write_text(f"{bridge_user(dc)}:{c.password(bridge_user(dc))}\n")
+            bridge_cred.chmod(0o600)
+            run([sys.executable, RENDER, "edge", "--out", e.etc, "--prefix", self.prefix, "--dc", dc,
+                 "--central", f"127.0.0.1:{c.port}", "--credentials", bridge_cred, "--monitor", MONITOR_USER,
+                 "--data-dir", e.dir / f"{dc}-data"])
+
+    def add_agent(self, site: str, agent_id: str | None = None) -> str:
+        """Create an agent user (its id; a new uuid4 hex when None) on ``site``; reload it."""
+        agent_id = agent_id or uuid.uuid4().hex
+        s = self.site(site)
+        s.add_users(agent_id)
+        s.reload()
+        return agent_id
+
+    def wait_reloaded(self, site: str, user: str, timeout: float = 10.0) -> None:
+        """Wait until ``site`` accepts ``user`` (after add_agent's SIGHUP)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.can_connect(site, user):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{site} does not accept {user} after {timeout}s")
+            time.sleep(0.05)
+
+    def can_connect(self, site: str, user: str | None, password: str | None = None) -> bool:
+        """One MQTT v5 connect attempt; True when the broker accepts it."""
+        import paho.mqtt.client as paho
+
+        result: list[bool] = []
+        done = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                        protocol=paho.MQTTv5)
+        if user is not None:
+            c.username_pw_set(user, password if password is not None else self.site(site).password(user))
+
+        def on_connect(_c, _u, _f, rc, _p):
+            result.append(not rc.is_failure)
+            done.set()
+
+        c.on_connect = on_connect
+        c.on_disconnect = lambda *a: done.set()
+        try:
+            c.connect("127.0.0.1", self.site(site).port, keepalive=10)
+            c.loop_start()
+            done.wait(5)
+        except OSError:
+            return False
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        return bool(result and result[0])
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 20.0) -> Xdc:
+        self.render()
+        self.central.broker.start()
+        try:
+            self._watch = Collector(self.central.url(WATCH_USER), ["$SYS/broker/connection/+/state"])
+            self._watch.__enter__()
+            for e in self.edges.values():
+                e.broker.start()
+            for dc in self.dcs:
+                self.wait_bridge(dc, up=True, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            try:
+                self._watch.__exit__(None, None, None)
+            except Exception:
+                pass
+            self._watch = None
+        for e in self.edges.values():
+            e.broker.stop()
+        self.central.broker.stop()
+
+    def __enter__(self) -> Xdc:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ bridge states at central
+    def bridge_states(self, dc: str) -> list[bytes]:
+        """Every state notification central delivered for ``dc``'s bridge, in order."""
+        assert self._watch is not None, "start() first"
+        topic = bridge_state_topic(dc)
+        with self._watch._cond:
+            return [m.payload for m in self._watch.messages if m.topic == topic]
+
+    def wait_bridge(self, dc: str, *, up: bool, timeout: float = 20.0, after: int = 0) -> None:
+        """Wait until the latest state of ``dc``'s bridge at central (among notifications
+        number ``after`` onwards) is "1" (up) or "0" (down)."""
+        want = b"1" if up else b"0"
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.bridge_states(dc)[after:]
+            if states and states[-1] == want:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bridge {dc} not {'up' if up else 'down'} after {timeout}s: {states}")
+            time.sleep(0.05)
