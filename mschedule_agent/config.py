@@ -1,0 +1,184 @@
+"""The agent's settings: named defaults, overridden by a TOML file, then the
+environment (``MSCHEDULE_AGENT_*``), then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__ as _version
+from .errors import ConfigError
+from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, check_level, ProtocolError, Topics
+from .transport import BrokerURL
+
+ENV_PREFIX = "MSCHEDULE_AGENT_"
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_STATE_DIR = "/var/lib/mschedule-agent"
+DEFAULT_HEARTBEAT = 5.0  #: seconds between retained heartbeats
+DEFAULT_MAX_TASKS = 1  #: scripts run at once (the design document's "busy" flag)
+DEFAULT_WILL_DELAY = 10  #: seconds the broker waits before publishing our last will
+DEFAULT_OUTPUT_CAP = 1024 * 1024  #: bytes kept per stream when the task does not say
+DEFAULT_RESEND = 5.0  #: seconds between re-sends of an unacknowledged result
+DEFAULT_HOSTINFO_REFRESH = 300.0  #: seconds between re-reads of hostname and addresses
+DEFAULT_SESSION_EXPIRY = 14 * 24 * 3600  #: seconds the broker keeps our session offline
+DEFAULT_KEEP_IDS = 30 * 24 * 3600.0  #: seconds a finished task id is kept for dedup
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    broker: str = DEFAULT_BROKER
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    id_file: Path | None = None  #: default: <state_dir>/agent-id
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat: float = DEFAULT_HEARTBEAT
+    max_tasks: int = DEFAULT_MAX_TASKS
+    topic_prefix: str = DEFAULT_PREFIX
+    will_delay: int = DEFAULT_WILL_DELAY
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    resend: float = DEFAULT_RESEND
+    hostinfo_refresh: float = DEFAULT_HOSTINFO_REFRESH
+    session_expiry: int = DEFAULT_SESSION_EXPIRY
+    keep_ids: float = DEFAULT_KEEP_IDS
+    ca_file: str | None = None  #: CA bundle for mqtts://
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _require(self.heartbeat > 0, "heartbeat", "must be > 0")
+        _require(self.max_tasks >= 1, "max_tasks", "must be >= 1")
+        _require(self.will_delay >= 0, "will_delay", "must be >= 0")
+        _require(0 <= self.output_cap <= MAX_OUTPUT_CAP, "output_cap", f"must be between 0 and {MAX_OUTPUT_CAP}")
+        _require(self.resend > 0, "resend", "must be > 0")
+        _require(self.hostinfo_refresh > 0, "hostinfo_refresh", "must be > 0")
+        try:
+            BrokerURL.parse(self.broker)
+            Topics(self.topic_prefix)
+            for k in self.labels:
+                check_level(k, "label")
+        except (ValueError, ProtocolError) as e:
+            raise ConfigError("settings", str(e)) from None
+
+    @property
+    def id_path(self) -> Path:
+        return self.id_file or self.state_dir / "agent-id"
+
+    @property
+    def version(self) -> str:
+        return _version
+
+
+def _require(ok: bool, name: str, text: str) -> None:
+    if not ok:
+        raise ConfigError(name, text)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def parse_label(text: str, source: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(source, f"label {text!r} is not KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a file/env/flag value into the field's type."""
+    f = _FIELDS.get(name)
+    if f is None:
+        raise ConfigError(source, f"unknown setting {name!r}")
+    try:
+        if name == "labels":
+            if isinstance(value, Mapping):
+                return {str(k): str(v) for k, v in value.items()}
+            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            return dict(parse_label(str(v), source) for v in items)
+        if name in ("state_dir", "id_file"):
+            return Path(str(value))
+        if name in ("max_tasks", "will_delay", "output_cap", "session_expiry"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if name in ("heartbeat", "resend", "hostinfo_refresh", "keep_ids"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(source, f"{name}: bad value {value!r}") from None
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from None
+    doc = doc.get("agent", doc)  # accept a bare file or an [agent] table
+    return {k.replace("-", "_"): _coerce(k.replace("-", "_"), v, str(path)) for k, v in doc.items()}
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX):].lower()
+            if name == "label":
+                name = "labels"
+            out[name] = _coerce(name, value, f"environment {key}")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mschedule-agent",
+        description="Run the scripts mschedule sends to this machine, and report back over MQTT.",
+    )
+    add = p.add_argument
+    add("--broker", help=f"mqtt://[user:pass@]host:port or mqtts://... (default {DEFAULT_BROKER})")
+    add("--state-dir", help=f"directory for the id, the ledger and temp scripts (default {DEFAULT_STATE_DIR})")
+    add("--id-file", help="agent id file (default <state-dir>/agent-id)")
+    add("--label", action="append", metavar="K=V", help="a label for target selection; repeatable")
+    add("--heartbeat", type=float, metavar="S", help=f"seconds between heartbeats (default {DEFAULT_HEARTBEAT:g})")
+    add("--max-tasks", type=int, metavar="N", help=f"scripts run at once (default {DEFAULT_MAX_TASKS})")
+    add("--topic-prefix", metavar="P", help=f"MQTT topic prefix (default {DEFAULT_PREFIX})")
+    add("--config", metavar="agent.toml", help="settings file (TOML); flags and environment override it")
+    add("--will-delay", type=int, metavar="S", help=f"last-will delay in seconds (default {DEFAULT_WILL_DELAY})")
+    add("--output-cap", type=int, metavar="BYTES", help=f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})")
+    add("--resend", type=float, metavar="S", help=f"seconds between result re-sends until acked (default {DEFAULT_RESEND:g})")
+    add("--ca-file", help="CA bundle for mqtts://")
+    add("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return p
+
+
+def from_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for name, value in vars(ns).items():
+        if value is None or name == "config":
+            continue
+        if name == "label":
+            out["labels"] = _coerce("labels", value, "--label")
+        else:
+            out[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+    return out
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings: defaults < file < environment < flags. Raises ConfigError."""
+    env = os.environ if env is None else env
+    ns = parser().parse_args(argv)
+    config = ns.config or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for layer in (from_file(Path(config)) if config else {}, from_env(env), from_flags(ns)):
+        labels.update(layer.pop("labels", {}))  # labels add up; a later layer wins per key
+        merged.update(layer)
+    return Settings(**merged, labels=labels)

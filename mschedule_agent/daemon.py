@@ -1,0 +1,134 @@
+"""``mschedule-agent``: wires the real clock, transport, ledger and executor to the
+:class:`~.agent.Agent` core and runs its loop until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from . import config
+from .agent import Agent
+from .errors import AgentError, ConfigError, IdentityError
+from .executor import Executor
+from .hostinfo import collect
+from .identity import load_or_create_id
+from .ledger import Ledger
+from .transport import MqttTransport, NetworkLoop, TransportError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two calls of Agent.tick().
+TICK = 0.25
+#: Seconds a clean shutdown waits for running scripts to be killed and reported.
+SHUTDOWN_WAIT = 60.0
+
+
+def client_id(agent_id: str) -> str:
+    return f"mschedule-agent-{agent_id}"
+
+
+def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttTransport:
+    """The agent's MQTT connection: persistent session, manual acks, delayed retained will."""
+    s = agent.settings
+    return MqttTransport(
+        s.broker,
+        client_id=client_id(agent.id),
+        subscriptions=agent.subscriptions(),
+        on_message=agent.handle,
+        on_connect=agent.on_connect,
+        will=agent.will(),
+        clean_start=False,
+        session_expiry=s.session_expiry,
+        ca_file=s.ca_file,
+        manual_ack=True,
+        network=network,
+    )
+
+
+def build(settings: config.Settings) -> Agent:
+    """Everything the daemon runs, ready to connect. Raises AgentError on a bad setup."""
+    agent_id = load_or_create_id(settings.id_path)
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    return Agent(
+        agent_id=agent_id,
+        settings=settings,
+        ledger=ledger,
+        executor=Executor(tmp_dir=settings.state_dir / "run"),
+        now=time.time,
+        hostinfo=collect,
+        transport_factory=make_transport,
+    )
+
+
+class _Stop(Exception):
+    """SIGTERM/SIGINT arrived before the first connect."""
+
+
+def run(agent: Agent) -> None:
+    """Connect, loop until SIGTERM/SIGINT, shut down cleanly."""
+    stop = threading.Event()
+    connecting = True
+
+    def on_signal(signum, _frame):
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+        if connecting:
+            raise _Stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    transport: MqttTransport = agent.transport  # type: ignore[assignment]
+    agent.recover()
+    try:
+        transport.start()
+    except _Stop:
+        transport.stop(timeout=1.0)
+        return
+    connecting = False
+    try:
+        while not stop.is_set():
+            agent.tick(time.time())
+            stop.wait(TICK)
+    finally:
+        agent.shutdown(SHUTDOWN_WAIT)
+        transport.stop(final=agent.farewell(), timeout=10.0)
+        agent.ledger.close()
+        log.info("agent %s stopped", agent.id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = config.load(argv)
+    except ConfigError as e:
+        print(f"mschedule-agent: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        agent = build(settings)
+    except IdentityError as e:
+        log.error("%s", e)
+        print(f"mschedule-agent: {e}", file=sys.stderr)
+        return 2
+    except (AgentError, OSError) as e:
+        log.error("cannot start: %s", e)
+        return 2
+    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), agent.settings.broker, agent.settings.state_dir)
+    try:
+        run(agent)
+    except TransportError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

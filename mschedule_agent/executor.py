@@ -1,0 +1,316 @@
+"""Run one script in its own process group, capture its output, enforce timeout and kill.
+
+Each run owns one thread (``Run``): it starts the process, multiplexes stdout, stderr,
+a pidfd (process exit) and a wake-up pipe (kill requests) on one selector, and reports
+an :class:`Outcome`. Nothing here touches MQTT or the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .capture import Captured, HeadTail
+from .protocol import TargetState
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+#: After the script's main process exits, how long to keep reading output that
+#: background children still write, before closing the pipes.
+DRAIN_AFTER_EXIT = 1.0
+#: After SIGKILL, how long to wait for the group to vanish before giving up on it.
+KILL_WAIT = 5.0
+#: Poll interval while waiting for a terminated group to empty (no fd tells us that).
+GROUP_POLL = 0.05
+DEFAULT_SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    task_id: str
+    script: bytes
+    timeout: float = 0.0  #: seconds; 0 = no limit
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    output_cap: int = 1024 * 1024
+    kill_grace: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: str  #: a protocol TargetState name
+    code: int | None  #: exit status; 128 + signal after a signal death; None if it never ran
+    signal: int | None
+    stdout: Captured
+    stderr: Captured
+    started_at: float
+    finished_at: float
+    pid: int | None = None
+    error: str = ""
+
+
+def interpreter(script: bytes, path: str) -> list[str]:
+    """argv to run ``path``: its ``#!`` line split as Linux does (interpreter plus at most
+    one argument), else ``/bin/sh path``."""
+    if script.startswith(b"#!"):
+        line = script[2:].split(b"\n", 1)[0].strip().decode("utf-8", "surrogateescape")
+        if line:
+            parts = line.split(None, 1)
+            return [*parts, path]
+    return [DEFAULT_SHELL, path]
+
+
+class Executor:
+    """Starts runs. ``tmp_dir`` holds each run's private (0700) script directory."""
+
+    def __init__(self, *, tmp_dir: Path | str | None = None, now: Callable[[], float] = time.time) -> None:
+        self.tmp_dir = str(tmp_dir) if tmp_dir is not None else None
+        self._now = now
+        if self.tmp_dir:
+            Path(self.tmp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def start(
+        self, spec: RunSpec, *, on_started: Callable[[int], None], on_done: Callable[[Outcome], None]
+    ) -> Run:
+        run = Run(spec, tmp_dir=self.tmp_dir, now=self._now, on_started=on_started, on_done=on_done)
+        run.start()
+        return run
+
+
+class Run:
+    """One script run on its own thread. ``kill(state, reason)`` from any thread."""
+
+    def __init__(self, spec, *, tmp_dir, now, on_started, on_done) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self._tmp_dir = tmp_dir
+        self._now = now
+        self._on_started = on_started
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._term_state: str | None = None  # TIMEOUT or KILLED once we decided to stop it
+        self._term_reason = ""
+        self._term_at: float | None = None  # monotonic time SIGTERM was sent
+        self._killed_at: float | None = None  # monotonic time SIGKILL was sent
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._main, name=f"run-{spec.task_id}", daemon=True)
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def kill(self, state: str = TargetState.KILLED, reason: str = "killed on request") -> None:
+        """Ask the run to stop: SIGTERM to its group now, SIGKILL after the grace period."""
+        with self._lock:
+            if self._term_state is None:
+                self._term_state, self._term_reason = state, reason
+        try:
+            os.write(self._wake_w, b"k")
+        except OSError:
+            pass  # the run already finished and closed its pipe
+
+    # ------------------------------------------------------------------ the run thread
+    def _main(self) -> None:
+        started = self._now()
+        workdir = None
+        try:
+            workdir = tempfile.mkdtemp(prefix=f"mschedule-{self.spec.task_id[:40]}-", dir=self._tmp_dir)
+            outcome = self._execute(workdir, started)
+        except Exception as e:
+            log.exception("run of task_id=%s failed inside the agent", self.spec.task_id)
+            empty = Captured(b"", 0, False)
+            outcome = Outcome(TargetState.FAILED, None, None, empty, empty, started, self._now(), self.pid, f"agent error: {e}")
+        finally:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        try:
+            self._on_done(outcome)
+        except Exception:
+            log.exception("on_done failed for task_id=%s", self.spec.task_id)
+        finally:
+            self.done.set()
+
+    def _execute(self, workdir: str, started: float) -> Outcome:
+        spec = self.spec
+        path = os.path.join(workdir, "script")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(fd, "wb") as f:
+            f.write(spec.script)
+        argv = interpreter(spec.script, path)
+        env = {**os.environ, **spec.env, "MSCHEDULE_TASK_ID": spec.task_id}
+        out, err = HeadTail(spec.output_cap), HeadTail(spec.output_cap)
+        with self._lock:
+            if self._term_state is not None:  # killed before it started
+                return self._never_ran(started, self._term_state, self._term_reason, out, err)
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=spec.cwd or "/",
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as e:
+                return self._never_ran(started, TargetState.FAILED, f"cannot start {argv[0]}: {e}", out, err)
+            self.pid = proc.pid
+        try:
+            self._on_started(proc.pid)
+        except Exception:
+            log.exception("on_started failed for task_id=%s", spec.task_id)
+        self._pump(proc, out, err)
+        return self._outcome(proc, out, err, started)
+
+    def _never_ran(self, started, state, error, out, err) -> Outcome:
+        return Outcome(state, None, None, out.result(), err.result(), started, self._now(), None, error)
+
+    def _pump(self, proc: subprocess.Popen, out: HeadTail, err: HeadTail) -> None:
+        sel = selectors.DefaultSelector()
+        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        for f in (proc.stdout, proc.stderr):
+            os.set_blocking(f.fileno(), False)
+            sel.register(f.fileno(), selectors.EVENT_READ, "out")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pidfd = _pidfd(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ, "exit")
+        deadline = time.monotonic() + self.spec.timeout if self.spec.timeout > 0 else None
+        exited_at: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.kill(TargetState.TIMEOUT, f"timed out after {self.spec.timeout:g} s")
+                    deadline = None
+                self._escalate(proc, now)
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and self._finished(streams, exited_at, now):
+                    return
+                for key, _ in sel.select(self._wait_time(deadline, exited_at, now, pidfd)):
+                    if key.data == "out":
+                        self._read(sel, key.fd, streams)
+                    elif key.data == "wake":
+                        _drain(self._wake_r)
+                    elif key.data == "exit":
+                        sel.unregister(key.fd)
+        finally:
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.poll() is None:  # only reachable through an agent bug; never leave it behind
+                _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _read(self, sel, fd: int, streams: dict) -> None:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if chunk:
+            streams[fd].feed(chunk)
+        else:
+            sel.unregister(fd)
+            del streams[fd]
+
+    def _escalate(self, proc: subprocess.Popen, now: float) -> None:
+        """SIGTERM once a stop was requested; SIGKILL the group after the grace period."""
+        with self._lock:
+            wanted = self._term_state is not None
+        if wanted and self._term_at is None:
+            self._term_at = now
+            _killpg(proc.pid, signal.SIGTERM)
+        if self._term_at is not None and self._killed_at is None and now >= self._term_at + self.spec.kill_grace:
+            self._killed_at = now
+            _killpg(proc.pid, signal.SIGKILL)
+
+    def _finished(self, streams: dict, exited_at: float, now: float) -> bool:
+        if self._term_at is not None:
+            # Stopping on purpose: wait until the whole group is gone (or SIGKILL gave up).
+            if _group_alive(self.pid):
+                return self._killed_at is not None and now >= self._killed_at + KILL_WAIT
+            return not streams or now >= exited_at + DRAIN_AFTER_EXIT
+        return not streams or now >= exited_at + DRAIN_AFTER_EXIT
+
+    def _wait_time(self, deadline, exited_at, now, pidfd) -> float:
+        waits = [1.0 if pidfd is not None else GROUP_POLL]
+        if deadline is not None:
+            waits.append(deadline - now)
+        if self._term_at is not None:
+            waits.append(GROUP_POLL)
+        if exited_at is not None:
+            waits.append(min(GROUP_POLL, exited_at + DRAIN_AFTER_EXIT - now))
+        return max(0.0, min(waits))
+
+    def _outcome(self, proc: subprocess.Popen, out: HeadTail, err: HeadTail, started: float) -> Outcome:
+        rc = proc.returncode
+        sig = -rc if rc < 0 else None
+        code = 128 + sig if sig is not None else rc
+        with self._lock:
+            term_state, reason = self._term_state, self._term_reason
+        if self._term_at is not None and term_state is not None:
+            state, error = term_state, reason
+        else:
+            state, error = (TargetState.SUCCEED if code == 0 else TargetState.FAILED), ""
+        return Outcome(state, code, sig, out.result(), err.result(), started, self._now(), proc.pid, error)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int | None) -> bool:
+    if pgid is None:
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+

@@ -1,0 +1,188 @@
+"""The agent's durable memory: every task id it has seen, its state, and the outbox.
+
+One SQLite file in the state directory (WAL, ``synchronous=FULL``). The rules it keeps:
+
+* a task is INSERTed and COMMITted before its PUBACK and before it runs;
+* it is marked RUNNING (durably) before its process is started, so a crash can never
+  lead to a second run: RUNNING at start-up means INTERRUPTED;
+* a finished task's result sits in the outbox (``result`` not null, ``result_acked`` 0)
+  until the master's ``result_ack``; then the output is dropped, the id kept for dedup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .errors import LedgerError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+create table if not exists tasks (
+    seq          integer primary key autoincrement,
+    id           text not null unique,
+    state        text not null,
+    received_at  real not null,
+    task         blob,            -- the encoded task, dropped once finished
+    started_at   real,
+    finished_at  real,
+    result       blob,            -- the encoded result (outbox), dropped once acked
+    result_acked integer not null default 0
+);
+create index if not exists tasks_state on tasks(state);
+"""
+
+
+class LedgerState(str, Enum):
+    ACCEPTED = "ACCEPTED"  #: recorded and acked; waiting for a slot (or for a restart)
+    RUNNING = "RUNNING"  #: its process was (about to be) started
+    DONE = "DONE"  #: finished; the result is in the outbox until acked
+    EXPIRED = "EXPIRED"  #: arrived after its expires_at; rejected, never run
+    TOMBSTONE = "TOMBSTONE"  #: killed before it ever arrived; a later delivery is rejected
+
+
+#: Allowed transitions; anything else is a bug and raises LedgerError.
+TRANSITIONS: dict[LedgerState, frozenset[LedgerState]] = {
+    LedgerState.ACCEPTED: frozenset({LedgerState.RUNNING, LedgerState.DONE}),
+    LedgerState.RUNNING: frozenset({LedgerState.DONE}),
+    LedgerState.DONE: frozenset(),
+    LedgerState.EXPIRED: frozenset(),
+    LedgerState.TOMBSTONE: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    state: LedgerState
+    received_at: float
+    task: bytes | None
+    started_at: float | None
+    finished_at: float | None
+    result: bytes | None
+    result_acked: bool
+
+
+_COLUMNS = "id, state, received_at, task, started_at, finished_at, result, result_acked"
+
+
+def _entry(row: tuple) -> Entry:
+    return Entry(row[0], LedgerState(row[1]), row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+
+class Ledger:
+    """Thread-safe (one connection behind a lock); every write commits before returning."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db.execute("pragma journal_mode=wal")
+        self._db.execute("pragma synchronous=full")
+        with self.db() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            version = c.execute("pragma user_version").fetchone()[0]
+            if version == 0:
+                c.execute(f"pragma user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise LedgerError(f"ledger {self.path} has schema version {version}, expected {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: begins, commits on success, rolls back on error."""
+        with self._lock:
+            self._db.execute("begin immediate")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("rollback")
+                raise
+            self._db.execute("commit")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ reads
+    def get(self, task_id: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute(f"select {_COLUMNS} from tasks where id = ?", (task_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def in_state(self, state: LedgerState) -> list[Entry]:
+        """Entries in ``state``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"select {_COLUMNS} from tasks where state = ? order by seq", (state.value,)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def outbox(self, limit: int = 1000) -> list[Entry]:
+        """Entries whose result waits for the master's result_ack, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"select {_COLUMNS} from tasks where result is not null and result_acked = 0 order by seq limit ?",
+                (limit,),
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("select count(*) from tasks").fetchone()[0]
+
+    # ------------------------------------------------------------------ writes
+    def insert(
+        self, task_id: str, state: LedgerState, *, now: float, task: bytes | None = None, result: bytes | None = None
+    ) -> bool:
+        """Record a new id. False (and nothing changed) when the id is already known."""
+        with self.db() as c:
+            cur = c.execute(
+                "insert or ignore into tasks (id, state, received_at, task, result) values (?, ?, ?, ?, ?)",
+                (task_id, state.value, now, task, result),
+            )
+            return cur.rowcount == 1
+
+    def mark_running(self, task_id: str, *, now: float) -> None:
+        self._move(task_id, LedgerState.RUNNING, "started_at = ?", (now,))
+
+    def finish(self, task_id: str, result: bytes, *, now: float) -> None:
+        """Store the result in the outbox and drop the task's script."""
+        self._move(task_id, LedgerState.DONE, "finished_at = ?, result = ?, task = null", (now, result))
+
+    def ack_result(self, task_id: str) -> bool:
+        """The master stored the result: forget the output, keep the id. True if it was pending."""
+        with self.db() as c:
+            cur = c.execute(
+                "update tasks set result_acked = 1, result = null where id = ? and result is not null and result_acked = 0",
+                (task_id,),
+            )
+            return cur.rowcount == 1
+
+    def prune(self, *, before: float) -> int:
+        """Forget ids finished (and acked) before ``before``; returns how many."""
+        with self.db() as c:
+            cur = c.execute(
+                "delete from tasks where received_at < ? and result_acked = 1 and state in (?, ?, ?)",
+                (before, LedgerState.DONE.value, LedgerState.EXPIRED.value, LedgerState.TOMBSTONE.value),
+            )
+            c.execute(
+                "delete from tasks where received_at < ? and state = ?",
+                (before, LedgerState.EXPIRED.value),
+            )
+            return cur.rowcount
+
+    def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple) -> None:
+        with self.db() as c:
+            row = c.execute("select state from tasks where id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"task {task_id} is not in the ledger")
+            current = LedgerState(row[0])
+            if to not in TRANSITIONS[current]:
+                raise LedgerError(f"task {task_id}: {current.value} -> {to.value} is not allowed")
+            c.execute(f"update tasks set state = ?, {sets} where id = ?", (to.value, *args, task_id))
