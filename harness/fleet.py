@@ -1,0 +1,228 @@
+"""Start a real ``mschedule-master`` process (and optionally N agents) for tests, the
+demo and benchmarks.
+
+    from harness.fleet import start_master, Fleet
+
+    master = start_master(tmp_path / "master", broker.url, prefix)   # waits for "master ready"
+    try:
+        master.http_url            # e.g. http://127.0.0.1:40123  (None with http="off")
+        master.db                  # the SQLite file
+    finally:
+        master.stop()              # SIGTERM; master.kill9() simulates a crash
+
+    with Fleet(tmp_path, broker.url, prefix, agents=3) as fleet:   # master + 3 agents, all online
+        fleet.master, fleet.agents, fleet.agent_ids
+        task_id = fleet.submit(["all"], "echo hi")                  # over MQTT; returns the task id
+        summary = fleet.wait_task(task_id)                          # the retained summary (a dict)
+
+Starting a master again on the same ``workdir`` restarts the same master (same db, same
+client id). Extra keyword arguments become flags: ``lost_grace=2`` -> ``--lost-grace 2``.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from .broker import free_port
+from .procs import Proc
+
+#: Test-friendly master timings (seconds), overridable through ``**flags``.
+TEST_FLAGS = {"delivery_timeout": 10, "redeliver_interval": 1, "ack_grace": 1, "lost_grace": 5, "kill_resend": 1}
+
+
+class MasterProc(Proc):
+    def __init__(self, argv, *, workdir: Path, db: Path, http_url: str | None, **kw) -> None:
+        super().__init__(argv, **kw)
+        self.workdir = Path(workdir)
+        self.db = Path(db)
+        self.http_url = http_url
+
+    def wait_ready(self, timeout: float = 30.0, *, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "master ready" in self.log()[after:]:
+                return
+            if not self.running():
+                break
+            time.sleep(0.05)
+        raise TimeoutError(f"master not ready within {timeout}s:\n{self.log()[after:][-3000:]}")
+
+    def restart(self, timeout: float = 30.0) -> MasterProc:
+        """Start it again (after stop() or kill9()) and wait until it is ready."""
+        offset = len(self.log())
+        self.start()
+        self.wait_ready(timeout, after=offset)
+        return self
+
+
+def master_argv(workdir: Path, broker_url: str, prefix: str, *, http: str, client_id: str, **flags) -> list[str]:
+    argv = ["--broker", broker_url, "--db", str(workdir / "master.db"), "--topic-prefix", prefix]
+    argv += ["--http", http, "--client-id", client_id]
+    for name, value in {**TEST_FLAGS, **flags}.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
+def start_master(
+    workdir: Path | str,
+    broker_url: str,
+    prefix: str,
+    *,
+    http: bool | str = True,
+    client_id: str | None = None,
+    wait: bool = True,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+    **flags,
+) -> MasterProc:
+    """Start ``python -m mschedule_master`` with its database in ``workdir``. ``http``:
+    True = a free loopback port, False = off, or "HOST:PORT". Log: ``workdir/master.log``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if http is True:
+        http = f"127.0.0.1:{free_port()}"
+    elif http is False:
+        http = "off"
+    client_id = client_id or f"mschedule-master-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, "-m", "mschedule_master", *master_argv(workdir, broker_url, prefix, http=http, client_id=client_id, **flags)]
+    http_url = None if http == "off" else f"http://{http}"
+    proc = MasterProc(argv, workdir=workdir, db=workdir / "master.db", http_url=http_url, log_path=workdir / "master.log", env=env)
+    offset = len(proc.log())
+    proc.start()
+    if wait:
+        try:
+            proc.wait_ready(timeout, after=offset)
+        except BaseException:
+            proc.stop()
+            raise
+    return proc
+
+
+class Fleet:
+    """A master and ``agents`` agents on one broker and prefix; a context manager that
+    stops them all. ``agent_flags`` go to every agent, ``master_flags`` to the master."""
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        broker_url: str,
+        prefix: str,
+        *,
+        agents: int = 0,
+        labels: dict[str, str] | None = None,
+        agent_flags: dict | None = None,
+        master_flags: dict | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.broker_url = broker_url
+        self.prefix = prefix
+        self.n_agents = agents
+        self.labels = labels
+        self.agent_flags = dict(agent_flags or {})
+        self.master_flags = dict(master_flags or {})
+        self.master: MasterProc | None = None
+        self.agents: list = []
+        self._client = None
+
+    def __enter__(self) -> Fleet:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from .agentproc import start_agent
+
+        self.master = start_master(self.workdir / "master", self.broker_url, self.prefix, **self.master_flags)
+        for i in range(self.n_agents):
+            self.agents.append(
+                start_agent(self.workdir / f"agent{i}", self.broker_url, self.prefix, self.labels, wait=False, **self.agent_flags)
+            )
+        for a in self.agents:
+            a.wait_online(30)
+        self.wait_agents_known(len(self.agents))
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.__exit__(None, None, None)
+            self._client = None
+        for a in self.agents:
+            a.stop()
+        if self.master is not None:
+            self.master.stop()
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return [a.agent_id for a in self.agents]
+
+    # ------------------------------------------------------------------ MQTT helpers
+    @property
+    def client(self):
+        """A :class:`harness.mqtt.Collector` on this prefix's task, reply and agent topics."""
+        if self._client is None:
+            from .mqtt import Collector
+
+            p = self.prefix
+            self._client = Collector(
+                self.broker_url, [f"{p}/tasks/+/summary", f"{p}/tasks/+/progress", f"{p}/submit/reply/+"]
+            ).__enter__()
+        return self._client
+
+    def submit(self, targets: list[str], script: str, *, timeout: float = 30.0, **fields) -> str:
+        """Submit over MQTT (as mosquitto_pub would); return the task id or raise RuntimeError."""
+        request_id = uuid.uuid4().hex
+        payload = {"targets": targets, "script": base64.b64encode(script.encode()).decode(), "request_id": request_id}
+        payload.update(fields)
+        client = self.client
+        client.publish(f"{self.prefix}/submit", orjson.dumps({"type": "submit", "payload": payload}))
+        topic = f"{self.prefix}/submit/reply/{request_id}"
+        (msg,) = client.wait_for(lambda m: m.topic == topic, timeout)
+        reply = orjson.loads(msg.payload)["payload"]
+        if not reply["ok"]:
+            raise RuntimeError(f"submission refused: {reply['error']} (field {reply['field']})")
+        return reply["task_id"]
+
+    def wait_task(self, task_id: str, timeout: float = 60.0) -> dict:
+        """Wait for the task's summary (published when it ends); return its payload."""
+        topic = f"{self.prefix}/tasks/{task_id}/summary"
+        (msg,) = self.client.wait_for(lambda m: m.topic == topic, timeout)[:1]
+        return orjson.loads(msg.payload)["payload"]
+
+    def wait_agents_known(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until the master has ``n`` agents online (through its HTTP API, else its db)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._online_count() >= n:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the master did not see {n} agents online within {timeout}s")
+
+    def _online_count(self) -> int:
+        import sqlite3
+        import urllib.request
+
+        assert self.master is not None
+        if self.master.http_url:
+            try:
+                with urllib.request.urlopen(f"{self.master.http_url}/api/v1/agents?online=true", timeout=5) as r:
+                    return len(orjson.loads(r.read())["agents"])
+            except OSError:
+                return 0
+        try:
+            with sqlite3.connect(f"file:{self.master.db}?mode=ro", uri=True, timeout=5) as c:
+                return c.execute("select count(*) from agents where online=1").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+

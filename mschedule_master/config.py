@@ -1,0 +1,150 @@
+"""The master's settings: one dataclass with documented defaults, built from a TOML file,
+then the environment (``MSCHEDULE_MASTER_<FIELD>``), then command-line flags, each
+overriding the one before.
+
+A config file may also define targeting groups, like an Ansible inventory::
+
+    broker = "mqtt://127.0.0.1:1883"
+    db = "/var/lib/mschedule/master.db"
+
+    [groups]
+    web = ["web-*"]
+    canary = ["web-01", "role=canary"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mschedule_agent.protocol import DEFAULT_PREFIX
+
+from .errors import ConfigError
+
+#: Defaults, named so docs and tests can refer to them.
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_DB = "mschedule-master.db"
+DEFAULT_HTTP = "127.0.0.1:9900"
+DEFAULT_CLIENT_ID = "mschedule-master"
+DEFAULT_DELIVERY_TIMEOUT = 60.0  #: seconds an agent has to accept a task
+DEFAULT_REDELIVER_INTERVAL = 5.0  #: re-publish an unacknowledged task this often
+DEFAULT_ACK_GRACE = 5.0  #: extra wait past a task's expiry before UNREACHABLE
+DEFAULT_LOST_GRACE = 60.0  #: agent offline this long mid-run -> LOST
+DEFAULT_KILL_RESEND = 5.0  #: re-send kill this often until the target reports
+DEFAULT_FLUSH_INTERVAL = 5.0  #: persist agents' last_seen this often
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    broker: str = DEFAULT_BROKER
+    db: str = DEFAULT_DB
+    topic_prefix: str = DEFAULT_PREFIX
+    http: str = DEFAULT_HTTP  #: "HOST:PORT" or "off"
+    token: str | None = None
+    client_id: str = DEFAULT_CLIENT_ID
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    redeliver_interval: float = DEFAULT_REDELIVER_INTERVAL
+    ack_grace: float = DEFAULT_ACK_GRACE
+    lost_grace: float = DEFAULT_LOST_GRACE
+    kill_resend: float = DEFAULT_KILL_RESEND
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    log_level: str = "INFO"
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "kill_resend", "flush_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
+        if self.http != "off":
+            parse_hostport(self.http)
+        if not isinstance(self.groups, dict) or not all(
+            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self.groups.values()
+        ):
+            raise ConfigError("groups must map a name to a list of selector strings", "groups")
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return None if self.http == "off" else parse_hostport(self.http)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_FLOATS = {n for n, f in _FIELDS.items() if f.type == "float"}
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT or 'off', not {text!r}", "http")
+    return host.strip("[]"), int(port)
+
+
+def from_toml(path: str | Path) -> dict[str, object]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}", "config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}", "config") from None
+    unknown = sorted(set(doc) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}", unknown[0])
+    return {k.replace("-", "_"): v for k, v in doc.items()}
+
+
+def from_env(env: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in _FIELDS:
+        if name == "groups":
+            continue
+        value = env.get(f"MSCHEDULE_MASTER_{name.upper()}")
+        if value is not None:
+            out[name] = value
+    if "token" not in out and env.get("MSCHEDULE_TOKEN"):
+        out["token"] = env["MSCHEDULE_TOKEN"]
+    return out
+
+
+def build(file_values: dict, env_values: dict, flag_values: dict) -> Settings:
+    merged = {**file_values, **env_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    for name in _FLOATS & set(merged):
+        try:
+            merged[name] = float(merged[name])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, not {merged[name]!r}", name) from None
+    for name in set(merged) - _FLOATS - {"groups"}:
+        if merged[name] is not None and not isinstance(merged[name], str):
+            raise ConfigError(f"{name} must be a string", name)
+    return Settings(**merged)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mschedule-master", description="The mschedule master daemon.")
+    p.add_argument("--config", help="TOML settings file (also defines [groups])")
+    p.add_argument("--broker", help=f"MQTT broker URL (default {DEFAULT_BROKER})")
+    p.add_argument("--db", help=f"SQLite database path (default {DEFAULT_DB})")
+    p.add_argument("--topic-prefix", dest="topic_prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
+    p.add_argument("--http", help=f"HTTP API address HOST:PORT, or 'off' (default {DEFAULT_HTTP})")
+    p.add_argument("--token", help="HTTP API bearer token (or env MSCHEDULE_TOKEN)")
+    p.add_argument("--client-id", dest="client_id", help=f"MQTT client id (default {DEFAULT_CLIENT_ID})")
+    p.add_argument("--delivery-timeout", dest="delivery_timeout", type=float, help="seconds an agent has to accept a task")
+    p.add_argument("--redeliver-interval", dest="redeliver_interval", type=float, help="re-publish unacked tasks this often")
+    p.add_argument("--ack-grace", dest="ack_grace", type=float, help="grace past expiry before UNREACHABLE")
+    p.add_argument("--lost-grace", dest="lost_grace", type=float, help="seconds an agent may be offline mid-run before LOST")
+    p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
+    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    return p
+
+
+def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``--config`` file < environment < flags. Raises ConfigError."""
+    args = vars(parser().parse_args(argv))
+    env = dict(os.environ if env is None else env)
+    config_path = args.pop("config") or env.get("MSCHEDULE_MASTER_CONFIG")
+    file_values = from_toml(config_path) if config_path else {}
+    return build(file_values, from_env(env), args)

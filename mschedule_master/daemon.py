@@ -1,0 +1,294 @@
+"""``mschedule-master``: wires the real clock, MQTT transport, store and HTTP API together.
+
+One asyncio loop owns all state. paho's network thread only appends each incoming
+message to an inbox and wakes the loop; the loop drains the inbox in batches, each
+applied in one SQLite transaction, after which the batch's publications go out and its
+messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
+staleness sweep.
+
+Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and an MQTT
+client id (a retained status on ``<prefix>/master/status`` with a last will; a master
+that finds another one online there refuses to start, and one that sees another take
+over its client id exits). Both refusals exit with status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from mschedule_agent.protocol import Topics
+from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
+
+from . import config
+from .engine import Engine
+from .errors import AlreadyRunning, ConfigError, MasterError
+from .registry import Registry
+from .rollout import Timing
+from .service import MasterService
+from .store import Store
+from .submissions import ProgressPublisher
+
+log = logging.getLogger(__name__)
+
+#: Messages applied per transaction at most.
+BATCH_MAX = 2000
+#: The timer wakes at least this often (seconds).
+TICK_MAX = 0.5
+#: How long to look for another master's retained status before connecting.
+PROBE_SECONDS = 1.0
+
+
+class _Formatter(logging.Formatter):
+    """``time level logger: message key=value...`` for the ids passed as ``extra``."""
+
+    FIELDS = ("task_id", "agent_id", "state")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [f"{k}={getattr(record, k)}" for k in self.FIELDS if getattr(record, k, None) is not None]
+        return f"{line} {' '.join(extras)}" if extras else line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def acquire_lock(db: str):
+    """An exclusive lock on ``<db>.lock`` held for the process's life (the open file)."""
+    path = Path(db + ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        other = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(f"another mschedule-master (pid {other}) owns the database {db}; refusing to start") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def master_status_topic(topics: Topics) -> str:
+    return f"{topics.prefix}/master/status"
+
+
+def _status_payload(state: str, instance: str, client_id: str) -> bytes:
+    doc = {"state": state, "instance": instance, "client_id": client_id, "pid": os.getpid()}
+    doc["host"], doc["at"] = socket.gethostname(), time.time()
+    return json.dumps(doc).encode()
+
+
+def probe_other_master(settings: config.Settings, topics: Topics, instance: str) -> dict | None:
+    """The retained status of another master online on this broker and prefix, if any."""
+    found: list[bytes] = []
+    got = threading.Event()
+
+    def on_message(msg: Incoming) -> None:
+        found.append(msg.payload)
+        got.set()
+
+    probe = MqttTransport(
+        settings.broker,
+        client_id=f"{settings.client_id}-probe-{instance[:8]}",
+        subscriptions=[(master_status_topic(topics), 1)],
+        on_message=on_message,
+        clean_start=True,
+        session_expiry=0,
+        manual_ack=False,
+    )
+    try:
+        probe.start(connect_timeout=10)
+    except TransportError as e:
+        log.warning("could not look for another master (%s); carrying on", e)
+        return None
+    try:
+        probe.wait_connected(10)
+        got.wait(PROBE_SECONDS)
+    finally:
+        probe.stop(timeout=1)
+    for payload in found:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("state") == "online" and doc.get("instance") != instance:
+            return doc
+    return None
+
+
+class Daemon:
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.instance = uuid.uuid4().hex
+        self._inbox: collections.deque[Incoming] = collections.deque()
+        self._inbox_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.exit_code = 0
+
+    async def run(self) -> int:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+
+        other = await self._loop.run_in_executor(None, probe_other_master, s, self.topics, self.instance)
+        if other is not None:
+            log.error(
+                "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix; "
+                "refusing to start", other.get("client_id"), other.get("pid"), other.get("host"),
+            )  # fmt: skip
+            return 2
+
+        store = Store(s.db)
+        registry = Registry()
+        registry.load(store.load_agents(), time.time())
+        status_topic = master_status_topic(self.topics)
+        transport = MqttTransport(
+            s.broker,
+            client_id=s.client_id,
+            subscriptions=[(t, 1) for t in [*self.topics.master_subscriptions(), "$SYS/broker/connection/+/state", status_topic]],
+            on_message=self._on_message,
+            on_connect=lambda _sp: self._publish_status(transport, status_topic),
+            will=Will(status_topic, _status_payload("offline", self.instance, s.client_id), retain=True),
+        )
+        timing = Timing(
+            delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
+            lost_grace=s.lost_grace, kill_resend=s.kill_resend,
+        )  # fmt: skip
+        engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
+        engine.subscribe(ProgressPublisher(transport, self.topics))
+        self.service = MasterService(
+            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
+        )
+        self._status_topic = status_topic
+        restored = engine.restore()
+        log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
+
+        runner = None
+        try:
+            await self._loop.run_in_executor(None, transport.start)
+            if s.http_address is not None:
+                from . import api
+
+                runner = await api.start_http(self.service, *s.http_address, token=s.token)
+            log.info(
+                "master ready: broker %s, prefix %s, db %s, http %s", transport.url, self.topics.prefix, s.db, s.http
+            )
+            await self._timer()
+        finally:
+            log.info("shutting down")
+            if runner is not None:
+                await runner.cleanup()
+            self._drain()
+            self.service.flush_agents()
+            offline = _status_payload("offline", self.instance, s.client_id)
+            await self._loop.run_in_executor(None, lambda: transport.stop(final=[(status_topic, offline, True)]))
+            store.close()
+        return self.exit_code
+
+    def _publish_status(self, transport: MqttTransport, topic: str) -> None:
+        payload = _status_payload("online", self.instance, self.settings.client_id)
+        transport.publish(topic, payload, qos=1, retain=True)
+
+    # ------------------------------------------------------------------ inbox (paho thread -> loop)
+    def _on_message(self, incoming: Incoming) -> None:
+        with self._inbox_lock:
+            self._inbox.append(incoming)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            n = min(len(self._inbox), BATCH_MAX)
+            batch = [self._inbox.popleft() for _ in range(n)]
+            more = bool(self._inbox)
+            self._drain_scheduled = more
+        if more:
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+        mine = [m for m in batch if m.topic == self._status_topic]
+        for m in mine:
+            self._check_takeover(m)
+            m.ack()
+        batch = [m for m in batch if m.topic != self._status_topic]
+        if batch:
+            self.service.handle_batch(batch)
+
+    def _check_takeover(self, msg: Incoming) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and doc.get("state") == "online" and doc.get("instance") not in (None, self.instance):
+            log.error("another mschedule-master (pid %s on %s) took over this client id; exiting", doc.get("pid"), doc.get("host"))
+            self.exit_code = 2
+            assert self._stop is not None
+            self._stop.set()
+
+    async def _timer(self) -> None:
+        assert self._stop is not None
+        while not self._stop.is_set():
+            deadline = self.service.engine.next_deadline()
+            delay = TICK_MAX if deadline is None else min(TICK_MAX, max(0.01, deadline - time.time()))
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+            try:
+                self.service.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed; will retry in %.1f s", TICK_MAX)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = config.load(argv)
+    except ConfigError as e:
+        print(f"mschedule-master: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        lock = acquire_lock(settings.db)
+    except AlreadyRunning as e:
+        log.error("%s", e)
+        return 2
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except (MasterError, TransportError) as e:
+        log.error("cannot run: %s", e)
+        return 1
+    except Exception as e:  # e.g. the HTTP API refusing an insecure address
+        log.error("cannot run: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
+    finally:
+        lock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

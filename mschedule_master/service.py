@@ -1,0 +1,194 @@
+"""The master's application layer: :class:`MasterService` implements ``models.Service``
+for the HTTP API and CLI, and routes every incoming MQTT message (agent statuses,
+heartbeats, results, submissions, bridge states) to the registry and the engine.
+
+Everything here runs on the master's event-loop thread.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mschedule_agent import protocol
+from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
+from mschedule_agent.transport import Incoming
+
+from . import models
+from .engine import Engine
+from .models import NotFound
+from .registry import Change, Registry
+from .states import TaskState
+from .store import Store
+from .submissions import SubmitHandler
+
+log = logging.getLogger(__name__)
+
+#: ``$SYS/broker/connection/<bridge client id>/state`` ("1" up, "0" down).
+BRIDGE_STATE_PREFIX = "$SYS/broker/connection/"
+BRIDGE_STATE_TOPIC = "$SYS/broker/connection/+/state"
+
+
+class MasterService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        registry: Registry,
+        store: Store,
+        topics: Topics,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.store = store
+        self.topics = topics
+        self.clock = clock
+        self.flush_interval = flush_interval
+        self.submissions = SubmitHandler(engine, topics)
+        self._last_flush = 0.0
+
+    # ------------------------------------------------------------------ models.Service
+    def submit(self, spec: Any) -> models.Task:
+        task, _targets = self.engine.submit(spec)
+        return task
+
+    def kill(self, task_id: str) -> models.Task:
+        return self.engine.kill(task_id)
+
+    def agents(
+        self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None
+    ) -> list[models.Agent]:
+        out = self.registry.agents()
+        if online is not None:
+            out = [a for a in out if a.online == online]
+        if label is not None:
+            key, _, value = label.partition("=")
+            out = [a for a in out if a.labels.get(key) == value]
+        if hostname is not None:
+            out = [a for a in out if fnmatch.fnmatchcase(a.hostname, hostname)]
+        return sorted(out, key=lambda a: a.id)
+
+    def agent(self, agent_id: str) -> models.Agent:
+        a = self.registry.get(agent_id)
+        if a is None:
+            raise NotFound("agent", agent_id)
+        return a
+
+    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
+        return self.store.list_tasks(state=state, limit=limit, offset=offset)
+
+    def task(self, task_id: str) -> models.Task:
+        t = self.store.get_task(task_id)
+        if t is None:
+            raise NotFound("task", task_id)
+        return t
+
+    def output(self, task_id: str, agent_id: str) -> models.Target:
+        t = self.store.get_target(task_id, agent_id)
+        if t is None:
+            raise NotFound("target", f"{task_id}/{agent_id}")
+        return t
+
+    def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
+        return self.engine.subscribe(callback)
+
+    # ------------------------------------------------------------------ MQTT
+    def subscriptions(self) -> list[str]:
+        return [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC]
+
+    def handle_batch(self, batch: Iterable[Incoming]) -> None:
+        """Apply a batch of messages in one transaction; PUBACK them after the commit."""
+        with self.engine.batch():
+            for incoming in batch:
+                with self.engine.guarded(f"message on {incoming.topic}"):
+                    self._route(incoming)
+                self.engine.after_commit_ack(incoming)
+
+    def housekeeping(self) -> None:
+        """Timers: rollout deadlines, stale heartbeats, lazy persistence of agents."""
+        now = self.clock()
+        self.engine.tick()
+        for change in self.registry.sweep(now):
+            self._agent_changed(change)
+        if now - self._last_flush >= self.flush_interval:
+            self.flush_agents()
+
+    def flush_agents(self) -> None:
+        self._last_flush = self.clock()
+        dirty = self.registry.take_dirty()
+        if dirty:
+            with self.engine.batch():
+                self.store.save_agents(dirty)
+
+    def _route(self, incoming: Incoming) -> None:
+        topic = incoming.topic
+        if topic.startswith(BRIDGE_STATE_PREFIX):
+            self._bridge_state(incoming)
+            return
+        info = self.topics.parse(topic)
+        if info is None:
+            log.warning("message on unexpected topic %s; ignored", topic)
+        elif info.kind == "results":
+            self.engine.on_agent_message(info, incoming)
+        elif info.kind == "status":
+            self._status(info, incoming)
+        elif info.kind == "heartbeat":
+            self._heartbeat(info, incoming)
+        elif info.kind == "submit":
+            self.submissions.handle(incoming)
+        else:
+            log.warning("message on %s (%s) is not for the master; ignored", topic, info.kind)
+
+    def _status(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
+        if not incoming.payload:
+            return  # a retained status being cleared
+        msg = self._decode(incoming, info, Register, Offline)
+        if msg is not None:
+            change = self.registry.on_status(msg, info.dc, self.clock())
+            if isinstance(msg, Register):
+                self.store.add_event(self.clock(), "agent_registered", None, msg.id, {"dc": info.dc})
+            self._agent_changed(change)
+
+    def _heartbeat(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
+        if not incoming.payload:
+            return
+        msg = self._decode(incoming, info, Heartbeat)
+        if msg is not None:
+            self._agent_changed(self.registry.on_heartbeat(msg, info.dc, self.clock(), retained=incoming.retain))
+
+    def _decode(self, incoming: Incoming, info: protocol.TopicInfo, *classes: type) -> Any:
+        try:
+            msg = protocol.decode_as(incoming.payload, *classes)
+        except protocol.DecodeError as e:
+            log.warning("bad %s from agent %s: %s; ignored", info.kind, info.agent_id, e, extra={"agent_id": info.agent_id})
+            return None
+        if msg.id != info.agent_id:
+            log.warning("%s on %s names agent %r; ignored", msg.TYPE, incoming.topic, msg.id)
+            return None
+        return msg
+
+    def _bridge_state(self, incoming: Incoming) -> None:
+        client_id = incoming.topic[len(BRIDGE_STATE_PREFIX) :].rsplit("/", 1)[0]
+        value = incoming.payload.strip()
+        if value not in (b"0", b"1"):
+            log.warning("bridge state %r on %s; ignored", value[:20], incoming.topic)
+            return
+        up = value == b"1"
+        log.info("bridge %s is %s", client_id, "up" if up else "down")
+        for change in self.registry.on_bridge(client_id, up, self.clock()):
+            self._agent_changed(change)
+
+    def _agent_changed(self, change: Change | None) -> None:
+        if change is None:
+            return
+        log.info(
+            "agent %s is %s (%s)", change.agent_id, "online" if change.online else "offline", change.reason,
+            extra={"agent_id": change.agent_id},
+        )  # fmt: skip
+        self.store.add_event(self.clock(), "agent_online" if change.online else "agent_offline", None, change.agent_id, {"reason": change.reason})
+        self.engine.agent_changed(change)

@@ -1,0 +1,350 @@
+"""The master's durable store: SQLite in WAL mode, modelled on huey's SqliteStorage.
+
+One connection, used only from the master's event-loop thread. ``db()`` opens a
+transaction (re-entrant: only the outermost one commits), so a whole batch of incoming
+messages is applied in one commit. Every read returns :mod:`models` dataclasses; states
+are stored as their ``.value`` and parsed back here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from mschedule_agent import protocol
+
+from . import models
+from .errors import StoreError
+from .rollout import TargetSnapshot
+from .states import TargetState, TaskState
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "create table if not exists schema_version (version integer not null)",
+    """create table if not exists agents (
+        id text primary key, hostname text not null, ip text not null, labels text not null,
+        version text not null, capacity integer not null, online integer not null, dc text,
+        started_at real, last_seen real, last_heartbeat real, heartbeat_interval real not null,
+        running text not null)""",
+    """create table if not exists tasks (
+        id text primary key, name text not null, script blob not null, targets_spec text not null,
+        timeout real not null, parallel text not null, fail_rate text, fail_count integer not null,
+        on_abort text not null, env text not null, cwd text, output_cap integer,
+        delivery_timeout real not null, state text not null, reason text not null,
+        created_at real not null, finished_at real, target_count integer not null, request_id text)""",
+    "create unique index if not exists tasks_request on tasks (request_id) where request_id is not null",
+    "create index if not exists tasks_created on tasks (created_at)",
+    "create index if not exists tasks_state on tasks (state)",
+    """create table if not exists targets (
+        task_id text not null, agent_id text not null, state text not null, seq integer not null,
+        acked integer not null default 0, dispatched_at real, last_sent_at real, expires_at real,
+        started_at real, finished_at real, kill_requested integer not null default 0,
+        kill_sent_at real, offline_since real, reason text not null default '',
+        code integer, signal integer, stdout blob, stderr blob,
+        stdout_bytes integer not null default 0, stderr_bytes integer not null default 0,
+        stdout_truncated integer not null default 0, stderr_truncated integer not null default 0,
+        run_started_at real, run_finished_at real, result_state text, result_error text,
+        result_at real,
+        primary key (task_id, agent_id))""",
+    """create table if not exists events (
+        id integer primary key autoincrement, ts real not null, kind text not null,
+        task_id text, agent_id text, data text not null)""",
+    "create index if not exists events_task on events (task_id)",
+)
+
+_SNAPSHOT_COLUMNS = (
+    "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
+    "finished_at", "kill_requested", "kill_sent_at", "offline_since",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTask:
+    """An unfinished task as reloaded at start-up: its record and its targets' snapshots."""
+
+    task: models.Task
+    snapshots: list[TargetSnapshot]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Store:
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._conn.execute("pragma journal_mode=wal")
+            self._conn.execute(f"pragma synchronous={synchronous}")
+            self._conn.execute("pragma busy_timeout=10000")
+            self._depth = 0
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {path}: {e}") from e
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def db(self) -> Iterator[sqlite3.Connection]:
+        """A transaction; nested uses join the outermost one, which commits or rolls back."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+            return
+        self._conn.execute("begin immediate")
+        self._depth = 1
+        try:
+            yield self._conn
+        except BaseException:
+            self._depth = 0
+            self._conn.execute("rollback")
+            raise
+        self._depth = 0
+        self._conn.execute("commit")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's writes if it raises."""
+        self._savepoints = getattr(self, "_savepoints", 0) + 1
+        name = f"sp{self._savepoints}"
+        self._conn.execute(f"savepoint {name}")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute(f"rollback to {name}")
+            self._conn.execute(f"release {name}")
+            raise
+        finally:
+            self._savepoints -= 1
+        self._conn.execute(f"release {name}")
+
+    def _migrate(self) -> None:
+        with self.db() as c:
+            for stmt in _SCHEMA:
+                c.execute(stmt)
+            row = c.execute("select version from schema_version").fetchone()
+            if row is None:
+                c.execute("insert into schema_version (version) values (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise StoreError(f"database schema {row[0]} is newer than this master ({SCHEMA_VERSION})")
+
+    # ------------------------------------------------------------------ agents
+    def save_agents(self, agents: Iterable[models.Agent]) -> None:
+        rows = [
+            (
+                a.id, a.hostname, _dumps(a.ip), _dumps(a.labels), a.version, a.capacity, int(a.online), a.dc,
+                a.started_at, a.last_seen, a.last_heartbeat, a.heartbeat_interval, _dumps(a.running),
+            )
+            for a in agents
+        ]  # fmt: skip
+        with self.db() as c:
+            c.executemany("insert or replace into agents values (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def load_agents(self) -> list[models.Agent]:
+        rows = self._conn.execute("select * from agents").fetchall()
+        return [
+            models.Agent(
+                id=r[0], hostname=r[1], ip=json.loads(r[2]), labels=json.loads(r[3]), version=r[4], capacity=r[5],
+                online=bool(r[6]), dc=r[7], started_at=r[8], last_seen=r[9], last_heartbeat=r[10],
+                heartbeat_interval=r[11], running=json.loads(r[12]),
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ tasks
+    def insert_task(self, task: models.Task, agent_ids: list[str], request_id: str | None = None) -> None:
+        with self.db() as c:
+            c.execute(
+                "insert into tasks values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    task.id, task.name, task.script, _dumps(task.targets_spec), task.timeout, _dumps(task.parallel),
+                    _dumps(task.fail_rate), task.fail_count, task.on_abort, _dumps(task.env), task.cwd,
+                    task.output_cap, task.delivery_timeout, task.state.value, task.reason, task.created_at,
+                    task.finished_at, len(agent_ids), request_id,
+                ),
+            )  # fmt: skip
+            c.executemany(
+                "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
+                [(task.id, a, TargetState.WAITING.value, 0) for a in agent_ids],
+            )
+
+    def set_task_state(self, task_id: str, state: TaskState, reason: str, finished_at: float | None) -> None:
+        with self.db() as c:
+            c.execute(
+                "update tasks set state=?, reason=?, finished_at=? where id=?",
+                (state.value, reason, finished_at, task_id),
+            )
+
+    def save_snapshots(self, task_id: str, snapshots: Iterable[TargetSnapshot]) -> None:
+        sets = ", ".join(f"{col}=?" for col in _SNAPSHOT_COLUMNS)
+        rows = [(*_snapshot_values(s), task_id, s.agent_id) for s in snapshots]
+        with self.db() as c:
+            c.executemany(f"update targets set {sets} where task_id=? and agent_id=?", rows)
+
+    def set_target_reason(self, task_id: str, agent_id: str, reason: str) -> None:
+        with self.db() as c:
+            c.execute("update targets set reason=? where task_id=? and agent_id=?", (reason, task_id, agent_id))
+
+    def record_result(self, task_id: str, result: protocol.Result, now: float) -> bool:
+        """Store a target's result once. False when it was already stored (or no such target)."""
+        with self.db() as c:
+            cur = c.execute(
+                """update targets set code=?, signal=?, stdout=?, stderr=?, stdout_bytes=?, stderr_bytes=?,
+                   stdout_truncated=?, stderr_truncated=?, run_started_at=?, run_finished_at=?,
+                   result_state=?, result_error=?, result_at=?
+                   where task_id=? and agent_id=? and result_at is null""",
+                (
+                    result.code, result.signal, result.output, result.stderr, result.output_bytes,
+                    result.stderr_bytes, int(result.output_truncated), int(result.stderr_truncated),
+                    result.started_at, result.finished_at, result.state, result.error, now, task_id, result.agent_id,
+                ),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict) -> None:
+        with self.db() as c:
+            c.execute(
+                "insert into events (ts, kind, task_id, agent_id, data) values (?,?,?,?,?)",
+                (ts, kind, task_id, agent_id, _dumps(data)),
+            )
+
+    def events(self, task_id: str | None = None, kind: str | None = None, limit: int = 1000) -> list[dict]:
+        sql, args = "select ts, kind, task_id, agent_id, data from events where 1=1", []
+        if task_id is not None:
+            sql, args = sql + " and task_id=?", [*args, task_id]
+        if kind is not None:
+            sql, args = sql + " and kind=?", [*args, kind]
+        rows = self._conn.execute(sql + " order by id limit ?", [*args, limit]).fetchall()
+        return [{"ts": r[0], "kind": r[1], "task_id": r[2], "agent_id": r[3], "data": json.loads(r[4])} for r in rows]
+
+    # ------------------------------------------------------------------ reads
+    def task_for_request(self, request_id: str) -> str | None:
+        row = self._conn.execute("select id from tasks where request_id=?", (request_id,)).fetchone()
+        return row[0] if row else None
+
+    def task_exists(self, task_id: str) -> bool:
+        return self._conn.execute("select 1 from tasks where id=?", (task_id,)).fetchone() is not None
+
+    def get_task(self, task_id: str, *, with_targets: bool = True) -> models.Task | None:
+        row = self._conn.execute(f"select {_TASK_COLS} from tasks where id=?", (task_id,)).fetchone()
+        if row is None:
+            return None
+        counts = self._counts([task_id]).get(task_id, {})
+        targets = self.targets(task_id) if with_targets else None
+        return _task(row, counts, targets)
+
+    def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
+        sql, args = f"select {_TASK_COLS} from tasks", []
+        if state is not None:
+            sql, args = sql + " where state=?", [state.value]
+        rows = self._conn.execute(sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset])
+        rows = rows.fetchall()
+        counts = self._counts([r[0] for r in rows])
+        return [_task(r, counts.get(r[0], {}), None) for r in rows]
+
+    def unfinished_task_ids(self) -> list[str]:
+        finals = [s.value for s in TaskState if s.final]
+        rows = self._conn.execute(
+            f"select id from tasks where state not in ({','.join('?' * len(finals))}) order by created_at", finals
+        )
+        return [r[0] for r in rows]
+
+    def load_unfinished(self) -> list[StoredTask]:
+        out = []
+        for task_id in self.unfinished_task_ids():
+            task = self.get_task(task_id, with_targets=False)
+            cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
+            rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
+            out.append(StoredTask(task, [_snapshot(r) for r in rows]))  # type: ignore[arg-type]
+        return out
+
+    def targets(self, task_id: str) -> list[models.Target]:
+        rows = self._conn.execute(
+            f"select {_TARGET_COLS} from targets t left join agents a on a.id = t.agent_id "
+            "where t.task_id=? order by t.rowid",
+            (task_id,),
+        )
+        return [_target(r) for r in rows]
+
+    def get_target(self, task_id: str, agent_id: str) -> models.Target | None:
+        row = self._conn.execute(
+            f"select {_TARGET_COLS} from targets t left join agents a on a.id = t.agent_id "
+            "where t.task_id=? and t.agent_id=?",
+            (task_id, agent_id),
+        ).fetchone()
+        return None if row is None else _target(row)
+
+    def target_states(self, task_id: str) -> dict[str, dict[str, Any]]:
+        """agent id -> {state, code}: the summary of a task's targets, without their output."""
+        rows = self._conn.execute("select agent_id, state, code from targets where task_id=? order by rowid", (task_id,))
+        return {r[0]: {"state": r[1], "code": r[2]} for r in rows}
+
+    def _counts(self, task_ids: list[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for i in range(0, len(task_ids), 500):
+            chunk = task_ids[i : i + 500]
+            rows = self._conn.execute(
+                f"select task_id, state, count(*) from targets where task_id in ({','.join('?' * len(chunk))}) "
+                "group by task_id, state",
+                chunk,
+            )
+            for task_id, state, n in rows:
+                out.setdefault(task_id, {})[state] = n
+        return out
+
+
+_TASK_COLS = (
+    "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
+    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count"
+)
+_TARGET_COLS = (
+    "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
+    "coalesce(t.run_started_at, t.started_at), coalesce(t.run_finished_at, t.finished_at), t.stdout, t.stderr, "
+    "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname"
+)
+
+
+def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None) -> models.Task:
+    return models.Task(
+        id=r[0], name=r[1], script=r[2], targets_spec=json.loads(r[3]), timeout=r[4], parallel=json.loads(r[5]),
+        fail_rate=json.loads(r[6]) if r[6] is not None else None, fail_count=r[7], on_abort=r[8],
+        env=json.loads(r[9]), cwd=r[10], output_cap=r[11], delivery_timeout=r[12], state=TaskState(r[13]),
+        reason=r[14], created_at=r[15], finished_at=r[16], counts=counts, target_count=r[17], targets=targets,
+    )  # fmt: skip
+
+
+def _target(r: tuple) -> models.Target:
+    return models.Target(
+        task_id=r[0], agent_id=r[1], state=TargetState(r[2]), acked=bool(r[3]), code=r[4], signal=r[5],
+        reason=r[6], dispatched_at=r[7], started_at=r[8], finished_at=r[9], stdout=r[10] or b"",
+        stderr=r[11] or b"", stdout_bytes=r[12], stderr_bytes=r[13], stdout_truncated=bool(r[14]),
+        stderr_truncated=bool(r[15]), hostname=r[16],
+    )  # fmt: skip
+
+
+def _snapshot_values(s: TargetSnapshot) -> tuple:
+    return (
+        s.state.value, s.seq, int(s.acked), s.dispatched_at, s.last_sent_at, s.expires_at, s.started_at,
+        s.finished_at, int(s.kill_requested), s.kill_sent_at, s.offline_since,
+    )  # fmt: skip
+
+
+def _snapshot(r: tuple) -> TargetSnapshot:
+    return TargetSnapshot(
+        agent_id=r[0], state=TargetState(r[1]), seq=r[2], acked=bool(r[3]), dispatched_at=r[4], last_sent_at=r[5],
+        expires_at=r[6], started_at=r[7], finished_at=r[8], kill_requested=bool(r[9]), kill_sent_at=r[10],
+        offline_since=r[11],
+    )  # fmt: skip

@@ -1,0 +1,94 @@
+"""Rollouts over plain MQTT, for users with only ``mosquitto_pub`` and ``mosquitto_sub``.
+
+* :class:`SubmitHandler`: a ``submit`` on ``<prefix>/submit`` creates a task; the
+  ``submit_reply`` goes to the request's MQTT v5 response topic (with its correlation
+  data) when it has one, else to ``<prefix>/submit/reply/<request_id>``. A repeated
+  request id (a QoS-1 redelivery, or a user pressing enter twice) gets the first task's
+  reply again instead of a second task.
+* :class:`ProgressPublisher`: one ``progress`` on ``<prefix>/tasks/<task_id>/progress``
+  per target change, and a retained ``summary`` on ``<prefix>/tasks/<task_id>/summary``
+  when the task ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mschedule_agent import protocol
+from mschedule_agent.protocol import Submit, SubmitReply, Topics
+from mschedule_agent.transport import Incoming, Transport
+
+from . import models
+from .engine import Engine
+from .models import InvalidRequest
+from .states import TaskState
+
+log = logging.getLogger(__name__)
+
+
+class SubmitHandler:
+    def __init__(self, engine: Engine, topics: Topics) -> None:
+        self.engine = engine
+        self.topics = topics
+
+    def handle(self, incoming: Incoming) -> None:
+        """Called inside the engine's batch; the reply is published after the commit."""
+        try:
+            spec = protocol.decode_as(incoming.payload, Submit)
+        except protocol.DecodeError as e:
+            request_id = _raw_request_id(incoming.payload)
+            log.warning("refused a submission (request %s): %s", request_id, e)
+            self._reply(incoming, SubmitReply(ok=False, request_id=request_id, error=str(e), field=e.field))
+            return
+        try:
+            task, targets = self.engine.submit(spec)
+        except InvalidRequest as e:
+            log.warning("refused a submission (request %s): %s", spec.request_id, e)
+            self._reply(incoming, SubmitReply(ok=False, request_id=spec.request_id, error=str(e), field=e.field))
+            return
+        log.info("task %s submitted over MQTT (request %s)", task.id, spec.request_id, extra={"task_id": task.id})
+        self._reply(incoming, SubmitReply(ok=True, request_id=spec.request_id, task_id=task.id, targets=targets))
+
+    def _reply(self, incoming: Incoming, reply: SubmitReply) -> None:
+        if incoming.response_topic:
+            self.engine.publish(incoming.response_topic, reply, correlation_data=incoming.correlation_data)
+        elif reply.request_id and protocol._topic_level_ok(reply.request_id):
+            self.engine.publish(self.topics.submit_reply(reply.request_id), reply)
+        else:
+            log.warning("submission has neither a response topic nor a request_id: nobody to answer")
+
+
+def _raw_request_id(data: bytes) -> str | None:
+    """The request id of a submission that failed to decode, when it is readable."""
+    try:
+        doc = json.loads(data)
+        rid = doc["payload"]["request_id"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+    return rid if isinstance(rid, str) and protocol._topic_level_ok(rid) else None
+
+
+class ProgressPublisher:
+    """An engine event subscriber (runs after each commit) that publishes task progress."""
+
+    def __init__(self, transport: Transport, topics: Topics) -> None:
+        self.transport = transport
+        self.topics = topics
+
+    def __call__(self, event: models.Event) -> None:
+        if event.task_id is None:
+            return
+        d = event.data
+        if event.kind == "target":
+            msg = protocol.Progress(
+                task_id=event.task_id, state=d["task_state"], counts=d["counts"], ts=event.ts,
+                agent_id=d["agent_id"], target_state=d["state"], code=d.get("code"),
+            )  # fmt: skip
+            self.transport.publish(self.topics.task_progress(event.task_id), protocol.encode(msg), qos=1)
+        elif event.kind == "task" and TaskState(d["state"]).final:
+            msg = protocol.Summary(
+                task_id=event.task_id, state=d["state"], counts=d["counts"], ts=event.ts, reason=d.get("reason", ""),
+                targets=d.get("targets", {}),
+            )  # fmt: skip
+            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(msg), qos=1, retain=True)
