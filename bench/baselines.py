@@ -1,0 +1,95 @@
+"""Baselines measured in the same run, so scenario figures read as ratios to the machine's
+physical limits: how fast Python can fork+exec+wait ``/bin/sh -c true``, and a bare QoS-1
+round trip through the same mosquitto the scenarios use."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from mschedule_agent.transport import Incoming, MqttTransport
+
+from .stats import latency_ms
+
+TRUE_ARGV = ["/bin/sh", "-c", "true"]
+
+
+def spawn_rate(threads: int, count: int) -> dict[str, float]:
+    """fork+exec+wait of ``/bin/sh -c true``, ``count`` times over ``threads`` threads."""
+
+    def one(_i: int) -> None:
+        subprocess.Popen(TRUE_ARGV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait()
+
+    for _ in range(min(20, count)):  # warm up the page cache and the interpreter
+        one(0)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(count)))
+    elapsed = time.perf_counter() - start
+    return {"threads": threads, "count": count, "seconds": round(elapsed, 3), "per_s": round(count / elapsed, 1)}
+
+
+class _Echo:
+    """A pinger and an echoer, each its own paho client: publish -> echo -> reply, QoS 1."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.ping_topic = f"{prefix}/baseline/{tag}/ping"
+        self.pong_topic = f"{prefix}/baseline/{tag}/pong"
+        self._got = threading.Event()
+        self.echoer = MqttTransport(
+            url, client_id=f"bench-echo-{tag}", subscriptions=[(self.ping_topic, 1)], on_message=self._echo,
+            clean_start=True, session_expiry=0, manual_ack=False,
+        )
+        self.pinger = MqttTransport(
+            url, client_id=f"bench-ping-{tag}", subscriptions=[(self.pong_topic, 1)], on_message=self._pong,
+            clean_start=True, session_expiry=0, manual_ack=False,
+        )
+
+    def _echo(self, msg: Incoming) -> None:
+        self.echoer.publish(self.pong_topic, msg.payload, qos=1)
+
+    def _pong(self, msg: Incoming) -> None:
+        self._got.set()
+
+    def __enter__(self) -> _Echo:
+        for t in (self.echoer, self.pinger):
+            t.start(connect_timeout=10)
+            if not t.wait_connected(10):
+                raise TimeoutError("baseline client did not connect")
+        time.sleep(0.2)  # let both SUBACKs land: the first ping must not be lost
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pinger.stop()
+        self.echoer.stop()
+
+    def once(self, timeout: float = 5.0) -> float:
+        self._got.clear()
+        start = time.perf_counter()
+        self.pinger.publish(self.ping_topic, b"x" * 200, qos=1)
+        if not self._got.wait(timeout):
+            raise TimeoutError("no echo within %ss" % timeout)
+        return time.perf_counter() - start
+
+
+def mqtt_round_trip(url: str, prefix: str, count: int) -> dict[str, float]:
+    """QoS-1 publish -> echo -> reply through the broker at ``url``, ``count`` times."""
+    with _Echo(url, prefix) as echo:
+        for _ in range(min(50, count)):
+            echo.once()
+        rtts = [echo.once() for _ in range(count)]
+    return latency_ms(rtts)
+
+
+def measure(url: str, prefix: str, *, quick: bool) -> dict[str, dict]:
+    n_spawn = 300 if quick else 2000
+    n_rtt = 300 if quick else 3000
+    return {
+        "spawn_1_thread": spawn_rate(1, n_spawn),
+        "spawn_2_threads": spawn_rate(2, n_spawn),
+        "mqtt_qos1_rtt": mqtt_round_trip(url, prefix, n_rtt),
+    }

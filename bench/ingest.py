@@ -1,0 +1,149 @@
+"""Scenario 5's two measurements.
+
+* Agent idle: a real ``mschedule-agent`` daemon process, connected and heartbeating, sampled
+  from /proc for RSS and CPU.
+* Master result ingestion: ``n`` protocol-valid fake agents (a retained ``register`` each,
+  published by one client) are targets of one task with parallel = all; once the master has
+  dispatched every ``task``, the client publishes every agent's ``result`` as fast as it can.
+  Ingestion rate = n / (first result published -> the task's summary arrived), i.e. every
+  result decoded, stored, committed and the task closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from harness.procs import Proc
+
+from mschedule_agent import protocol
+from mschedule_agent.protocol import Register, Result, Task, Topics
+from mschedule_agent.transport import Incoming, MqttTransport
+
+from .client import BenchClient, check_summary
+from .master import MasterProc
+from .procstat import Watch
+from .report import Outcome
+
+
+def agent_idle(ctx, seconds: float) -> dict:
+    prefix = ctx.prefix("s5-idle")
+    d = ctx.dir("s5-idle")
+    agent = Proc.python(
+        "mschedule_agent",
+        "--broker", ctx.broker.url, "--state-dir", str(d / "state"), "--topic-prefix", prefix,
+        "--heartbeat", "5", "--log-level", "INFO",
+        log_path=d / "agent.log",
+    )
+    with agent:
+        if not agent.wait_for_log("online", 30):
+            raise RuntimeError(f"agent did not come online:\n{agent.log()[-2000:]}")
+        time.sleep(1.0)  # let start-up settle: idle means after it
+        watch = Watch(agent.pid, interval=1.0)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            watch.poll()
+        return watch.summary()
+
+
+class FakeAgents:
+    """One MQTT client speaking for ``n`` agents: registers them, records their tasks."""
+
+    def __init__(self, url: str, prefix: str, n: int) -> None:
+        self.topics = Topics(prefix)
+        tag = uuid.uuid4().hex[:6]
+        self.ids = [f"fake{tag}{i:06d}" for i in range(n)]
+        self.tasks: dict[str, str] = {}  # agent id -> task id
+        self._cond = threading.Condition()
+        self._ready = threading.Event()
+        self.transport = MqttTransport(
+            url, client_id=f"bench-fake-agents-{tag}", subscriptions=[(f"{prefix}/agents/+/tasks", 1)],
+            on_message=self._on_message, on_connect=lambda _sp: self._ready.set(),
+            clean_start=True, session_expiry=0, manual_ack=False,
+        )
+
+    def __enter__(self) -> FakeAgents:
+        self.transport.start(connect_timeout=10)
+        if not self._ready.wait(10):
+            raise TimeoutError("fake agents did not connect")
+        time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for agent_id in self.ids:  # clear the retained statuses
+            self.transport.publish(self.topics.status(agent_id), b"", qos=0, retain=True)
+        self.transport.stop()
+
+    def _on_message(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        try:
+            task = protocol.decode_as(msg.payload, Task)
+        except protocol.DecodeError:
+            return
+        with self._cond:
+            if info is not None and info.agent_id is not None:
+                self.tasks[info.agent_id] = task.id
+                self._cond.notify_all()
+
+    def register(self) -> None:
+        now = time.time()
+        pubs = []
+        for agent_id in self.ids:
+            reg = Register(id=agent_id, hostname=agent_id, ip=["192.0.2.1"], heartbeat=3600.0, started_at=now)
+            pubs.append(self.transport.publish(self.topics.status(agent_id), protocol.encode(reg), retain=True))
+        for p in pubs:
+            p.wait(30)
+
+    def wait_dispatched(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.tasks) < len(self.ids):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"only {len(self.tasks)} of {len(self.ids)} tasks dispatched after {timeout}s")
+                self._cond.wait(remaining)
+
+    def results(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) of a SUCCEED result for every dispatched task, encoded ahead of time."""
+        now = time.time()
+        out = []
+        for agent_id in self.ids:
+            r = Result(id=self.tasks[agent_id], agent_id=agent_id, state="SUCCEED", code=0, started_at=now, finished_at=now)
+            out.append((self.topics.results(agent_id), protocol.encode(r)))
+        return out
+
+    def publish_all(self, messages: list[tuple[str, bytes]]) -> float:
+        """Publish everything at QoS 1; returns seconds until the last PUBACK."""
+        start = time.perf_counter()
+        pubs = [self.transport.publish(topic, payload, qos=1) for topic, payload in messages]
+        for p in pubs:
+            p.wait(60)
+        return time.perf_counter() - start
+
+
+def master_ingestion(ctx, n: int, o: Outcome) -> dict:
+    prefix = ctx.prefix("s5-ingest")
+    d = ctx.dir("s5-ingest")
+    with MasterProc(ctx.broker.url, prefix, d) as master, FakeAgents(ctx.broker.url, prefix, n) as fake:
+        fake.register()
+        master.wait_online(n, 120)
+        with BenchClient(ctx.broker.url, prefix) as client:
+            request_id, _ = client.submit(fake.ids, parallel=n)
+            reply = client.reply(request_id, 60)
+            fake.wait_dispatched(120)
+            messages = fake.results()
+            with ctx.profiled(o, "ingestion", {"master": master.pid}):
+                first = time.perf_counter()
+                publish_seconds = fake.publish_all(messages)
+                done = client.finished(reply.task_id, 120)
+            o.problems.extend(check_summary(done, fake.ids))
+        seconds = done.at - first
+    return {
+        "results": n,
+        "seconds": round(seconds, 3),
+        "per_s": round(n / seconds, 1),
+        "publisher_seconds": round(publish_seconds, 3),
+        "publisher_per_s": round(n / publish_seconds, 1),
+    }

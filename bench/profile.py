@@ -1,0 +1,88 @@
+"""Where the time goes: py-spy attached to a running process (the master, a fleet worker)
+while a scenario's measured phase runs, summarised as the functions with the largest share
+of samples, by own time (self) and including callees (total)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def py_spy() -> str | None:
+    return shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
+
+
+@contextmanager
+def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False):
+    """Record ``pid`` with py-spy while the block runs; yields a dict filled with the summary
+    afterwards (empty when py-spy is not installed: ``pip install py-spy``)."""
+    summary: dict = {}
+    binary = py_spy()
+    if binary is None:
+        log.warning("py-spy is not installed; no profile (pip install py-spy)")
+        yield summary
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
+    if idle:
+        argv.append("--idle")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield summary
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if out.exists():
+            summary.update(summarise(out.read_text(errors="replace")))
+            summary["file"] = str(out)
+        else:
+            summary["error"] = (err or b"").decode(errors="replace")[-500:]
+
+
+def _frame(text: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``file.py:func`` (package-relative when possible)."""
+    name, _, where = text.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("/site-packages/", "/work/main/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{name.strip()}"
+
+
+def summarise(raw: str, top: int = 15) -> dict:
+    """Self and total shares of samples per function from py-spy's collapsed-stack output."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the thread
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+    if not samples:
+        return {"samples": 0}
+
+    def share(c: Counter[str]) -> list[list]:
+        return [[name, round(100 * n / samples, 1)] for name, n in c.most_common(top)]
+
+    return {"samples": samples, "self_pct": share(own), "total_pct": share(total)}

@@ -1,0 +1,107 @@
+"""Scenario outcomes, and their rendering as JSON and as the markdown table of the README."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One figure against its target: ``value <op> limit``."""
+
+    figure: str
+    value: float
+    limit: float
+    unit: str = ""
+    op: str = "<="  #: "<=" (at most) or ">=" (at least)
+
+    @property
+    def ok(self) -> bool:
+        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
+            return False
+        return self.value <= self.limit if self.op == "<=" else self.value >= self.limit
+
+    @property
+    def margin(self) -> str:
+        """How far from the target, as a factor ("2.3x over")."""
+        if not self.value or not self.limit:
+            return ""
+        factor = self.value / self.limit if self.op == "<=" else self.limit / self.value
+        return f"{factor:.2f}x of target" if factor > 1 else ""
+
+
+@dataclass
+class Outcome:
+    """What one scenario produced. ``correct`` is False when any target's result was missing
+    or wrong: a fast run that drops results fails."""
+
+    id: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    correct: bool | None = None
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.correct) and all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["checks"] = [{**asdict(c), "ok": c.ok} for c in self.checks]
+        doc["ok"] = self.ok
+        return doc
+
+
+def write(results: dict[str, Any], outcomes: list[Outcome], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {**results, "scenarios": [o.to_json() for o in outcomes]}
+    json_path = out_dir / "latest.json"
+    json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    md_path = out_dir / "latest.md"
+    md_path.write_text(markdown(results, outcomes))
+    return json_path, md_path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
+    b = results.get("baselines", {})
+    lines = [
+        f"Run `{results.get('command', 'python -m bench')}` at {results.get('started_at', '?')} on "
+        f"{results.get('host', {}).get('cpus', '?')} CPUs ({results.get('host', {}).get('mosquitto', 'mosquitto')}).",
+        "",
+        "| baseline (same run) | figure |",
+        "| --- | --- |",
+    ]
+    for key in ("spawn_1_thread", "spawn_2_threads"):
+        if key in b:
+            lines.append(f"| fork+exec+wait `/bin/sh -c true`, {b[key]['threads']} thread(s) | {_fmt(b[key]['per_s'])}/s |")
+    if "mqtt_qos1_rtt" in b:
+        r = b["mqtt_qos1_rtt"]
+        lines.append(f"| paho QoS-1 round trip via mosquitto | p50 {_fmt(r['p50_ms'])} ms, p99 {_fmt(r['p99_ms'])} ms |")
+    lines += ["", "| # | scenario | figure | measured | target | met | results correct |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for o in outcomes:
+        correct = "error: " + o.error if o.error else ("yes" if o.correct else "NO: " + "; ".join(o.problems[:2]))
+        if not o.checks:
+            lines.append(f"| {o.id} | {o.name} | — | — | — | {'no' if not o.ok else 'yes'} | {correct} |")
+        for i, c in enumerate(o.checks):
+            met = "yes" if c.ok else f"**no** {c.margin}".rstrip()
+            lines.append(
+                f"| {o.id if i == 0 else ''} | {o.name if i == 0 else ''} | {c.figure} | {_fmt(c.value)} {c.unit} "
+                f"| {c.op} {_fmt(c.limit)} {c.unit} | {met} | {correct if i == 0 else ''} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
