@@ -30,6 +30,13 @@ ADDED (optional to use):
     Rollout.restore(..., killed=None)   # True if the user had killed the task (else inferred)
     r.final, r.failures, r.active, r.window, r.aborted, r.killed
 
+PERSISTENCE: on TargetChanged store the whole snapshot ``r.targets[agent_id]`` (its
+fields are already updated). Fields also change WITHOUT a state change -- ``acked``
+(on_ack), ``kill_requested`` (with every first SendKill), ``last_sent_at``,
+``offline_since`` -- and restore() needs ``acked`` and ``kill_requested`` to be right
+(else an acked target would expire as UNREACHABLE, an owed kill be forgotten): after
+each call (or batch), store ``r.targets[a]`` for every ``a`` in ``r.pop_dirty()``.
+
 Carry the actions out IN ORDER: every change to persist (TargetChanged, TaskChanged)
 comes before the publication it implies (Dispatch, SendKill). Unknown agent ids and
 events that make no sense in a target's current state are ignored (return ``[]``);
@@ -251,9 +258,10 @@ class Rollout:
     ) -> Rollout:
         """Rebuild a rollout from its stored targets (after a master restart).
 
-        Whether the rollout had been aborted follows from the stored failures (the limits
-        are monotonic). Whether the user had killed it is ``killed`` when given, else
-        inferred: not aborted, and some target has kill_requested or is CANCELLED.
+        Whether the user had killed it is ``killed`` when given, else inferred: no limit
+        tripped, and some target has kill_requested or is CANCELLED. Otherwise whether it
+        had been aborted follows from the stored failures (the limits are monotonic).
+        ``reason`` (the stored task reason) becomes the kill reason.
         """
         self = cls.__new__(cls)
         self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq))
@@ -262,14 +270,16 @@ class Rollout:
         if task_state.final:
             return self
         least = limits.first_tripping(self._n)
-        if least is not None and self._failures >= least:
-            self.aborted = True
-            self._end_reason = limits.trip_reason(least, self._n) or reason
-        elif killed or (
-            killed is None and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
-        ):
+        tripped = least is not None and self._failures >= least
+        if killed is None:
+            killed = not tripped and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
+        if killed:
             self.killed = True
             self._end_reason = reason or "killed by user"
+        elif tripped:
+            assert least is not None
+            self.aborted = True
+            self._end_reason = limits.trip_reason(least, self._n) or reason
         for t in self._targets.values():
             self._schedule(t)
         return self

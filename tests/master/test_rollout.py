@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mschedule_master.rollout import (
     Dispatch,
@@ -739,3 +742,85 @@ def test_ten_thousand_targets_roll_out_in_time_linear_in_the_events():
     assert done == n
     assert r.state == TaskState.FAILED and r.counts()["FAILED"] == n // 4
     assert elapsed < 10, f"{n} targets took {elapsed:.2f}s"
+
+
+def test_restore_with_killed_true_ends_killed_even_if_failures_tripped_a_limit():
+    run = Run(3, parallel=2, fail_count=0)
+    run.start(0)
+    run.do(run.r.kill(1, reason="stop"))
+    run.final("a00", T.FAILED, 2)  # the killed script exited non-zero instead of being killed
+    targets = snapshot(run.r)
+    r2 = Rollout.restore(
+        "t1", Limits(parallel=2, fail_count=0), targets=targets, task_state=TaskState.RUNNING, reason="stop", killed=True
+    )
+    assert r2.killed and not r2.aborted
+    r2.resume(3)
+    r2.on_final("a01", T.KILLED, 4)
+    assert (r2.state, r2.reason) == (TaskState.KILLED, "stop")
+    assert run.task == TaskState.RUNNING
+
+
+# ------------------------------------------------------------------------ properties
+
+EVENTS = st.tuples(
+    st.sampled_from(["ack", "started", "final", "offline", "online", "tick", "kill"]),
+    st.integers(0, 11),
+    st.sampled_from(list(TargetState)),
+    st.floats(0, 40),
+)
+LIMITS = st.fixed_dictionaries(
+    {
+        "parallel": st.one_of(st.integers(1, 5), st.sampled_from(["10%", "50%", "100%"])),
+        "fail_count": st.integers(-1, 3),
+        "fail_rate": st.sampled_from([None, -1, 0, 0.25, "50%", 1]),
+        "on_abort": st.sampled_from(["kill", "drain"]),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 12), limits=LIMITS, events=st.lists(EVENTS, max_size=60))
+def test_any_event_sequence_keeps_the_invariants_and_the_rollout_always_ends(n, limits, events):
+    run = Run(n, **limits)
+    run.start(0)
+    now = 0.0
+    for kind, idx, state, dt in events:
+        now += dt
+        agent = ids(n)[idx % n]
+        stopped = run.r.aborted or run.r.killed
+        if kind == "final":
+            if not state.final:
+                continue
+            actions = run.final(agent, state, now)
+        elif kind == "tick":
+            actions = run.tick(now)
+            assert (run.r.next_deadline() or math.inf) > now
+        elif kind == "kill":
+            actions = run.do(run.r.kill(now))
+        else:
+            actions = run.do(getattr(run.r, f"on_{kind}" if kind in ("ack", "started") else f"on_agent_{kind}")(agent, now))
+        if stopped:
+            assert not [a for a in only(actions, Dispatch) if not a.redeliver], "nothing new after abort or kill"
+        unfinished = sum(1 for s in run.mirror.values() if not s.final)
+        assert run.task.final == (unfinished == 0), "the task ends exactly when its last target does"
+    # every agent now answers everything with success: the rollout must end
+    for _ in range(3 * n + 5):
+        if run.task.final:
+            break
+        for agent in run.active():
+            run.final(agent, T.SUCCEED, now)
+    assert run.task.final
+    if run.task == TaskState.SUCCEED:
+        assert set(run.mirror.values()) == {T.SUCCEED}
+    if run.r.failures and not run.r.killed:
+        assert run.task == TaskState.FAILED
+    assert run.r.next_deadline() is None
+
+
+def test_failures_reported_after_a_kill_do_not_turn_the_kill_into_an_abort():
+    run = Run(3, parallel=2, fail_count=0)
+    run.start(0)
+    run.do(run.r.kill(1, reason="stop"))
+    run.final("a00", T.FAILED, 2)  # the script exited non-zero on SIGTERM
+    run.final("a01", T.KILLED, 2)
+    assert (run.task, run.r.reason, run.r.aborted) == (TaskState.KILLED, "stop", False)
