@@ -1,0 +1,139 @@
+"""The executor with real processes: exit codes, signals, shebangs, capture, timeout, kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mschedule_agent.executor import Executor, RunSpec, interpreter
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(d.name))
+    return found
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    ex = Executor(tmp_dir=tmp_path / "run")
+    started_groups = []
+
+    def run(script: bytes, *, kill_after: float | None = None, wait: float = 30, **spec):
+        out = {}
+        pids = []
+        r = ex.start(
+            RunSpec(task_id="t1", script=script, **spec),
+            on_started=pids.append,
+            on_done=lambda o: out.setdefault("o", o),
+        )
+        if kill_after is not None:
+            time.sleep(kill_after)  # let the script start its children; the kill itself is event-driven
+            r.kill()
+        assert r.join(wait), "run did not finish"
+        started_groups.extend(pids)
+        return out["o"]
+
+    yield run
+    for pgid in started_groups:  # never leave anything behind, even when a test fails
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+EXIT_CASES = [
+    (b"echo out; echo err >&2", "SUCCEED", 0, None, b"out\n", b"err\n"),
+    (b"exit 3", "FAILED", 3, None, b"", b""),
+    (b"kill -9 $$", "FAILED", 137, 9, b"", b""),
+    (b"kill -TERM $$", "FAILED", 143, 15, b"", b""),
+    (b"#!/usr/bin/env python3\nimport sys; print('py', sys.version_info[0])", "SUCCEED", 0, None, b"py 3\n", b""),
+    (b"#!/bin/bash -e\nfalse\necho not reached", "FAILED", 1, None, b"", b""),
+    (b"printf '\\377\\376\\000bin'", "SUCCEED", 0, None, b"\xff\xfe\x00bin", b""),
+]
+
+
+@pytest.mark.parametrize("script,state,code,sig,out,err", EXIT_CASES)
+def test_exit_status_signal_and_streams_are_reported_as_linux_gives_them(run_script, script, state, code, sig, out, err):
+    o = run_script(script)
+    assert (o.state, o.code, o.signal, o.stdout.data, o.stderr.data) == (state, code, sig, out, err)
+    assert o.started_at <= o.finished_at
+
+
+def test_env_cwd_and_task_id_reach_the_script(run_script, tmp_path):
+    o = run_script(b'echo "$FOO $MSCHEDULE_TASK_ID $(pwd)"', env={"FOO": "bar"}, cwd=str(tmp_path))
+    assert o.stdout.data == f"bar t1 {tmp_path}\n".encode()
+
+
+def test_script_file_is_private_and_removed_afterwards(run_script, tmp_path):
+    o = run_script(b'stat -c %a "$0" "$(dirname "$0")"')
+    assert o.stdout.data.split() == [b"700", b"700"]
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "script,spec,needle",
+    [(b"#!/nonexistent/interp\n", {}, "cannot start"), (b"true", {"cwd": "/nonexistent-dir"}, "cannot start")],
+)
+def test_a_script_that_cannot_start_fails_with_no_exit_code(run_script, script, spec, needle):
+    o = run_script(script, **spec)
+    assert (o.state, o.code) == ("FAILED", None) and needle in o.error
+
+
+@pytest.mark.parametrize(
+    "script",
+    [b"sleep 300 & sleep 300 & wait", b"trap '' TERM; sleep 300 & sleep 300 & wait"],
+    ids=["obeys-sigterm", "ignores-sigterm"],
+)
+def test_timeout_kills_the_whole_group(run_script, script):
+    t0 = time.monotonic()
+    o = run_script(script, timeout=0.5, kill_grace=0.5)
+    assert o.state == "TIMEOUT" and "timed out" in o.error
+    assert group_members(o.pid) == []
+    assert time.monotonic() - t0 < 10
+
+
+def test_kill_stops_the_group_and_reports_killed(run_script):
+    o = run_script(b"sleep 300 & sleep 300 & wait", kill_after=0.3, kill_grace=1)
+    assert (o.state, o.error) == ("KILLED", "killed on request")
+    assert o.code is not None and group_members(o.pid) == []
+
+
+def test_huge_output_is_capped_head_and_tail_with_the_total(run_script):
+    o = run_script(b"head -c 52428800 /dev/zero | tr '\\0' a; printf END", output_cap=1000)
+    assert o.stdout.truncated and o.stdout.total == 52428800 + 3
+    assert o.stdout.data == b"a" * 500 + b"a" * 497 + b"END"
+
+
+def test_background_child_holding_stdout_does_not_hold_the_result(run_script):
+    t0 = time.monotonic()
+    o = run_script(b"sleep 30 & echo done")
+    assert o.state == "SUCCEED" and o.stdout.data == b"done\n"
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    "script,argv",
+    [
+        (b"echo", ["/bin/sh", "P"]),
+        (b"#!/usr/bin/env python3\n", ["/usr/bin/env", "python3", "P"]),
+        (b"#! /bin/bash -e -u\nx", ["/bin/bash", "-e -u", "P"]),
+        (b"#!\n", ["/bin/sh", "P"]),
+    ],
+)
+def test_interpreter_follows_the_shebang_like_linux(script, argv):
+    assert interpreter(script, "P") == argv
