@@ -11,6 +11,7 @@ demo and benchmarks.
         master.stop()              # SIGTERM; master.kill9() simulates a crash
 
     with Fleet(tmp_path, broker.url, prefix, agents=3) as fleet:   # master + 3 agents, all online
+        # scripts see $MSCHEDULE_TEST_AGENT = the agent's index in fleet.agents
         fleet.master, fleet.agents, fleet.agent_ids
         task_id = fleet.submit(["all"], "echo hi")                  # over MQTT; returns the task id
         summary = fleet.wait_task(task_id)                          # the retained summary (a dict)
@@ -34,6 +35,10 @@ from .procs import Proc
 
 #: Test-friendly master timings (seconds), overridable through ``**flags``.
 TEST_FLAGS = {"delivery_timeout": 10, "redeliver_interval": 1, "ack_grace": 1, "lost_grace": 5, "kill_resend": 1}
+
+
+#: Each Fleet agent (and so each script it runs) sees its index 0..N-1 in this variable.
+AGENT_INDEX_ENV = "MSCHEDULE_TEST_AGENT"
 
 
 class MasterProc(Proc):
@@ -148,7 +153,10 @@ class Fleet:
         self.master = start_master(self.workdir / "master", self.broker_url, self.prefix, **self.master_flags)
         for i in range(self.n_agents):
             self.agents.append(
-                start_agent(self.workdir / f"agent{i}", self.broker_url, self.prefix, self.labels, wait=False, **self.agent_flags)
+                start_agent(
+                    self.workdir / f"agent{i}", self.broker_url, self.prefix, self.labels, wait=False,
+                    env={AGENT_INDEX_ENV: str(i)}, **self.agent_flags,
+                )  # fmt: skip
             )
         for a in self.agents:
             a.wait_online(30)
@@ -198,6 +206,30 @@ class Fleet:
         """Wait for the task's summary (published when it ends); return its payload."""
         topic = f"{self.prefix}/tasks/{task_id}/summary"
         (msg,) = self.client.wait_for(lambda m: m.topic == topic, timeout)[:1]
+        return orjson.loads(msg.payload)["payload"]
+
+    def http(self, method: str, path: str, body: dict | None = None) -> dict:
+        """Call the master's HTTP API (``path`` like ``/api/v1/tasks``); return the JSON."""
+        import urllib.request
+
+        assert self.master is not None and self.master.http_url, "the master runs without HTTP"
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(self.master.http_url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return orjson.loads(r.read())
+
+    def task(self, task_id: str) -> dict:
+        """The task with its targets, as the HTTP API shows it."""
+        return self.http("GET", f"/api/v1/tasks/{task_id}")
+
+    def kill(self, task_id: str) -> dict:
+        return self.http("POST", f"/api/v1/tasks/{task_id}/kill")
+
+    def wait_progress(self, task_id: str, pred, timeout: float = 30.0) -> dict:
+        """Wait for a progress message on the task whose payload satisfies ``pred``."""
+        topic = f"{self.prefix}/tasks/{task_id}/progress"
+        (msg,) = self.client.wait_for(lambda m: m.topic == topic and pred(orjson.loads(m.payload)["payload"]), timeout)[:1]
         return orjson.loads(msg.payload)["payload"]
 
     def wait_agents_known(self, n: int, timeout: float = 30.0) -> None:
