@@ -295,15 +295,32 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int | None) -> bool:
+    """True while a live (non-zombie) process is in group ``pgid``. Zombies do not count:
+    orphans whose new parent reaps them late must not hold up the result."""
     if pgid is None:
         return False
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
         return True
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _drain(fd: int) -> None:
