@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class Context:
     baselines: dict[str, Any]
     profile: bool = False
     profile_dir: Path = Path("bench/results/profiles")
+    sizes: dict[str, Any] = field(default_factory=dict)  #: per-scenario size overrides (tests use tiny ones)
+
+    def size(self, key: str, quick: Any, full: Any) -> Any:
+        return self.sizes.get(key, quick if self.quick else full)
 
     @contextmanager
     def profiled(self, outcome: Outcome, name: str, pids: dict[str, int]):
@@ -78,7 +82,7 @@ def _finish(outcome: Outcome) -> Outcome:
 
 def scenario_1(ctx: Context) -> Outcome:
     """One target, `true`, N tasks one after another: submit -> result stored."""
-    n = 50 if ctx.quick else 500
+    n = ctx.size("s1_tasks", 50, 500)
     o = Outcome("1", f"single target, `true`, {n} tasks in sequence", params={"tasks": n})
     prefix = ctx.prefix("s1")
     d = ctx.dir("s1")
@@ -114,7 +118,7 @@ def _fanout(client: BenchClient, ids: list[str], o: Outcome, timeout: float, **f
 
 def scenario_2(ctx: Context) -> Outcome:
     """Fan-out `true` to 100, 1,000 and 5,000 agents with parallel = all."""
-    sizes = [10, 100] if ctx.quick else [100, 1000, 5000]
+    sizes = ctx.size("s2_sizes", [10, 100], [100, 1000, 5000])
     o = Outcome("2", "fan-out `true`, parallel = all", params={"sizes": sizes})
     for size in sizes:
         prefix = ctx.prefix(f"s2-{size}")
@@ -145,7 +149,7 @@ def scenario_2(ctx: Context) -> Outcome:
 
 def scenario_3(ctx: Context) -> Outcome:
     """Rollout over 1,000 agents with parallel 50, against (1000/50) x one target's round trip."""
-    size, parallel = (100, 10) if ctx.quick else (1000, 50)
+    size, parallel = ctx.size("s3", (100, 10), (1000, 50))
     o = Outcome("3", f"rollout over {size} agents, parallel {parallel}", params={"agents": size, "parallel": parallel})
     prefix = ctx.prefix("s3")
     d = ctx.dir("s3")
@@ -154,8 +158,8 @@ def scenario_3(ctx: Context) -> Outcome:
         with BenchClient(ctx.broker.url, prefix) as client:
             singles = []
             for i in range(25):  # one target's round trip, measured on this same fleet
-                done, rtt = client.run([fleet.ids[i]], timeout=30)
-                o.problems.extend(check_summary(done, [fleet.ids[i]]))
+                done, rtt = client.run([fleet.ids[i % size]], timeout=30)
+                o.problems.extend(check_summary(done, [fleet.ids[i % size]]))
                 if i >= 5:
                     singles.append(rtt)
             with ctx.profiled(o, "rollout", {"master": master.pid, "worker0": fleet.pids[0]}):
@@ -174,7 +178,7 @@ def scenario_3(ctx: Context) -> Outcome:
 
 def scenario_4(ctx: Context) -> Outcome:
     """10,000 agents heartbeating every 5 s for 2 minutes: master CPU and RSS; then fan-out."""
-    size, watch_s = (200, 15.0) if ctx.quick else (10000, 120.0)
+    size, watch_s = ctx.size("s4", (200, 15.0), (10000, 120.0))
     o = Outcome("4", f"{size} agents heartbeating every 5 s, then fan-out to all", params={"agents": size, "watch_s": watch_s})
     prefix = ctx.prefix("s4")
     d = ctx.dir("s4")
@@ -220,9 +224,9 @@ def scenario_5(ctx: Context) -> Outcome:
     from . import ingest
 
     o = Outcome("5", "agent idle; master result ingestion")
-    idle = ingest.agent_idle(ctx, seconds=5.0 if ctx.quick else 20.0)
+    idle = ingest.agent_idle(ctx, seconds=ctx.size("s5_idle_s", 5.0, 20.0))
     o.metrics["agent_idle"] = idle
-    n = 2000 if ctx.quick else 20000
+    n = ctx.size("s5_results", 2000, 20000)
     rate = ingest.master_ingestion(ctx, n, o)
     o.metrics["ingestion"] = rate
     o.checks = [
