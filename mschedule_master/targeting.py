@@ -4,7 +4,7 @@ Grammar of one selector (surrounding blanks ignored, none inside)::
 
     all           every ONLINE agent
     @name         a group from the master's config: a list of selectors (may name other groups)
-    key=value     ONLINE agents with label key=value; dc=NAME also matches an agent whose dc is NAME
+    key=value     ONLINE agents with label key=value (exact value); dc=NAME also matches an agent whose dc is NAME
     web-*         ONLINE agents whose hostname matches the glob (fnmatch; has * ? or [)
     name          the agent with this id, or the agents with this exact hostname -- even offline
 
@@ -85,8 +85,8 @@ def parse_selector(s: str) -> Selector:
         return Selector(text, SelectorKind.GROUP, key=name)
     if "=" in text:
         key, _, value = text.partition("=")
-        if not _NAME.match(key) or not value or not _TOKEN.match(value) or "=" in value:
-            raise InvalidSelector(text, f"label selector {text!r}: expected key=value")
+        if not _NAME.match(key) or not value or "=" in value:
+            raise InvalidSelector(text, f"label selector {text!r}: expected key=value (one '=', a non-empty value)")
         return Selector(text, SelectorKind.LABEL, key=key, value=value)
     if not _TOKEN.match(text):
         raise InvalidSelector(text, f"target selector {text!r} contains characters not allowed in a name")

@@ -133,6 +133,7 @@ def test_all_with_every_agent_offline_says_so():
         ("@web.eu-1", SelectorKind.GROUP, "web.eu-1", ""),
         ("role=web", SelectorKind.LABEL, "role", "web"),
         ("dc=eu", SelectorKind.LABEL, "dc", "eu"),
+        ("arch=linux/amd64", SelectorKind.LABEL, "arch", "linux/amd64"),  # any value without blanks
         ("web-*", SelectorKind.GLOB, "", "web-*"),
         ("h[0-9]", SelectorKind.GLOB, "", "h[0-9]"),
         ("host.example.com", SelectorKind.NAME, "", "host.example.com"),
