@@ -459,14 +459,15 @@ class Rollout:
             if t.kill_requested:
                 return self._finish(t, _T.CANCELLED, now, "killed before the agent accepted it")
             return self._finish(t, _T.UNREACHABLE, now, f"not accepted within delivery_timeout {tm.delivery_timeout:g}s")
-        if _lost_at(t, tm) is not None and now >= _lost_at(t, tm):
+        lost_at, redeliver_at = _lost_at(t, tm), _redeliver_at(t, tm)
+        if lost_at is not None and now >= lost_at:
             return self._finish(t, _T.LOST, now, f"agent offline for more than lost_grace {tm.lost_grace:g}s")
         actions: list[Action] = []
         if t.kill_requested:
             if t.kill_sent_at is None or now >= t.kill_sent_at + tm.kill_resend:
                 t.kill_sent_at = now
                 actions.append(SendKill(t.agent_id))
-        elif _redeliver_at(t, tm) is not None and now >= _redeliver_at(t, tm):
+        elif redeliver_at is not None and now >= redeliver_at:
             t.last_sent_at = now
             assert t.expires_at is not None
             actions.append(Dispatch(t.agent_id, t.expires_at, redeliver=True))
