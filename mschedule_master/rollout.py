@@ -358,10 +358,12 @@ class Rollout:
         actions: list[Action] = []
         for agent_id in sorted(self._active, key=lambda a: self._targets[a].seq):
             t = self._targets[agent_id]
+            if t.state is _T.DISPATCHED and t.expires_at is None:  # a store that lost it: give a fresh expiry
+                t.expires_at = now + self.timing.delivery_timeout
             if t.kill_requested:
                 t.kill_sent_at = now
                 actions.append(SendKill(agent_id))
-            elif not t.acked and t.state is _T.DISPATCHED and t.expires_at is not None and now < t.expires_at:
+            elif not t.acked and t.state is _T.DISPATCHED and now < t.expires_at:
                 t.last_sent_at = now
                 actions.append(Dispatch(agent_id, t.expires_at, redeliver=True))
             self._touch(t)

@@ -118,6 +118,9 @@ class _Resolver:
         self.agents = agents
         self.groups = groups
         self.by_id = {a.id: a for a in agents}
+        self.by_hostname: dict[str, list[Agent]] = {}
+        for a in agents:
+            self.by_hostname.setdefault(a.hostname, []).append(a)
 
     def top(self, sel: Selector) -> list[Agent]:
         """A selector as the user wrote it: must match, and online-only ones must match online agents."""
@@ -140,7 +143,7 @@ class _Resolver:
             agent = self.by_id.get(sel.value)
             if agent is not None:
                 return [agent]
-            return [a for a in self.agents if a.hostname == sel.value]
+            return list(self.by_hostname.get(sel.value, ()))
         if sel.kind is SelectorKind.GLOB:
             return [a for a in self.agents if fnmatchcase(a.hostname, sel.value)]
         if sel.kind is SelectorKind.LABEL:

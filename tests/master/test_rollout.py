@@ -834,3 +834,12 @@ def test_failures_reported_after_a_kill_do_not_turn_the_kill_into_an_abort():
     run.final("a00", T.FAILED, 2)  # the script exited non-zero on SIGTERM
     run.final("a01", T.KILLED, 2)
     assert (run.task, run.r.reason, run.r.aborted) == (TaskState.KILLED, "stop", False)
+
+
+def test_resume_gives_a_dispatch_stored_without_expiry_a_fresh_one_instead_of_waiting_forever():
+    targets = [TargetSnapshot("a00", T.DISPATCHED, seq=0, dispatched_at=0.0)]
+    r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.RUNNING, timing=TIMING)
+    assert only(r.resume(100), Dispatch) == [Dispatch("a00", 130.0, redeliver=True)]
+    assert r.next_deadline() == 105
+    r.tick(132)
+    assert r.targets["a00"].state == T.UNREACHABLE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mschedule_master.models import Agent
@@ -161,3 +163,11 @@ def test_a_malformed_member_of_a_group_is_an_error_naming_it():
 
 def test_resolve_is_deterministic_whatever_the_fleet_order():
     assert resolve(["all"], list(reversed(FLEET))) == resolve(["all"], FLEET)
+
+
+def test_ten_thousand_explicit_names_resolve_quickly():
+    fleet = [agent(f"id-{i}", f"host-{i:05d}") for i in range(10_000)]
+    began = time.process_time()
+    got = resolve([f"host-{i:05d}" for i in range(10_000)], fleet)
+    assert len(got) == 10_000 and got[0] == "id-0"
+    assert time.process_time() - began < 5  # a linear scan per name is quadratic: many seconds
