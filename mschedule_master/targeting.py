@@ -71,7 +71,9 @@ class Selector:
 
 def parse_selector(s: str) -> Selector:
     """Validate one selector's syntax; raise :class:`InvalidSelector` naming it."""
-    text = s.strip() if isinstance(s, str) else ""
+    if not isinstance(s, str):
+        raise InvalidSelector(repr(s), f"a target selector must be a string, not {s!r}")
+    text = s.strip()
     if not text:
         raise InvalidSelector(str(s), "a target selector is empty")
     if any(c.isspace() for c in text):
@@ -159,7 +161,8 @@ class _Resolver:
             where = f" (in @{path[-1]})" if path else ""
             raise UnknownSelector(sel.text, f"unknown group {sel.text}{where}")
         found: dict[str, Agent] = {}
-        for member_text in self.groups[name]:
+        members = self.groups[name]
+        for member_text in [members] if isinstance(members, str) else members:  # a TOML string is a one-member group
             member = parse_selector(member_text)
             matched = self.match(member, (*path, name))
             if not matched:

@@ -171,3 +171,13 @@ def test_ten_thousand_explicit_names_resolve_quickly():
     got = resolve([f"host-{i:05d}" for i in range(10_000)], fleet)
     assert len(got) == 10_000 and got[0] == "id-0"
     assert time.process_time() - began < 5  # a linear scan per name is quadratic: many seconds
+
+
+def test_a_group_given_as_one_string_is_a_one_member_group():
+    assert resolve(["@g"], FLEET, {"g": "role=web"}) == ["id-web1", "id-web2"]
+
+
+@pytest.mark.parametrize("member", [3, None, ["web-1"]])
+def test_a_group_member_that_is_not_a_string_is_an_invalid_selector(member):
+    with pytest.raises(InvalidSelector, match="must be a string"):
+        resolve(["@g"], FLEET, {"g": [member]})
