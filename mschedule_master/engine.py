@@ -335,9 +335,12 @@ class Engine:
             if kind != "late_result" or stored:
                 log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
             self._result_ack(task_id, agent_id, dc)
-        elif not is_target:
-            self.store.add_event(now, f"{msg.TYPE}_stray", task_id, agent_id, {"known_task": known})
-            log.warning("%s for task %s from agent %s, which is not its target", msg.TYPE, task_id, agent_id)
+        else:
+            kind = f"late_{msg.TYPE}" if is_target else f"{msg.TYPE}_not_target" if known else f"{msg.TYPE}_unknown_task"
+            data = {"code": msg.code, "reason": msg.reason} if isinstance(msg, Reject) else {}
+            self.store.add_event(now, kind, task_id, agent_id, data)
+            if not is_target:
+                log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
 
     def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
         self.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))

@@ -1,0 +1,116 @@
+"""Failures around the master, with real processes: a target offline past the delivery
+timeout, an agent killed -9 mid-run, the master killed -9 mid-rollout, and a second
+master refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+from harness.fleet import Fleet, start_master
+from harness.procs import wait_until
+
+
+def _events(db: Path, kind: str) -> list[tuple]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+        return c.execute("select task_id, agent_id, data from events where kind=?", (kind,)).fetchall()
+
+
+def _agent_online(fleet: Fleet, agent_id: str) -> bool:
+    return fleet.http("GET", f"/api/v1/agents/{agent_id}")["online"]
+
+
+def test_an_offline_target_becomes_unreachable_and_never_runs_when_it_returns(broker, prefix, tmp_path):
+    marker = tmp_path / "ran"
+    flags = {"delivery_timeout": 2, "ack_grace": 0.5, "redeliver_interval": 0.5}
+    with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags=flags) as fleet:
+        agent = fleet.agents[0]
+        agent_id = agent.agent_id
+        agent.stop()
+        wait_until(lambda: not _agent_online(fleet, agent_id), 15, what="agent offline at the master")
+        task_id = fleet.submit([agent_id], f"touch {marker}")
+        summary = fleet.wait_task(task_id, 30)
+        assert (summary["state"], summary["counts"]) == ("FAILED", {"UNREACHABLE": 1})
+        assert "delivery_timeout" in fleet.task(task_id)["targets"][agent_id]["reason"]
+
+        offset = len(agent.log())
+        agent.start()
+        agent.wait_online(20, after=offset)
+        # Its persistent session still holds the task: the agent refuses it as expired.
+        wait_until(lambda: _events(fleet.master.db, "late_reject"), 20, what="the agent's expired reject")
+        rejects = _events(fleet.master.db, "late_reject")  # one per copy the session held
+        assert all(t == task_id and a == agent_id and '"expired"' in d for t, a, d in rejects)
+        assert not marker.exists()
+        assert fleet.task(task_id)["targets"][agent_id]["state"] == "UNREACHABLE"
+
+
+def test_an_agent_killed_mid_run_becomes_lost_and_its_late_report_changes_nothing(broker, prefix, tmp_path):
+    pidfile = tmp_path / "script.pid"
+    with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags={"lost_grace": 2}) as fleet:
+        agent = fleet.agents[0]
+        agent_id = agent.agent_id
+        task_id = fleet.submit([agent_id], f"echo $$ > {pidfile}; exec sleep 60")
+        fleet.wait_progress(task_id, lambda p: p.get("target_state") == "RUNNING")
+        try:
+            agent.kill9()
+            summary = fleet.wait_task(task_id, 30)
+            assert (summary["state"], summary["counts"]) == ("FAILED", {"LOST": 1})
+            offset = len(agent.log())
+            agent.start()
+            agent.wait_online(20, after=offset)
+            # The restarted agent reports the interrupted run; the master stores it, acks it,
+            # and leaves the verdict alone.
+            wait_until(lambda: _events(fleet.master.db, "late_result"), 20, what="the INTERRUPTED report")
+            ((_t, _a, data),) = _events(fleet.master.db, "late_result")
+            assert '"INTERRUPTED"' in data and '"stored":true' in data
+            assert fleet.task(task_id)["targets"][agent_id]["state"] == "LOST"
+        finally:
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+def test_master_killed_mid_rollout_resumes_and_every_target_runs_exactly_once(broker, prefix, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = f'echo run >> {markers}/$MSCHEDULE_TEST_AGENT; sleep 0.3'
+    with Fleet(tmp_path, broker.url, prefix, agents=10) as fleet:
+        task_id = fleet.submit(["all"], script, parallel=3)
+        fleet.wait_progress(task_id, lambda p: p["counts"].get("SUCCEED", 0) >= 3)
+        fleet.master.kill9()
+        # The targets it had dispatched finish while it is dead (a restart takes > 1 s):
+        # their results wait in its persistent session.
+        fleet.master.restart()
+        summary = fleet.wait_task(task_id, 60)
+        assert (summary["state"], summary["counts"]) == ("SUCCEED", {"SUCCEED": 10})
+        runs = {p.name: p.read_text().splitlines() for p in markers.iterdir()}
+        assert runs == {str(i): ["run"] for i in range(10)}
+        task = fleet.task(task_id)
+        assert all(t["state"] == "SUCCEED" and t["code"] == 0 for t in task["targets"].values())
+        assert "restored 1 unfinished task" in fleet.master.log()
+
+
+def test_a_second_master_on_the_same_database_or_client_id_refuses_to_start(broker, prefix, tmp_path):
+    first = start_master(tmp_path / "m1", broker.url, prefix, client_id="mschedule-master-dup")
+    try:
+        same_db = start_master(tmp_path / "m1", broker.url, prefix, wait=False)
+        try:
+            wait_until(lambda: not same_db.running(), 20, what="the second master to exit")
+            assert same_db.proc.returncode == 2
+            assert "owns the database" in same_db.log()
+        finally:
+            same_db.stop()
+        same_id = start_master(tmp_path / "m2", broker.url, prefix, client_id="mschedule-master-dup", wait=False)
+        try:
+            wait_until(lambda: not same_id.running(), 20, what="the third master to exit")
+            assert same_id.proc.returncode == 2
+            assert "another mschedule-master" in same_id.log()
+        finally:
+            same_id.stop()
+        assert first.running()
+    finally:
+        first.stop()
