@@ -128,10 +128,20 @@ class Xdc:
 
     def add_agent(self, site: str, agent_id: str | None = None) -> str:
         """Create an agent user (its id; a new uuid4 hex when None) on ``site``; reload it."""
-        agent_id = agent_id or uuid.uuid4().hex
+        return self.add_agents(site, [agent_id or uuid.uuid4().hex])[0]
+
+    def add_agents(self, site: str, agent_ids: list[str]) -> list[str]:
+        """Create several agent users on ``site`` with one password-file update and reload."""
         s = self.site(site)
-        s.add_users(agent_id)
+        s.add_users(*agent_ids)
         s.reload()
+        return agent_ids
+
+    def provision_agent(self, site: str, state_dir: Path) -> str:
+        """docs/deploy.md's agent step: a new id, its user on the edge, its id file."""
+        agent_id = self.add_agent(site)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "agent-id").write_text(agent_id + "\n")
         return agent_id
 
     def wait_reloaded(self, site: str, user: str, timeout: float = 10.0) -> None:
