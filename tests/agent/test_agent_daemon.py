@@ -1,0 +1,318 @@
+"""The agent daemon as a real process against a real mosquitto (harness fixtures)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harness.agentproc import start_agent
+from harness.mqtt import Collector
+from harness.procs import Proc, wait_until
+from mschedule_agent.protocol import (
+    Ack,
+    Heartbeat,
+    Kill,
+    Offline,
+    Register,
+    Reject,
+    Result,
+    ResultAck,
+    Started,
+    Task,
+    DecodeError,
+    decode,
+    encode,
+)
+
+
+def msg_of(m):
+    try:
+        return decode(m.payload)
+    except DecodeError:
+        return None
+
+
+def is_(cls, task_id=None, **fields):
+    def pred(m):
+        x = msg_of(m)
+        return (
+            isinstance(x, cls)
+            and (task_id is None or getattr(x, "id", None) == task_id)
+            and all(getattr(x, k) == v for k, v in fields.items())
+        )
+
+    return pred
+
+
+def task(task_id: str, script: bytes, **kw) -> bytes:
+    return encode(Task(id=task_id, script=script, **kw))
+
+
+def group_alive(pgid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            f = stat[stat.rindex(")") + 2:].split()
+            if f[0] != "Z" and int(f[2]) == pgid:
+                found.append(int(d.name))
+    return found
+
+
+def killpg_quietly(pgid: int | None) -> None:
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def agent(tmp_path, broker, prefix):
+    a = start_agent(tmp_path / "agent", broker.url, prefix, labels={"role": "web", "dc": "bj"})
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def watch(broker, prefix):
+    with Collector(broker.url, [f"{prefix}/#"]) as c:
+        yield c
+
+
+def test_registers_heartbeats_and_goes_offline_cleanly_on_sigterm(agent, watch, topics):
+    aid = agent.agent_id
+    (reg,) = watch.wait_for(is_(Register, aid), timeout=10)
+    r = msg_of(reg)
+    assert reg.retain and reg.topic == topics.status(aid)
+    assert r.labels == {"role": "web", "dc": "bj"} and r.capacity == 1 and r.hostname and r.version
+    beats = watch.wait_for(is_(Heartbeat, aid), timeout=10, count=2)
+    assert msg_of(beats[-1]).ts > msg_of(beats[0]).ts and beats[-1].topic == topics.heartbeat(aid)
+    assert agent.stop() == 0
+    (off,) = watch.wait_for(is_(Offline, aid), timeout=10)
+    assert msg_of(off).reason == "shutdown" and msg_of(off).at is not None
+
+
+def test_last_will_is_published_after_kill_9_and_retained(agent, watch, broker, topics):
+    aid = agent.agent_id
+    watch.wait_for(is_(Register, aid), timeout=10)
+    agent.kill9()
+    (off,) = watch.wait_for(is_(Offline, aid), timeout=15)
+    assert msg_of(off).reason == "will"
+    with Collector(broker.url, [topics.status(aid)]) as late:  # a newcomer sees the retained status
+        (kept,) = late.wait_for(is_(Offline, aid), timeout=10)
+        assert kept.retain and msg_of(kept).reason == "will"
+
+
+def test_manual_mosquitto_pub_task_runs_and_its_result_arrives(agent, watch, broker, prefix):
+    aid = agent.agent_id
+    script = base64.b64encode(b"#!/usr/bin/env python3\nprint('hello from', 'python')").decode()
+    # The README's one-liner: the design document's message format, no version field.
+    subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", f"{prefix}/agents/{aid}/tasks",
+         "-m", f'{{"type":"task","payload":{{"id":"manual-1","script":"{script}","timeout":60}}}}'],
+        check=True, timeout=10,
+    )  # fmt: skip
+    watch.wait_for(is_(Ack, "manual-1"), timeout=10)
+    watch.wait_for(is_(Started, "manual-1"), timeout=10)
+    (res,) = watch.wait_for(is_(Result, "manual-1"), timeout=15)
+    r = msg_of(res)
+    assert (r.state, r.code, r.output, r.agent_id) == ("SUCCEED", 0, b"hello from python\n", aid)
+
+
+def test_same_task_delivered_twice_runs_once(agent, watch, tmp_path, topics):
+    aid = agent.agent_id
+    marker = tmp_path / "runs.txt"
+    payload = task("dup-1", f"echo run >> {marker}; sleep 0.5".encode())
+    watch.publish(topics.tasks(aid), payload)
+    watch.publish(topics.tasks(aid), payload)  # while it runs
+    watch.wait_for(is_(Result, "dup-1"), timeout=15)
+    watch.publish(topics.tasks(aid), payload)  # after it finished
+    acks = watch.wait_for(is_(Ack, "dup-1"), timeout=10, count=3)
+    assert [msg_of(a).duplicate for a in acks] == [False, True, True]
+    assert msg_of(acks[-1]).state == "DONE"
+    watch.wait_for(is_(Result, "dup-1"), timeout=10, count=2)  # the stored result again
+    assert marker.read_text() == "run\n"
+
+
+def test_kill_9_mid_run_reports_interrupted_after_restart_and_never_reruns(tmp_path, broker, prefix, watch, topics):
+    marker = tmp_path / "runs.txt"
+    a = start_agent(tmp_path / "agent", broker.url, prefix)
+    pgid = None
+    try:
+        aid = a.agent_id
+        watch.publish(topics.tasks(aid), task("crash-1", f"echo run >> {marker}; sleep 300".encode()))
+        (st,) = watch.wait_for(is_(Started, "crash-1"), timeout=10)
+        pgid = msg_of(st).pid
+        a.kill9()
+        killpg_quietly(pgid)  # the script has its own session: a crash of the agent leaves it
+        a = start_agent(tmp_path / "agent", broker.url, prefix)
+        (res,) = watch.wait_for(is_(Result, "crash-1"), timeout=15)
+        assert (msg_of(res).state, msg_of(res).code) == ("INTERRUPTED", None)
+        watch.publish(topics.tasks(aid), task("crash-1", b"echo again"))
+        (ack,) = watch.wait_for(is_(Ack, "crash-1", duplicate=True), timeout=10)
+        assert msg_of(ack).state == "DONE"
+        assert marker.read_text() == "run\n"
+    finally:
+        killpg_quietly(pgid)
+        a.stop()
+
+
+def test_result_survives_a_10_s_broker_outage(tmp_path, own_broker, prefix, topics):
+    a = start_agent(tmp_path / "agent", own_broker.url, prefix)
+    try:
+        aid = a.agent_id
+        with Collector(own_broker.url, [topics.results(aid)]) as c:
+            c.publish(topics.tasks(aid), task("outage-1", b"sleep 3; echo survived"))
+            c.wait_for(is_(Started, "outage-1"), timeout=10)
+        own_broker.stop()
+        down_at = time.monotonic()
+        assert a.wait_for_log("task_id=outage-1 finished", timeout=20)
+        time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # the outage itself, not a synchronisation
+        own_broker.start()
+        with Collector(own_broker.url, [topics.results(aid)]) as c:
+            (res,) = c.wait_for(is_(Result, "outage-1"), timeout=45)
+            assert msg_of(res).output == b"survived\n"
+    finally:
+        a.stop()
+
+
+def test_result_is_resent_until_result_ack(agent, watch, topics):
+    aid = agent.agent_id
+    watch.publish(topics.tasks(aid), task("resend-1", b"echo x"))
+    watch.wait_for(is_(Result, "resend-1"), timeout=15, count=3)  # resend interval 1 s
+    watch.publish(topics.control(aid), encode(ResultAck(id="resend-1", agent_id=aid)))
+    assert agent.wait_for_log("task_id=resend-1 result acknowledged", timeout=10)
+    before = len(watch.wait_for(is_(Result, "resend-1"), timeout=1, count=1))
+    n_beats = len(watch.wait_for(is_(Heartbeat, aid), timeout=1))
+    watch.wait_for(is_(Heartbeat, aid), timeout=10, count=n_beats + 3)  # three more seconds of agent time
+    after = len(watch.wait_for(is_(Result, "resend-1"), timeout=1, count=1))
+    assert after <= before + 1  # at most one already in flight when the ack landed
+
+
+def test_kill_and_timeout_leave_no_descendants(agent, watch, topics):
+    aid = agent.agent_id
+    pgids = []
+    try:
+        watch.publish(topics.tasks(aid), task("to-1", b"sleep 300 & sleep 300 & wait", timeout=0.5, kill_grace=1))
+        (st,) = watch.wait_for(is_(Started, "to-1"), timeout=10)
+        pgids.append(msg_of(st).pid)
+        (res,) = watch.wait_for(is_(Result, "to-1"), timeout=15)
+        assert msg_of(res).state == "TIMEOUT" and group_alive(pgids[0]) == []
+
+        watch.publish(topics.tasks(aid), task("kill-1", b"trap '' TERM; sleep 300 & sleep 300 & wait", kill_grace=0.5))
+        (st,) = watch.wait_for(is_(Started, "kill-1"), timeout=10)
+        pgids.append(msg_of(st).pid)
+        watch.publish(topics.control(aid), encode(Kill(id="kill-1")))
+        (res,) = watch.wait_for(is_(Result, "kill-1"), timeout=15)
+        assert msg_of(res).state == "KILLED" and msg_of(res).signal == 9 and group_alive(pgids[1]) == []
+    finally:
+        for p in pgids:
+            killpg_quietly(p)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_huge_and_binary_output_is_capped_and_agent_memory_stays_bounded(agent, watch, topics):
+    aid = agent.agent_id
+    script = b"head -c 104857600 /dev/zero | tr '\\0' 'z'; printf '\\377\\376tail' >&2; head -c 3000000 /dev/urandom >&2"
+    watch.publish(topics.tasks(aid), task("big-1", script, timeout=120))
+    (res,) = watch.wait_for(is_(Result, "big-1"), timeout=90)
+    r = msg_of(res)
+    assert r.state == "SUCCEED" and r.output_truncated and r.output_bytes == 104857600
+    assert len(r.output) == 1024 * 1024 and set(r.output) == {ord("z")}
+    assert r.stderr_truncated and r.stderr_bytes == 3000006 and r.stderr.startswith(b"\xff\xfetail")
+    assert vm_hwm_kib(agent.pid) < 90 * 1024  # a 100 MB stream never sat in the agent's memory
+
+
+BAD = [
+    (b"{not json", None),
+    (orjson.dumps({"type": "task", "payload": {"id": "bad-b64", "script": "@@@"}}), "bad_script"),
+    (orjson.dumps({"type": "bogus", "payload": {"id": "bad-type"}}), "bad_message"),
+    (orjson.dumps({"type": "task", "payload": {"id": "bad-missing"}}), "bad_script"),
+    (orjson.dumps({"type": "task", "payload": {"id": "bad-field", "script": "dHJ1ZQ==", "timeout": -5}}), "bad_message"),
+    (orjson.dumps({"type": "task", "payload": {"id": "bad-big", "script": base64.b64encode(b"#" * (4 * 1024 * 1024 + 1)).decode()}}), "too_large"),
+]
+
+
+def test_bad_input_is_rejected_and_the_agent_keeps_running(agent, watch, topics):
+    aid = agent.agent_id
+    for payload, _ in BAD:
+        watch.publish(topics.tasks(aid), payload)
+    watch.publish(topics.control(aid), b"\x00\x01 garbage")
+    for payload, code in BAD:
+        if code is not None:
+            task_id = orjson.loads(payload)["payload"]["id"]
+            (rej,) = watch.wait_for(is_(Reject, task_id), timeout=10)
+            assert msg_of(rej).code == code and msg_of(rej).reason
+    watch.publish(topics.tasks(aid), task("good-1", b"echo ok"))
+    (res,) = watch.wait_for(is_(Result, "good-1"), timeout=15)
+    assert msg_of(res).output == b"ok\n" and agent.running()
+
+
+def test_expired_task_is_rejected_and_never_run(agent, watch, topics, tmp_path):
+    aid = agent.agent_id
+    marker = tmp_path / "ran"
+    watch.publish(topics.tasks(aid), task("old-1", f"touch {marker}".encode(), expires_at=time.time() - 5))
+    (rej,) = watch.wait_for(is_(Reject, "old-1"), timeout=10)
+    assert msg_of(rej).code == "expired" and not marker.exists()
+
+
+def test_sigterm_kills_running_scripts_reports_them_and_keeps_queued_ones(tmp_path, broker, prefix, watch, topics):
+    marker = tmp_path / "queued-ran"
+    a = start_agent(tmp_path / "agent", broker.url, prefix)
+    pgid = None
+    try:
+        aid = a.agent_id
+        watch.publish(topics.tasks(aid), task("term-run", b"sleep 300", kill_grace=1))
+        watch.publish(topics.tasks(aid), task("term-queued", f"touch {marker}".encode()))
+        (st,) = watch.wait_for(is_(Started, "term-run"), timeout=10)
+        pgid = msg_of(st).pid
+        watch.wait_for(is_(Ack, "term-queued"), timeout=10)
+        assert a.stop() == 0
+        (res,) = watch.wait_for(is_(Result, "term-run"), timeout=10)
+        assert (msg_of(res).state, msg_of(res).error) == ("KILLED", "agent shutdown")
+        assert group_alive(pgid) == [] and not marker.exists()
+        a = start_agent(tmp_path / "agent", broker.url, prefix)
+        watch.wait_for(is_(Result, "term-queued", state="SUCCEED"), timeout=15)
+        assert marker.exists()
+    finally:
+        killpg_quietly(pgid)
+        a.stop()
+
+
+def test_corrupt_id_file_stops_the_agent_with_exit_2_naming_the_file(tmp_path, broker, prefix):
+    state = tmp_path / "agent"
+    state.mkdir()
+    (state / "agent-id").write_text("garbage\n")
+    p = Proc.python("mschedule_agent", "--broker", broker.url, "--state-dir", str(state), "--topic-prefix", prefix,
+                    log_path=tmp_path / "log")  # fmt: skip
+    p.start()
+    try:
+        rc = p.proc.wait(20)
+    finally:
+        p.stop()
+    assert rc == 2 and str(state / "agent-id") in p.log()
+    assert (state / "agent-id").read_text() == "garbage\n"
+
+
+def test_console_script_and_module_entry_points_show_help():
+    for argv in ([sys.executable, "-m", "mschedule_agent", "--help"], [str(Path(sys.executable).parent / "mschedule-agent"), "--help"]):
+        out = subprocess.run(argv, capture_output=True, timeout=30, check=True).stdout
+        assert b"--max-tasks" in out and b"--broker" in out
