@@ -4,6 +4,7 @@ that serves it over HTTP from a loop thread, as the master daemon does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import itertools
 import threading
@@ -245,3 +246,9 @@ def fake_service() -> FakeService:
 @pytest.fixture
 def live_api(fake_service) -> Iterator[LiveApi]:
     yield from serve_in_thread(fake_service)
+
+
+@pytest.fixture
+def serve_api():
+    """``with serve_api(service, token=...) as live:`` serves ``service`` for the block."""
+    return contextlib.contextmanager(serve_in_thread)

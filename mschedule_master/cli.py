@@ -1,0 +1,674 @@
+"""``mschedule``: the command line, talking to the master's HTTP API only.
+
+    mschedule agents [--json]
+    mschedule run -t SELECTOR [-t ...] [--parallel N|N%] [--fail-count N] [--fail-rate R|N%]
+                  [--timeout S] [--on-abort kill|drain] (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json]
+    mschedule status TASK [--json]
+    mschedule output TASK [AGENT] [--stderr]
+    mschedule kill TASK
+    mschedule tasks [--state S]
+
+The master is ``--master URL`` or ``$MSCHEDULE_MASTER`` (default http://127.0.0.1:9900);
+the token is ``$MSCHEDULE_TOKEN``. Exit status: 0 success (for ``run``: the task ended
+SUCCEED), 1 the task did not succeed, 2 bad usage or a request the master refused,
+3 the master cannot be reached (or refused the token), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_MASTER = "http://127.0.0.1:9900"
+
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+TASK_FINAL = frozenset({"SUCCEED", "FAILED", "KILLED"})
+SUCCEEDED = frozenset({"SUCCEED"})
+FAILED = frozenset({"FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"})
+ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
+TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
+
+PIPE_WIDTH = 240  #: table width when stdout is not a terminal
+KEEPALIVE_TIMEOUT = 40.0  #: the event stream sends a keep-alive every 15 s; give up on it after this
+POLL_INTERVAL = 2.0  #: re-read the task at least this often while waiting (events come sooner)
+STATE_STYLE = {
+    "SUCCEED": "green", "FAILED": "red", "TIMEOUT": "red", "KILLED": "magenta", "INTERRUPTED": "red",
+    "LOST": "red", "UNREACHABLE": "red", "REJECTED": "red", "CANCELLED": "dim", "RUNNING": "yellow",
+    "DISPATCHED": "cyan", "WAITING": "dim",
+}  # fmt: skip
+
+
+class CliError(Exception):
+    """A one-line error for the user, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------ HTTP client
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """The master's HTTP API over urllib; turns every failure into a CliError."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def open(self, method: str, path: str, *, body: Any = None, query: dict[str, Any] | None = None, timeout=None):
+        url = self.base + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as e:
+            raise self._http_error(e) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CliError(
+                f"cannot reach the master at {self.base} ({reason}); is mschedule-master running? "
+                "(set --master or MSCHEDULE_MASTER)",
+                EXIT_UNREACHABLE,
+            ) from None
+
+    def request(self, method: str, path: str, **kw) -> Reply:
+        with self.open(method, path, **kw) as resp:
+            return Reply(resp.status, dict(resp.headers), resp.read())
+
+    def get(self, path: str, **query) -> Any:
+        return self.request("GET", path, query=query).json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body if body is not None else {}).json()
+
+    def _http_error(self, e: urllib.error.HTTPError) -> CliError:
+        try:
+            doc = json.loads(e.read())
+            message, field = doc.get("error") or e.reason, doc.get("field")
+        except (ValueError, AttributeError, OSError):
+            message, field = str(e.reason), None
+        if e.code == 401:
+            return CliError(f"the master refused the token ({message}); set MSCHEDULE_TOKEN", EXIT_UNREACHABLE)
+        if e.code >= 500:
+            return CliError(f"the master failed: {message}", EXIT_UNREACHABLE)
+        return CliError(f"{field}: {message}" if field and field not in message else message, EXIT_USAGE)
+
+
+class EventWatcher:
+    """Reads the master's event stream in a thread and sets ``changed`` on every event.
+
+    Best effort: if the stream breaks, it reconnects; the caller also re-reads on a timer.
+    It owns its socket, so ``stop()`` can shut it down under a blocked read.
+    """
+
+    def __init__(self, client: Client, task_id: str) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.changed = threading.Event()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="mschedule-events", daemon=True)
+
+    def start(self) -> EventWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        for _ in range(10_000):
+            if self._stop.is_set():
+                return
+            try:
+                self._read_stream()
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+            self._stop.wait(1.0)
+
+    def _read_stream(self) -> None:
+        url = urllib.parse.urlsplit(self.client.base)
+        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = cls(url.hostname or "127.0.0.1", url.port, timeout=KEEPALIVE_TIMEOUT)
+        try:
+            conn.connect()
+            self._sock = conn.sock
+            if self._stop.is_set():
+                return
+            headers = {"Accept": "text/event-stream"}
+            if self.client.token:
+                headers["Authorization"] = f"Bearer {self.client.token}"
+            path = url.path.rstrip("/") + "/api/v1/events?" + urllib.parse.urlencode({"task": self.task_id})
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            if resp.status != 200:
+                return
+            for _ in range(10_000_000):
+                raw = resp.readline()
+                if not raw or self._stop.is_set():
+                    return
+                if raw.startswith(b"event:"):
+                    self.changed.set()
+        finally:
+            self._sock = None
+            conn.close()
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def bucket_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Target counts as the progress line shows them."""
+    out = {"succeeded": 0, "failed": 0, "running": 0, "waiting": 0, "cancelled": 0}
+    for state, n in counts.items():
+        if state in SUCCEEDED:
+            out["succeeded"] += n
+        elif state in FAILED:
+            out["failed"] += n
+        elif state in ACTIVE:
+            out["running"] += n
+        elif state == "CANCELLED":
+            out["cancelled"] += n
+        else:
+            out["waiting"] += n
+    return out
+
+
+def counts_text(counts: dict[str, int], markup: bool = False) -> str:
+    b = bucket_counts(counts)
+    parts = [
+        ("green", f"{b['succeeded']} succeeded"),
+        ("red", f"{b['failed']} failed"),
+        ("yellow", f"{b['running']} running"),
+        ("", f"{b['waiting']} waiting"),
+    ]
+    if b["cancelled"]:
+        parts.append(("dim", f"{b['cancelled']} cancelled"))
+    if not markup:
+        return ", ".join(text for _, text in parts)
+    return "  ".join(f"[{style}]{text}[/]" if style else text for style, text in parts)
+
+
+def done_count(counts: dict[str, int]) -> int:
+    return sum(n for s, n in counts.items() if s in TARGET_FINAL)
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    secs = max(0, int(now - ts))
+    if secs < 60:
+        return f"{secs}s ago"
+    if secs < 3600:
+        return f"{secs // 60}m ago"
+    return f"{secs // 3600}h ago"
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+def styled(state: str) -> str:
+    style = STATE_STYLE.get(state, "")
+    return f"[{style}]{state}[/]" if style else state
+
+
+def decode_stream(text: str, encoding: str) -> bytes:
+    return base64.b64decode(text) if encoding == "base64" else text.encode()
+
+
+def target_output(target: dict[str, Any], stream: str) -> bytes:
+    if stream == "stderr":
+        return decode_stream(target.get("stderr", ""), target.get("stderr_encoding", "utf-8"))
+    return decode_stream(target.get("output", ""), target.get("output_encoding", "utf-8"))
+
+
+def exit_text(t: dict[str, Any]) -> str:
+    if t.get("code") is None:
+        return "-"
+    return f"{t['code']} (signal {t['signal']})" if t.get("signal") else str(t["code"])
+
+
+def targets_table(task: dict[str, Any]) -> Table:
+    table = Table(title=f"task {task['id']}: {styled(task['state'])}", title_justify="left")
+    for col in ("Agent", "Host", "State", "Exit", "Duration", "Output"):
+        table.add_column(col, overflow="fold")
+    for agent_id, t in sorted(task.get("targets", {}).items()):
+        out = target_output(t, "stdout").decode("utf-8", "replace").strip().splitlines()
+        first = out[0][:60] + (" …" if len(out) > 1 or len(out[0]) > 60 else "") if out else ""
+        if t.get("reason") and t["state"] != "SUCCEED":
+            first = first or t["reason"]
+        table.add_row(escape(agent_id), escape(t.get("hostname") or ""), styled(t["state"]), exit_text(t),
+                      duration(t.get("duration")), escape(first))  # fmt: skip
+    return table
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_agents(client: Client, args, console: Console) -> int:
+    query = {"online": {True: "true", False: "false"}.get(args.online), "label": args.label, "hostname": args.hostname}
+    agents = client.get("/api/v1/agents", **query)["agents"]
+    if args.json:
+        print(json.dumps(agents, indent=2))
+        return EXIT_OK
+    now = time.time()
+    table = Table(title=f"{len(agents)} agents", title_justify="left")
+    for col in ("ID", "Hostname", "IPs", "Labels", "Online", "Last heartbeat", "Running"):
+        table.add_column(col, overflow="fold")
+    for a in sorted(agents, key=lambda a: a["id"]):
+        labels = " ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
+        online = "[green]online[/]" if a["online"] else "[red]offline[/]"
+        seen = a.get("last_seen") or a.get("last_heartbeat")
+        table.add_row(escape(a["id"]), escape(a["hostname"]), escape(", ".join(a["ip"])), escape(labels), online,
+                      ago(seen, now), str(len(a.get("running") or [])))  # fmt: skip
+    console.print(table)
+    return EXIT_OK
+
+
+def number(text: str) -> int | float | str:
+    """``"3"`` -> 3, ``"0.2"`` -> 0.2, anything else (``"20%"``) as given; the master validates."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_script(args) -> bytes:
+    if args.command is not None:
+        if args.script_file is not None:
+            raise CliError("give either -c COMMAND or SCRIPT_FILE, not both")
+        return args.command.encode()
+    if args.script_file is None:
+        raise CliError("give the script: -c 'COMMAND' or a SCRIPT_FILE ('-' reads stdin)")
+    if args.script_file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(args.script_file, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(f"cannot read {args.script_file}: {e.strerror}") from None
+
+
+def build_submit(args, script: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "targets": args.target,
+        "script": base64.b64encode(script).decode(),
+        "parallel": number(args.parallel),
+        "fail_count": args.fail_count,
+        "timeout": args.timeout,
+        "on_abort": args.on_abort,
+    }
+    if args.fail_rate is not None:
+        body["fail_rate"] = number(args.fail_rate)
+    if args.name:
+        body["name"] = args.name
+    if args.env:
+        env = {}
+        for item in args.env:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise CliError(f"env: {item!r} is not KEY=VALUE")
+            env[k] = v
+        body["env"] = env
+    if args.cwd:
+        body["cwd"] = args.cwd
+    return body
+
+
+def cmd_run(client: Client, args, console: Console) -> int:
+    task = client.post("/api/v1/tasks", build_submit(args, read_script(args)))
+    if args.no_wait:
+        print(json.dumps(task, indent=2) if args.json else task["id"])
+        return EXIT_OK
+    if not args.json:
+        n = task["target_count"]
+        console.print(f"task [bold]{task['id']}[/] submitted to {n} target{'s' if n != 1 else ''} "
+                      f"(parallel {task['parallel']})", highlight=False)  # fmt: skip
+    task = follow(client, task["id"], console, show=not args.json)
+    return finish(task, console, args.json)
+
+
+def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dict[str, Any]:
+    """Wait for the task to end, showing progress; Ctrl-C asks whether to kill it."""
+    watcher = EventWatcher(client, task_id).start()
+    try:
+        return _follow(client, task_id, console, watcher, show)
+    finally:
+        watcher.stop()
+
+
+def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
+    view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
+    killing = False
+    with view:
+        while True:
+            try:
+                task = client.get(f"/api/v1/tasks/{task_id}")
+                view.update(task)
+                if task["state"] in TASK_FINAL:
+                    return task
+                watcher.changed.wait(POLL_INTERVAL)
+                watcher.changed.clear()
+            except KeyboardInterrupt:
+                if killing:
+                    raise
+                view.pause()
+                if not ask_kill(console, task_id):
+                    console.print(f"task {task_id} keeps running; follow it with: mschedule status {task_id}",
+                                  highlight=False, markup=False)  # fmt: skip
+                    raise
+                client.post(f"/api/v1/tasks/{task_id}/kill")
+                console.print(f"kill requested for task {task_id}; waiting for the targets to stop "
+                              "(Ctrl-C again to stop waiting)", highlight=False)  # fmt: skip
+                killing = True
+                view.resume()
+
+
+def ask_kill(console: Console, task_id: str) -> bool:
+    console.print(f"\nKill task {task_id}? [y/N] ", end="", highlight=False, markup=False)
+    try:
+        answer = sys.stdin.readline()
+    except (KeyboardInterrupt, OSError, ValueError):
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+class _ProgressView:
+    """A rich progress bar with the counts, for a terminal."""
+
+    def __init__(self, console: Console, task_id: str) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.bar = self.progress.add_task(task_id, total=None, counts="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, task: dict[str, Any]) -> None:
+        self.progress.update(
+            self.bar,
+            description=f"{task['id']} {task['state']}",
+            total=task["target_count"],
+            completed=done_count(task["counts"]),
+            counts=counts_text(task["counts"], markup=True),
+        )
+
+    def pause(self) -> None:
+        self.progress.stop()
+
+    def resume(self) -> None:
+        self.progress.start()
+
+
+class _LineView:
+    """Plain lines, one per change, when stdout is not a terminal."""
+
+    def __init__(self, console: Console, task_id: str, show: bool) -> None:
+        self.console = console
+        self.show = show
+        self.last: tuple | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, task: dict[str, Any]) -> None:
+        key = (task["state"], tuple(sorted(task["counts"].items())))
+        if not self.show or key == self.last:
+            return
+        self.last = key
+        self.console.print(
+            f"{time.strftime('%H:%M:%S')} task {task['id']} {task['state']}: "
+            f"{done_count(task['counts'])}/{task['target_count']} done - {counts_text(task['counts'])}",
+            highlight=False,
+            markup=False,
+        )
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+def finish(task: dict[str, Any], console: Console, as_json: bool) -> int:
+    status = EXIT_OK if task["state"] == "SUCCEED" else EXIT_TASK_FAILED
+    if as_json:
+        print(json.dumps(task, indent=2))
+        return status
+    console.print(targets_table(task))
+    for agent_id, t in sorted(task.get("targets", {}).items()):
+        if t["state"] == "SUCCEED":
+            continue
+        out, err = target_output(t, "stdout"), target_output(t, "stderr")
+        if not (out or err or t.get("reason")):
+            continue
+        console.rule(f"{escape(agent_id)}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
+        if t.get("reason"):
+            console.print(f"reason: {t['reason']}", markup=False, highlight=False)
+        if out:
+            console.print(out.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False)
+        if err:
+            console.print(err.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False, style="red")
+    reason = f" ({task['reason']})" if task.get("reason") else ""
+    console.print(f"task {task['id']} {styled(task['state'])}{escape(reason)}: {counts_text(task['counts'])}",
+                  highlight=False)  # fmt: skip
+    return status
+
+
+def cmd_status(client: Client, args, console: Console) -> int:
+    task = client.get(f"/api/v1/tasks/{quote(args.task)}")
+    if args.json:
+        print(json.dumps(task, indent=2))
+    else:
+        limits = (f"parallel {task['parallel']}, fail_count {task['fail_count']}, fail_rate {task['fail_rate']}, "
+                  f"timeout {task['timeout'] or 'none'}, on_abort {task['on_abort']}")  # fmt: skip
+        console.print(f"task [bold]{task['id']}[/] {styled(task['state'])}"
+                      f"{escape(' (' + task['reason'] + ')') if task.get('reason') else ''}", highlight=False)
+        console.print(f"created {when(task['created_at'])}, finished {when(task['finished_at'])}; "
+                      f"targets {escape(' '.join(task['targets_spec']))}; {limits}", markup=False, highlight=False)
+        console.print(counts_text(task["counts"]), highlight=False)
+        console.print(targets_table(task))  # fmt: skip
+    return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING") else EXIT_TASK_FAILED
+
+
+def cmd_output(client: Client, args, console: Console) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    out = sys.stdout.buffer
+    if args.agent:
+        reply = client.request("GET", f"/api/v1/tasks/{quote(args.task)}/targets/{quote(args.agent)}/output",
+                               query={"stream": stream})  # fmt: skip
+        out.write(reply.body)
+        out.flush()
+        return EXIT_OK
+    task = client.get(f"/api/v1/tasks/{quote(args.task)}")
+    for agent_id, t in sorted(task.get("targets", {}).items()):
+        data = target_output(t, stream)
+        out.write(f"=== {agent_id} ({t['state']}, exit {exit_text(t)}) ===\n".encode())
+        out.write(data if not data or data.endswith(b"\n") else data + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_kill(client: Client, args, console: Console) -> int:
+    task = client.post(f"/api/v1/tasks/{quote(args.task)}/kill")
+    console.print(f"kill requested for task {task['id']} (now {task['state']}: {counts_text(task['counts'])})",
+                  highlight=False, markup=False)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_tasks(client: Client, args, console: Console) -> int:
+    page = client.get("/api/v1/tasks", state=args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps(page["tasks"], indent=2))
+        return EXIT_OK
+    table = Table(title="tasks, newest first", title_justify="left")
+    for col in ("ID", "Name", "State", "Targets", "Progress", "Created"):
+        table.add_column(col, overflow="fold")
+    for t in page["tasks"]:
+        table.add_row(escape(t["id"]), escape(t["name"]), styled(t["state"]), str(t["target_count"]),
+                      counts_text(t["counts"]), when(t["created_at"]))  # fmt: skip
+    console.print(table)
+    return EXIT_OK
+
+
+def quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mschedule", description="Run shell scripts on a fleet through mschedule-master.")
+    p.add_argument("--master", default=os.environ.get("MSCHEDULE_MASTER", DEFAULT_MASTER),
+                   help="master URL (env MSCHEDULE_MASTER; default %(default)s); token from env MSCHEDULE_TOKEN")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("agents", help="list the fleet")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--online", action="store_const", const=True, help="only online agents")
+    a.add_argument("--offline", dest="online", action="store_const", const=False, help="only offline agents")
+    a.add_argument("--label", metavar="KEY=VALUE")
+    a.add_argument("--hostname", metavar="GLOB")
+    a.set_defaults(fn=cmd_agents)
+
+    r = sub.add_parser("run", help="run a script on targets and follow it")
+    r.add_argument("-t", "--target", action="append", required=True, metavar="SELECTOR",
+                   help="agent id or selector (repeatable)")
+    r.add_argument("-c", dest="command", metavar="COMMAND", help="the script as one command line")
+    r.add_argument("script_file", nargs="?", metavar="SCRIPT_FILE", help="the script file ('-' = stdin)")
+    r.add_argument("--parallel", default="1", metavar="N|N%", help="targets running at once (default 1)")
+    r.add_argument("--fail-count", type=int, default=-1, metavar="N", help="abort after more than N failures")
+    r.add_argument("--fail-rate", default=None, metavar="R|N%", help="abort when failures exceed this share")
+    r.add_argument("--timeout", type=float, default=0, metavar="S", help="seconds per target (0 = none)")
+    r.add_argument("--on-abort", choices=("kill", "drain"), default="kill")
+    r.add_argument("--name", default="")
+    r.add_argument("--env", action="append", metavar="KEY=VALUE")
+    r.add_argument("--cwd")
+    r.add_argument("--no-wait", action="store_true", help="print the task id and return")
+    r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="show a task and its targets")
+    s.add_argument("task")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+
+    o = sub.add_parser("output", help="print targets' output")
+    o.add_argument("task")
+    o.add_argument("agent", nargs="?")
+    o.add_argument("--stderr", action="store_true")
+    o.set_defaults(fn=cmd_output)
+
+    k = sub.add_parser("kill", help="kill a task")
+    k.add_argument("task")
+    k.set_defaults(fn=cmd_kill)
+
+    t = sub.add_parser("tasks", help="list tasks, newest first")
+    t.add_argument("--state", type=str.upper, choices=("WAITING", "RUNNING", "SUCCEED", "FAILED", "KILLED"))
+    t.add_argument("--limit", type=int, default=20)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(fn=cmd_tasks)
+    return p  # fmt: skip
+
+
+def make_console() -> Console:
+    """Rich output; when piped, wide enough that table rows stay on one line for grep."""
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if piped else None)
+
+
+def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = console or make_console()
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    client = Client(args.master, os.environ.get("MSCHEDULE_TOKEN") or None)
+    fn: Callable[[Client, Any, Console], int] = args.fn
+    try:
+        return fn(client, args, console)
+    except CliError as e:
+        err.print(f"mschedule: error: {e}", markup=False)
+        return e.status
+    except KeyboardInterrupt:
+        err.print("mschedule: interrupted", markup=False)
+        task_id = getattr(args, "task", None)
+        if task_id:
+            err.print(f"follow it with: mschedule status {task_id}", markup=False)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

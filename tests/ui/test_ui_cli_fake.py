@@ -1,0 +1,238 @@
+"""The `mschedule` CLI against the real HTTP API over a real in-memory Service.
+
+(The end-to-end CLI tests against a real master, broker and agents are in
+test_ui_cli_e2e.py; these cover the CLI's own behaviour quickly.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mschedule_master import cli
+from mschedule_master.states import TargetState
+
+
+
+def advance(live_api, fn, *, timeout: float = 20.0) -> threading.Thread:
+    """In the background: wait for the first task, then ``fn(service, task_id)`` on the API's loop."""
+
+    def run():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ids = live_api.call(lambda: sorted(live_api.service.task_by_id))
+            if ids:
+                live_api.call(lambda: fn(live_api.service, ids[-1]))
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def mschedule(live_api, *args: str) -> int:
+    return cli.main(["--master", live_api.url, *args])
+
+
+def test_agents_table_and_json(live_api, capsys):
+    assert mschedule(live_api, "agents") == 0
+    out = capsys.readouterr().out
+    assert "web1.example" in out and "role=db" in out and "offline" in out and "online" in out
+    assert mschedule(live_api, "agents", "--json", "--online") == 0
+    agents = json.loads(capsys.readouterr().out)
+    assert sorted(a["id"] for a in agents) == ["web1", "web2"]
+
+
+def test_run_waits_and_exits_0_when_the_task_succeeds(live_api, capsys):
+    t = advance(live_api, lambda s, tid: s.finish_all(tid, stdout=b"all good\n"))
+    rc = mschedule(live_api, "run", "-t", "role=web", "--parallel", "50%", "-c", "echo hi")
+    t.join(20)
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "submitted to 2 targets" in out
+    assert "2/2 done - 2 succeeded, 0 failed, 0 running, 0 waiting" in out  # plain lines: not a TTY
+    assert "task task0001 SUCCEED" in out and "all good" in out
+    spec = live_api.service.submitted[0]
+    assert spec.script_bytes == b"echo hi" and spec.parallel == "50%" and spec.targets == ["role=web"]
+
+
+def test_run_exits_1_and_shows_failed_output(live_api, capsys):
+    t = advance(live_api, lambda s, tid: s.finish_all(tid, TargetState.FAILED, code=7, stdout=b"partial\n",
+                                                      stderr=b"disk full\n"))  # fmt: skip
+    rc = mschedule(live_api, "run", "-t", "web1", "--fail-count", "0", "--fail-rate", "10%", "-c", "false")
+    t.join(20)
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "web1: FAILED, exit 7" in out and "disk full" in out and "partial" in out
+    spec = live_api.service.submitted[0]
+    assert spec.fail_count == 0 and spec.fail_rate == "10%"
+
+
+def test_run_json_prints_the_final_task(live_api, capsys):
+    t = advance(live_api, lambda s, tid: s.finish_all(tid))
+    rc = mschedule(live_api, "run", "-t", "web1", "--json", "--timeout", "5", "-c", "true")
+    t.join(20)
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["state"] == "SUCCEED" and doc["timeout"] == 5
+    assert doc["targets"]["web1"]["output"] == "hello\n"
+
+
+def test_run_no_wait_prints_the_id(live_api, capsys):
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "-c", "true") == 0
+    assert capsys.readouterr().out.strip() == "task0001"
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "--json", "-c", "true") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "task0002"
+
+
+def test_run_reads_a_script_file_and_stdin(live_api, tmp_path, monkeypatch, capsys):
+    script = tmp_path / "deploy.sh"
+    script.write_bytes(b"#!/bin/sh\necho \xff binary-safe\n")
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", str(script)) == 0
+    assert live_api.service.submitted[-1].script_bytes == script.read_bytes()
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"uptime\n"))
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "-") == 0
+    assert live_api.service.submitted[-1].script_bytes == b"uptime\n"
+
+
+class _Stdin:
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self.buffer = io.BytesIO(data)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "-t", "nosuch", "-c", "true"], "selector 'nosuch' matches no agent"),
+        (["run", "-t", "web1", "--parallel", "0", "-c", "true"], "parallel"),
+        (["run", "-t", "web1", "--fail-rate", "3", "-c", "true"], "fail_rate"),
+        (["run", "-t", "web1", "--fail-count", "-4", "-c", "true"], "fail_count"),
+        (["run", "-t", "web1", "--on-abort", "drain", "--timeout", "-1", "-c", "true"], "timeout"),
+        (["run", "-t", "web1"], "give the script"),
+        (["run", "-t", "web1", "-c", "true", "x.sh"], "not both"),
+        (["run", "-t", "web1", "/nonexistent/script.sh"], "cannot read /nonexistent/script.sh"),
+        (["run", "-t", "web1", "--env", "NOEQUALS", "-c", "true"], "KEY=VALUE"),
+        (["status", "nosuch"], "task 'nosuch' not found"),
+        (["kill", "nosuch"], "not found"),
+        (["output", "nosuch", "web1"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(live_api, capsys, args, needle):
+    assert mschedule(live_api, *args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert needle in err and err.startswith("mschedule: error:")
+    assert "\n" not in err and "Traceback" not in captured.err
+    assert live_api.service.task_by_id == {}
+
+
+def test_unreachable_master_is_one_line_and_exit_3(capsys):
+    from harness.broker import free_port
+
+    assert cli.main(["--master", f"http://127.0.0.1:{free_port()}", "agents"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the master" in err and "\n" not in err
+
+
+def test_token_comes_from_the_environment(fake_service, serve_api, monkeypatch, capsys):
+    with serve_api(fake_service, token="tok123") as live:
+        monkeypatch.delenv("MSCHEDULE_TOKEN", raising=False)
+        assert cli.main(["--master", live.url, "agents"]) == 3
+        assert "MSCHEDULE_TOKEN" in capsys.readouterr().err
+        monkeypatch.setenv("MSCHEDULE_TOKEN", "tok123")
+        monkeypatch.setenv("MSCHEDULE_MASTER", live.url)
+        assert cli.main(["agents", "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_status_output_kill_and_tasks(live_api, capsys):
+    assert mschedule(live_api, "run", "-t", "role=web", "--no-wait", "-c", "true") == 0
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "-c", "true") == 0
+    capsys.readouterr()
+    live_api.call(lambda: live_api.service.set_target(
+        "task0001", "web1", TargetState.FAILED, code=4, stdout=b"out\n", stderr=b"err1\n", stdout_bytes=4,
+        stderr_bytes=5))  # fmt: skip
+    live_api.call(lambda: live_api.service.set_target("task0001", "web2", TargetState.RUNNING))
+
+    assert mschedule(live_api, "status", "task0001") == 0  # still running
+    out = capsys.readouterr().out
+    assert "RUNNING" in out and "FAILED" in out and "1 failed, 1 running" in out
+    assert mschedule(live_api, "status", "task0001", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["targets"]["web1"]["code"] == 4
+
+    assert mschedule(live_api, "output", "task0001", "web1", "--stderr") == 0
+    assert capsys.readouterr().out == "err1\n"
+    assert mschedule(live_api, "output", "task0001") == 0
+    out = capsys.readouterr().out
+    assert "=== web1 (FAILED, exit 4) ===" in out and "=== web2 (RUNNING, exit -) ===" in out
+
+    assert mschedule(live_api, "kill", "task0001") == 0
+    assert "kill requested for task task0001 (now KILLED" in capsys.readouterr().out
+    assert live_api.service.killed == ["task0001"]
+    assert mschedule(live_api, "status", "task0001") == 1  # killed: not a success
+
+    assert mschedule(live_api, "tasks", "--state", "killed") == 0
+    out = capsys.readouterr().out
+    assert "task0001" in out and "task0002" not in out
+    assert mschedule(live_api, "tasks", "--json") == 0
+    assert [t["id"] for t in json.loads(capsys.readouterr().out)] == ["task0002", "task0001"]
+
+
+def cli_proc(live_api, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "MSCHEDULE_MASTER": live_api.url, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mschedule_master.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def test_output_of_one_target_is_the_raw_bytes(live_api):
+    live_api.call(lambda: live_api.service.submit(_spec()))
+    live_api.call(lambda: live_api.service.set_target("task0001", "web1", TargetState.SUCCEED, code=0,
+                                                      stdout=b"\x00\xff\xfe raw\n", stdout_bytes=8))  # fmt: skip
+    p = cli_proc(live_api, "output", "task0001", "web1")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert out == b"\x00\xff\xfe raw\n"
+
+
+def _spec():
+    from mschedule_agent import protocol
+
+    return protocol.Submit(targets=["web1"], script_text="true")
+
+
+@pytest.mark.parametrize(("answer", "killed"), [(b"y\n", True), (b"n\n", False)])
+def test_ctrl_c_asks_whether_to_kill(live_api, answer, killed):
+    p = cli_proc(live_api, "run", "-t", "web1", "-c", "sleep 100")
+    try:
+        seen = b""
+        for _ in range(50):  # the first progress line: it is following the task
+            line = p.stdout.readline()
+            seen += line
+            if b"0/1 done" in line or not line:
+                break
+        assert b"0/1 done" in seen
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(answer, timeout=30)
+        out = seen + out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    text = out.decode() + err.decode()
+    assert "Traceback" not in text
+    assert "Kill task task0001? [y/N]" in text
+    if killed:
+        assert live_api.service.killed == ["task0001"]
+        assert p.returncode == 1 and "task task0001 KILLED" in text
+    else:
+        assert live_api.service.killed == []
+        assert p.returncode == 130 and "mschedule status task0001" in text
