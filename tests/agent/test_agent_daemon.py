@@ -115,20 +115,38 @@ def test_last_will_is_published_after_kill_9_and_retained(agent, watch, broker, 
         assert kept.retain and msg_of(kept).reason == "will"
 
 
-def test_manual_mosquitto_pub_task_runs_and_its_result_arrives(agent, watch, broker, prefix):
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_one_liner() -> str:
+    section = README.read_text().split("## Run a task by hand", 1)[1]
+    (line,) = [ln for ln in section.splitlines() if ln.startswith("mosquitto_pub ")]
+    return line
+
+
+def test_readme_mosquitto_pub_one_liner_runs_a_task_and_its_result_arrives(agent, watch, broker, prefix):
+    aid = agent.agent_id
+    line = readme_one_liner().replace("-p 1883", f"-p {broker.port}").replace('"mschedule/', f'"{prefix}/')
+    subprocess.run(["bash", "-c", line], env={**os.environ, "AGENT": aid}, check=True, timeout=10)
+    watch.wait_for(is_(Ack, "hello-1"), timeout=10)
+    watch.wait_for(is_(Started, "hello-1"), timeout=10)
+    (res,) = watch.wait_for(is_(Result, "hello-1"), timeout=15)
+    r = msg_of(res)
+    assert (r.state, r.code, r.agent_id) == ("SUCCEED", 0, aid)
+    assert r.output.startswith(b"hello from ") and len(r.output) > len("hello from \n")
+
+
+def test_python3_shebang_task_published_by_hand_runs(agent, watch, broker, prefix):
     aid = agent.agent_id
     script = base64.b64encode(b"#!/usr/bin/env python3\nprint('hello from', 'python')").decode()
-    # The README's one-liner: the design document's message format, no version field.
     subprocess.run(
         ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", f"{prefix}/agents/{aid}/tasks",
-         "-m", f'{{"type":"task","payload":{{"id":"manual-1","script":"{script}","timeout":60}}}}'],
+         "-m", f'{{"type":"task","payload":{{"id":"manual-py","script":"{script}","timeout":60}}}}'],
         check=True, timeout=10,
     )  # fmt: skip
-    watch.wait_for(is_(Ack, "manual-1"), timeout=10)
-    watch.wait_for(is_(Started, "manual-1"), timeout=10)
-    (res,) = watch.wait_for(is_(Result, "manual-1"), timeout=15)
+    (res,) = watch.wait_for(is_(Result, "manual-py"), timeout=15)
     r = msg_of(res)
-    assert (r.state, r.code, r.output, r.agent_id) == ("SUCCEED", 0, b"hello from python\n", aid)
+    assert (r.state, r.code, r.output) == ("SUCCEED", 0, b"hello from python\n")
 
 
 def test_same_task_delivered_twice_runs_once(agent, watch, tmp_path, topics):
