@@ -1,7 +1,7 @@
 #!/bin/sh
 # Create or update a mosquitto password file for mschedule users.
 #
-#   mkpasswd.sh PASSWD_FILE CREDENTIALS_FILE USER[:PASSWORD]...
+#   mkpasswd.sh PASSWD_FILE CREDENTIALS_FILE [USER[:PASSWORD]...]
 #
 # For each USER: the password given after ':', else the one CREDENTIALS_FILE already
 # holds for USER (so re-running is harmless), else a new random one (128 bits, hex).
@@ -15,8 +15,8 @@
 # mschedule-master; a datacenter's bridge is mschedule-bridge-<DC>; operators by name.
 set -eu
 
-if [ $# -lt 3 ]; then
-    echo "usage: $0 PASSWD_FILE CREDENTIALS_FILE USER[:PASSWORD]..." >&2
+if [ $# -lt 2 ]; then
+    echo "usage: $0 PASSWD_FILE CREDENTIALS_FILE [USER[:PASSWORD]...]" >&2
     exit 2
 fi
 command -v mosquitto_passwd >/dev/null || { echo "$0: mosquitto_passwd not found (apt-get install mosquitto)" >&2; exit 2; }
@@ -30,6 +30,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
 [ -e "$creds_file" ] || : > "$creds_file"
 [ -e "$passwd_file" ] || : > "$passwd_file"
+if [ $# -eq 0 ]; then
+    echo "$passwd_file: no users named; files exist"
+    exit 0
+fi
 : > "$tmp/new"
 
 for spec in "$@"; do
