@@ -17,7 +17,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +268,17 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    return json_response(task_json(service_of(request).task(request.match_info["task_id"])))
+    service = service_of(request)
+    return json_response(task_json(with_hostnames(service, service.task(request.match_info["task_id"]))))
+
+
+def with_hostnames(service: Service, task: Task) -> Task:
+    """Fill in the targets' hostnames the store did not record, from the registry."""
+    if not task.targets or all(t.hostname for t in task.targets):
+        return task
+    names = {a.id: a.hostname for a in service.agents()}
+    targets = [t if t.hostname else replace(t, hostname=names.get(t.agent_id)) for t in task.targets]
+    return replace(task, targets=targets)
 
 
 async def get_output(request: web.Request) -> web.Response:
@@ -290,7 +300,8 @@ async def get_output(request: web.Request) -> web.Response:
 
 
 async def kill_task(request: web.Request) -> web.Response:
-    return json_response(task_json(service_of(request).kill(request.match_info["task_id"])), status=202)
+    service = service_of(request)
+    return json_response(task_json(with_hostnames(service, service.kill(request.match_info["task_id"]))), status=202)
 
 
 async def get_openapi(request: web.Request) -> web.Response:

@@ -483,7 +483,7 @@ class _LineView:
         pass
 
     def update(self, task: dict[str, Any]) -> None:
-        key = (task["state"], tuple(sorted(task["counts"].items())))
+        key = (task["state"], tuple(sorted(bucket_counts(task["counts"]).items())))
         if not self.show or key == self.last:
             return
         self.last = key

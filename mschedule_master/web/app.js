@@ -1,0 +1,409 @@
+// mschedule web page: the fleet, a submit form, the task list and a live task page.
+// Vanilla JS, no dependencies. Live updates come from the master's event stream
+// (/api/v1/events, read with fetch so the bearer token can travel in a header); every
+// event just means "look again", and a slow timer re-reads as a fallback.
+"use strict";
+
+const TOKEN_KEY = "mschedule.token";
+const FINAL_TASK = new Set(["SUCCEED", "FAILED", "KILLED"]);
+const GOOD = new Set(["SUCCEED"]);
+const BAD = new Set(["FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"]);
+const ACTIVE = new Set(["DISPATCHED", "RUNNING"]);
+const FALLBACK_POLL_MS = 5000;
+
+const $ = (sel) => document.querySelector(sel);
+const state = { agents: [], checked: new Set(), route: null, taskId: null, refreshTimer: null };
+
+// ------------------------------------------------------------------ helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function ago(ts) {
+  if (ts === null || ts === undefined) return "never";
+  const s = Math.max(0, Math.round(Date.now() / 1000 - ts));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  return `${Math.floor(s / 3600)}h ago`;
+}
+
+function when(ts) {
+  return ts ? new Date(ts * 1000).toLocaleString() : "–";
+}
+
+function dur(sec) {
+  if (sec === null || sec === undefined) return "–";
+  return sec < 120 ? `${sec.toFixed(1)}s` : `${(sec / 60).toFixed(1)}m`;
+}
+
+function badge(s) {
+  const cls = GOOD.has(s) ? "good" : BAD.has(s) ? "bad" : ACTIVE.has(s) || s === "RUNNING" ? "active" : "idle";
+  return h("span", { class: `badge ${cls}`, "data-state": s }, s);
+}
+
+function buckets(counts) {
+  const b = { succeeded: 0, failed: 0, running: 0, waiting: 0, cancelled: 0 };
+  for (const [s, n] of Object.entries(counts || {})) {
+    if (GOOD.has(s)) b.succeeded += n;
+    else if (BAD.has(s)) b.failed += n;
+    else if (ACTIVE.has(s)) b.running += n;
+    else if (s === "CANCELLED") b.cancelled += n;
+    else b.waiting += n;
+  }
+  return b;
+}
+
+function countsText(counts) {
+  const b = buckets(counts);
+  let t = `${b.succeeded} succeeded · ${b.failed} failed · ${b.running} running · ${b.waiting} waiting`;
+  if (b.cancelled) t += ` · ${b.cancelled} cancelled`;
+  return t;
+}
+
+function bar(counts, total, el) {
+  const b = buckets(counts);
+  el = el || h("div", { class: "bar" });
+  el.replaceChildren();
+  const n = Math.max(total || 0, 1);
+  for (const [k, v] of [["good", b.succeeded], ["bad", b.failed], ["active", b.running], ["cancelled", b.cancelled]]) {
+    if (v) el.append(h("span", { class: k, style: `width:${(100 * v) / n}%` }));
+  }
+  return el;
+}
+
+function decode(text, encoding) {
+  if (!text) return "";
+  if (encoding !== "base64") return text;
+  try {
+    const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+    return new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+  } catch (e) {
+    return "(binary output)";
+  }
+}
+
+// ------------------------------------------------------------------ API
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+class ApiError extends Error {
+  constructor(status, message, field) {
+    super(message);
+    this.status = status;
+    this.field = field;
+  }
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: { ...authHeaders() } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, opts);
+  } catch (e) {
+    setLive("offline", "cannot reach the master");
+    throw new ApiError(0, "cannot reach the master", null);
+  }
+  if (resp.status === 401) {
+    $("#auth").hidden = false;
+  }
+  const doc = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new ApiError(resp.status, doc.error || resp.statusText, doc.field || null);
+  return doc;
+}
+
+// ------------------------------------------------------------------ live updates
+
+function setLive(cls, text) {
+  const el = $("#live");
+  el.className = `live ${cls}`;
+  el.textContent = text;
+}
+
+async function readEvents() {
+  // Bounded: at most one reconnect a second for a long session.
+  for (let attempt = 0; attempt < 100000; attempt++) {
+    try {
+      const resp = await fetch("/api/v1/events", { headers: { ...authHeaders(), Accept: "text/event-stream" } });
+      if (resp.status === 401) {
+        $("#auth").hidden = false;
+        setLive("offline", "needs a token");
+      } else if (resp.ok && resp.body) {
+        setLive("on", "live");
+        const reader = resp.body.getReader();
+        const dec = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const chunk = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            if (/^event: (task|target|agent|resync)$/m.test(chunk)) scheduleRefresh();
+          }
+        }
+      }
+    } catch (e) {
+      /* fall through to reconnect */
+    }
+    setLive("offline", "reconnecting…");
+    await new Promise((r) => setTimeout(r, 1000 + Math.random() * 1000));
+  }
+}
+
+function scheduleRefresh() {
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    refresh();
+  }, 150);
+}
+
+async function refresh() {
+  try {
+    if (state.route === "task") await loadTask(state.taskId);
+    else if (state.route === "home") await Promise.all([loadAgents(), loadTasks()]);
+  } catch (e) {
+    if (e.status === 404 && state.route === "task") showNotFound(`Task ${state.taskId} not found.`);
+  }
+}
+
+// ------------------------------------------------------------------ fleet
+
+async function loadAgents() {
+  const doc = await api("GET", "/api/v1/agents");
+  state.agents = doc.agents.sort((a, b) => a.hostname.localeCompare(b.hostname) || a.id.localeCompare(b.id));
+  const body = $("#fleet tbody");
+  body.replaceChildren();
+  const online = state.agents.filter((a) => a.online).length;
+  $("#fleet-summary").textContent = `${online} online / ${state.agents.length}`;
+  $("#fleet-empty").hidden = state.agents.length > 0;
+  for (const a of state.agents) {
+    const box = h("input", {
+      type: "checkbox",
+      class: "agent-check",
+      value: a.id,
+      "aria-label": `target ${a.hostname}`,
+      onchange: (ev) => {
+        if (ev.target.checked) state.checked.add(a.id);
+        else state.checked.delete(a.id);
+        showPicked();
+      },
+    });
+    box.checked = state.checked.has(a.id);
+    const labels = Object.entries(a.labels).sort().map(([k, v]) => h("span", { class: "label" }, `${k}=${v}`));
+    body.append(
+      h("tr", { class: a.online ? "" : "offline", "data-agent": a.id },
+        h("td", {}, box),
+        h("td", { class: "mono", title: a.id }, a.id.slice(0, 12)),
+        h("td", {}, a.hostname, h("div", { class: "muted small" }, a.ip.join(", "))),
+        h("td", {}, labels, a.dc ? h("span", { class: "label dc" }, `dc:${a.dc}`) : null),
+        h("td", {}, h("span", { class: `dot ${a.online ? "on" : "off"}` }), a.online ? "online" : "offline"),
+        h("td", { title: when(a.last_seen) }, ago(a.last_seen)),
+        h("td", {}, String((a.running || []).length))),
+    );
+  }
+  showPicked();
+}
+
+function showPicked() {
+  const names = state.agents.filter((a) => state.checked.has(a.id)).map((a) => a.hostname);
+  $("#picked").textContent = names.length ? `checked: ${names.join(", ")}` : "";
+}
+
+// ------------------------------------------------------------------ submit
+
+function num(text) {
+  const t = text.trim();
+  if (t === "") return undefined;
+  if (/^-?\d+$/.test(t)) return parseInt(t, 10);
+  if (/^-?\d*\.\d+$/.test(t)) return parseFloat(t);
+  return t; // "50%" or garbage: the master validates and names the field
+}
+
+async function submit(ev) {
+  ev.preventDefault();
+  const err = $("#submit-error");
+  err.hidden = true;
+  document.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+  const selectors = $("#selectors").value.split(/[\s,]+/).filter(Boolean);
+  const body = {
+    targets: [...state.checked, ...selectors],
+    script_text: $("#script").value,
+    on_abort: $("#on_abort").value,
+  };
+  for (const f of ["parallel", "fail_count", "fail_rate", "timeout"]) {
+    const v = num($(`#${f}`).value);
+    if (v !== undefined) body[f] = v;
+  }
+  if ($("#name").value.trim()) body.name = $("#name").value.trim();
+  const button = $("#submit");
+  button.disabled = true;
+  try {
+    const task = await api("POST", "/api/v1/tasks", body);
+    location.hash = `#/task/${encodeURIComponent(task.id)}`;
+  } catch (e) {
+    err.textContent = e.field ? `${e.field}: ${e.message}` : e.message;
+    err.hidden = false;
+    const input = { script: "#script", script_text: "#script", targets: "#selectors" }[e.field] || `#${e.field}`;
+    try {
+      const el = document.querySelector(input);
+      if (el) el.classList.add("invalid");
+    } catch (_) {
+      /* a field name that is no selector (e.g. a target selector) */
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------ tasks
+
+async function loadTasks() {
+  const filter = $("#task-filter").value;
+  const doc = await api("GET", `/api/v1/tasks?limit=50${filter ? `&state=${filter}` : ""}`);
+  const body = $("#tasks tbody");
+  body.replaceChildren();
+  $("#tasks-empty").hidden = doc.tasks.length > 0;
+  for (const t of doc.tasks) {
+    const link = h("a", { href: `#/task/${encodeURIComponent(t.id)}`, class: "mono" }, t.id.slice(0, 12));
+    body.append(
+      h("tr", { "data-task": t.id, onclick: () => (location.hash = `#/task/${encodeURIComponent(t.id)}`) },
+        h("td", {}, link),
+        h("td", {}, t.name || h("span", { class: "muted" }, t.targets_spec.join(" "))),
+        h("td", {}, badge(t.state)),
+        h("td", { class: "progress" }, bar(t.counts, t.target_count), h("div", { class: "muted small" }, countsText(t.counts))),
+        h("td", {}, String(t.target_count)),
+        h("td", { title: when(t.created_at) }, ago(t.created_at))),
+    );
+  }
+}
+
+// ------------------------------------------------------------------ task page
+
+async function loadTask(id) {
+  const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(id)}`);
+  if (state.route !== "task" || state.taskId !== id) return;
+  $("#task-id").textContent = t.id;
+  $("#task-state").replaceWith(Object.assign(badge(t.state), { id: "task-state" }));
+  $("#task-reason").textContent = t.reason || "";
+  const meta = [
+    ["targets", t.targets_spec.join(" ")],
+    ["parallel", t.parallel],
+    ["fail count", t.fail_count === -1 ? "no limit" : t.fail_count],
+    ["fail rate", t.fail_rate === null || t.fail_rate === -1 ? "no limit" : t.fail_rate],
+    ["timeout", t.timeout ? `${t.timeout}s` : "none"],
+    ["on abort", t.on_abort],
+    ["created", when(t.created_at)],
+    ["finished", when(t.finished_at)],
+  ];
+  $("#task-meta").replaceChildren(...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+  bar(t.counts, t.target_count, $("#task-bar"));
+  $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
+  $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
+  $("#kill").disabled = FINAL_TASK.has(t.state);
+  const body = $("#targets tbody");
+  const open = new Set([...body.querySelectorAll("details[open]")].map((d) => d.dataset.agent));
+  body.replaceChildren();
+  const targets = Object.values(t.targets || {}).sort((a, b) => (a.hostname || "").localeCompare(b.hostname || ""));
+  for (const x of targets) body.append(...targetRows(x, open));
+}
+
+function targetRows(x, open) {
+  const out = decode(x.output, x.output_encoding);
+  const err = decode(x.stderr, x.stderr_encoding);
+  const row = h("tr", { "data-agent": x.agent_id, "data-state": x.state },
+    h("td", { class: "mono", title: x.agent_id }, x.agent_id.slice(0, 12)),
+    h("td", {}, x.hostname || ""),
+    h("td", {}, badge(x.state), x.reason ? h("div", { class: "muted small" }, x.reason) : null),
+    h("td", { class: "mono exit" }, x.code === null ? "–" : x.signal ? `${x.code} (sig ${x.signal})` : String(x.code)),
+    h("td", {}, when(x.started_at)),
+    h("td", {}, dur(x.duration)),
+    h("td", { class: "muted small" }, `${x.output_bytes} B out, ${x.stderr_bytes} B err`));
+  if (!out && !err) return [row];
+  const pre = h("pre", { class: "output" }, out);
+  if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[output truncated]"));
+  if (err) pre.append(h("span", { class: "stderr" }, (out && !out.endsWith("\n") ? "\n" : "") + err));
+  const details = h("details", { "data-agent": x.agent_id }, h("summary", {}, "output"), pre);
+  details.open = open.has(x.agent_id) || out.length + err.length < 4000;
+  return [row, h("tr", { class: "output-row" }, h("td", { colspan: 7 }, details))];
+}
+
+async function kill() {
+  if (!confirm(`Kill task ${state.taskId}? Running targets are killed, waiting ones cancelled.`)) return;
+  try {
+    await api("POST", `/api/v1/tasks/${encodeURIComponent(state.taskId)}/kill`);
+  } catch (e) {
+    alert(`kill failed: ${e.message}`);
+  }
+  scheduleRefresh();
+}
+
+// ------------------------------------------------------------------ routing
+
+function show(id) {
+  for (const m of ["#home", "#task-page", "#not-found"]) $(m).hidden = m !== id;
+}
+
+function showNotFound(text) {
+  $("#not-found-text").textContent = text;
+  show("#not-found");
+}
+
+function route() {
+  const m = location.hash.match(/^#\/task\/(.+)$/);
+  if (m) {
+    state.route = "task";
+    state.taskId = decodeURIComponent(m[1]);
+    $("#targets tbody").replaceChildren();
+    show("#task-page");
+  } else {
+    state.route = "home";
+    state.taskId = null;
+    show("#home");
+  }
+  refresh();
+}
+
+function init() {
+  $("#submit-form").addEventListener("submit", submit);
+  $("#kill").addEventListener("click", kill);
+  $("#task-filter").addEventListener("change", () => loadTasks().catch(() => {}));
+  $("#check-online").addEventListener("change", (ev) => {
+    for (const a of state.agents) if (a.online) ev.target.checked ? state.checked.add(a.id) : state.checked.delete(a.id);
+    document.querySelectorAll(".agent-check").forEach((b) => (b.checked = state.checked.has(b.value)));
+    showPicked();
+  });
+  $("#auth-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    localStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    $("#auth").hidden = true;
+    refresh();
+  });
+  window.addEventListener("hashchange", route);
+  route();
+  readEvents();
+  setInterval(refresh, FALLBACK_POLL_MS);
+}
+
+init();

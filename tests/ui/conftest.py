@@ -9,6 +9,7 @@ import fnmatch
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -252,3 +253,20 @@ def live_api(fake_service) -> Iterator[LiveApi]:
 def serve_api():
     """``with serve_api(service, token=...) as live:`` serves ``service`` for the block."""
     return contextlib.contextmanager(serve_in_thread)
+
+
+# ---------------------------------------------------------------------- real fleet
+
+
+@pytest.fixture(scope="session")
+def ui_fleet(broker, tmp_path_factory):
+    """A real master (HTTP on a free loopback port) and the demo's three agents
+    (role=web dc=bj, role=web dc=sh, role=db dc=bj) on the session broker."""
+    from harness.demo import start_demo_fleet
+
+    prefix = f"ui{uuid.uuid4().hex[:8]}/mschedule"
+    fleet = start_demo_fleet(tmp_path_factory.mktemp("ui-fleet"), broker.url, prefix)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

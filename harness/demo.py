@@ -1,0 +1,230 @@
+"""``make demo``: a whole mschedule on this machine, then a real rollout through the CLI.
+
+Starts mosquitto (deploy/mosquitto/dev.conf on port 18830, or a free port if that is
+taken), a master (HTTP on 127.0.0.1:9900, or a free port) and three agents with
+different labels, runs ``uname -a; uptime`` on all of them with ``--parallel 2``
+through the ``mschedule`` CLI with live progress, prints the dashboard URL and a few
+commands to try, and keeps the fleet up until Ctrl-C; then it stops every process it
+started.
+
+    python -m harness.demo            # keep running until Ctrl-C
+    python -m harness.demo --once     # run the sample rollout and exit (status = the CLI's)
+
+:func:`start_demo_fleet` is also what the UI's end-to-end tests start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from .agentproc import AgentProc, start_agent
+from .broker import Mosquitto, free_port
+from .fleet import TEST_FLAGS, MasterProc, start_master
+
+DEMO_BROKER_PORT = 18830
+DEMO_HTTP_PORT = 9900
+DEMO_PREFIX = "mschedule"
+
+#: The three demo agents' labels.
+DEMO_AGENTS: tuple[dict[str, str], ...] = (
+    {"role": "web", "dc": "bj"},
+    {"role": "web", "dc": "sh"},
+    {"role": "db", "dc": "bj"},
+)
+
+SAMPLE_SCRIPT = "uname -a; uptime"
+
+#: The master's production timings (None = its own default), instead of the test ones.
+PRODUCTION_TIMINGS = {name: None for name in TEST_FLAGS}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int) -> int:
+    return preferred if port_free(preferred) else free_port()
+
+
+@dataclass
+class DemoFleet:
+    """A master and agents started by :func:`start_demo_fleet`; ``stop()`` stops them all."""
+
+    master: MasterProc
+    agents: list[AgentProc] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.master.http_url
+        return self.master.http_url
+
+    def stop(self) -> None:
+        for a in self.agents:
+            a.stop()
+        self.master.stop()
+
+    def online_agents(self) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/agents?online=true", timeout=5) as r:
+                return len(orjson.loads(r.read())["agents"])
+        except OSError:
+            return 0
+
+    def wait_online(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.online_agents() >= len(self.agents):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the master did not see {len(self.agents)} agents online within {timeout}s")
+
+
+def start_demo_fleet(
+    workdir: Path,
+    broker_url: str,
+    prefix: str = DEMO_PREFIX,
+    *,
+    http: str | None = None,
+    labels: tuple[dict[str, str], ...] = DEMO_AGENTS,
+    master_flags: dict | None = None,
+    agent_flags: dict | None = None,
+    agent_env: dict[str, str] | None = None,
+) -> DemoFleet:
+    """Start a master (HTTP on ``http`` HOST:PORT, default a free loopback port) and one
+    agent per entry of ``labels``; return once the master sees them all online."""
+    workdir = Path(workdir)
+    master = start_master(workdir / "master", broker_url, prefix, http=http or True, **(master_flags or {}))
+    fleet = DemoFleet(master)
+    try:
+        for i, lab in enumerate(labels):
+            fleet.agents.append(
+                start_agent(workdir / f"agent{i}", broker_url, prefix, lab, wait=False, env=agent_env,
+                            **(agent_flags or {}))  # fmt: skip
+            )
+        for a in fleet.agents:
+            a.wait_online(30)
+        fleet.wait_online(30)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+def cli_argv() -> list[str]:
+    """How to run the CLI from this virtualenv."""
+    exe = Path(sys.executable).parent / "mschedule"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mschedule_master.cli"]
+
+
+def try_these(url: str, broker_port: int, prefix: str) -> str:
+    cli = " ".join(shlex.quote(p) for p in cli_argv())
+    if cli.startswith(str(Path.cwd())):
+        cli = os.path.relpath(cli)
+    submit = orjson.dumps(
+        {"type": "submit", "payload": {"targets": ["role=db"], "script_text": "echo hello from MQTT", "request_id": "demo1"}}
+    ).decode()
+    return f"""
+  Dashboard:  {url}/
+  API:        {url}/api/v1/openapi.json
+
+  Try:
+    export MSCHEDULE_MASTER={url}
+    {cli} agents
+    {cli} run -t role=web -c 'hostname; df -h /'
+    {cli} run -t all --parallel 50% --fail-count 0 -c 'exit $(( $$ % 2 ))'
+    {cli} tasks
+    {cli} status TASK_ID
+    curl -s {url}/task/targets
+
+  Submit over MQTT, as any tool can:
+    mosquitto_sub -p {broker_port} -t '{prefix}/submit/reply/demo1' -C 1 &
+    mosquitto_pub -p {broker_port} -q 1 -t '{prefix}/submit' -m '{submit}'
+    mosquitto_sub -p {broker_port} -t '{prefix}/tasks/+/summary' -v
+"""
+
+
+def run_sample(url: str) -> int:
+    """The sample rollout through the real CLI, on this terminal (live progress)."""
+    argv = [*cli_argv(), "--master", url, "run", "-t", "all", "--parallel", "2", "-c", SAMPLE_SCRIPT]
+    print(f"$ mschedule run -t all --parallel 2 -c '{SAMPLE_SCRIPT}'", flush=True)
+    return subprocess.run(argv, env={**os.environ, "MSCHEDULE_MASTER": url}, timeout=300).returncode
+
+
+def wait_for_stop(procs: list, stop: threading.Event) -> None:
+    """Until Ctrl-C / SIGTERM, or until a process of the fleet dies."""
+    while not stop.wait(1.0):
+        dead = [p for p in procs if not p.running()]
+        if dead:
+            print(f"demo: {len(dead)} process(es) exited unexpectedly; see {dead[0].log_path}", file=sys.stderr)
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--once", action="store_true", help="run the sample rollout, then stop everything and exit")
+    p.add_argument("--http-port", type=int, default=DEMO_HTTP_PORT)
+    p.add_argument("--broker-port", type=int, default=DEMO_BROKER_PORT)
+    p.add_argument("--workdir", type=Path, help="state, databases and logs (default: a new temp dir)")
+    args = p.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mschedule-demo-"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    broker = Mosquitto(workdir / "broker", port=pick_port(args.broker_port), name="broker")
+    fleet: DemoFleet | None = None
+    status = 1
+    try:
+        print(f"demo: starting mosquitto on 127.0.0.1:{broker.port} (deploy/mosquitto/dev.conf)", flush=True)
+        broker.start()
+        http = f"127.0.0.1:{pick_port(args.http_port)}"
+        print(f"demo: starting mschedule-master (HTTP {http}) and {len(DEMO_AGENTS)} agents", flush=True)
+        fleet = start_demo_fleet(workdir, broker.url, DEMO_PREFIX, http=http, master_flags=PRODUCTION_TIMINGS,
+                                 agent_flags={"heartbeat": 2, "will_delay": 5})  # fmt: skip
+        for a, lab in zip(fleet.agents, DEMO_AGENTS):
+            print(f"  agent {a.agent_id[:12]}  " + " ".join(f"{k}={v}" for k, v in lab.items()), flush=True)
+        print(flush=True)
+        status = run_sample(fleet.url)
+        print(try_these(fleet.url, broker.port, DEMO_PREFIX), flush=True)
+        if args.once:
+            return status
+        print("demo: the fleet stays up; press Ctrl-C to stop it.", flush=True)
+        wait_for_stop([broker, fleet.master, *fleet.agents], stop)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:
+        print(f"demo: failed: {e}\n  logs: {workdir}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
+        print("\ndemo: stopping agents, master and broker…", flush=True)
+        if fleet is not None:
+            fleet.stop()
+        broker.stop()
+        if args.workdir is None and status == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"demo: stopped.{'' if status == 0 else f' Logs kept in {workdir}'}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

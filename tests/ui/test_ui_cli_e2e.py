@@ -1,0 +1,117 @@
+"""The real `mschedule` CLI (a child process) against a real master, broker and agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from harness.demo import cli_argv
+
+
+def mschedule(fleet, *args: str, timeout: float = 90, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MSCHEDULE_MASTER": fleet.url}
+    env.pop("MSCHEDULE_TOKEN", None)
+    return subprocess.run([*cli_argv(), *args], env=env, capture_output=True, timeout=timeout, input=stdin)
+
+
+def text(p: subprocess.CompletedProcess) -> tuple[str, str]:
+    return p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def test_agents_lists_the_fleet_with_labels(ui_fleet):
+    p = mschedule(ui_fleet, "agents", "--json")
+    assert p.returncode == 0, p.stderr
+    agents = json.loads(p.stdout)
+    ids = {a.agent_id for a in ui_fleet.agents}
+    assert {a["id"] for a in agents} == ids
+    assert all(a["online"] for a in agents)
+    assert sorted(f"{a['labels']['role']}/{a['labels']['dc']}" for a in agents) == ["db/bj", "web/bj", "web/sh"]
+
+    out, _ = text(mschedule(ui_fleet, "agents"))
+    assert "3 agents" in out and "role=db" in out and out.count("online") >= 3
+
+
+def test_run_all_with_parallel_succeeds_and_shows_every_output(ui_fleet):
+    p = mschedule(ui_fleet, "run", "-t", "all", "--parallel", "2", "-c", "echo out-$((6*7)); echo err-line >&2")
+    out, err = text(p)
+    assert p.returncode == 0, out + err
+    assert "submitted to 3 targets (parallel 2)" in out
+    assert "3/3 done - 3 succeeded, 0 failed, 0 running, 0 waiting" in out
+    assert out.count("SUCCEED") >= 4 and out.count("out-42") == 3  # table rows show each first output line
+    assert err == ""
+
+
+def test_run_failing_script_exits_1_and_prints_failed_output(ui_fleet):
+    p = mschedule(ui_fleet, "run", "-t", "role=web", "-c", "echo partial; echo broken >&2; exit 3")
+    out, _ = text(p)
+    assert p.returncode == 1
+    assert out.count(": FAILED, exit 3") == 2  # one section per failed target
+    assert out.count("broken") == 2 and "partial" in out
+    assert "FAILED" in out.splitlines()[-1]
+
+
+def test_run_json_and_status_output_tasks(ui_fleet):
+    p = mschedule(ui_fleet, "run", "-t", "role=db", "--json", "--timeout", "30", "-c", "printf 'a\\nb\\n'")
+    assert p.returncode == 0, p.stderr
+    task = json.loads(p.stdout)
+    assert task["state"] == "SUCCEED" and task["timeout"] == 30 and task["target_count"] == 1
+    (target,) = task["targets"].values()
+    assert target["output"] == "a\nb\n" and target["output_encoding"] == "utf-8" and target["code"] == 0
+    task_id, agent_id = task["id"], target["agent_id"]
+
+    p = mschedule(ui_fleet, "status", task_id, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["id"] == task_id
+    out, _ = text(mschedule(ui_fleet, "status", task_id))
+    assert "SUCCEED" in out and agent_id in out
+
+    p = mschedule(ui_fleet, "output", task_id, agent_id)
+    assert p.returncode == 0 and p.stdout == b"a\nb\n"
+    out, _ = text(mschedule(ui_fleet, "output", task_id))
+    assert f"=== {agent_id} (SUCCEED, exit 0) ===\na\nb\n" in out
+
+    p = mschedule(ui_fleet, "tasks", "--state", "SUCCEED", "--json")
+    assert task_id in [t["id"] for t in json.loads(p.stdout)]
+
+
+def test_no_wait_then_kill(ui_fleet):
+    p = mschedule(ui_fleet, "run", "-t", "role=web", "--no-wait", "-c", "sleep 60")
+    assert p.returncode == 0, p.stderr
+    task_id = p.stdout.decode().strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until one target runs, so the kill reaches a process
+        task = json.loads(mschedule(ui_fleet, "status", task_id, "--json").stdout)
+        if task["counts"].get("RUNNING"):
+            break
+        time.sleep(0.2)
+    assert task["counts"].get("RUNNING"), task
+    p = mschedule(ui_fleet, "kill", task_id)
+    assert p.returncode == 0 and f"kill requested for task {task_id}" in p.stdout.decode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        task = json.loads(mschedule(ui_fleet, "status", task_id, "--json").stdout)
+        if task["state"] == "KILLED":
+            break
+        time.sleep(0.2)
+    assert task["state"] == "KILLED"
+    assert sorted(t["state"] for t in task["targets"].values()) == ["CANCELLED", "KILLED"]
+    assert mschedule(ui_fleet, "status", task_id).returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-t", "role=nosuch"], "role=nosuch"),
+        (["-t", "all", "--parallel", "0"], "parallel"),
+        (["-t", "all", "--fail-rate", "150%"], "fail_rate"),
+    ],
+)
+def test_bad_selectors_and_limits_are_one_line_errors(ui_fleet, args, needle):
+    p = mschedule(ui_fleet, "run", *args, "-c", "true")
+    out, err = text(p)
+    assert p.returncode == 2
+    assert err.startswith("mschedule: error:") and needle in err and err.count("\n") == 1
+    assert out == ""
