@@ -30,7 +30,7 @@ from .models import InvalidRequest, NotFound
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
 from .states import TargetState, TaskState
-from .store import Store
+from .store import Store, StoredTask
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,21 @@ class Engine:
             self._depth = 0
         self._flush()
 
-    @contextmanager
-    def guarded(self, what: str) -> Iterator[None]:
-        """One message inside a batch: a failure undoes its writes and publications only."""
-        mark = (len(self._outbox), len(self._events))
+    def guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` inside a batch; if it raises, undo its writes, publications and
+        events only, log, and carry on with the rest of the batch."""
+        mark = (len(self._outbox), len(self._events), len(self._acks))
+        self.store.savepoint_begin()
         try:
-            with self.store.savepoint():
-                yield
+            fn(*args)
         except Exception:
+            self.store.savepoint_rollback()
             del self._outbox[mark[0] :]
             del self._events[mark[1] :]
+            del self._acks[mark[2] :]
             log.exception("failed to handle %s; skipped", what)
+        else:
+            self.store.savepoint_release()
 
     def after_commit_ack(self, incoming: Incoming) -> None:
         """PUBACK ``incoming`` once the current batch is committed."""
@@ -243,15 +247,17 @@ class Engine:
         with self.batch():
             now = self.clock()
             for st in stored:
-                with self.guarded(f"restore of task {st.task.id}"):
-                    rollout = Rollout.restore(
-                        st.task.id, _limits(st.task), targets=st.snapshots, task_state=st.task.state,
-                        reason=st.task.reason, timing=self._timing(st.task),
-                    )  # fmt: skip
-                    active = self._active[st.task.id] = _Active(st.task, rollout)
-                    log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
-                    self._apply(active, rollout.resume(now), now)
+                self.guarded(f"restore of task {st.task.id}", self._restore_one, st, now)
         return len(stored)
+
+    def _restore_one(self, st: StoredTask, now: float) -> None:
+        rollout = Rollout.restore(
+            st.task.id, _limits(st.task), targets=st.snapshots, task_state=st.task.state,
+            reason=st.task.reason, timing=self._timing(st.task),
+        )  # fmt: skip
+        active = self._active[st.task.id] = _Active(st.task, rollout)
+        log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
+        self._apply(active, rollout.resume(now), now)
 
     def active_ids(self) -> list[str]:
         return list(self._active)
@@ -268,8 +274,10 @@ class Engine:
             return
         with self.batch():
             for active in due:
-                with self.guarded(f"tick of task {active.task.id}"):
-                    self._apply(active, active.rollout.tick(now), now)
+                self.guarded(f"tick of task {active.task.id}", self._tick_one, active, now)
+
+    def _tick_one(self, active: _Active, now: float) -> None:
+        self._apply(active, active.rollout.tick(now), now)
 
     # ------------------------------------------------------------------ agents
     def agent_changed(self, change: Change) -> None:
@@ -311,7 +319,7 @@ class Engine:
         elif isinstance(msg, Started):
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
-            if self.store.record_result(msg.id, replace(msg, agent_id=agent_id), now):
+            if self.store.record_result(msg.id, agent_id, msg, now):
                 self._apply(active, r.on_final(agent_id, TargetState(msg.state), now), now, touched={agent_id})
             self._result_ack(msg.id, agent_id, info.dc)
         else:
@@ -329,7 +337,7 @@ class Engine:
         known = task_active or self.store.task_exists(task_id)
         is_target = known and self.store.get_target(task_id, agent_id) is not None
         if isinstance(msg, Result):
-            stored = is_target and self.store.record_result(task_id, replace(msg, agent_id=agent_id), now)
+            stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
             kind = "late_result" if is_target else ("result_not_target" if known else "result_unknown_task")
             self.store.add_event(now, kind, task_id, agent_id, {"state": msg.state, "code": msg.code, "stored": stored})
             if kind != "late_result" or stored:
@@ -385,14 +393,14 @@ class Engine:
             self.store.set_target_reason(task_id, action.agent_id, action.reason)
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
         self.store.add_event(now, "target", task_id, action.agent_id, data)
-        target = self.store.get_target(task_id, action.agent_id) if action.new.final else None
+        code = self.store.target_code(task_id, action.agent_id) if action.new.final else None
         self.emit(
             "target",
             task_id,
             {
                 **data,
                 "state": action.new.value,
-                "code": target.code if target else None,
+                "code": code,
                 "task_state": active.rollout.state.value,
                 "counts": _counts(active),
             },

@@ -105,8 +105,7 @@ class MasterService:
         """Apply a batch of messages in one transaction; PUBACK them after the commit."""
         with self.engine.batch():
             for incoming in batch:
-                with self.engine.guarded(f"message on {incoming.topic}"):
-                    self._route(incoming)
+                self.engine.guarded(f"message on {incoming.topic}", self._route, incoming)
                 self.engine.after_commit_ack(incoming)
 
     def housekeeping(self) -> None:

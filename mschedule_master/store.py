@@ -115,21 +115,16 @@ class Store:
         self._depth = 0
         self._conn.execute("commit")
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Inside a transaction: undo only this block's writes if it raises."""
-        self._savepoints = getattr(self, "_savepoints", 0) + 1
-        name = f"sp{self._savepoints}"
-        self._conn.execute(f"savepoint {name}")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute(f"rollback to {name}")
-            self._conn.execute(f"release {name}")
-            raise
-        finally:
-            self._savepoints -= 1
-        self._conn.execute(f"release {name}")
+    def savepoint_begin(self) -> None:
+        """Inside a transaction: mark a point that :meth:`savepoint_rollback` returns to."""
+        self._conn.execute("savepoint msg")
+
+    def savepoint_release(self) -> None:
+        self._conn.execute("release msg")
+
+    def savepoint_rollback(self) -> None:
+        self._conn.execute("rollback to msg")
+        self._conn.execute("release msg")
 
     def _migrate(self) -> None:
         with self.db() as c:
@@ -198,7 +193,7 @@ class Store:
         with self.db() as c:
             c.execute("update targets set reason=? where task_id=? and agent_id=?", (reason, task_id, agent_id))
 
-    def record_result(self, task_id: str, result: protocol.Result, now: float) -> bool:
+    def record_result(self, task_id: str, agent_id: str, result: protocol.Result, now: float) -> bool:
         """Store a target's result once. False when it was already stored (or no such target)."""
         with self.db() as c:
             cur = c.execute(
@@ -209,7 +204,7 @@ class Store:
                 (
                     result.code, result.signal, result.output, result.stderr, result.output_bytes,
                     result.stderr_bytes, int(result.output_truncated), int(result.stderr_truncated),
-                    result.started_at, result.finished_at, result.state, result.error, now, task_id, result.agent_id,
+                    result.started_at, result.finished_at, result.state, result.error, now, task_id, agent_id,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1
@@ -286,6 +281,10 @@ class Store:
             (task_id, agent_id),
         ).fetchone()
         return None if row is None else _target(row)
+
+    def target_code(self, task_id: str, agent_id: str) -> int | None:
+        row = self._conn.execute("select code from targets where task_id=? and agent_id=?", (task_id, agent_id)).fetchone()
+        return row[0] if row else None
 
     def target_states(self, task_id: str) -> dict[str, dict[str, Any]]:
         """agent id -> {state, code}: the summary of a task's targets, without their output."""
