@@ -93,3 +93,9 @@ def rig(tmp_path) -> Rig:
     r = make_rig(tmp_path / "master.db")
     yield r
     r.store.close()
+
+
+@pytest.fixture
+def rig_factory():
+    """``rig_factory(db_path)``: a fresh Rig on that database (e.g. to simulate a restart)."""
+    return make_rig

@@ -1,0 +1,39 @@
+"""Settings: TOML file < environment < flags, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mschedule_master import config
+from mschedule_master.errors import ConfigError
+
+
+def test_flags_beat_environment_which_beats_the_file(tmp_path):
+    f = tmp_path / "master.toml"
+    f.write_text('broker = "mqtt://file:1"\ndb = "file.db"\nlost_grace = 7\n[groups]\nweb = ["web-*", "role=web"]\n')
+    env = {"MSCHEDULE_MASTER_DB": "env.db", "MSCHEDULE_MASTER_LOST_GRACE": "8", "MSCHEDULE_TOKEN": "tok"}
+    s = config.load(["--config", str(f), "--lost-grace", "9"], env)
+    assert (s.broker, s.db, s.lost_grace, s.token) == ("mqtt://file:1", "env.db", 9.0, "tok")
+    assert s.groups == {"web": ["web-*", "role=web"]}
+    assert config.load([], {}).http_address == ("127.0.0.1", 9900)
+    assert config.load(["--http", "off"], {}).http_address is None
+
+
+@pytest.mark.parametrize(
+    "argv, env, toml, field",
+    [
+        (["--http", "nowhere"], {}, None, "http"),
+        (["--delivery-timeout", "0"], {}, None, "delivery_timeout"),
+        ([], {"MSCHEDULE_MASTER_LOST_GRACE": "soon"}, None, "lost_grace"),
+        ([], {}, "bogus = 1\n", "bogus"),
+        ([], {}, "[groups]\nweb = 'web-*'\n", "groups"),
+        ([], {}, "broker = [\n", "config"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_field(tmp_path, argv, env, toml, field):
+    if toml is not None:
+        (tmp_path / "m.toml").write_text(toml)
+        argv = [*argv, "--config", str(tmp_path / "m.toml")]
+    with pytest.raises(ConfigError) as e:
+        config.load(argv, env)
+    assert e.value.field == field

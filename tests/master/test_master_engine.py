@@ -1,0 +1,263 @@
+"""The engine and service on an in-memory transport with a hand-driven clock: delivery,
+expiry, rejects, kills, stray and malformed messages, datacenters, restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from mschedule_agent import protocol
+from mschedule_master.models import InvalidRequest
+from mschedule_master.states import TargetState, TaskState
+
+P = protocol
+
+
+def _ack(rig, task_id, agent):
+    rig.from_agent(agent, P.Ack(id=task_id, agent_id=agent, at=rig.clock.now))
+
+
+def _result(rig, task_id, agent, state="SUCCEED", code=0, dc=None):
+    rig.from_agent(agent, P.Result(id=task_id, agent_id=agent, state=state, code=code), dc=dc)
+
+
+def test_an_unacknowledged_task_is_republished_until_acked(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    assert len(rig.sent("task")) == 1
+    rig.tick(2.1)
+    again = rig.sent("task")
+    assert len(again) == 1 and again[0][1].id == task_id
+    _ack(rig, task_id, "a1")
+    rig.tick(2.1)
+    rig.tick(2.1)
+    assert rig.sent("task") == []
+
+
+def test_a_task_never_accepted_becomes_unreachable_after_its_expiry_and_grace(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    for _ in range(5):
+        rig.tick(2.0)  # t = 10: expires_at reached, grace (1 s) not yet over
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    rig.tick(1.1)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
+    assert rig.store.get_task(task_id).state is TaskState.FAILED
+
+
+@pytest.mark.parametrize(
+    "code, state",
+    [("expired", TargetState.UNREACHABLE), ("killed", TargetState.KILLED), ("bad_script", TargetState.REJECTED),
+     ("too_large", TargetState.REJECTED), ("bad_message", TargetState.REJECTED)],
+)  # fmt: skip
+def test_reject_codes_map_to_target_states(rig, code, state):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.from_agent("a1", P.Reject(id=task_id, agent_id="a1", code=code, reason="because"))
+    target = rig.store.get_target(task_id, "a1")
+    assert target.state is state
+    assert code in target.reason and "because" in target.reason
+
+
+def test_a_result_for_an_unknown_task_or_from_a_non_target_is_recorded_not_applied_and_acked(rig):
+    rig.register("a1")
+    rig.register("a2")
+    task_id = rig.submit(["a1"]).task_id
+    rig.sent()
+    _result(rig, "no-such-task", "a1")
+    _result(rig, task_id, "a2")
+    assert [e["kind"] for e in rig.store.events(kind=None) if e["kind"].startswith("result_")] == [
+        "result_unknown_task",
+        "result_not_target",
+    ]
+    acks = [(t, m.id) for t, m in rig.sent("result_ack")]
+    assert acks == [("test/agents/a1/control", "no-such-task"), ("test/agents/a2/control", task_id)]
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    assert rig.store.get_target(task_id, "a2") is None
+
+
+def test_an_agent_offline_mid_run_makes_its_target_lost_after_the_grace(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now))
+    rig.feed(rig.incoming("test/agents/a1/status", P.Offline(id="a1")))
+    assert not rig.registry.is_online("a1")
+    rig.tick(4.0)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING
+    rig.tick(1.5)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.LOST
+
+
+def test_stale_heartbeats_take_an_agent_offline_after_three_intervals(rig):
+    rig.register("a1")  # heartbeat interval 1 s
+    rig.tick(2.9)
+    assert rig.registry.is_online("a1")
+    rig.tick(0.2)
+    assert not rig.registry.is_online("a1")
+    hb = P.Heartbeat(id="a1", hostname="a1", ip=[], ts=rig.clock.now, interval=1.0)
+    rig.feed(rig.incoming("test/agents/a1/heartbeat", hb))
+    assert rig.registry.is_online("a1")
+
+
+def test_kill_sends_kill_until_the_target_reports_then_the_task_is_killed(rig):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2"], parallel=1).task_id
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now))
+    rig.sent()
+    rig.service.kill(task_id)
+    assert [(t, m.TYPE) for t, m in rig.sent("kill")] == [("test/agents/a1/control", "kill")]
+    assert rig.store.get_target(task_id, "a2").state is TargetState.CANCELLED
+    rig.tick(2.1)
+    assert len(rig.sent("kill")) == 1
+    rig.from_agent("a1", P.Result(id=task_id, agent_id="a1", state="KILLED", code=143, signal=15))
+    task = rig.store.get_task(task_id)
+    assert task.state is TaskState.KILLED and task.counts == {"KILLED": 1, "CANCELLED": 1}
+    rig.tick(2.1)
+    assert rig.sent("kill") == []
+
+
+def test_agents_of_a_datacenter_are_reached_through_its_bridged_topics(rig):
+    rig.register("a1", dc="bj")
+    task_id = rig.submit(["a1"]).task_id
+    assert [t for t, _ in rig.sent("task")] == ["test/dc/bj/agents/a1/tasks"]
+    _result(rig, task_id, "a1", dc="bj")
+    assert ("test/dc/bj/agents/a1/control", "result_ack") in [(t, m.TYPE) for t, m in rig.sent()]
+    assert rig.store.get_target(task_id, "a1").state is TargetState.SUCCEED
+
+
+def test_a_bridge_going_down_takes_its_agents_offline_and_up_lets_heartbeats_return_them(rig):
+    rig.register("a1", dc="bj")
+    rig.register("a2")
+    rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"0"))
+    assert not rig.registry.is_online("a1") and rig.registry.is_online("a2")
+    rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"1"))
+    hb = P.Heartbeat(id="a1", hostname="a1", ip=[], ts=rig.clock.now, interval=1.0)
+    rig.feed(rig.incoming("test/dc/bj/agents/a1/heartbeat", hb))
+    assert rig.registry.is_online("a1")
+
+
+def test_selectors_that_match_nothing_are_refused_naming_them(rig):
+    rig.register("a1")
+    with pytest.raises(InvalidRequest) as e:
+        rig.submit(["a1", "nope"])
+    assert e.value.field == "targets" and "nope" in str(e.value)
+    assert rig.store.list_tasks() == []
+
+
+def test_a_repeated_request_id_answers_with_the_first_task(rig):
+    rig.register("a1")
+    first = rig.submit(["a1"], request_id="r1")
+    again = rig.submit(["a1"], request_id="r1")
+    assert first.task_id == again.task_id and len(rig.store.list_tasks()) == 1
+
+
+def _submit_incoming(rig, payload: bytes, **kw):
+    return rig.incoming("test/submit", payload, **kw)
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":["all"],"script_text":"x","parallel":0}}', "parallel"),
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":["all"],"script_text":"x","fail_rate":1.5}}', "fail_rate"),
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":["all"],"script_text":"x","timeout":-1}}', "timeout"),
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":["all"],"script_text":""}}', "script"),
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":[],"script_text":"x"}}', "targets"),
+        (b'{"type":"submit","payload":{"request_id":"r1","targets":["ghost"],"script_text":"x"}}', "targets"),
+        (b'{"type":"submit","payload":{"request_id":"r1","script_text":"x"}}', "targets"),
+    ],
+)
+def test_bad_submissions_are_answered_with_the_error_and_field(rig, payload, field):
+    rig.register("a1")
+    rig.feed(_submit_incoming(rig, payload))
+    ((topic, reply),) = rig.sent("submit_reply")
+    assert topic == "test/submit/reply/r1"
+    assert (reply.ok, reply.field, reply.request_id) == (False, field, "r1")
+    assert reply.error
+
+
+def test_a_submission_with_a_response_topic_is_answered_there_with_its_correlation_data(rig):
+    rig.register("a1")
+    payload = b'{"type":"submit","payload":{"targets":["a1"],"script_text":"true"}}'
+    rig.feed(_submit_incoming(rig, payload, response_topic="me/reply", correlation_data=b"c1"))
+    (p,) = [p for p in rig.transport.take() if p.topic == "me/reply"]
+    reply = P.decode(p.payload)
+    assert p.correlation_data == b"c1" and reply.ok and reply.targets == ["a1"]
+    assert rig.store.get_task(reply.task_id).state is TaskState.RUNNING
+
+
+@pytest.mark.parametrize(
+    "topic, payload",
+    [
+        ("test/agents/a9/status", b"not json"),
+        ("test/agents/a9/status", b'{"type":"register","payload":{"id":"OTHER","hostname":"h","ip":[]}}'),
+        ("test/agents/a9/heartbeat", b'{"type":"heartbeat","payload":{"id":"a9"}}'),
+        ("test/agents/a9/status", b""),
+        ("test/results/a9", b'{"type":"result","payload":{"id":"t","agent_id":"a9","state":"BOGUS","code":0}}'),
+        ("test/results/a9", b"\xff\xfe"),
+        ("test/submit", b"[]"),
+        ("test/agents/a9/tasks", b"{}"),
+        ("elsewhere/x", b"{}"),
+        ("$SYS/broker/connection/mschedule-bridge-x/state", b"maybe"),
+    ],
+)
+def test_malformed_input_is_logged_and_acked_never_fatal(rig, topic, payload):
+    rig.acked.clear()
+    rig.feed(rig.incoming(topic, payload))
+    assert rig.acked == [topic]
+    assert rig.registry.get("a9") is None
+    rig.register("a1")  # still working
+    assert rig.registry.is_online("a1")
+
+
+def test_an_undecodable_result_with_a_readable_id_is_acked_so_the_agent_stops_resending(rig):
+    bad = b'{"type":"result","payload":{"id":"t1","agent_id":"a9","state":"BOGUS","code":0}}'
+    rig.feed(rig.incoming("test/results/a9", bad))
+    assert [(t, m.id) for t, m in rig.sent("result_ack")] == [("test/agents/a9/control", "t1")]
+    assert rig.store.events(kind="bad_message")[0]["agent_id"] == "a9"
+
+
+def test_a_failing_message_is_skipped_without_losing_the_rest_of_its_batch(rig, monkeypatch):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    real = rig.engine.on_agent_message
+
+    def flaky(info, incoming):
+        if info.agent_id == "boom":
+            rig.store.add_event(rig.clock.now, "half-done", None, "boom", {})
+            raise RuntimeError("bug")
+        return real(info, incoming)
+
+    monkeypatch.setattr(rig.engine, "on_agent_message", flaky)
+    rig.acked.clear()
+    ok = rig.incoming("test/results/a1", P.Result(id=task_id, agent_id="a1", state="SUCCEED", code=0))
+    rig.feed(rig.incoming("test/results/boom", b"{}"), ok)
+    assert rig.acked == ["test/results/boom", "test/results/a1"]
+    assert rig.store.get_target(task_id, "a1").state is TargetState.SUCCEED
+    assert rig.store.events(kind="half-done") == []
+
+
+def test_a_restarted_master_reloads_its_fleet_and_unfinished_tasks_and_carries_on(tmp_path, rig_factory):
+    db = tmp_path / "m.db"
+    first = rig_factory(db)
+    for a in ("a1", "a2", "a3"):
+        first.register(a)
+    first.service.flush_agents()
+    task_id = first.submit(["a1", "a2", "a3"], parallel=2).task_id
+    _ack(first, task_id, "a1")
+    _result(first, task_id, "a1")
+    # a2 and a3 (dispatched when a1 finished) were never acked when the master died
+    first.store.close()
+
+    second = rig_factory(db)
+    second.clock.now = first.clock.now + 1
+    second.registry.load(second.store.load_agents(), second.clock.now)
+    assert second.registry.is_online("a3")
+    assert second.engine.restore() == 1
+    sent = second.sent("task")
+    assert sorted((t, m.id) for t, m in sent) == [("test/agents/a2/tasks", task_id), ("test/agents/a3/tasks", task_id)]
+    _result(second, task_id, "a2")
+    _result(second, task_id, "a3")
+    task = second.store.get_task(task_id)
+    assert task.state is TaskState.SUCCEED and task.counts == {"SUCCEED": 3}
+    second.store.close()

@@ -1,0 +1,96 @@
+"""The SQLite store: round trips, idempotent results, listings, schema version, agents."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mschedule_agent import protocol
+from mschedule_master import models
+from mschedule_master.errors import StoreError
+from mschedule_master.rollout import TargetSnapshot
+from mschedule_master.states import TargetState, TaskState
+from mschedule_master.store import Store
+
+
+def _task(task_id: str, created_at: float, state=TaskState.WAITING, **kw) -> models.Task:
+    base = dict(
+        id=task_id, name="n", script=b"echo hi", targets_spec=["all"], timeout=0, parallel="50%", fail_rate=0.2,
+        fail_count=-1, on_abort="kill", env={"A": "1"}, cwd=None, output_cap=None, delivery_timeout=60.0,
+        state=state, reason="", created_at=created_at, finished_at=None, counts={}, target_count=0,
+    )  # fmt: skip
+    base.update(kw)
+    return models.Task(**base)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "s.db"))
+    yield s
+    s.close()
+
+
+def test_a_task_round_trips_with_its_targets_and_counts(store):
+    store.insert_task(_task("t1", 1.0), ["a", "b"])
+    t = store.get_task("t1")
+    assert (t.parallel, t.fail_rate, t.env, t.script) == ("50%", 0.2, {"A": "1"}, b"echo hi")
+    assert t.counts == {"WAITING": 2} and t.target_count == 2
+    assert [x.agent_id for x in t.targets] == ["a", "b"]
+    snap = TargetSnapshot("a", TargetState.RUNNING, seq=0, acked=True, dispatched_at=2.0, expires_at=9.0)
+    store.save_snapshots("t1", [snap])
+    assert store.load_unfinished()[0].snapshots[0] == snap
+    assert store.get_task("t1").counts == {"WAITING": 1, "RUNNING": 1}
+
+
+def test_a_result_is_stored_once(store):
+    store.insert_task(_task("t1", 1.0), ["a"])
+    r1 = protocol.Result(id="t1", agent_id="a", state="FAILED", code=2, output=b"out", output_bytes=3, stderr=b"e", stderr_bytes=1)
+    r2 = protocol.Result(id="t1", agent_id="a", state="SUCCEED", code=0)
+    assert store.record_result("t1", "a", r1, 5.0) is True
+    assert store.record_result("t1", "a", r2, 6.0) is False
+    assert store.record_result("t1", "nobody", r2, 6.0) is False
+    t = store.get_target("t1", "a")
+    assert (t.code, t.stdout, t.stderr, t.stdout_bytes) == (2, b"out", b"e", 3)
+
+
+def test_listings_are_newest_first_filtered_and_paged(store):
+    for i in range(5):
+        store.insert_task(_task(f"t{i}", float(i)), ["a"])
+    store.set_task_state("t3", TaskState.SUCCEED, "ok", 9.0)
+    assert [t.id for t in store.list_tasks()] == ["t4", "t3", "t2", "t1", "t0"]
+    assert [t.id for t in store.list_tasks(limit=2, offset=1)] == ["t3", "t2"]
+    assert [t.id for t in store.list_tasks(state=TaskState.SUCCEED)] == ["t3"]
+    assert all(t.targets is None for t in store.list_tasks())
+    assert store.unfinished_task_ids() == ["t0", "t1", "t2", "t4"]
+
+
+def test_a_rollback_inside_a_batch_undoes_only_that_message(store):
+    with store.db():
+        store.add_event(1.0, "kept", None, None, {})
+        store.savepoint_begin()
+        store.add_event(1.0, "undone", None, None, {})
+        store.savepoint_rollback()
+    assert [e["kind"] for e in store.events()] == ["kept"]
+
+
+def test_agents_persist_across_reopen(tmp_path):
+    s = Store(str(tmp_path / "s.db"))
+    a = models.Agent(
+        id="a", hostname="h", ip=["10.0.0.1"], labels={"role": "web"}, version="1", capacity=2, online=True, dc="bj",
+        started_at=1.0, last_seen=2.0, last_heartbeat=2.0, heartbeat_interval=5.0, running=["t"],
+    )  # fmt: skip
+    s.save_agents([a])
+    s.close()
+    s = Store(str(tmp_path / "s.db"))
+    assert s.load_agents() == [a]
+    s.close()
+
+
+def test_a_database_from_a_newer_master_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    Store(str(path)).close()
+    with sqlite3.connect(path) as c:
+        c.execute("update schema_version set version = 99")
+    with pytest.raises(StoreError, match="newer"):
+        Store(str(path))
