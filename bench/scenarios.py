@@ -18,7 +18,7 @@ from harness.broker import Mosquitto
 from .client import BenchClient, check_summary
 from .fleetsim import Fleet
 from .master import MasterProc
-from .procstat import Watch
+from .procstat import Watch, sample
 from .profile import recording
 from .report import Check, Outcome
 from .stats import latency_ms
@@ -60,6 +60,13 @@ class Context:
         d = self.workdir / name
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def cpu_of(ctx: Context, master: MasterProc, fleet: Fleet) -> dict[str, list[int]]:
+    roles = {"master": [master.pid], "agents": fleet.pids}
+    if ctx.broker.proc is not None:
+        roles["mosquitto"] = [ctx.broker.proc.pid]
+    return roles
 
 
 def _runs_check(fleet: Fleet, expected: int, outcome: Outcome, timeout: float = 30.0) -> None:
@@ -110,10 +117,60 @@ def scenario_1(ctx: Context) -> Outcome:
 # ---------------------------------------------------------------------------- 2
 
 
-def _fanout(client: BenchClient, ids: list[str], o: Outcome, timeout: float, **fields) -> float:
-    done, seconds = client.run(ids, timeout=timeout, parallel=len(ids), **fields)
+def _fanout(
+    client: BenchClient,
+    ids: list[str],
+    o: Outcome,
+    timeout: float,
+    master: MasterProc | None = None,
+    key: str = "timeline",
+    cpu_of: dict[str, list[int]] | None = None,
+) -> float:
+    submitted = time.time()
+    before = cpu_seconds(cpu_of or {})
+    done, seconds = client.run(ids, timeout=timeout, parallel=len(ids))
+    after = cpu_seconds(cpu_of or {})
     o.problems.extend(check_summary(done, ids))
+    if cpu_of:
+        o.metrics[key.replace("timeline", "cpu_seconds")] = {role: round(after[role] - before[role], 2) for role in before}
+    if master is not None:
+        try:
+            o.metrics[key] = timeline(master.get(f"/api/v1/tasks/{done.task_id}", timeout=60), submitted)
+        except (OSError, ValueError, KeyError) as e:
+            o.metrics[key] = {"error": str(e)}
     return seconds
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each role's processes (e.g. {"workers": [pid, pid]})."""
+    out = {}
+    for role, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                total += sample(pid).cpu
+            except OSError:
+                pass
+        out[role] = total
+    return out
+
+
+def timeline(task: dict[str, Any], submitted: float) -> dict[str, float]:
+    """Where a rollout's time went, from the master's per-target timestamps (seconds after
+    the submit): dispatches published, scripts started (agent clock, same machine), results."""
+
+    def spread(name: str) -> dict[str, float]:
+        values = sorted(t[name] - submitted for t in task["targets"].values() if t.get(name) is not None)
+        if not values:
+            return {}
+        return {"first": round(values[0], 3), "p50": round(values[len(values) // 2], 3), "last": round(values[-1], 3)}
+
+    return {
+        "dispatched": spread("dispatched_at"),
+        "started": spread("started_at"),
+        "finished": spread("finished_at"),
+        "task_finished": round(task["finished_at"] - submitted, 3) if task.get("finished_at") else None,
+    }
 
 
 def scenario_2(ctx: Context) -> Outcome:
@@ -128,7 +185,7 @@ def scenario_2(ctx: Context) -> Outcome:
             with BenchClient(ctx.broker.url, prefix) as client:
                 pids = {"master": master.pid, "worker0": fleet.pids[0]}
                 with ctx.profiled(o, f"fanout-{size}", pids if size == sizes[-1] else {}):
-                    seconds = _fanout(client, fleet.ids, o, timeout=max(60, size / 20))
+                    seconds = _fanout(client, fleet.ids, o, max(60, size / 20), master, f"timeline_{size}", cpu_of(ctx, master, fleet))
             _runs_check(fleet, size, o)
             o.metrics[f"agents_{size}"] = {
                 "seconds": round(seconds, 3),
@@ -204,7 +261,7 @@ def scenario_4(ctx: Context) -> Outcome:
                 o.problems.append(f"master sees {o.metrics['online_after_watch']} of {size} agents online")
             with BenchClient(ctx.broker.url, prefix) as client:
                 with ctx.profiled(o, "fanout", {"master": master.pid, "worker0": fleet.pids[0]}):
-                    seconds = _fanout(client, fleet.ids, o, timeout=300)
+                    seconds = _fanout(client, fleet.ids, o, 300, master, cpu_of=cpu_of(ctx, master, fleet))
             _runs_check(fleet, size, o)
             o.metrics["fanout_seconds"] = round(seconds, 3)
             o.metrics["master_after_fanout_rss_mb"] = watch.summary()["rss_end_mb"]
