@@ -63,7 +63,8 @@ def port_free(port: int) -> bool:
 
 
 def pick_port(preferred: int) -> int:
-    return preferred if port_free(preferred) else free_port()
+    """``preferred`` when it is free, else (or for 0) any free loopback port."""
+    return preferred if preferred and port_free(preferred) else free_port()
 
 
 @dataclass
@@ -165,8 +166,8 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
 
 def run_sample(url: str) -> int:
     """The sample rollout through the real CLI, on this terminal (live progress)."""
-    argv = [*cli_argv(), "--master", url, "run", "-t", "all", "--parallel", "2", "-c", SAMPLE_SCRIPT]
-    print(f"$ mschedule run -t all --parallel 2 -c '{SAMPLE_SCRIPT}'", flush=True)
+    argv = [*cli_argv(), "--master", url, "run", "-t", "all", "--parallel", "2", "--show-output", "-c", SAMPLE_SCRIPT]
+    print(f"$ mschedule run -t all --parallel 2 --show-output -c '{SAMPLE_SCRIPT}'", flush=True)
     return subprocess.run(argv, env={**os.environ, "MSCHEDULE_MASTER": url}, timeout=300).returncode
 
 

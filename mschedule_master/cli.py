@@ -382,7 +382,7 @@ def cmd_run(client: Client, args, console: Console) -> int:
         console.print(f"task [bold]{task['id']}[/] submitted to {n} target{'s' if n != 1 else ''} "
                       f"(parallel {task['parallel']})", highlight=False)  # fmt: skip
     task = follow(client, task["id"], console, show=not args.json)
-    return finish(task, console, args.json)
+    return finish(task, console, args.json, all_output=args.show_output)
 
 
 def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dict[str, Any]:
@@ -501,14 +501,14 @@ class _LineView:
         pass
 
 
-def finish(task: dict[str, Any], console: Console, as_json: bool) -> int:
+def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output: bool = False) -> int:
     status = EXIT_OK if task["state"] == "SUCCEED" else EXIT_TASK_FAILED
     if as_json:
         print(json.dumps(task, indent=2))
         return status
     console.print(targets_table(task))
     for agent_id, t in sorted(task.get("targets", {}).items()):
-        if t["state"] == "SUCCEED":
+        if t["state"] == "SUCCEED" and not all_output:
             continue
         out, err = target_output(t, "stdout"), target_output(t, "stderr")
         if not (out or err or t.get("reason")):
@@ -616,6 +616,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default="")
     r.add_argument("--env", action="append", metavar="KEY=VALUE")
     r.add_argument("--cwd")
+    r.add_argument("--show-output", action="store_true", help="print every target's output at the end, not only "
+                   "the failed ones")
     r.add_argument("--no-wait", action="store_true", help="print the task id and return")
     r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
     r.set_defaults(fn=cmd_run)

@@ -227,7 +227,7 @@ async function loadAgents() {
 }
 
 function showPicked() {
-  const names = state.agents.filter((a) => state.checked.has(a.id)).map((a) => a.hostname);
+  const names = state.agents.filter((a) => state.checked.has(a.id)).map((a) => `${a.hostname} (${a.id.slice(0, 8)})`);
   $("#picked").textContent = names.length ? `checked: ${names.join(", ")}` : "";
 }
 

@@ -1,0 +1,136 @@
+"""The web page in Debian's headless Chromium (Playwright), against a real master,
+broker and agents: submit a task from the page, watch it finish, see its output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        if IN_CI:
+            pytest.fail("chromium is not installed; CI must run the browser test (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip("the playwright package is not installed")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                               args=CHROMIUM_ARGS, headless=True)  # fmt: skip
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    p.set_default_timeout(30_000)
+    p.expected_errors = []  # substrings of console errors a test provokes on purpose
+    try:
+        yield p
+        unexpected = [e for e in errors if not any(x in e for x in p.expected_errors)]
+        assert unexpected == [], unexpected
+    finally:
+        context.close()
+
+
+def test_submit_from_the_page_and_see_output(ui_fleet, page, artifacts_dir):
+    page.goto(ui_fleet.url + "/")
+    fleet_rows = page.locator("#fleet tbody tr")
+    fleet_rows.nth(2).wait_for()
+    assert fleet_rows.count() == 3
+    assert page.locator("#fleet tbody").inner_text().count("online") == 3
+    assert "role=db" in page.locator("#fleet").inner_text()
+    page.locator("#live.on").wait_for()  # the event stream is connected
+
+    # Targets: two checked agents (the role=web ones) plus a selector for the third.
+    web_rows = page.locator("#fleet tbody tr", has_text="role=web")
+    for i in range(2):
+        web_rows.nth(i).locator("input.agent-check").check()
+    page.fill("#selectors", "role=db")
+    page.fill("#script", "echo from-the-browser-$((40+2))\necho warn >&2\nuname -s")
+    page.fill("#parallel", "2")
+    page.fill("#timeout", "60")
+    page.fill("#name", "browser test")
+    page.click("#submit")
+
+    page.wait_for_url("**/#/task/*")
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    targets = page.locator("#targets tbody tr[data-agent]")
+    assert targets.count() == 3
+    assert page.locator("#targets tbody tr[data-state=SUCCEED]").count() == 3
+    outputs = page.locator("#targets pre.output")
+    assert outputs.count() == 3
+    for i in range(3):
+        text = outputs.nth(i).inner_text()
+        assert "from-the-browser-42" in text and "Linux" in text and "warn" in text
+    assert page.locator("#targets td.exit").all_inner_texts() == ["0", "0", "0"]
+    assert "3 succeeded" in page.locator("#task-counts").inner_text()
+    assert page.locator("#kill").is_disabled()
+    page.screenshot(path=str(artifacts_dir / "ui-task-page.png"), full_page=True)
+
+    # Back on the home page the task is listed as succeeded.
+    page.click("a.button:has-text('Back')")
+    row = page.locator("#tasks tbody tr", has_text="browser test")
+    row.locator("[data-state=SUCCEED]").wait_for()
+    page.screenshot(path=str(artifacts_dir / "ui-home.png"), full_page=True)
+
+
+def test_kill_button_stops_a_running_task(ui_fleet, page, artifacts_dir):
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=web")
+    page.fill("#script", "sleep 120")
+    page.click("#submit")
+    page.wait_for_url("**/#/task/*")
+    page.locator("#targets tbody tr[data-state=RUNNING]").first.wait_for()
+    page.once("dialog", lambda d: d.accept())
+    page.click("#kill")
+    page.locator("#task-state[data-state=KILLED]").wait_for(timeout=60_000)
+    assert page.locator("#targets tbody tr[data-state=KILLED]").count() == 1
+    assert page.locator("#kill").is_disabled()
+
+
+def test_bad_submission_shows_the_field(ui_fleet, page):
+    page.expected_errors.append("status of 400 (Bad Request)")
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=nosuch")
+    page.fill("#script", "true")
+    page.click("#submit")
+    err = page.locator("#submit-error")
+    err.wait_for()
+    assert "role=nosuch" in err.inner_text()
+    page.fill("#selectors", "all")
+    page.fill("#parallel", "0")
+    page.click("#submit")
+    page.locator("#parallel.invalid").wait_for()
+    assert "parallel" in err.inner_text()
+    assert "#/task/" not in page.url

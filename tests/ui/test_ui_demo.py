@@ -1,0 +1,76 @@
+"""`make demo` (python -m harness.demo) as a new user runs it: a broker, a master, three
+agents, the sample rollout through the CLI, then every process it started stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.broker import mosquitto_binary
+from harness.procs import ROOT
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (the demo's workdir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{proc.name}: {cmd}")
+    return found
+
+
+def demo(workdir: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "harness.demo", "--workdir", str(workdir), "--http-port", "0", "--broker-port", "0"]
+    return subprocess.Popen([*argv, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker):
+    assert mosquitto_binary()  # (the broker fixture fails/skips without one)
+    p = demo(tmp_path / "demo", "--once")
+    try:
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    text = out.decode(errors="replace")
+    assert p.returncode == 0, text
+    assert "mschedule run -t all --parallel 2 --show-output -c 'uname -a; uptime'" in text
+    assert "submitted to 3 targets (parallel 2)" in text, text
+    assert "3/3 done - 3 succeeded, 0 failed" in text, text
+    assert text.count("load average") == 3, text  # every agent's uptime
+    assert "Dashboard:  http://127.0.0.1:" in text and "mosquitto_pub -p" in text
+    assert "demo: stopped." in text
+    assert processes_mentioning(str(tmp_path / "demo")) == []
+
+
+def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker):
+    p = demo(tmp_path / "demo")
+    seen = b""
+    try:
+        for _ in range(200):
+            line = p.stdout.readline()
+            seen += line
+            if b"press Ctrl-C" in line or not line:
+                break
+        assert b"press Ctrl-C" in seen, seen.decode(errors="replace")
+        assert len(processes_mentioning(str(tmp_path / "demo"))) >= 5  # broker, master, 3 agents
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    assert p.returncode == 0
+    assert b"demo: stopped." in out
+    assert processes_mentioning(str(tmp_path / "demo")) == []
