@@ -8,7 +8,8 @@
     finally:
         agent.stop()              # SIGTERM: clean offline; agent.kill9() simulates a crash
 
-Extra keyword arguments become flags: ``max_tasks=2`` -> ``--max-tasks 2``. ``workdir``
+Extra keyword arguments become flags: ``max_tasks=2`` -> ``--max-tasks 2`` (keep
+``log_level`` at INFO or DEBUG: the wait looks for an INFO line). ``workdir``
 is the agent's state directory (its id, ledger and log live there): starting an agent
 again on the same ``workdir`` restarts the same agent (same id, same ledger).
 """

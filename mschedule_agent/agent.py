@@ -92,6 +92,7 @@ class Agent:
         self.started_at = now()
         self._lock = threading.RLock()
         self._queue: deque[str] = deque()
+        self._tasks: dict[str, Task] = {}  # decoded queued tasks (saves a ledger read per start)
         self._running: dict[str, Run] = {}
         self._sent_at: dict[str, float] = {}
         self._stopping = False
@@ -297,6 +298,7 @@ class Agent:
             if entry is None:
                 self.ledger.insert(task.id, LedgerState.ACCEPTED, now=now, task=msg.payload)
                 self._queue.append(task.id)
+                self._tasks[task.id] = task
         msg.ack()
         if entry is not None:
             self._answer_duplicate(entry)
@@ -351,6 +353,7 @@ class Agent:
                     self.ledger.finish(kill.id, result, now=self._now())
                     if kill.id in self._queue:
                         self._queue.remove(kill.id)
+                    self._tasks.pop(kill.id, None)
                 log.info("task_id=%s killed before it ran (%s)", kill.id, "unknown" if entry is None else "queued")
                 self._sent_at[kill.id] = self._now()
                 self._publish(self._results_topic, result)
@@ -383,10 +386,12 @@ class Agent:
                     log.exception("cannot start task_id=%s", task_id)
 
     def _start(self, task_id: str) -> None:
-        entry = self.ledger.get(task_id)
-        if entry is None or entry.state is not LedgerState.ACCEPTED or entry.task is None:
-            return
-        task = decode_as(entry.task, Task)
+        task = self._tasks.pop(task_id, None)
+        if task is None:  # queued before a restart: read it back
+            entry = self.ledger.get(task_id)
+            if entry is None or entry.state is not LedgerState.ACCEPTED or entry.task is None:
+                return
+            task = decode_as(entry.task, Task)
         self.ledger.mark_running(task_id, now=self._now())  # durable before the process exists
         spec = RunSpec(
             task_id=task.id,
@@ -428,7 +433,9 @@ class Agent:
         data = encode(result)
         try:
             with self._lock:
-                self.ledger.finish(task_id, data, now=self._now())
+                # Not fsynced: a power cut before the next durable commit leaves it RUNNING,
+                # i.e. reported INTERRUPTED after the reboot; never run twice either way.
+                self.ledger.finish(task_id, data, now=self._now(), durable=False)
                 self._sent_at[task_id] = self._now()
         finally:
             with self._lock:

@@ -96,16 +96,27 @@ class Ledger:
                 raise LedgerError(f"ledger {self.path} has schema version {version}, expected {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: begins, commits on success, rolls back on error."""
+    def db(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: begins, commits on success, rolls back on error.
+
+        ``durable`` (the default) fsyncs the commit (synchronous=FULL): it survives a
+        power cut. ``durable=False`` survives a crash of the agent, not of the machine;
+        used only where losing the change is harmless (the next durable commit carries
+        it to disk anyway)."""
         with self._lock:
-            self._db.execute("begin immediate")
+            if not durable:
+                self._db.execute("pragma synchronous=normal")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("rollback")
-                raise
-            self._db.execute("commit")
+                self._db.execute("begin immediate")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("rollback")
+                    raise
+                self._db.execute("commit")
+            finally:
+                if not durable:
+                    self._db.execute("pragma synchronous=full")
 
     def close(self) -> None:
         with self._lock:
@@ -151,13 +162,17 @@ class Ledger:
     def mark_running(self, task_id: str, *, now: float) -> None:
         self._move(task_id, LedgerState.RUNNING, "started_at = ?", (now,))
 
-    def finish(self, task_id: str, result: bytes, *, now: float) -> None:
-        """Store the result in the outbox and drop the task's script."""
-        self._move(task_id, LedgerState.DONE, "finished_at = ?, result = ?, task = null", (now, result))
+    def finish(self, task_id: str, result: bytes, *, now: float, durable: bool = True) -> None:
+        """Store the result in the outbox and drop the task's script.
+
+        A non-durable finish lost to a power cut leaves the task RUNNING: reported
+        INTERRUPTED after the reboot, never run again."""
+        self._move(task_id, LedgerState.DONE, "finished_at = ?, result = ?, task = null", (now, result), durable)
 
     def ack_result(self, task_id: str) -> bool:
-        """The master stored the result: forget the output, keep the id. True if it was pending."""
-        with self.db() as c:
+        """The master stored the result: forget the output, keep the id. True if it was pending.
+        Not fsynced: if a power cut loses it, the result is only sent once more."""
+        with self.db(durable=False) as c:
             cur = c.execute(
                 "update tasks set result_acked = 1, result = null where id = ? and result is not null and result_acked = 0",
                 (task_id,),
@@ -177,8 +192,8 @@ class Ledger:
             )
             return cur.rowcount
 
-    def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple) -> None:
-        with self.db() as c:
+    def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple, durable: bool = True) -> None:
+        with self.db(durable=durable) as c:
             row = c.execute("select state from tasks where id = ?", (task_id,)).fetchone()
             if row is None:
                 raise LedgerError(f"task {task_id} is not in the ledger")

@@ -256,7 +256,9 @@ def test_huge_and_binary_output_is_capped_and_agent_memory_stays_bounded(agent, 
     assert r.state == "SUCCEED" and r.output_truncated and r.output_bytes == 104857600
     assert len(r.output) == 1024 * 1024 and set(r.output) == {ord("z")}
     assert r.stderr_truncated and r.stderr_bytes == 3000006 and r.stderr.startswith(b"\xff\xfetail")
-    assert vm_hwm_kib(agent.pid) < 90 * 1024  # a 100 MB stream never sat in the agent's memory
+    hwm = vm_hwm_kib(agent.pid)
+    print(f"agent VmHWM after a 100 MB stream: {hwm / 1024:.1f} MB")
+    assert hwm < 90 * 1024, f"agent peak RSS {hwm} KiB"  # a 100 MB stream never sat in the agent's memory
 
 
 BAD = [
