@@ -88,9 +88,25 @@ def agent_json(a: Agent) -> dict[str, Any]:
     }
 
 
-def target_json(t: Target) -> dict[str, Any]:
-    out, out_enc = encode_output(t.stdout)
-    err, err_enc = encode_output(t.stderr)
+def clip(data: bytes, limit: int | None) -> tuple[bytes, bool]:
+    """The last ``limit`` bytes (the end of a script's output says most), without a
+    split UTF-8 character at the cut; and whether anything was cut."""
+    if limit is None or len(data) <= limit:
+        return data, False
+    tail = data[len(data) - limit :] if limit else b""
+    for _ in range(3):
+        if tail and 0x80 <= tail[0] <= 0xBF:
+            tail = tail[1:]
+    return tail, True
+
+
+def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
+    """One target; ``max_output`` keeps only the last N bytes of each stream
+    (``output_clipped``/``stderr_clipped`` say so; the output route has it all)."""
+    stdout, out_clipped = clip(t.stdout, max_output)
+    stderr, err_clipped = clip(t.stderr, max_output)
+    out, out_enc = encode_output(stdout)
+    err, err_enc = encode_output(stderr)
     duration = None
     if t.started_at is not None and t.finished_at is not None:
         duration = max(0.0, t.finished_at - t.started_at)
@@ -110,14 +126,16 @@ def target_json(t: Target) -> dict[str, Any]:
         "output_encoding": out_enc,
         "output_bytes": t.stdout_bytes,
         "output_truncated": t.stdout_truncated,
+        "output_clipped": out_clipped,
         "stderr": err,
         "stderr_encoding": err_enc,
         "stderr_bytes": t.stderr_bytes,
         "stderr_truncated": t.stderr_truncated,
+        "stderr_clipped": err_clipped,
     }
 
 
-def task_json(t: Task, *, with_script: bool = True) -> dict[str, Any]:
+def task_json(t: Task, *, with_script: bool = True, max_output: int | None = None) -> dict[str, Any]:
     """The task; listings leave out the script (up to 4 MiB each)."""
     doc: dict[str, Any] = {
         "id": t.id,
@@ -142,7 +160,7 @@ def task_json(t: Task, *, with_script: bool = True) -> dict[str, Any]:
     if with_script:
         doc["script"], doc["script_encoding"] = encode_output(t.script)
     if t.targets is not None:
-        doc["targets"] = {x.agent_id: target_json(x) for x in t.targets}
+        doc["targets"] = {x.agent_id: target_json(x, max_output=max_output) for x in t.targets}
     return doc
 
 
@@ -269,7 +287,9 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 async def get_task(request: web.Request) -> web.Response:
     service = service_of(request)
-    return json_response(task_json(with_hostnames(service, service.task(request.match_info["task_id"]))))
+    max_output = query_int(request, "max_output", -1, 0, 2**40)
+    task = with_hostnames(service, service.task(request.match_info["task_id"]))
+    return json_response(task_json(task, max_output=None if max_output < 0 else max_output))
 
 
 def with_hostnames(service: Service, task: Task) -> Task:

@@ -400,10 +400,10 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
     with view:
         while True:
             try:
-                task = client.get(f"/api/v1/tasks/{task_id}")
+                task = client.get(f"/api/v1/tasks/{quote(task_id)}", max_output=0)  # counts only: cheap
                 view.update(task)
                 if task["state"] in TASK_FINAL:
-                    return task
+                    return client.get(f"/api/v1/tasks/{quote(task_id)}")
                 watcher.changed.wait(POLL_INTERVAL)
                 watcher.changed.clear()
             except KeyboardInterrupt:

@@ -107,11 +107,13 @@ SCHEMAS: dict[str, Any] = {
             "output": {"type": "string", "description": "stdout, encoded as output_encoding says"},
             "output_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
             "output_bytes": {"type": "integer"},
-            "output_truncated": {"type": "boolean"},
+            "output_truncated": {"type": "boolean", "description": "the agent kept only head and tail"},
+            "output_clipped": {"type": "boolean", "description": "cut to max_output here"},
             "stderr": {"type": "string"},
             "stderr_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
             "stderr_bytes": {"type": "integer"},
             "stderr_truncated": {"type": "boolean"},
+            "stderr_clipped": {"type": "boolean"},
         },
     },
     "Task": {
@@ -233,7 +235,11 @@ PATHS: dict[str, Any] = {
     "/api/v1/tasks/{task_id}": {
         "get": {
             "summary": "One task with its limits, counts and targets (state, exit code, timings, output)",
-            "parameters": [_TASK_ID],
+            "parameters": [
+                _TASK_ID,
+                _query("max_output", {"type": "integer", "minimum": 0},
+                       "keep only the last N bytes of each target's stdout and stderr (default: all)"),
+            ],
             "responses": {"200": _json(_ref("Task"), "the task"), "401": _UNAUTH, "404": _err("unknown task")},
         }
     },

@@ -10,6 +10,7 @@ const GOOD = new Set(["SUCCEED"]);
 const BAD = new Set(["FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"]);
 const ACTIVE = new Set(["DISPATCHED", "RUNNING"]);
 const FALLBACK_POLL_MS = 5000;
+const MAX_OUTPUT = 65536; // bytes of each stream shown per target; the output route has the rest
 
 const $ = (sel) => document.querySelector(sel);
 const state = { agents: [], checked: new Set(), route: null, taskId: null, refreshTimer: null };
@@ -302,7 +303,7 @@ async function loadTasks() {
 // ------------------------------------------------------------------ task page
 
 async function loadTask(id) {
-  const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(id)}`);
+  const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(id)}?max_output=${MAX_OUTPUT}`);
   if (state.route !== "task" || state.taskId !== id) return;
   $("#task-id").textContent = t.id;
   $("#task-state").replaceWith(Object.assign(badge(t.state), { id: "task-state" }));
@@ -342,9 +343,15 @@ function targetRows(x, open) {
     h("td", { class: "muted small" }, `${x.output_bytes} B out, ${x.stderr_bytes} B err`));
   if (!out && !err) return [row];
   const pre = h("pre", { class: "output" }, out);
-  if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[output truncated]"));
+  if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[the agent kept only the head and tail]"));
   if (err) pre.append(h("span", { class: "stderr" }, (out && !out.endsWith("\n") ? "\n" : "") + err));
-  const details = h("details", { "data-agent": x.agent_id }, h("summary", {}, "output"), pre);
+  const raw = `/api/v1/tasks/${encodeURIComponent(state.taskId)}/targets/${encodeURIComponent(x.agent_id)}/output`;
+  const clipped = x.output_clipped || x.stderr_clipped
+    ? h("div", { class: "muted small" }, `showing the last ${MAX_OUTPUT / 1024} KiB of each stream — full `,
+        h("a", { href: raw, target: "_blank" }, "stdout"), " / ",
+        h("a", { href: `${raw}?stream=stderr`, target: "_blank" }, "stderr"))
+    : null;
+  const details = h("details", { "data-agent": x.agent_id }, h("summary", {}, "output"), clipped, pre);
   details.open = open.has(x.agent_id) || out.length + err.length < 4000;
   return [row, h("tr", { class: "output-row" }, h("td", { colspan: 7 }, details))];
 }

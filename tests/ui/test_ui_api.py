@@ -456,3 +456,36 @@ def test_start_http_serves_with_token(fake_service):
             await runner.cleanup()
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("data", "limit", "expected", "clipped"),
+    [
+        (b"hello", None, b"hello", False),
+        (b"hello", 5, b"hello", False),
+        (b"hello", 3, b"llo", True),
+        (b"hello", 0, b"", True),
+        ("aé".encode(), 1, b"", True),  # never half a UTF-8 character
+        ("xé€".encode(), 4, "€".encode(), True),
+    ],
+)
+def test_clip_keeps_the_tail_on_a_character_boundary(data, limit, expected, clipped):
+    assert api.clip(data, limit) == (expected, clipped)
+
+
+def test_task_detail_max_output_keeps_the_tail(fake_service):
+    async def go():
+        async with client(fake_service) as c:
+            task_id = (await (await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": ["web1"]})).json())["id"]
+            fake_service.set_target(task_id, "web1", TargetState.SUCCEED, code=0, stdout=b"0123456789",
+                                    stderr=b"ab", stdout_bytes=10, stderr_bytes=2)  # fmt: skip
+            t = (await (await c.get(f"/api/v1/tasks/{task_id}?max_output=4")).json())["targets"]["web1"]
+            assert (t["output"], t["output_clipped"], t["stderr"], t["stderr_clipped"]) == ("6789", True, "ab", False)
+            t = (await (await c.get(f"/api/v1/tasks/{task_id}?max_output=0")).json())["targets"]["web1"]
+            assert t["output"] == "" and t["output_bytes"] == 10
+            t = (await (await c.get(f"/api/v1/tasks/{task_id}")).json())["targets"]["web1"]
+            assert t["output"] == "0123456789" and not t["output_clipped"]
+            r = await c.get(f"/api/v1/tasks/{task_id}?max_output=-3")
+            assert r.status == 400 and (await r.json())["field"] == "max_output"
+
+    run(go())
