@@ -42,6 +42,22 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def _smaps(pid: int) -> dict[str, int]:
+    """Pss and private (USS) memory in KiB: RSS counts shared libraries (libssl, libpython)
+    in full, though every process on the machine shares them."""
+    out = {"Pss": 0, "Private": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "Pss":
+                out["Pss"] = int(value.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["Private"] += int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
@@ -53,7 +69,10 @@ def idle(pid: int, seconds: float) -> dict[str, float]:
     time.sleep(seconds)  # the measurement window itself
     cpu1, t1 = _cpu_seconds(pid), time.monotonic()
     st = _proc_status(pid)
+    sm = _smaps(pid)
     return {
+        "pss_mb": round(sm["Pss"] / 1024, 1),
+        "private_mb": round(sm["Private"] / 1024, 1),
         "seconds": round(t1 - t0, 1),
         "rss_mb": round(st["VmRSS"] / 1024, 1),
         "hwm_mb": round(st["VmHWM"] / 1024, 1),
@@ -151,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             broker.stop()
     i, t = res["idle"], res["true"]
-    print(f"agent idle over {i['seconds']} s: RSS {i['rss_mb']} MB (peak {i['hwm_mb']} MB), CPU {i['cpu_percent']} %")
+    print(f"agent idle over {i['seconds']} s: RSS {i['rss_mb']} MB (peak {i['hwm_mb']} MB, PSS {i['pss_mb']} MB, "
+          f"private {i['private_mb']} MB), CPU {i['cpu_percent']} %")
     print(f"`true` x{t['tasks']}: publish->ack p50 {t['publish_to_ack_ms_p50']} ms; ack->result p50 "
           f"{t['ack_to_result_ms_p50']} ms (p90 {t['ack_to_result_ms_p90']} ms); bare spawn p50 "
           f"{t['bare_spawn_ms_p50']} ms; agent overhead p50 {t['overhead_ms_p50']} ms; agent peak RSS "
