@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 2000
 #: The timer wakes at least this often (seconds).
 TICK_MAX = 0.5
-#: How long to look for another master's retained status before connecting.
-PROBE_SECONDS = 1.0
+#: How long to look for another master's retained status before connecting, at most.
+PROBE_SECONDS = 5.0
 
 
 class _Formatter(logging.Formatter):
@@ -98,19 +98,28 @@ def _status_payload(state: str, instance: str, client_id: str) -> bytes:
 
 
 def probe_other_master(settings: config.Settings, topics: Topics, instance: str) -> dict | None:
-    """The retained status of another master online on this broker and prefix, if any."""
+    """The retained status of another master online on this broker and prefix, if any.
+
+    Retained messages arrive right after a subscription; a ping published after it comes
+    back after them, so its arrival ends the wait.
+    """
     found: list[bytes] = []
-    got = threading.Event()
+    pinged = threading.Event()
+    status_topic = master_status_topic(topics)
+    ping_topic = f"{topics.prefix}/master/probe/{instance}"
 
     def on_message(msg: Incoming) -> None:
-        found.append(msg.payload)
-        got.set()
+        if msg.topic == ping_topic:
+            pinged.set()
+        else:
+            found.append(msg.payload)
 
     probe = MqttTransport(
         settings.broker,
         client_id=f"{settings.client_id}-probe-{instance[:8]}",
-        subscriptions=[(master_status_topic(topics), 1)],
+        subscriptions=[(status_topic, 1), (ping_topic, 1)],
         on_message=on_message,
+        on_connect=lambda _sp: probe.publish(ping_topic, b"ping", qos=1),
         clean_start=True,
         session_expiry=0,
         manual_ack=False,
@@ -121,8 +130,8 @@ def probe_other_master(settings: config.Settings, topics: Topics, instance: str)
         log.warning("could not look for another master (%s); carrying on", e)
         return None
     try:
-        probe.wait_connected(10)
-        got.wait(PROBE_SECONDS)
+        if not pinged.wait(PROBE_SECONDS):
+            log.warning("no answer from the broker within %.0f s while looking for another master", PROBE_SECONDS)
     finally:
         probe.stop(timeout=1)
     for payload in found:
@@ -154,7 +163,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
 
-        other = await self._loop.run_in_executor(None, probe_other_master, s, self.topics, self.instance)
+        finished, other = await self._unless_stopped(probe_other_master, s, self.topics, self.instance)
+        if not finished:
+            log.info("stopped before the broker could be reached")
+            return 0
         if other is not None:
             log.error(
                 "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix; "
@@ -189,7 +201,10 @@ class Daemon:
 
         runner = None
         try:
-            await self._loop.run_in_executor(None, transport.start)
+            connected, _ = await self._unless_stopped(transport.start)
+            if not connected:
+                log.info("stopped before the broker could be reached")
+                return self.exit_code
             if s.http_address is not None:
                 from . import api
 
@@ -205,9 +220,35 @@ class Daemon:
             self._drain()
             self.service.flush_agents()
             offline = _status_payload("offline", self.instance, s.client_id)
-            await self._loop.run_in_executor(None, lambda: transport.stop(final=[(status_topic, offline, True)]))
+            final = [(status_topic, offline, True)] if transport.is_connected() else []
+            await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
             store.close()
         return self.exit_code
+
+    async def _unless_stopped(self, fn, *args):
+        """Run blocking ``fn(*args)`` in a daemon thread; return ``(True, result)``, or
+        ``(False, None)`` when SIGTERM comes first (the thread is abandoned)."""
+        assert self._loop is not None and self._stop is not None
+        loop = self._loop
+        done: asyncio.Future = loop.create_future()
+
+        def call() -> None:
+            try:
+                outcome = (fn(*args), None)
+            except Exception as e:  # handed to the loop, which raises it
+                outcome = (None, e)
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
+
+        threading.Thread(target=call, name=getattr(fn, "__name__", "blocking"), daemon=True).start()
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            return False, None
+        stopping.cancel()
+        result, error = done.result()
+        if error is not None:
+            raise error
+        return True, result
 
     def _publish_status(self, transport: MqttTransport, topic: str) -> None:
         payload = _status_payload("online", self.instance, self.settings.client_id)

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: Reject codes -> the target's final state (anything else: REJECTED).
 REJECT_STATES = {"expired": TargetState.UNREACHABLE, "killed": TargetState.KILLED}
 
+#: At start-up, summaries of tasks that ended this recently (seconds) are published again.
+SUMMARY_REPUBLISH_WINDOW = 3600.0
+
 Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
 
 
@@ -248,7 +251,19 @@ class Engine:
             now = self.clock()
             for st in stored:
                 self.guarded(f"restore of task {st.task.id}", self._restore_one, st, now)
+            self._announce_recent_ends(now)
         return len(stored)
+
+    def _announce_recent_ends(self, now: float) -> None:
+        """Tell watchers again how recently finished tasks ended: a crash between the final
+        commit and the summary's publication would otherwise leave no summary."""
+        for task_id in self.store.finished_since(now - SUMMARY_REPUBLISH_WINDOW):
+            task = self.store.get_task(task_id, with_targets=False)
+            if task is None:
+                continue
+            data = {"state": task.state.value, "old": task.state.value, "reason": task.reason, "counts": task.counts}
+            data["targets"] = self.store.target_states(task_id)
+            self.emit("task", task_id, data)
 
     def _restore_one(self, st: StoredTask, now: float) -> None:
         rollout = Rollout.restore(

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 BRIDGE_STATE_PREFIX = "$SYS/broker/connection/"
 BRIDGE_STATE_TOPIC = "$SYS/broker/connection/+/state"
 
+#: Look for stale heartbeats this often (seconds): O(agents) each time.
+SWEEP_INTERVAL = 1.0
+
 
 class MasterService:
     def __init__(
@@ -51,6 +54,7 @@ class MasterService:
         self.flush_interval = flush_interval
         self.submissions = SubmitHandler(engine, topics)
         self._last_flush = 0.0
+        self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ models.Service
     def submit(self, spec: Any) -> models.Task:
@@ -112,8 +116,10 @@ class MasterService:
         """Timers: rollout deadlines, stale heartbeats, lazy persistence of agents."""
         now = self.clock()
         self.engine.tick()
-        for change in self.registry.sweep(now):
-            self._agent_changed(change)
+        if now - self._last_sweep >= SWEEP_INTERVAL:
+            self._last_sweep = now
+            for change in self.registry.sweep(now):
+                self._agent_changed(change)
         if now - self._last_flush >= self.flush_interval:
             self.flush_agents()
 

@@ -257,6 +257,10 @@ class Store:
         )
         return [r[0] for r in rows]
 
+    def finished_since(self, ts: float) -> list[str]:
+        rows = self._conn.execute("select id from tasks where finished_at >= ? order by finished_at", (ts,))
+        return [r[0] for r in rows]
+
     def load_unfinished(self) -> list[StoredTask]:
         out = []
         for task_id in self.unfinished_task_ids():

@@ -91,7 +91,7 @@ def test_stale_heartbeats_take_an_agent_offline_after_three_intervals(rig):
     rig.register("a1")  # heartbeat interval 1 s
     rig.tick(2.9)
     assert rig.registry.is_online("a1")
-    rig.tick(0.2)
+    rig.tick(1.0)  # swept once a second
     assert not rig.registry.is_online("a1")
     hb = P.Heartbeat(id="a1", hostname="a1", ip=[], ts=rig.clock.now, interval=1.0)
     rig.feed(rig.incoming("test/agents/a1/heartbeat", hb))
@@ -260,4 +260,20 @@ def test_a_restarted_master_reloads_its_fleet_and_unfinished_tasks_and_carries_o
     _result(second, task_id, "a3")
     task = second.store.get_task(task_id)
     assert task.state is TaskState.SUCCEED and task.counts == {"SUCCEED": 3}
+    second.store.close()
+
+
+def test_a_restart_publishes_recent_summaries_again(tmp_path, rig_factory):
+    db = tmp_path / "m.db"
+    first = rig_factory(db)
+    first.register("a1")
+    task_id = first.submit(["a1"]).task_id
+    _result(first, task_id, "a1")
+    first.store.close()
+    second = rig_factory(db)
+    second.clock.now = first.clock.now + 10
+    assert second.engine.restore() == 0
+    ((topic, summary),) = second.sent("summary")
+    assert topic == f"test/tasks/{task_id}/summary" and summary.state == "SUCCEED"
+    assert summary.targets == {"a1": {"state": "SUCCEED", "code": 0}}
     second.store.close()

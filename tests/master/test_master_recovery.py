@@ -114,3 +114,24 @@ def test_a_second_master_on_the_same_database_or_client_id_refuses_to_start(brok
         assert first.running()
     finally:
         first.stop()
+
+
+def test_sigterm_stops_the_master_cleanly_and_it_says_it_is_offline(broker, prefix, tmp_path):
+    from harness.mqtt import Collector
+
+    master = start_master(tmp_path / "m", broker.url, prefix)
+    assert master.stop() == 0
+    assert "shutting down" in master.log()
+    with Collector(broker.url, [f"{prefix}/master/status"]) as c:
+        (msg,) = c.wait_for(lambda m: m.retain, 10)
+        assert b'"offline"' in msg.payload
+
+
+def test_sigterm_stops_a_master_that_cannot_reach_its_broker(prefix, tmp_path):
+    from harness.broker import free_port
+
+    master = start_master(tmp_path / "m", f"mqtt://127.0.0.1:{free_port()}", prefix, wait=False)
+    try:
+        wait_until(lambda: "cannot reach broker" in master.log(), 20, what="a connection attempt")
+    finally:
+        assert master.stop(timeout=5) == 0
