@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 RESEND_BATCH = 200
 #: Seconds between two scans of the outbox (when nothing forces one sooner).
 OUTBOX_SCAN = 1.0
+#: A result copy not PUBACKed after this many resend intervals is sent again anyway.
+STUCK_RESENDS = 12
 #: Seconds between two prunes of old ids from the ledger.
 PRUNE_EVERY = 3600.0
 
@@ -95,6 +97,7 @@ class Agent:
         self._tasks: dict[str, Task] = {}  # decoded queued tasks (saves a ledger read per start)
         self._running: dict[str, Run] = {}
         self._sent_at: dict[str, float] = {}
+        self._inflight: dict[str, Any] = {}  # task id -> Publication of the last result sent
         self._stopping = False
         self._resend_all = False
         self._online_logged = False
@@ -223,13 +226,29 @@ class Agent:
             if sent >= RESEND_BATCH:
                 self._resend_all = everything  # finish on the next tick
                 break
-            if everything or now - self._sent_at.get(entry.id, 0.0) >= self.settings.resend:
-                if entry.result is not None:
-                    self._sent_at[entry.id] = now
-                    self._publish(self._results_topic, entry.result)
-                    sent += 1
+            if entry.result is None or not self._resend_due(entry.id, now, everything):
+                continue
+            self._send_result(entry.id, entry.result, now)
+            sent += 1
         if sent:
             log.debug("re-sent %d result(s) awaiting result_ack", sent)
+
+    def _resend_due(self, task_id: str, now: float, everything: bool) -> bool:
+        """Due after ``resend`` seconds (or at a reconnect), unless the last copy still
+        waits for its PUBACK: paho re-sends that one itself after a reconnect, and a
+        slow link must not pile up copies of a large result. A copy stuck for
+        STUCK_RESENDS intervals is sent again regardless."""
+        age = now - self._sent_at.get(task_id, float("-inf"))
+        if not everything and age < self.settings.resend:
+            return False
+        pub = self._inflight.get(task_id)
+        return pub is None or pub.wait(0) or age >= STUCK_RESENDS * self.settings.resend
+
+    def _send_result(self, task_id: str, data: bytes, now: float) -> None:
+        self._sent_at[task_id] = now
+        pub = self._publish(self._results_topic, data)
+        if pub is not None:
+            self._inflight[task_id] = pub
 
     def _tick_prune(self, now: float) -> None:
         if now < self._next_prune:
@@ -318,8 +337,7 @@ class Agent:
         ack = Ack(id=entry.id, agent_id=self.id, at=self._now(), state=entry.state.value, duplicate=True)
         self._publish(self._results_topic, encode(ack))
         if entry.result is not None and not entry.result_acked:
-            self._sent_at[entry.id] = self._now()
-            self._publish(self._results_topic, entry.result)
+            self._send_result(entry.id, entry.result, self._now())
 
     def _handle_control(self, msg: Incoming) -> None:
         try:
@@ -332,6 +350,7 @@ class Agent:
             if self.ledger.ack_result(ctl.id):
                 log.info("task_id=%s result acknowledged by the master", ctl.id)
             self._sent_at.pop(ctl.id, None)
+            self._inflight.pop(ctl.id, None)
         else:
             self._kill(ctl)
         msg.ack()
@@ -355,14 +374,13 @@ class Agent:
                         self._queue.remove(kill.id)
                     self._tasks.pop(kill.id, None)
                 log.info("task_id=%s killed before it ran (%s)", kill.id, "unknown" if entry is None else "queued")
-                self._sent_at[kill.id] = self._now()
-                self._publish(self._results_topic, result)
+                self._send_result(kill.id, result, self._now())
                 return
         # Already finished: report again what we know.
         if entry.state is LedgerState.EXPIRED:
             self._reject(entry.id, "expired", "arrived after its expires_at")
         elif entry.result is not None and not entry.result_acked:
-            self._publish(self._results_topic, entry.result)
+            self._send_result(entry.id, entry.result, self._now())
         else:
             log.info("kill for task_id=%s ignored: it finished and its result was acknowledged", kill.id)
 
@@ -436,12 +454,11 @@ class Agent:
                 # Not fsynced: a power cut before the next durable commit leaves it RUNNING,
                 # i.e. reported INTERRUPTED after the reboot; never run twice either way.
                 self.ledger.finish(task_id, data, now=self._now(), durable=False)
-                self._sent_at[task_id] = self._now()
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
         log.info("task_id=%s finished: %s code=%s", task_id, outcome.state, outcome.code)
-        self._publish(self._results_topic, data)
+        self._send_result(task_id, data, self._now())
         self._start_queued()
 
     # ------------------------------------------------------------------ publishing

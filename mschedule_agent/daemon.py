@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from . import config
 from .agent import Agent
-from .errors import AgentError, ConfigError, IdentityError
+from .errors import AgentError, ConfigError, IdentityError, LedgerError
 from .executor import Executor
 from .hostinfo import collect
 from .identity import load_or_create_id
@@ -54,12 +55,18 @@ def build(settings: config.Settings) -> Agent:
     """Everything the daemon runs, ready to connect. Raises AgentError on a bad setup."""
     agent_id = load_or_create_id(settings.id_path)
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    path = settings.state_dir / "ledger.sqlite3"
+    try:
+        ledger = Ledger(path)
+    except sqlite3.Error as e:
+        raise LedgerError(f"ledger {path} cannot be opened ({e}); move it aside to start afresh") from None
+    executor = Executor(tmp_dir=settings.state_dir / "run")
+    executor.clean_stale()
     return Agent(
         agent_id=agent_id,
         settings=settings,
         ledger=ledger,
-        executor=Executor(tmp_dir=settings.state_dir / "run"),
+        executor=executor,
         now=time.time,
         hostinfo=collect,
         transport_factory=make_transport,

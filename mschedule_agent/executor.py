@@ -80,6 +80,14 @@ class Executor:
         if self.tmp_dir:
             Path(self.tmp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    def clean_stale(self) -> None:
+        """Remove script directories a crashed agent left in ``tmp_dir`` (not shared:
+        call it only for an agent's own directory, before any run starts)."""
+        if not self.tmp_dir:
+            return
+        for p in Path(self.tmp_dir).glob("mschedule-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
     def start(
         self, spec: RunSpec, *, on_started: Callable[[int], None], on_done: Callable[[Outcome], None]
     ) -> Run:

@@ -244,3 +244,40 @@ def test_started_carries_the_pid(core):
     core.send_task("t1")
     started = [m for m in core.sent() if isinstance(m, Started)]
     assert started and started[0].pid == 42
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = False
+
+    def wait(self, timeout: float) -> bool:
+        return self.done
+
+
+def test_a_result_copy_awaiting_its_puback_is_not_piled_up(core):
+    from mschedule_agent.agent import STUCK_RESENDS
+
+    pubs = []
+    real = core.transport.publish
+
+    def publish(topic, payload, **kw):
+        real(topic, payload, **kw)
+        pubs.append(_Pending())
+        return pubs[-1]
+
+    core.transport.publish = publish
+    core.agent.on_connect(False)
+    core.agent.tick(core.clock.advance(0.1))
+    core.send_task("t1")
+    core.executor.runs[0].finish()
+    core.sent()
+    for _ in range(30):  # 30 s with the copy never PUBACKed: nothing more is sent
+        core.agent.tick(core.clock.advance(1.0))
+    assert not any(isinstance(m, Result) for m in core.sent())
+    for _ in range(STUCK_RESENDS * 5 - 30):  # ...until it counts as stuck
+        core.agent.tick(core.clock.advance(1.0))
+    assert sum(isinstance(m, Result) for m in core.sent()) == 1
+    pubs[-1].done = True  # PUBACKed: the normal interval applies again
+    for _ in range(6):
+        core.agent.tick(core.clock.advance(1.0))
+    assert sum(isinstance(m, Result) for m in core.sent()) == 1

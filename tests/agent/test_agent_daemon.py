@@ -336,3 +336,31 @@ def test_console_script_and_module_entry_points_show_help():
     for argv in ([sys.executable, "-m", "mschedule_agent", "--help"], [str(Path(sys.executable).parent / "mschedule-agent"), "--help"]):
         out = subprocess.run(argv, capture_output=True, timeout=30, check=True).stdout
         assert b"--max-tasks" in out and b"--broker" in out
+
+
+def test_sigterm_while_the_broker_is_unreachable_exits_cleanly(tmp_path):
+    from harness.broker import free_port
+
+    p = Proc.python("mschedule_agent", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "a"),
+                    log_path=tmp_path / "log")  # fmt: skip
+    p.start()
+    try:
+        assert p.wait_for_log("cannot reach broker", timeout=20)
+        p.proc.send_signal(signal.SIGTERM)
+        rc = p.proc.wait(20)
+    finally:
+        p.stop()
+    assert rc == 0 and "Traceback" not in p.log()
+
+
+def test_corrupt_ledger_stops_the_agent_with_exit_2_naming_the_file(tmp_path, broker):
+    state = tmp_path / "agent"
+    state.mkdir()
+    (state / "ledger.sqlite3").write_bytes(b"this is not a database" * 100)
+    p = Proc.python("mschedule_agent", "--broker", broker.url, "--state-dir", str(state), log_path=tmp_path / "log")
+    p.start()
+    try:
+        rc = p.proc.wait(20)
+    finally:
+        p.stop()
+    assert rc == 2 and str(state / "ledger.sqlite3") in p.log()
