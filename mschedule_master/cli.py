@@ -207,10 +207,12 @@ class EventWatcher:
 
 def bucket_counts(counts: dict[str, int]) -> dict[str, int]:
     """Target counts as the progress line shows them."""
-    out = {"succeeded": 0, "failed": 0, "running": 0, "waiting": 0, "cancelled": 0}
+    out = {"succeeded": 0, "failed": 0, "running": 0, "waiting": 0, "killed": 0, "cancelled": 0}
     for state, n in counts.items():
         if state in SUCCEEDED:
             out["succeeded"] += n
+        elif state == "KILLED":
+            out["killed"] += n
         elif state in FAILED:
             out["failed"] += n
         elif state in ACTIVE:
@@ -230,6 +232,8 @@ def counts_text(counts: dict[str, int], markup: bool = False) -> str:
         ("yellow", f"{b['running']} running"),
         ("", f"{b['waiting']} waiting"),
     ]
+    if b["killed"]:
+        parts.append(("magenta", f"{b['killed']} killed"))
     if b["cancelled"]:
         parts.append(("dim", f"{b['cancelled']} cancelled"))
     if not markup:
@@ -511,7 +515,7 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
         if t["state"] == "SUCCEED" and not all_output:
             continue
         out, err = target_output(t, "stdout"), target_output(t, "stderr")
-        if not (out or err or t.get("reason")):
+        if not (out or err) and (t["state"] == "CANCELLED" or not t.get("reason")):
             continue
         console.rule(f"{escape(agent_id)}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
         if t.get("reason"):

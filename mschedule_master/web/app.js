@@ -55,9 +55,10 @@ function badge(s) {
 }
 
 function buckets(counts) {
-  const b = { succeeded: 0, failed: 0, running: 0, waiting: 0, cancelled: 0 };
+  const b = { succeeded: 0, failed: 0, running: 0, waiting: 0, killed: 0, cancelled: 0 };
   for (const [s, n] of Object.entries(counts || {})) {
     if (GOOD.has(s)) b.succeeded += n;
+    else if (s === "KILLED") b.killed += n;
     else if (BAD.has(s)) b.failed += n;
     else if (ACTIVE.has(s)) b.running += n;
     else if (s === "CANCELLED") b.cancelled += n;
@@ -69,6 +70,7 @@ function buckets(counts) {
 function countsText(counts) {
   const b = buckets(counts);
   let t = `${b.succeeded} succeeded · ${b.failed} failed · ${b.running} running · ${b.waiting} waiting`;
+  if (b.killed) t += ` · ${b.killed} killed`;
   if (b.cancelled) t += ` · ${b.cancelled} cancelled`;
   return t;
 }
@@ -78,7 +80,8 @@ function bar(counts, total, el) {
   el = el || h("div", { class: "bar" });
   el.replaceChildren();
   const n = Math.max(total || 0, 1);
-  for (const [k, v] of [["good", b.succeeded], ["bad", b.failed], ["active", b.running], ["cancelled", b.cancelled]]) {
+  const parts = [["good", b.succeeded], ["bad", b.failed], ["killed", b.killed], ["active", b.running], ["cancelled", b.cancelled]];
+  for (const [k, v] of parts) {
     if (v) el.append(h("span", { class: k, style: `width:${(100 * v) / n}%` }));
   }
   return el;

@@ -134,3 +134,24 @@ def test_bad_submission_shows_the_field(ui_fleet, page):
     page.locator("#parallel.invalid").wait_for()
     assert "parallel" in err.inner_text()
     assert "#/task/" not in page.url
+
+
+def test_page_asks_for_the_token_when_the_master_needs_one(broker, tmp_path, page):
+    import uuid
+
+    from harness.fleet import start_master
+
+    master = start_master(tmp_path / "master", broker.url, f"tok{uuid.uuid4().hex[:8]}/mschedule", token="page-secret")
+    try:
+        page.expected_errors.append("status of 401 (Unauthorized)")
+        page.goto(master.http_url + "/")
+        page.locator("#auth").wait_for()
+        assert page.locator("#fleet-empty").is_hidden()  # nothing loaded without the token
+        page.fill("#token", "page-secret")
+        page.click("#auth-form button")
+        page.locator("#fleet-empty").wait_for()  # the (empty) fleet loaded with the token
+        page.locator("#live.on").wait_for()  # and the event stream connected with it
+        assert page.locator("#auth").is_hidden()
+        assert page.evaluate("localStorage.getItem('mschedule.token')") == "page-secret"
+    finally:
+        master.stop()

@@ -236,3 +236,57 @@ def test_ctrl_c_asks_whether_to_kill(live_api, answer, killed):
     else:
         assert live_api.service.killed == []
         assert p.returncode == 130 and "mschedule status task0001" in text
+
+
+@pytest.mark.parametrize(
+    ("counts", "text"),
+    [
+        ({}, "0 succeeded, 0 failed, 0 running, 0 waiting"),
+        ({"SUCCEED": 2, "WAITING": 1, "DISPATCHED": 1, "RUNNING": 2}, "2 succeeded, 0 failed, 3 running, 1 waiting"),
+        ({"FAILED": 1, "TIMEOUT": 1, "LOST": 1, "UNREACHABLE": 1, "REJECTED": 1, "INTERRUPTED": 1},
+         "0 succeeded, 6 failed, 0 running, 0 waiting"),
+        ({"KILLED": 1, "CANCELLED": 2, "SUCCEED": 1}, "1 succeeded, 0 failed, 0 running, 0 waiting, 1 killed, 2 cancelled"),
+    ],
+)  # fmt: skip
+def test_counts_text_buckets_target_states(counts, text):
+    assert cli.counts_text(counts) == text
+
+
+def test_terminal_gets_a_progress_bar_and_ctrl_c_prompt(live_api):
+    """On a pseudo-terminal: the rich bar (not plain lines), then Ctrl-C -> kill."""
+    import select
+
+    master_fd, slave_fd = os.openpty()
+    env = {**os.environ, "MSCHEDULE_MASTER": live_api.url, "COLUMNS": "150", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "mschedule_master.cli", "run", "-t", "role=web", "-c", "sleep 9"],
+                         stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, env=env)  # fmt: skip
+    os.close(slave_fd)
+    buf, sent_int, answered = b"", False, False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None:
+            ready, _, _ = select.select([master_fd], [], [], 0.1)
+            if ready:
+                try:
+                    buf += os.read(master_fd, 65536)
+                except OSError:  # the child closed the pty
+                    break
+            if not sent_int and b"0/2" in buf:  # the bar's M/N column: it is following
+                p.send_signal(signal.SIGINT)
+                sent_int = True
+            if sent_int and not answered and b"[y/N]" in buf:
+                os.write(master_fd, b"y\n")
+                answered = True
+        p.wait(15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        os.close(master_fd)
+    text = buf.decode(errors="replace")
+    assert "━" in text and "\x1b[" in text, text  # a drawn bar with colours, not plain lines
+    assert "done -" not in text
+    assert answered and live_api.service.killed == ["task0001"]
+    assert p.returncode == 1
+
+
