@@ -27,8 +27,14 @@ class Finished:
 class BenchClient:
     """Use as a context manager. Thread-safe waits on replies and summaries."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *, count_tasks: bool = False) -> None:
+        """``count_tasks``: also count every ``task`` message the master publishes to agents
+        (first dispatches and re-deliveries), in ``task_messages``."""
         self.topics = Topics(prefix)
+        self.task_messages = 0
+        subscriptions = [(f"{prefix}/submit/reply/+", 1), (f"{prefix}/tasks/+/summary", 1)]
+        if count_tasks:
+            subscriptions.append((f"{prefix}/agents/+/tasks", 0))
         self._tag = uuid.uuid4().hex[:8]
         self._cond = threading.Condition()
         self._replies: dict[str, tuple[SubmitReply, float]] = {}
@@ -37,7 +43,7 @@ class BenchClient:
         self.transport = MqttTransport(
             url,
             client_id=f"bench-user-{self._tag}",
-            subscriptions=[(f"{prefix}/submit/reply/+", 1), (f"{prefix}/tasks/+/summary", 1)],
+            subscriptions=subscriptions,
             on_message=self._on_message,
             on_connect=lambda _sp: self._ready.set(),
             clean_start=True,
@@ -57,6 +63,9 @@ class BenchClient:
 
     def _on_message(self, msg: Incoming) -> None:
         now = time.perf_counter()
+        if msg.topic.endswith("/tasks"):
+            self.task_messages += 1
+            return
         try:
             decoded = protocol.decode(msg.payload)
         except protocol.DecodeError:

@@ -131,6 +131,7 @@ def _fanout(
     done, seconds = client.run(ids, timeout=timeout, parallel=len(ids))
     after = cpu_seconds(cpu_of or {})
     o.problems.extend(check_summary(done, ids))
+    o.metrics[key.replace("timeline", "task_messages")] = client.task_messages
     if cpu_of:
         o.metrics[key.replace("timeline", "cpu_seconds")] = {role: round(after[role] - before[role], 2) for role in before}
     if master is not None:
@@ -182,7 +183,7 @@ def scenario_2(ctx: Context) -> Outcome:
         d = ctx.dir(f"s2-{size}")
         with Fleet(ctx.broker.url, prefix, d, size) as fleet, MasterProc(ctx.broker.url, prefix, d) as master:
             master.wait_online(size, 120)
-            with BenchClient(ctx.broker.url, prefix) as client:
+            with BenchClient(ctx.broker.url, prefix, count_tasks=True) as client:
                 pids = {"master": master.pid, "worker0": fleet.pids[0]}
                 with ctx.profiled(o, f"fanout-{size}", pids if size == sizes[-1] else {}):
                     seconds = _fanout(client, fleet.ids, o, max(60, size / 20), master, f"timeline_{size}", cpu_of(ctx, master, fleet))
@@ -259,7 +260,7 @@ def scenario_4(ctx: Context) -> Outcome:
             o.metrics["online_after_watch"] = master.online_count()
             if o.metrics["online_after_watch"] != size:
                 o.problems.append(f"master sees {o.metrics['online_after_watch']} of {size} agents online")
-            with BenchClient(ctx.broker.url, prefix) as client:
+            with BenchClient(ctx.broker.url, prefix, count_tasks=True) as client:
                 with ctx.profiled(o, "fanout", {"master": master.pid, "worker0": fleet.pids[0]}):
                     seconds = _fanout(client, fleet.ids, o, 300, master, cpu_of=cpu_of(ctx, master, fleet))
             _runs_check(fleet, size, o)
