@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: At most this many results are re-sent per tick (a long outage must not flood paho).
 RESEND_BATCH = 200
+#: How many outbox ids one scan looks at (oldest first).
+OUTBOX_WINDOW = 5000
 #: Seconds between two scans of the outbox (when nothing forces one sooner).
 OUTBOX_SCAN = 1.0
 #: A result copy not PUBACKed after this many resend intervals is sent again anyway.
@@ -222,14 +224,16 @@ class Agent:
         everything, self._resend_all = self._resend_all, False
         self._next_outbox = now + min(OUTBOX_SCAN, self.settings.resend)
         sent = 0
-        for entry in self.ledger.outbox(limit=RESEND_BATCH * 5):
+        for task_id in self.ledger.outbox_ids(limit=OUTBOX_WINDOW):
             if sent >= RESEND_BATCH:
                 self._resend_all = everything  # finish on the next tick
                 break
-            if entry.result is None or not self._resend_due(entry.id, now, everything):
+            if not self._resend_due(task_id, now, everything):
                 continue
-            self._send_result(entry.id, entry.result, now)
-            sent += 1
+            data = self.ledger.result(task_id)  # read one blob at a time: results can be MBs
+            if data is not None:
+                self._send_result(task_id, data, now)
+                sent += 1
         if sent:
             log.debug("re-sent %d result(s) awaiting result_ack", sent)
 

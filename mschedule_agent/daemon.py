@@ -94,10 +94,11 @@ def run(agent: Agent) -> None:
     agent.recover()
     try:
         transport.start()
+        connecting = False
     except _Stop:
         transport.stop(timeout=1.0)
+        agent.ledger.close()
         return
-    connecting = False
     try:
         while not stop.is_set():
             agent.tick(time.time())

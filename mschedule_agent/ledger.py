@@ -36,6 +36,7 @@ create table if not exists tasks (
     result_acked integer not null default 0
 );
 create index if not exists tasks_state on tasks(state);
+create index if not exists tasks_outbox on tasks(seq) where result is not null and result_acked = 0;
 """
 
 
@@ -142,6 +143,22 @@ class Ledger:
                 (limit,),
             ).fetchall()
         return [_entry(r) for r in rows]
+
+    def outbox_ids(self, limit: int = 1000) -> list[str]:
+        """Ids whose result waits for the master's result_ack, oldest first (no blobs read)."""
+        with self._lock:
+            rows = self._db.execute(
+                "select id from tasks where result is not null and result_acked = 0 order by seq limit ?", (limit,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def result(self, task_id: str) -> bytes | None:
+        """The stored result of ``task_id`` while it waits for its result_ack."""
+        with self._lock:
+            row = self._db.execute(
+                "select result from tasks where id = ? and result_acked = 0", (task_id,)
+            ).fetchone()
+        return row[0] if row else None
 
     def count(self) -> int:
         with self._lock:

@@ -174,3 +174,12 @@ def test_bad_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(["--config", str(f)], env={})
     assert str(f) in str(e.value)
+
+
+def test_ledger_outbox_ids_and_result_read_one_blob_at_a_time(ledger):
+    ledger.insert("a", LedgerState.DONE, now=1.0, result=b"ra")
+    ledger.insert("b", LedgerState.TOMBSTONE, now=2.0, result=b"rb")
+    ledger.insert("c", LedgerState.EXPIRED, now=3.0)
+    assert ledger.outbox_ids() == ["a", "b"]
+    ledger.ack_result("a")
+    assert ledger.outbox_ids() == ["b"] and ledger.result("a") is None and ledger.result("b") == b"rb"
