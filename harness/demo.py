@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -152,7 +151,7 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
     export MSCHEDULE_MASTER={url}
     {cli} agents
     {cli} run -t role=web -c 'hostname; df -h /'
-    {cli} run -t all --parallel 50% --fail-count 0 -c 'exit $(( $$ % 2 ))'
+    {cli} run -t all --fail-count 0 -c 'echo deploying; exit 3'    # the first failure stops the rollout
     {cli} tasks
     {cli} status TASK_ID
     curl -s {url}/task/targets
@@ -171,13 +170,22 @@ def run_sample(url: str) -> int:
     return subprocess.run(argv, env={**os.environ, "MSCHEDULE_MASTER": url}, timeout=300).returncode
 
 
-def wait_for_stop(procs: list, stop: threading.Event) -> None:
-    """Until Ctrl-C / SIGTERM, or until a process of the fleet dies."""
-    while not stop.wait(1.0):
+def wait_for_stop(procs: list) -> int:
+    """Until Ctrl-C / SIGTERM (KeyboardInterrupt: 0), or until a process of the fleet dies (1)."""
+    while True:
+        time.sleep(1.0)
         dead = [p for p in procs if not p.running()]
         if dead:
-            print(f"demo: {len(dead)} process(es) exited unexpectedly; see {dead[0].log_path}", file=sys.stderr)
-            return
+            say(f"demo: {len(dead)} process(es) exited unexpectedly; see {dead[0].log_path}")
+            return 1
+
+
+def say(text: str) -> None:
+    """Print, but never let a closed stdout (``| head``) stop the cleanup."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mschedule-demo-"))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM both unwind through the `finally` below, at any point, even
+    # when started in the background (where a shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     broker = Mosquitto(workdir / "broker", port=pick_port(args.broker_port), name="broker")
     fleet: DemoFleet | None = None
     status = 1
@@ -209,22 +219,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             return status
         print("demo: the fleet stays up; press Ctrl-C to stop it.", flush=True)
-        wait_for_stop([broker, fleet.master, *fleet.agents], stop)
-        return 0
+        status = wait_for_stop([broker, fleet.master, *fleet.agents])
+        return status
     except KeyboardInterrupt:
         return 0
     except Exception as e:
-        print(f"demo: failed: {e}\n  logs: {workdir}", file=sys.stderr)
+        say(f"demo: failed: {e}\n  logs: {workdir}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
-        print("\ndemo: stopping agents, master and broker…", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave processes behind
+            signal.signal(sig, signal.SIG_IGN)
+        say("\ndemo: stopping agents, master and broker…")
         if fleet is not None:
             fleet.stop()
         broker.stop()
         if args.workdir is None and status == 0:
             shutil.rmtree(workdir, ignore_errors=True)
-        print(f"demo: stopped.{'' if status == 0 else f' Logs kept in {workdir}'}", flush=True)
+        say(f"demo: stopped.{'' if status == 0 else f' Logs kept in {workdir}'}")
 
 
 if __name__ == "__main__":

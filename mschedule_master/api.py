@@ -190,6 +190,8 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"malformed JSON: {e}", "body") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply", "body") from None
 
 
 def parse_submit(body: Any) -> protocol.Submit:

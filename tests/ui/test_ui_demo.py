@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.broker import mosquitto_binary
 from harness.procs import ROOT
 
@@ -54,8 +56,16 @@ def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker
     assert processes_mentioning(str(tmp_path / "demo")) == []
 
 
-def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker):
-    p = demo(tmp_path / "demo")
+@pytest.mark.parametrize("background", [False, True], ids=["terminal", "background-and-stdout-closed"])
+def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker, background):
+    """Ctrl-C stops everything -- also when a shell started it in the background (SIGINT
+    inherited as ignored) and its stdout is gone (`make demo | head`)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if background else None
+    try:
+        p = demo(tmp_path / "demo")
+    finally:
+        if background:
+            signal.signal(signal.SIGINT, old)
     seen = b""
     try:
         for _ in range(200):
@@ -65,12 +75,15 @@ def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker):
                 break
         assert b"press Ctrl-C" in seen, seen.decode(errors="replace")
         assert len(processes_mentioning(str(tmp_path / "demo"))) >= 5  # broker, master, 3 agents
+        if background:
+            p.stdout.close()
         p.send_signal(signal.SIGINT)
-        out, _ = p.communicate(timeout=60)
+        out = b"" if background else p.communicate(timeout=60)[0]
+        p.wait(60)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait(5)
     assert p.returncode == 0
-    assert b"demo: stopped." in out
+    assert background or b"demo: stopped." in out
     assert processes_mentioning(str(tmp_path / "demo")) == []
