@@ -115,7 +115,10 @@ def test_kill_button_stops_a_running_task(ui_fleet, page, artifacts_dir):
     page.click("#kill")
     page.locator("#task-state[data-state=KILLED]").wait_for(timeout=60_000)
     assert page.locator("#targets tbody tr[data-state=KILLED]").count() == 1
+    assert page.locator("#targets tbody tr[data-state=CANCELLED]").count() == 1
     assert page.locator("#kill").is_disabled()
+    assert "1 killed" in page.locator("#task-counts").inner_text()
+    page.screenshot(path=str(artifacts_dir / "ui-task-killed.png"), full_page=True)
 
 
 def test_bad_submission_shows_the_field(ui_fleet, page):
