@@ -258,7 +258,10 @@ class Agent:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_EVERY
-        n = self.ledger.prune(before=now - self.settings.keep_ids)
+        before = now - self.settings.keep_ids
+        for task_id in self.ledger.unacked_before(before):
+            log.warning("task_id=%s: no result_ack in %s s; giving up re-sending its result", task_id, self.settings.keep_ids)
+        n = self.ledger.prune(before=before)
         if n:
             log.info("forgot %d finished task id(s) older than %s s", n, self.settings.keep_ids)
 

@@ -166,7 +166,7 @@ class Run:
         with os.fdopen(fd, "wb") as f:
             f.write(spec.script)
         argv = interpreter(spec.script, path)
-        env = {**os.environ, **spec.env, "MSCHEDULE_TASK_ID": spec.task_id}
+        env = {**script_environ(), **spec.env, "MSCHEDULE_TASK_ID": spec.task_id}
         out, err = HeadTail(spec.output_cap), HeadTail(spec.output_cap)
         with self._lock:
             if self._term_state is not None:  # killed before it started
@@ -286,6 +286,15 @@ class Run:
         else:
             state, error = (TargetState.SUCCEED if code == 0 else TargetState.FAILED), ""
         return Outcome(state, code, sig, out.result(), err.result(), started, self._now(), proc.pid, error)
+
+
+#: Environment variables of the agent a script never sees (they may hold the broker's password).
+PRIVATE_ENV_PREFIX = "MSCHEDULE_AGENT_"
+
+
+def script_environ() -> dict[str, str]:
+    """The agent's environment minus its own settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)}
 
 
 def _pidfd(pid: int) -> int | None:

@@ -197,17 +197,20 @@ class Ledger:
             return cur.rowcount == 1
 
     def prune(self, *, before: float) -> int:
-        """Forget ids finished (and acked) before ``before``; returns how many."""
+        """Forget finished ids received before ``before``, acknowledged or not (a result
+        nobody acknowledged in that long is given up). Returns how many."""
+        final = (LedgerState.DONE.value, LedgerState.EXPIRED.value, LedgerState.TOMBSTONE.value)
         with self.db() as c:
-            cur = c.execute(
-                "delete from tasks where received_at < ? and result_acked = 1 and state in (?, ?, ?)",
-                (before, LedgerState.DONE.value, LedgerState.EXPIRED.value, LedgerState.TOMBSTONE.value),
-            )
-            c.execute(
-                "delete from tasks where received_at < ? and state = ?",
-                (before, LedgerState.EXPIRED.value),
-            )
+            cur = c.execute("delete from tasks where received_at < ? and state in (?, ?, ?)", (before, *final))
             return cur.rowcount
+
+    def unacked_before(self, before: float) -> list[str]:
+        """Ids whose result still waits for its result_ack and were received before ``before``."""
+        with self._lock:
+            rows = self._db.execute(
+                "select id from tasks where received_at < ? and result is not null and result_acked = 0", (before,)
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple, durable: bool = True) -> None:
         with self.db(durable=durable) as c:

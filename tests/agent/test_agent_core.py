@@ -281,3 +281,15 @@ def test_a_result_copy_awaiting_its_puback_is_not_piled_up(core):
     for _ in range(6):
         core.agent.tick(core.clock.advance(1.0))
     assert sum(isinstance(m, Result) for m in core.sent()) == 1
+
+
+def test_ids_are_kept_for_dedup_then_forgotten_after_keep_ids(core_factory):
+    h = core_factory(keep_ids=7200.0)
+    h.send_task("t1")
+    h.executor.runs[0].finish()
+    h.send_control("result_ack", "t1")
+    h.agent.tick(h.clock.advance(3600.0))
+    assert h.ledger.get("t1") is not None  # still deduplicated after an hour
+    h.agent.tick(h.clock.advance(2 * 3600.0))
+    h.agent.tick(h.clock.advance(3600.0))
+    assert h.ledger.get("t1") is None

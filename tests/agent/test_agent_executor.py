@@ -79,6 +79,12 @@ def test_env_cwd_and_task_id_reach_the_script(run_script, tmp_path):
     assert o.stdout.data == f"bar t1 {tmp_path}\n".encode()
 
 
+def test_the_agents_own_settings_are_not_in_the_scripts_environment(run_script, monkeypatch):
+    monkeypatch.setenv("MSCHEDULE_AGENT_BROKER", "mqtt://user:secret@host:1883")
+    o = run_script(b'echo "[$MSCHEDULE_AGENT_BROKER]"')
+    assert o.stdout.data == b"[]\n"
+
+
 def test_script_file_is_private_and_removed_afterwards(run_script, tmp_path):
     o = run_script(b'stat -c %a "$0" "$(dirname "$0")"')
     assert o.stdout.data.split() == [b"700", b"700"]

@@ -82,17 +82,20 @@ def test_ledger_refuses_transitions_out_of_final_states(ledger, start, move):
     assert ledger.get("t1").state is start
 
 
-def test_ledger_survives_reopen_and_prunes_only_old_acked_ids(tmp_path):
+def test_ledger_survives_reopen_and_prunes_only_old_finished_ids(tmp_path):
     led = Ledger(tmp_path / "l.sqlite3")
     led.insert("old", LedgerState.DONE, now=1.0, result=b"r")
     led.ack_result("old")
     led.insert("old_unacked", LedgerState.DONE, now=1.0, result=b"r")
+    led.insert("old_queued", LedgerState.ACCEPTED, now=1.0, task=b"t")
     led.insert("new", LedgerState.DONE, now=100.0, result=b"r")
     led.ack_result("new")
     led.close()
     led = Ledger(tmp_path / "l.sqlite3")
-    assert led.prune(before=50.0) == 1
-    assert led.get("old") is None and led.get("old_unacked") is not None and led.get("new") is not None
+    assert led.unacked_before(50.0) == ["old_unacked"]
+    assert led.prune(before=50.0) == 2
+    assert led.get("old") is None and led.get("old_unacked") is None
+    assert led.get("old_queued") is not None and led.get("new") is not None
     led.close()
 
 
