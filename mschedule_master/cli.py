@@ -53,7 +53,8 @@ TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
 
 PIPE_WIDTH = 240  #: table width when stdout is not a terminal
 KEEPALIVE_TIMEOUT = 40.0  #: the event stream sends a keep-alive every 15 s; give up on it after this
-POLL_INTERVAL = 2.0  #: re-read the task at least this often while waiting (events come sooner)
+POLL_INTERVAL = 2.0
+UNREACHABLE_PATIENCE = 60.0  #: while following a task, wait this long for a restarting master  #: re-read the task at least this often while waiting (events come sooner)
 STATE_STYLE = {
     "SUCCEED": "green", "FAILED": "red", "TIMEOUT": "red", "KILLED": "magenta", "INTERRUPTED": "red",
     "LOST": "red", "UNREACHABLE": "red", "REJECTED": "red", "CANCELLED": "dim", "RUNNING": "yellow",
@@ -401,13 +402,25 @@ def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dic
 def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
     view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
     killing = False
+    reached = time.monotonic()  # the master last answered
     with view:
         while True:
             try:
-                task = client.get(f"/api/v1/tasks/{quote(task_id)}", max_output=0)  # counts only: cheap
+                try:
+                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", max_output=0)  # counts only: cheap
+                    if task["state"] in TASK_FINAL:
+                        task = client.get(f"/api/v1/tasks/{quote(task_id)}")
+                except CliError as e:
+                    # A master restart loses nothing: keep following for a while.
+                    if e.status != EXIT_UNREACHABLE or time.monotonic() - reached > UNREACHABLE_PATIENCE:
+                        raise
+                    view.note(f"master unreachable; retrying for up to {UNREACHABLE_PATIENCE:.0f}s")
+                    time.sleep(1.0)
+                    continue
+                reached = time.monotonic()
                 view.update(task)
                 if task["state"] in TASK_FINAL:
-                    return client.get(f"/api/v1/tasks/{quote(task_id)}")
+                    return task
                 watcher.changed.wait(POLL_INTERVAL)
                 watcher.changed.clear()
             except KeyboardInterrupt:
@@ -465,6 +478,9 @@ class _ProgressView:
             counts=counts_text(task["counts"], markup=True),
         )
 
+    def note(self, text: str) -> None:
+        self.progress.update(self.bar, description=text)
+
     def pause(self) -> None:
         self.progress.stop()
 
@@ -479,6 +495,7 @@ class _LineView:
         self.console = console
         self.show = show
         self.last: tuple | None = None
+        self.last_note = ""
 
     def __enter__(self):
         return self
@@ -491,12 +508,18 @@ class _LineView:
         if not self.show or key == self.last:
             return
         self.last = key
+        self.last_note = ""
         self.console.print(
             f"{time.strftime('%H:%M:%S')} task {task['id']} {task['state']}: "
             f"{done_count(task['counts'])}/{task['target_count']} done - {counts_text(task['counts'])}",
             highlight=False,
             markup=False,
         )
+
+    def note(self, text: str) -> None:
+        if self.show and text != self.last_note:
+            self.console.print(f"{time.strftime('%H:%M:%S')} {text}", highlight=False, markup=False)
+        self.last_note = text
 
     def pause(self) -> None:
         pass

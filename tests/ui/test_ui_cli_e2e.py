@@ -115,3 +115,38 @@ def test_bad_selectors_and_limits_are_one_line_errors(ui_fleet, args, needle):
     assert p.returncode == 2
     assert err.startswith("mschedule: error:") and needle in err and err.count("\n") == 1
     assert out == ""
+
+
+def test_run_keeps_following_across_a_master_restart(ui_fleet):
+    """The master is stopped and started again mid-rollout: the CLI waits, then reports.
+    (The target's 3 s outlast the restart; the agent re-sends its result until acked.)"""
+    env = {**os.environ, "MSCHEDULE_MASTER": ui_fleet.url}
+    p = subprocess.Popen([*cli_argv(), "run", "-t", "role=db", "-c", "sleep 3; echo survived"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        seen = b""
+        for _ in range(50):
+            line = p.stdout.readline()
+            seen += line
+            if b"1 running" in line or not line:
+                break
+        assert b"1 running" in seen, seen
+        ui_fleet.master.stop()
+        for _ in range(50):  # the CLI notices (it polls every 2 s) and keeps waiting
+            line = p.stdout.readline()
+            seen += line
+            if b"master unreachable" in line or not line:
+                break
+        ui_fleet.master.restart()
+        out, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        if not ui_fleet.master.running():
+            ui_fleet.master.restart()
+    text = (seen + out).decode()
+    assert p.returncode == 0, text + err.decode()
+    assert "master unreachable; retrying" in text
+    assert "1/1 done - 1 succeeded" in text and "survived" in text
+    ui_fleet.wait_online(30)
