@@ -166,7 +166,7 @@ class FakeService:
             else:
                 found = [sel] if sel in self.agents_by_id else []
             if not found:
-                raise InvalidRequest(f"selector {sel!r} matches no agent", field=sel)
+                raise InvalidRequest(f"target selector {sel!r} matched no agent", field="targets")
             ids.extend(a for a in found if a not in ids)
         return ids
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mschedule_master import api, openapi
-from mschedule_master.states import TargetState, TaskState
+from mschedule_master.states import TargetState
 
 TOKEN = "s3cret-token"
 
@@ -108,7 +108,7 @@ BAD_SUBMITS = [
     ("fail_count text", b'{"script_text": "x", "targets": ["web1"], "fail_count": "3"}', "fail_count"),
     ("timeout negative", b'{"script_text": "x", "targets": ["web1"], "timeout": -1}', "timeout"),
     ("on_abort bogus", b'{"script_text": "x", "targets": ["web1"], "on_abort": "panic"}', "on_abort"),
-    ("unknown target", b'{"script_text": "x", "targets": ["nosuch"]}', "nosuch"),
+    ("unknown target", b'{"script_text": "x", "targets": ["nosuch"]}', "targets"),
 ]
 
 

@@ -112,7 +112,7 @@ class _Stdin:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["run", "-t", "nosuch", "-c", "true"], "selector 'nosuch' matches no agent"),
+        (["run", "-t", "nosuch", "-c", "true"], "targets: target selector 'nosuch' matched no agent"),
         (["run", "-t", "web1", "--parallel", "0", "-c", "true"], "parallel"),
         (["run", "-t", "web1", "--fail-rate", "3", "-c", "true"], "fail_rate"),
         (["run", "-t", "web1", "--fail-count", "-4", "-c", "true"], "fail_count"),
