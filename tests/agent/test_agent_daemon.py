@@ -219,8 +219,9 @@ def test_result_is_resent_until_result_ack(agent, watch, topics):
     assert after <= before + 1  # at most one already in flight when the ack landed
 
 
-def test_kill_and_timeout_leave_no_descendants(agent, watch, topics):
+def test_kill_and_timeout_leave_no_descendants(agent, watch, topics, tmp_path):
     aid = agent.agent_id
+    trapped = tmp_path / "trapped"
     pgids = []
     try:
         watch.publish(topics.tasks(aid), task("to-1", b"sleep 300 & sleep 300 & wait", timeout=0.5, kill_grace=1))
@@ -229,9 +230,11 @@ def test_kill_and_timeout_leave_no_descendants(agent, watch, topics):
         (res,) = watch.wait_for(is_(Result, "to-1"), timeout=15)
         assert msg_of(res).state == "TIMEOUT" and group_alive(pgids[0]) == []
 
-        watch.publish(topics.tasks(aid), task("kill-1", b"trap '' TERM; sleep 300 & sleep 300 & wait", kill_grace=0.5))
+        script = f"trap '' TERM; touch {trapped}; sleep 300 & sleep 300 & wait".encode()
+        watch.publish(topics.tasks(aid), task("kill-1", script, kill_grace=0.5))
         (st,) = watch.wait_for(is_(Started, "kill-1"), timeout=10)
         pgids.append(msg_of(st).pid)
+        wait_until(trapped.exists, timeout=10, what="the script to ignore SIGTERM")
         watch.publish(topics.control(aid), encode(Kill(id="kill-1")))
         (res,) = watch.wait_for(is_(Result, "kill-1"), timeout=15)
         assert msg_of(res).state == "KILLED" and msg_of(res).signal == 9 and group_alive(pgids[1]) == []
