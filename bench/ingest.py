@@ -23,7 +23,7 @@ from mschedule_agent.transport import Incoming, MqttTransport
 
 from .client import BenchClient, check_summary
 from .master import MasterProc
-from .procstat import Watch
+from .procstat import Watch, pss_uss_bytes
 from .report import Outcome
 
 
@@ -45,7 +45,13 @@ def agent_idle(ctx, seconds: float) -> dict:
         while time.monotonic() < end:
             time.sleep(0.5)
             watch.poll()
-        return watch.summary()
+        summary = watch.summary()
+        try:
+            pss, uss = pss_uss_bytes(agent.pid)
+            summary.update({"pss_mb": round(pss / 2**20, 1), "uss_mb": round(uss / 2**20, 1)})
+        except OSError:
+            pass
+        return summary
 
 
 class FakeAgents:

@@ -34,6 +34,20 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_uss_bytes(pid: int) -> tuple[int, int]:
+    """(PSS, USS): RSS with shared pages split between their users, and private pages only.
+    RSS counts every shared library page (libssl, libpython) in full."""
+    pss = uss = 0
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            if key == b"Pss":
+                pss = int(rest.split()[0]) * 1024
+            elif key in (b"Private_Clean", b"Private_Dirty"):
+                uss += int(rest.split()[0]) * 1024
+    return pss, uss
+
+
 def cpu_share(a: Sample, b: Sample) -> float:
     """Share of one core used between two samples (0.25 = 25 % of one core)."""
     wall = b.at - a.at
