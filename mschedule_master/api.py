@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -398,6 +399,35 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
+@web.middleware
+async def browser_guard_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Keep other web sites from driving this API through the user's browser.
+
+    A POST must be JSON (a cross-site form or ``no-cors`` fetch cannot send that without
+    a CORS preflight, which this server never grants). Without a token, also refuse a
+    cross-origin ``Origin`` and a ``Host`` that is not loopback (DNS rebinding): on a
+    loopback master without a token, the browser is the only way in from outside.
+    """
+    if not _needs_auth(request):
+        return await handler(request)
+    if request.method == "POST" and request.content_type != "application/json":
+        raise ApiError(415, "send the request body as JSON (Content-Type: application/json)", "Content-Type")
+    if not request.app.get(TOKEN_KEY):
+        if not is_loopback(_hostname(request.host)):
+            raise ApiError(403, f"Host {request.host!r} is not a loopback name; set a token to serve it", "Host")
+        origin = request.headers.get("Origin")
+        if origin is not None and request.method != "GET" and urlsplit(origin).netloc != request.host:
+            raise ApiError(403, f"cross-origin request from {origin} refused", "Origin")
+    return await handler(request)
+
+
+def _hostname(host: str) -> str:
+    """``127.0.0.1:9900`` -> ``127.0.0.1``; ``[::1]:9900`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 _PUBLIC = frozenset(r.handler for r in ROUTES if not r.auth)
 
 
@@ -420,7 +450,7 @@ def _token_ok(request: web.Request, token: str) -> bool:
 
 
 def create_app(service: Service, *, token: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware, browser_guard_middleware])
     app[SERVICE_KEY] = service
     if token:
         app[TOKEN_KEY] = token

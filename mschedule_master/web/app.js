@@ -362,7 +362,7 @@ function targetRows(x, open) {
 async function kill() {
   if (!confirm(`Kill task ${state.taskId}? Running targets are killed, waiting ones cancelled.`)) return;
   try {
-    await api("POST", `/api/v1/tasks/${encodeURIComponent(state.taskId)}/kill`);
+    await api("POST", `/api/v1/tasks/${encodeURIComponent(state.taskId)}/kill`, {});
   } catch (e) {
     alert(`kill failed: ${e.message}`);
   }

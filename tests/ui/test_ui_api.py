@@ -286,12 +286,12 @@ def test_kill_kills_and_unknown_task_is_404(fake_service):
         async with client(fake_service) as c:
             task_id = (await (await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": ["web1"]})).json())["id"]
             fake_service.set_target(task_id, "web1", TargetState.RUNNING)
-            r = await c.post(f"/api/v1/tasks/{task_id}/kill")
+            r = await c.post(f"/api/v1/tasks/{task_id}/kill", json={})
             assert r.status == 202
             doc = await r.json()
             assert doc["state"] == "KILLED" and doc["targets"]["web1"]["state"] == "KILLED"
             assert fake_service.killed == [task_id]
-            r = await c.post("/api/v1/tasks/nosuch/kill")
+            r = await c.post("/api/v1/tasks/nosuch/kill", json={})
             assert r.status == 404
 
     run(go())
@@ -495,3 +495,52 @@ def test_task_detail_max_output_keeps_the_tail(fake_service):
             assert r.status == 400 and (await r.json())["field"] == "max_output"
 
     run(go())
+
+
+# ----------------------------------------------------------------- browser guard
+
+
+@pytest.mark.parametrize(
+    ("headers", "token", "status", "field"),
+    [
+        ({"Content-Type": "text/plain"}, None, 415, "Content-Type"),  # a cross-site form / no-cors fetch
+        ({}, None, 415, "Content-Type"),
+        ({"Content-Type": "application/json", "Origin": "http://evil.example"}, None, 403, "Origin"),
+        ({"Content-Type": "application/json", "Host": "evil.example:9900"}, None, 403, "Host"),  # DNS rebinding
+        ({"Content-Type": "application/json", "Host": "localhost:9900", "Origin": "http://localhost:9900"}, None,
+         202, None),
+        ({"Content-Type": "application/json", "Host": "[::1]:9900"}, None, 202, None),
+        # With a token, the token is the guard: any Host/Origin (a reverse proxy) is fine.
+        ({"Content-Type": "application/json", "Host": "mschedule.example", "Origin": "https://mschedule.example",
+          "Authorization": f"Bearer {TOKEN}"}, TOKEN, 202, None),
+        ({"Content-Type": "text/plain", "Authorization": f"Bearer {TOKEN}"}, TOKEN, 415, "Content-Type"),
+    ],
+)  # fmt: skip
+def test_other_web_sites_cannot_drive_the_api_through_a_browser(fake_service, headers, token, status, field):
+    async def go():
+        async with client(fake_service, token=token) as c:
+            task = fake_service.submit(_spec())
+            r = await c.post(f"/api/v1/tasks/{task.id}/kill", data=b"{}", headers=headers)
+            assert r.status == status, await r.text()
+            if field:
+                assert (await r.json())["field"] == field
+            assert fake_service.killed == ([task.id] if status == 202 else [])
+
+    run(go())
+
+
+def test_rebinding_host_cannot_read_either(fake_service):
+    async def go():
+        async with client(fake_service) as c:
+            r = await c.get("/api/v1/agents", headers={"Host": "evil.example"})
+            assert r.status == 403
+            r = await c.get("/", headers={"Host": "evil.example"})  # the page itself holds nothing
+            assert r.status == 200
+
+    run(go())
+
+
+def _spec():
+    from mschedule_agent import protocol
+
+    return protocol.Submit(targets=["web1"], script_text="true")
