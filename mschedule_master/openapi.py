@@ -297,6 +297,24 @@ PATHS: dict[str, Any] = {
 }  # fmt: skip
 
 
+_FORBIDDEN = _err("without a token: a Host that is not loopback, or a cross-origin browser request")
+_NOT_JSON = _err("the body is not Content-Type: application/json")
+
+
+def _with_guard_answers(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every API operation can answer 403 (browser guard); every POST also 415."""
+    out: dict[str, Any] = {}
+    for path, ops in paths.items():
+        out[path] = {}
+        for method, op in ops.items():
+            if op.get("security") == []:
+                out[path][method] = op
+                continue
+            extra = {"403": _FORBIDDEN, **({"415": _NOT_JSON} if method == "post" else {})}
+            out[path][method] = {**op, "responses": {**op["responses"], **extra}}
+    return out
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -307,7 +325,7 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": _with_guard_answers(PATHS),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

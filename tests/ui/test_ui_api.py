@@ -544,3 +544,10 @@ def _spec():
     from mschedule_agent import protocol
 
     return protocol.Submit(targets=["web1"], script_text="true")
+
+
+def test_openapi_documents_the_guard_answers():
+    paths = openapi.document()["paths"]
+    assert set(paths["/api/v1/tasks"]["post"]["responses"]) >= {"201", "400", "401", "403", "413", "415"}
+    assert "415" not in paths["/api/v1/tasks"]["get"]["responses"]
+    assert "403" not in paths["/"]["get"]["responses"]
