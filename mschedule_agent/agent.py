@@ -323,14 +323,16 @@ class Agent:
                 return
             if entry is None:
                 self.ledger.insert(task.id, LedgerState.ACCEPTED, now=now, task=msg.payload)
+                msg.ack()  # PUBACK only once the commit is on disk
+                # Still under the lock: no run can start (and say "started") before the ack.
+                self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now)))
                 self._queue.append(task.id)
                 self._tasks[task.id] = task
-        msg.ack()
         if entry is not None:
+            msg.ack()
             self._answer_duplicate(entry)
             return
         log.info("task_id=%s accepted", task.id)
-        self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now)))
         self._start_queued()
 
     def _answer_duplicate(self, entry: Entry) -> None:
