@@ -93,10 +93,14 @@ class Client:
 
     def open(self, method: str, path: str, *, body: Any = None, query: dict[str, Any] | None = None, timeout=None):
         url = self.base + path
+        query = {k: v for k, v in (query or {}).items() if v is not None}
         if query:
-            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+            url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)
+        try:
+            req = urllib.request.Request(url, data=data, method=method)
+        except ValueError:
+            raise CliError(f"bad master URL {self.base!r} (expected like {DEFAULT_MASTER})") from None
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if self.token:
@@ -105,8 +109,8 @@ class Client:
             return urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as e:
             raise self._http_error(e) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e) or type(e).__name__
             raise CliError(
                 f"cannot reach the master at {self.base} ({reason}); is mschedule-master running? "
                 "(set --master or MSCHEDULE_MASTER)",
@@ -114,21 +118,35 @@ class Client:
             ) from None
 
     def request(self, method: str, path: str, **kw) -> Reply:
-        with self.open(method, path, **kw) as resp:
-            return Reply(resp.status, dict(resp.headers), resp.read())
+        try:
+            with self.open(method, path, **kw) as resp:
+                return Reply(resp.status, dict(resp.headers), resp.read())
+        except (OSError, http.client.HTTPException) as e:  # the connection broke mid-answer
+            raise CliError(f"lost the connection to the master at {self.base} ({e})", EXIT_UNREACHABLE) from None
 
     def get(self, path: str, **query) -> Any:
-        return self.request("GET", path, query=query).json()
+        return self._json(self.request("GET", path, query=query))
 
     def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body=body if body is not None else {}).json()
+        return self._json(self.request("POST", path, body=body if body is not None else {}))
+
+    def _json(self, reply: Reply) -> Any:
+        try:
+            return reply.json()
+        except ValueError:
+            raise CliError(
+                f"{self.base} answered something that is not mschedule's JSON; is --master right?", EXIT_UNREACHABLE
+            ) from None
 
     def _http_error(self, e: urllib.error.HTTPError) -> CliError:
         try:
             doc = json.loads(e.read())
             message, field = doc.get("error") or e.reason, doc.get("field")
-        except (ValueError, AttributeError, OSError):
-            message, field = str(e.reason), None
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
+            return CliError(
+                f"{self.base} answered HTTP {e.code} {e.reason}, not mschedule's JSON; is --master right?",
+                EXIT_UNREACHABLE,
+            )
         if e.code == 401:
             return CliError(f"the master refused the token ({message}); set MSCHEDULE_TOKEN", EXIT_UNREACHABLE)
         if e.code >= 500:

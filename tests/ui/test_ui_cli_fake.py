@@ -290,3 +290,36 @@ def test_terminal_gets_a_progress_bar_and_ctrl_c_prompt(live_api):
     assert p.returncode == 1
 
 
+
+
+def test_wrong_master_urls_are_one_line_errors(tmp_path, broker, capsys):
+    import http.server
+
+    (tmp_path / "api" / "v1").mkdir(parents=True)
+    (tmp_path / "api" / "v1" / "agents").write_text("<html>not an API</html>")
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        other = f"http://127.0.0.1:{server.server_address[1]}"
+        cases = [
+            (["--master", "not a url", "agents"], 2, "bad master URL"),
+            (["--master", other, "agents"], 3, "not mschedule's JSON"),  # 200 with HTML
+            (["--master", other, "tasks"], 3, "answered HTTP 404"),  # an HTML 404
+            (["--master", f"http://127.0.0.1:{broker.port}", "agents"], 3, "cannot reach the master"),  # MQTT, not HTTP
+        ]
+        for argv, status, needle in cases:
+            assert cli.main(argv) == status, argv
+            err = capsys.readouterr().err.strip()
+            assert needle in err and "\n" not in err and "Traceback" not in err, err
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(10)
