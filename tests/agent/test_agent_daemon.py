@@ -367,3 +367,41 @@ def test_corrupt_ledger_stops_the_agent_with_exit_2_naming_the_file(tmp_path, br
     finally:
         p.stop()
     assert rc == 2 and str(state / "ledger.sqlite3") in p.log()
+
+
+def _make_tls(d: Path) -> None:
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=30)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=mschedule-test-ca")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+
+
+def test_agent_connects_over_mqtts_with_a_ca_file(tmp_path, prefix):
+    from harness.broker import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _make_tls(tls)
+    b = Mosquitto(tmp_path / "broker", overrides={
+        "certfile": str(tls / "server.crt"), "keyfile": str(tls / "server.key"), "cafile": str(tls / "ca.crt"),
+    })  # fmt: skip
+    b.start()
+    a = None
+    try:
+        url = f"mqtts://127.0.0.1:{b.port}"
+        a = start_agent(tmp_path / "agent", url, prefix, ca_file=str(tls / "ca.crt"))
+        out = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(b.port), "--cafile", str(tls / "ca.crt"),
+             "-t", f"{prefix}/agents/{a.agent_id}/status", "-C", "1", "-W", "10"],
+            capture_output=True, timeout=20,
+        ).stdout  # fmt: skip
+        assert isinstance(decode(out.strip()), Register)
+    finally:
+        if a is not None:
+            a.stop()
+        b.stop()
