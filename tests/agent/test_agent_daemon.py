@@ -405,3 +405,16 @@ def test_agent_connects_over_mqtts_with_a_ca_file(tmp_path, prefix):
         if a is not None:
             a.stop()
         b.stop()
+
+
+def test_config_file_and_environment_reach_the_registration(tmp_path, broker, prefix, watch):
+    conf = tmp_path / "agent.toml"
+    conf.write_text('max_tasks = 3\nheartbeat = 2\n[labels]\nrole = "db"\nrack = "r1"\n')
+    a = start_agent(tmp_path / "agent", broker.url, prefix, labels={"role": "web"}, heartbeat=None, config=str(conf),
+                    env={"MSCHEDULE_AGENT_MAX_TASKS": "4"})  # fmt: skip
+    try:
+        (reg,) = watch.wait_for(is_(Register, a.agent_id), timeout=10)
+        r = msg_of(reg)
+        assert (r.capacity, r.heartbeat, r.labels) == (4, 2.0, {"role": "web", "rack": "r1"})
+    finally:
+        a.stop()
