@@ -335,7 +335,8 @@ class Engine:
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
-                self._apply(active, r.on_final(agent_id, TargetState(msg.state), now), now, touched={agent_id})
+                actions = r.on_final(agent_id, TargetState(msg.state), now)
+                self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
             self._result_ack(msg.id, agent_id, info.dc)
         else:
             state = REJECT_STATES.get(msg.code, TargetState.REJECTED)
@@ -369,7 +370,15 @@ class Engine:
         self.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
 
     # ------------------------------------------------------------------ actions
-    def _apply(self, active: _Active, actions: list[Action], now: float, touched: set[str] | None = None) -> None:
+    def _apply(
+        self,
+        active: _Active,
+        actions: list[Action],
+        now: float,
+        touched: set[str] | None = None,
+        code: tuple[str, int | None] | None = None,
+    ) -> None:
+        """Carry out ``actions``; ``code`` is (agent id, exit code) of the result that caused them."""
         task_id = active.task.id
         touched = set(touched or ())
         for action in actions:
@@ -382,7 +391,7 @@ class Engine:
                 self.publish(topic, protocol.Kill(id=task_id, reason="killed"))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
-                self._target_changed(active, action, now)
+                self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
         touched.update(active.rollout.pop_dirty())
@@ -402,13 +411,13 @@ class Engine:
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
 
-    def _target_changed(self, active: _Active, action: TargetChanged, now: float) -> None:
+    def _target_changed(self, active: _Active, action: TargetChanged, now: float, code: int | None) -> None:
         task_id = active.task.id
         if action.reason:
             self.store.set_target_reason(task_id, action.agent_id, action.reason)
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
-        self.store.add_event(now, "target", task_id, action.agent_id, data)
-        code = self.store.target_code(task_id, action.agent_id) if action.new.final else None
+        if action.new.final:  # the targets table holds the rest; the log keeps how each one ended
+            self.store.add_event(now, "target", task_id, action.agent_id, data)
         self.emit(
             "target",
             task_id,
