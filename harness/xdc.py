@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.broker import CONF_DIR, Mosquitto
+from harness.broker import CONF_DIR, Mosquitto, free_port
 from harness.mqtt import Collector
 
 CENTRAL = "central"
@@ -55,7 +55,8 @@ def run(argv: list[str]) -> str:
 
 
 class Site:
-    """One broker (central or a datacenter's edge): its rendered files and process."""
+    """One broker (central or a datacenter's edge): its rendered files and process.
+    Central has a second listener, ``master_port``, for the master's user only."""
 
     def __init__(self, root: Path, name: str) -> None:
         self.name = name
@@ -65,13 +66,18 @@ class Site:
         self.passwd = self.etc / "passwd"
         self.credentials = self.etc / "credentials"
         self.broker = Mosquitto(self.dir, conf=self.etc / "mosquitto.conf", name=name)
+        self.master_port = free_port() if name == CENTRAL else None
 
     @property
     def port(self) -> int:
         return self.broker.port
 
-    def add_users(self, *users: str) -> None:
-        run(["sh", MKPASSWD, self.passwd, self.credentials, *users])
+    def port_for(self, user: str | None) -> int:
+        """The master logs in on its own listener; everyone else on the shared one."""
+        return self.master_port if user == MASTER_USER and self.master_port else self.port
+
+    def add_users(self, *users: str, passwd: Path | None = None) -> None:
+        run(["sh", MKPASSWD, passwd or self.passwd, self.credentials, *users])
 
     def password(self, user: str) -> str:
         for line in self.credentials.read_text().splitlines():
@@ -83,7 +89,8 @@ class Site:
     def url(self, user: str | None, password: str | None = None) -> str:
         if user is None:
             return f"mqtt://127.0.0.1:{self.port}"
-        return f"mqtt://{user}:{password if password is not None else self.password(user)}@127.0.0.1:{self.port}"
+        password = password if password is not None else self.password(user)
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.port_for(user)}"
 
     def reload(self) -> None:
         """SIGHUP: mosquitto re-reads its password and ACL files."""
@@ -111,11 +118,12 @@ class Xdc:
     # ------------------------------------------------------------------ the documented steps
     def render(self) -> None:
         c = self.central
-        c.add_users(MASTER_USER, OPERATOR_USER, MONITOR_USER, WATCH_USER, *map(bridge_user, self.dcs))
+        c.add_users(OPERATOR_USER, MONITOR_USER, WATCH_USER, *map(bridge_user, self.dcs))
+        c.add_users(MASTER_USER, passwd=c.etc / "passwd-master")
         dc_args = [a for dc in self.dcs for a in ("--dc", dc)]
         run([sys.executable, RENDER, "central", "--out", c.etc, "--prefix", self.prefix, *dc_args,
              "--operator", OPERATOR_USER, "--monitor", MONITOR_USER, "--monitor", WATCH_USER,
-             "--data-dir", c.dir / "central-data"])
+             "--master-port", c.master_port, "--master-bind", "127.0.0.1", "--data-dir", c.dir / "central-data"])
         for dc, e in self.edges.items():
             e.add_users(MONITOR_USER)
             # The bridge's credential, carried from central to the edge (docs/deploy.md, step 3).
@@ -154,8 +162,9 @@ class Xdc:
                 raise TimeoutError(f"{site} does not accept {user} after {timeout}s")
             time.sleep(0.05)
 
-    def can_connect(self, site: str, user: str | None, password: str | None = None) -> bool:
-        """One MQTT v5 connect attempt; True when the broker accepts it."""
+    def can_connect(self, site: str, user: str | None, password: str | None = None, *, port: int | None = None) -> bool:
+        """One MQTT v5 connect attempt (on ``port``, default: the user's listener); True
+        when the broker accepts it."""
         import paho.mqtt.client as paho
 
         result: list[bool] = []
@@ -172,7 +181,7 @@ class Xdc:
         c.on_connect = on_connect
         c.on_disconnect = lambda *a: done.set()
         try:
-            c.connect("127.0.0.1", self.site(site).port, keepalive=10)
+            c.connect("127.0.0.1", port or self.site(site).port_for(user), keepalive=10)
             c.loop_start()
             done.wait(5)
         except OSError:

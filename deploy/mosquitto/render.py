@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Render mschedule's broker configs from the templates next to this file.
 
-    render.py central --out DIR --dc bj --dc sh [--operator alice]...
+    render.py central --out DIR --dc bj --dc sh [--operator alice]... [--master-port 1884]
     render.py edge    --out DIR --dc bj --central HOST:PORT --credentials FILE
 
-``central`` writes DIR/mosquitto.conf (from central.conf) and DIR/acl (agents, master,
+``central`` writes DIR/mosquitto.conf (from central.conf), DIR/conf.d/master.conf (the
+master's own listener, from central-master.conf) and DIR/acl (agents, master,
 operators, read-only monitors, one block per datacenter's bridge). ``edge`` writes
 DIR/mosquitto.conf (from edge.conf; it holds the bridge's password, so it is written
 mode 0640) and DIR/acl (the agents' patterns, read-only monitors). The bridge password
@@ -29,6 +30,7 @@ DEFAULT_PREFIX = "mschedule"
 DEFAULT_CONF_DIR = "/etc/mschedule/mosquitto"
 DEFAULT_DATA_DIR = "/var/lib/mschedule-broker"
 MASTER_USER = "mschedule-master"
+DEFAULT_MASTER_PORT = 1884
 
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -67,9 +69,14 @@ def check(value: str, pattern: re.Pattern, what: str) -> str:
 
 
 def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors: list[str], conf_dir: str,
-                  data_dir: str, master_user: str = MASTER_USER) -> dict[str, str]:
-    """The central broker's mosquitto.conf and acl, as {file name: text}."""
+                  data_dir: str, master_user: str = MASTER_USER, master_port: int = DEFAULT_MASTER_PORT,
+                  master_bind: str | None = None) -> dict[str, str]:
+    """The central broker's files, as {path relative to the config dir: text}."""
     check(prefix, _PREFIX, "topic prefix")
+    if not 0 < master_port < 65536:
+        raise RenderError(f"bad master port: {master_port}")
+    if master_bind is not None and not re.match(r"^[A-Za-z0-9_.:-]+$", master_bind):
+        raise RenderError(f"bad master bind address: {master_bind!r}")
     for dc in dcs:
         check(dc, _LEVEL, "datacenter name")
     users = [master_user, *operators, *monitors, *map(bridge_user, dcs)]
@@ -82,7 +89,12 @@ def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors
     acl += [fill(template("acl-operator"), {**base, "USER": u}) for u in operators]
     acl += [fill(template("acl-monitor"), {**base, "USER": u}) for u in monitors]
     acl += [fill(template("acl-bridge"), {**base, "DC": dc}) for dc in dcs]
-    return {"mosquitto.conf": fill(template("central.conf"), base), "acl": "".join(acl)}
+    listener = f"{master_port} {master_bind}" if master_bind else str(master_port)
+    return {
+        "mosquitto.conf": fill(template("central.conf"), base),
+        "conf.d/master.conf": fill(template("central-master.conf"), {**base, "MASTER_LISTENER": listener}),
+        "acl": "".join(acl),
+    }
 
 
 def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, monitors: list[str], conf_dir: str,
@@ -113,13 +125,14 @@ def read_password(credentials: Path, user: str) -> str:
 
 def write(out: Path, files: dict[str, str], *, secret: set[str] = frozenset()) -> None:
     """Write each file atomically; ``secret`` ones readable by owner and group only."""
-    out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        tmp = out / f".{name}.tmp"
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640 if name in secret else 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, out / name)
+        os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dc", action="append", default=[], help="a bridged datacenter (repeat)")
     c.add_argument("--operator", action="append", default=[], help="an operator username (repeat)")
     c.add_argument("--master-user", default=MASTER_USER)
+    c.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT,
+                   help="the master's own listener (default %(default)s)")
+    c.add_argument("--master-bind", help="address of the master's listener (default: all)")
     e = sub.choices["edge"]
     e.add_argument("--dc", required=True, help="this edge's datacenter name")
     e.add_argument("--central", required=True, help="central broker HOST:PORT")
@@ -145,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.role == "central":
             files = central_files(prefix=args.prefix, dcs=args.dc, operators=args.operator, monitors=args.monitor,
-                                  conf_dir=conf_dir,
-                                  data_dir=args.data_dir, master_user=args.master_user)
+                                  conf_dir=conf_dir, data_dir=args.data_dir, master_user=args.master_user,
+                                  master_port=args.master_port, master_bind=args.master_bind)
             write(args.out, files)
         else:
             password = read_password(args.credentials, bridge_user(args.dc))

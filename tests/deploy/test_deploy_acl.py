@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import uuid
 
+from harness.fleet import start_master
 from harness.mqtt import Collector
+from harness.procs import wait_until
 from harness.xdc import MASTER_USER, MONITOR_USER, OPERATOR_USER, bridge_user
 from mschedule_agent.transport import MqttTransport
 
@@ -77,6 +79,35 @@ def test_anonymous_wrong_and_borrowed_credentials_are_refused(xdc):
     # The positive controls: the right credentials do get in.
     assert xdc.can_connect("bj", a)
     assert xdc.can_connect("central", MASTER_USER)
+
+
+def test_the_master_logs_in_on_its_own_listener_and_nobody_else_does(xdc):
+    c = xdc.central
+    assert xdc.can_connect("central", MASTER_USER, port=c.master_port)
+    assert not xdc.can_connect("central", MASTER_USER, port=c.port), "the master's user on the shared listener"
+    for user in (OPERATOR_USER, MONITOR_USER, bridge_user("bj")):
+        assert xdc.can_connect("central", user, port=c.port)
+        assert not xdc.can_connect("central", user, port=c.master_port), f"{user} got into the master's listener"
+    assert not xdc.can_connect("central", None, port=c.master_port)
+
+
+def test_a_second_master_with_the_same_credential_is_refused_and_the_first_carries_on(xdc, topics, tmp_path):
+    """With client ids forced to usernames, the second master's probe would take over the
+    first one's session and win; its own listener keeps the master's single-instance check."""
+    url = xdc.url("central", MASTER_USER)
+    first = start_master(tmp_path / "m1", url, topics.prefix, http=False)
+    try:
+        second = start_master(tmp_path / "m2", url, topics.prefix, http=False, wait=False)
+        try:
+            wait_until(lambda: not second.running(), 30, what="the second master to give up")
+            assert second.proc.returncode == 2
+            assert "another mschedule-master" in second.log()
+        finally:
+            second.stop()
+        assert first.running()
+        assert "took over" not in first.log() and "disconnected from" not in first.log(), first.log()[-2000:]
+    finally:
+        first.stop()
 
 
 def test_one_agent_cannot_take_over_another_agents_session(xdc, topics):

@@ -58,6 +58,8 @@ def test_topics_are_remapped_and_each_edge_sees_only_its_own_datacenter(xdc, top
         agent_a.wait_for(lambda m: m.payload == b"kill-a")
         agent_c.wait_for(lambda m: m.payload == b"kill-c")
         at_central.wait_for(lambda m: m.payload in (b"result-a", b"result-c"), count=2)
+        at_bj.wait_for(lambda m: m.payload == b"kill-a")
+        at_sh.wait_for(lambda m: m.payload == b"kill-c")
 
         assert [m.payload for m in by_topic(at_central, topics.dc("bj").status(a))] == [register(a)]
         assert [m.payload for m in by_topic(at_central, topics.dc("bj").results(a))] == [b"result-a"]

@@ -52,12 +52,13 @@ def test_the_documented_steps_deploy_a_central_site_and_two_datacenters(tmp_path
     hosts = {name: tmp_path / name for name in ("central", "bj", "sh", "agent-bj", "agent-sh", "master")}
     central_port = free_port()
     central_addr = f"127.0.0.1:{central_port}"
+    master_addr = f"127.0.0.1:{free_port()}"
     etc = {h: hosts[h] / "etc" for h in ("central", "bj", "sh")}
     running: list = []
     try:
         # 2. central
-        run_step("central", hosts["central"], ETC=str(etc["central"]))
-        run_step("central-credentials", hosts["central"], ETC=str(etc["central"]), CENTRAL=central_addr)
+        run_step("central", hosts["central"], ETC=str(etc["central"]), CENTRAL_MASTER=master_addr)
+        run_step("central-credentials", hosts["central"], ETC=str(etc["central"]), CENTRAL_MASTER=master_addr)
         central = Mosquitto(hosts["central"], conf=etc["central"] / "mosquitto.conf", port=central_port, name="central")
         running.append(central.start())
         # 3. edges, each with the bridge credential "copied" from central

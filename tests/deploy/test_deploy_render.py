@@ -71,6 +71,20 @@ def test_every_broker_refuses_anonymous_and_ties_client_ids_to_usernames(files):
     assert not any(re.search(r"@[A-Z_]+@", text) for text in files.values()), "a placeholder was left"
 
 
+def test_central_gives_the_master_a_listener_of_its_own():
+    files = central(master_port=1999, master_bind="10.1.2.3")
+    main = dict(directives(files["mosquitto.conf"]))
+    assert main["per_listener_settings"] == "true"
+    assert main["include_dir"] == "/etc/x/conf.d"
+    master = dict(directives(files["conf.d/master.conf"]))
+    assert master["listener"] == "1999 10.1.2.3"
+    assert master["password_file"] == "/etc/x/passwd-master" != main["password_file"]
+    assert master["allow_anonymous"] == "false" and master["acl_file"] == "/etc/x/acl"
+    assert "use_username_as_clientid" not in master, "the master's probe must not take over its session"
+    with pytest.raises(render.RenderError, match="port"):
+        central(master_port=0)
+
+
 def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_bridge():
     acl = directives(central(monitors=["grafana"])["acl"])
     users = [v for k, v in acl if k == "user"]
