@@ -60,6 +60,8 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
+        if not isinstance(self.log_level, str) or self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}", "log_level")
         if self.http != "off":
             parse_hostport(self.http)
         if not isinstance(self.groups, dict) or not all(
@@ -72,6 +74,7 @@ class Settings:
         return None if self.http == "off" else parse_hostport(self.http)
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _FLOATS = {n for n, f in _FIELDS.items() if f.type == "float"}
 

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -217,8 +218,11 @@ class Daemon:
             log.info("shutting down")
             if runner is not None:
                 await runner.cleanup()
-            self._drain()
-            self.service.flush_agents()
+            try:
+                self._drain()
+                self.service.flush_agents()
+            except Exception:
+                log.exception("could not save the last messages and agents; the broker will re-deliver them")
             offline = _status_payload("offline", self.instance, s.client_id)
             final = [(status_topic, offline, True)] if transport.is_connected() else []
             await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
@@ -279,7 +283,12 @@ class Daemon:
             m.ack()
         batch = [m for m in batch if m.topic != self._status_topic]
         if batch:
-            self.service.handle_batch(batch)
+            try:
+                self.service.handle_batch(batch)
+            except Exception:
+                # Only the store can fail here (each message is guarded): memory and disk may
+                # now disagree, so stop; the broker re-delivers the un-acked batch to the next run.
+                self._fatal("could not apply a batch of %d message(s)", len(batch))
 
     def _check_takeover(self, msg: Incoming) -> None:
         try:
@@ -303,8 +312,16 @@ class Daemon:
                 pass
             try:
                 self.service.housekeeping()
+            except sqlite3.Error:
+                self._fatal("the database failed during housekeeping")
             except Exception:
                 log.exception("housekeeping failed; will retry in %.1f s", TICK_MAX)
+
+    def _fatal(self, message: str, *args: object) -> None:
+        log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)
+        self.exit_code = 1
+        assert self._stop is not None
+        self._stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:

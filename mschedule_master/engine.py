@@ -388,7 +388,8 @@ class Engine:
             elif isinstance(action, SendKill):
                 touched.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
-                self.publish(topic, protocol.Kill(id=task_id, reason="killed"))
+                reason = "rollout aborted" if active.rollout.aborted else "task killed"
+                self.publish(topic, protocol.Kill(id=task_id, reason=reason))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)

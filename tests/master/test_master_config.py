@@ -24,6 +24,7 @@ def test_flags_beat_environment_which_beats_the_file(tmp_path):
     [
         (["--http", "nowhere"], {}, None, "http"),
         (["--delivery-timeout", "0"], {}, None, "delivery_timeout"),
+        (["--log-level", "chatty"], {}, None, "log_level"),
         ([], {"MSCHEDULE_MASTER_LOST_GRACE": "soon"}, None, "lost_grace"),
         ([], {}, "bogus = 1\n", "bogus"),
         ([], {}, "[groups]\nweb = 'web-*'\n", "groups"),
