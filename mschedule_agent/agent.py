@@ -54,6 +54,8 @@ OUTBOX_WINDOW = 5000
 OUTBOX_SCAN = 1.0
 #: A result copy not PUBACKed after this many resend intervals is sent again anyway.
 STUCK_RESENDS = 12
+#: At most this many seconds between SIGTERM and SIGKILL for a crashed run's leftovers.
+ORPHAN_GRACE_MAX = 10.0
 #: Seconds between two prunes of old ids from the ledger.
 PRUNE_EVERY = 3600.0
 
@@ -140,6 +142,10 @@ class Agent:
         INTERRUPTED (never re-run); accepted tasks are queued again, in order."""
         now = self._now()
         for entry in self.ledger.in_state(LedgerState.RUNNING):
+            error = "the agent stopped while the task ran; it was not run again"
+            if entry.pid is not None and self.executor.kill_orphan(entry.pid, entry.pid_start, self._grace(entry)):
+                error += "; its leftover processes were killed"
+                log.warning("task_id=%s: killed the leftover process group %d", entry.id, entry.pid)
             result = Result(
                 id=entry.id,
                 agent_id=self.id,
@@ -147,7 +153,7 @@ class Agent:
                 code=None,
                 started_at=entry.started_at,
                 finished_at=now,
-                error="the agent stopped while the task ran; it was not run again",
+                error=error,
             )
             self.ledger.finish(entry.id, encode(result), now=now)
             log.warning("task_id=%s was running when the agent stopped: reported INTERRUPTED", entry.id)
@@ -156,6 +162,13 @@ class Agent:
                 self._queue.append(entry.id)
         if self._queue:
             log.info("%d accepted task(s) will run after the restart", len(self._queue))
+
+    @staticmethod
+    def _grace(entry: Entry) -> float:
+        try:
+            return min(ORPHAN_GRACE_MAX, decode_as(entry.task, Task).kill_grace) if entry.task else ORPHAN_GRACE_MAX
+        except DecodeError:
+            return ORPHAN_GRACE_MAX
 
     def on_connect(self, session_present: bool = False) -> None:
         """After every (re)connect: the retained registration, then the whole outbox."""
@@ -437,6 +450,10 @@ class Agent:
         )
 
     def _on_started(self, task_id: str, pid: int) -> None:
+        try:  # so that a restart after a crash can find and stop this run's processes
+            self.ledger.set_pid(task_id, pid, self.executor.identify(pid))
+        except Exception:
+            log.exception("cannot record the pid of task_id=%s", task_id)
         msg = Started(id=task_id, agent_id=self.id, started_at=self._now(), pid=pid)
         self._publish(self._results_topic, encode(msg))
 

@@ -19,7 +19,7 @@ from .executor import Executor
 from .hostinfo import collect
 from .identity import load_or_create_id
 from .ledger import Ledger
-from .transport import MqttTransport, NetworkLoop, TransportError
+from .transport import MqttTransport, NetworkLoop
 
 log = logging.getLogger(__name__)
 
@@ -73,39 +73,41 @@ def build(settings: config.Settings) -> Agent:
     )
 
 
-class _Stop(Exception):
-    """SIGTERM/SIGINT arrived before the first connect."""
+def _connect(transport: MqttTransport) -> None:
+    """The first connect, retried forever with jittered backoff (the transport's policy)."""
+    try:
+        transport.start()
+    except Exception:
+        log.exception("cannot connect; the agent keeps running its accepted tasks")
 
 
 def run(agent: Agent) -> None:
-    """Connect, loop until SIGTERM/SIGINT, shut down cleanly."""
+    """Connect in the background, loop until SIGTERM/SIGINT, shut down cleanly.
+
+    Ticks start at once: tasks accepted before a restart run even while the broker is
+    unreachable (their results wait in the outbox). The signal handler only sets an
+    event: raising from it could land inside logging, which would swallow it."""
     stop = threading.Event()
-    connecting = True
 
     def on_signal(signum, _frame):
-        log.info("received %s: shutting down", signal.Signals(signum).name)
         stop.set()
-        if connecting:
-            raise _Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     transport: MqttTransport = agent.transport  # type: ignore[assignment]
     agent.recover()
-    try:
-        transport.start()
-        connecting = False
-    except _Stop:
-        transport.stop(timeout=1.0)
-        agent.ledger.close()
-        return
+    threading.Thread(target=_connect, args=(transport,), name="mqtt-connect", daemon=True).start()
     try:
         while not stop.is_set():
             agent.tick(time.time())
             stop.wait(TICK)
     finally:
+        log.info("shutting down")
         agent.shutdown(SHUTDOWN_WAIT)
-        transport.stop(final=agent.farewell(), timeout=10.0)
+        if transport.is_connected():
+            transport.stop(final=agent.farewell(), timeout=10.0)
+        else:  # nobody to say goodbye to; the last will covers a session we may have had
+            transport.stop(timeout=1.0)
         agent.ledger.close()
         log.info("agent %s stopped", agent.id)
 
@@ -130,11 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", e)
         return 2
     log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), agent.settings.broker, agent.settings.state_dir)
-    try:
-        run(agent)
-    except TransportError as e:
-        log.error("%s", e)
-        return 1
+    run(agent)
     return 0
 
 

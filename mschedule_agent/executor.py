@@ -7,6 +7,7 @@ an :class:`Outcome`. Nothing here touches MQTT or the ledger.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import selectors
@@ -87,6 +88,14 @@ class Executor:
             return
         for p in Path(self.tmp_dir).glob("mschedule-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+    def identify(self, pid: int) -> str | None:
+        """See :func:`process_identity`."""
+        return process_identity(pid)
+
+    def kill_orphan(self, pgid: int, identity: str | None, grace: float) -> bool:
+        """See :func:`kill_orphan_group`."""
+        return kill_orphan_group(pgid, identity, grace)
 
     def start(
         self, spec: RunSpec, *, on_started: Callable[[int], None], on_done: Callable[[Outcome], None]
@@ -309,6 +318,63 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def _stat(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19])."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def process_identity(pid: int) -> str | None:
+    """``"<boot id>:<start time>"`` of a live process: with its pid, it names that process
+    across a crash of the agent without mistaking a later process that reused the pid."""
+    fields = _stat(pid)
+    return f"{_boot_id()}:{int(fields[19])}" if fields and len(fields) > 19 else None
+
+
+def orphan_group(pgid: int, identity: str | None) -> list[int]:
+    """Live members of the process group a run started as ``pgid``/``identity`` (found in
+    the ledger after a crash); [] if that group is gone or the id now names another one."""
+    if identity is None or ":" not in identity:
+        return []
+    boot, _, start = identity.rpartition(":")
+    if boot != _boot_id():
+        return []  # rebooted since: whatever has this pgid now is not ours
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat(name)
+            # The pgid cannot be reused while any member lives: same boot + started no
+            # earlier than the leader means it is the run's own group.
+            if fields and len(fields) > 19 and fields[0] != b"Z" and int(fields[2]) == pgid and int(fields[19]) >= int(start):
+                members.append(int(name))
+    return members
+
+
+def kill_orphan_group(pgid: int, identity: str | None, grace: float) -> bool:
+    """SIGTERM an orphaned run's group, SIGKILL it after ``grace`` seconds. True if one was found."""
+    if not orphan_group(pgid, identity):
+        return False
+    _killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and orphan_group(pgid, identity):
+        time.sleep(GROUP_POLL)  # not our children: nothing to wait on but /proc
+    if orphan_group(pgid, identity):
+        _killpg(pgid, signal.SIGKILL)
+    return True
 
 
 def _group_alive(pgid: int | None) -> bool:

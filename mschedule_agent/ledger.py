@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 create table if not exists tasks (
@@ -33,7 +33,9 @@ create table if not exists tasks (
     started_at   real,
     finished_at  real,
     result       blob,            -- the encoded result (outbox), dropped once acked
-    result_acked integer not null default 0
+    result_acked integer not null default 0,
+    pid          integer,         -- the run's process (group) id, to find it after a crash
+    pid_start    text             -- "<boot id>:<start ticks>" of that process: guards against pid reuse
 );
 create index if not exists tasks_state on tasks(state);
 create index if not exists tasks_outbox on tasks(seq) where result is not null and result_acked = 0;
@@ -47,6 +49,11 @@ class LedgerState(str, Enum):
     EXPIRED = "EXPIRED"  #: arrived after its expires_at; rejected, never run
     TOMBSTONE = "TOMBSTONE"  #: killed before it ever arrived; a later delivery is rejected
 
+
+#: Schema changes, applied in order to older ledgers: version reached -> statements.
+_MIGRATIONS: dict[int, list[str]] = {
+    2: ["alter table tasks add column pid integer", "alter table tasks add column pid_start text"],
+}
 
 #: Allowed transitions; anything else is a bug and raises LedgerError.
 TRANSITIONS: dict[LedgerState, frozenset[LedgerState]] = {
@@ -68,13 +75,15 @@ class Entry:
     finished_at: float | None
     result: bytes | None
     result_acked: bool
+    pid: int | None = None
+    pid_start: str | None = None
 
 
-_COLUMNS = "id, state, received_at, task, started_at, finished_at, result, result_acked"
+_COLUMNS = "id, state, received_at, task, started_at, finished_at, result, result_acked, pid, pid_start"
 
 
 def _entry(row: tuple) -> Entry:
-    return Entry(row[0], LedgerState(row[1]), row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+    return Entry(row[0], LedgerState(row[1]), row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9])
 
 
 class Ledger:
@@ -87,14 +96,18 @@ class Ledger:
         self._db.execute("pragma journal_mode=wal")
         self._db.execute("pragma synchronous=full")
         with self.db() as c:
+            version = c.execute("pragma user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger {self.path} has schema version {version}, newer than {SCHEMA_VERSION}")
+            fresh = c.execute("select count(*) from sqlite_master where name = 'tasks'").fetchone()[0] == 0
+            if not fresh:
+                for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                    for stmt in _MIGRATIONS[target]:
+                        c.execute(stmt)
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
-            version = c.execute("pragma user_version").fetchone()[0]
-            if version == 0:
-                c.execute(f"pragma user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise LedgerError(f"ledger {self.path} has schema version {version}, expected {SCHEMA_VERSION}")
+            c.execute(f"pragma user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def db(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -178,6 +191,11 @@ class Ledger:
 
     def mark_running(self, task_id: str, *, now: float) -> None:
         self._move(task_id, LedgerState.RUNNING, "started_at = ?", (now,))
+
+    def set_pid(self, task_id: str, pid: int, pid_start: str | None) -> None:
+        """Remember a running task's process (not fsynced: it only helps clean up after a crash)."""
+        with self.db(durable=False) as c:
+            c.execute("update tasks set pid = ?, pid_start = ? where id = ?", (pid, pid_start, task_id))
 
     def finish(self, task_id: str, result: bytes, *, now: float, durable: bool = True) -> None:
         """Store the result in the outbox and drop the task's script.

@@ -63,6 +63,14 @@ class FakeExecutor:
 
     def __init__(self) -> None:
         self.runs: list[FakeRun] = []
+        self.orphans_killed: list[tuple[int, str | None, float]] = []
+
+    def identify(self, pid: int) -> str | None:
+        return f"boot:{pid}"
+
+    def kill_orphan(self, pgid: int, identity: str | None, grace: float) -> bool:
+        self.orphans_killed.append((pgid, identity, grace))
+        return True
 
     def start(self, spec, *, on_started, on_done) -> FakeRun:
         run = FakeRun(spec, on_started, on_done)

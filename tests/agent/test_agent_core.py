@@ -145,6 +145,8 @@ def test_crash_reports_running_task_interrupted_and_runs_accepted_ones(core):
     core.agent.tick(core.clock.advance(0.3))
     results = [m for m in core.sent() if isinstance(m, Result)]
     assert {(r.id, r.state, r.code) for r in results} == {("was_running", "INTERRUPTED", None)}
+    assert core.executor.orphans_killed == [(42, "boot:42", 5.0)]  # the pid recorded at start
+    assert "leftover processes were killed" in results[0].error
 
 
 def _task_doc(**payload):

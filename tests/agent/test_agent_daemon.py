@@ -174,10 +174,11 @@ def test_kill_9_mid_run_reports_interrupted_after_restart_and_never_reruns(tmp_p
         (st,) = watch.wait_for(is_(Started, "crash-1"), timeout=10)
         pgid = msg_of(st).pid
         a.kill9()
-        killpg_quietly(pgid)  # the script has its own session: a crash of the agent leaves it
+        assert group_alive(pgid)  # the script has its own session: a crash of the agent leaves it
         a = start_agent(tmp_path / "agent", broker.url, prefix)
         (res,) = watch.wait_for(is_(Result, "crash-1"), timeout=15)
         assert (msg_of(res).state, msg_of(res).code) == ("INTERRUPTED", None)
+        assert "leftover processes were killed" in msg_of(res).error and group_alive(pgid) == []
         watch.publish(topics.tasks(aid), task("crash-1", b"echo again"))
         (ack,) = watch.wait_for(is_(Ack, "crash-1", duplicate=True), timeout=10)
         assert msg_of(ack).state == "DONE"

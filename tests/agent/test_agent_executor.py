@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from mschedule_agent.executor import Executor, RunSpec, interpreter
+from mschedule_agent.executor import Executor, RunSpec, interpreter, kill_orphan_group, orphan_group, process_identity
 
 
 def group_members(pgid: int) -> list[int]:
@@ -143,3 +144,34 @@ def test_background_child_holding_stdout_does_not_hold_the_result(run_script):
 )
 def test_interpreter_follows_the_shebang_like_linux(script, argv):
     assert interpreter(script, "P") == argv
+
+
+@pytest.fixture
+def orphan():
+    """A process group like a run's, to play the leftovers of a crashed agent."""
+    p = subprocess.Popen(["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)
+    try:
+        yield p
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def test_orphaned_group_is_found_by_pid_and_identity_and_killed(orphan):
+    identity = process_identity(orphan.pid)
+    time_limit = time.monotonic() + 10
+    while len(orphan_group(orphan.pid, identity)) < 3 and time.monotonic() < time_limit:
+        time.sleep(0.02)  # the shell is still starting its two sleeps
+    assert len(orphan_group(orphan.pid, identity)) == 3
+    assert kill_orphan_group(orphan.pid, identity, grace=2)
+    assert group_members(orphan.pid) == []
+
+
+@pytest.mark.parametrize("mangle", [lambda i: "another-boot:" + i.split(":")[1], lambda i: i.split(":")[0] + ":" + str(int(i.split(":")[1]) + 10**6), lambda i: None])
+def test_a_reused_pid_or_unknown_identity_is_never_killed(orphan, mangle):
+    identity = mangle(process_identity(orphan.pid))
+    assert not kill_orphan_group(orphan.pid, identity, grace=0.1)
+    assert orphan.poll() is None

@@ -99,6 +99,38 @@ def test_ledger_survives_reopen_and_prunes_only_old_finished_ids(tmp_path):
     led.close()
 
 
+def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "l.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "create table tasks (seq integer primary key autoincrement, id text not null unique, state text not null,"
+        " received_at real not null, task blob, started_at real, finished_at real, result blob,"
+        " result_acked integer not null default 0);"
+        "insert into tasks (id, state, received_at, task) values ('old', 'RUNNING', 1.0, x'00');"
+        "pragma user_version=1;"
+    )
+    db.close()
+    led = Ledger(path)
+    try:
+        assert led.get("old").state is LedgerState.RUNNING and led.get("old").pid is None
+        led.set_pid("old", 123, "b:1")
+        assert (led.get("old").pid, led.get("old").pid_start) == (123, "b:1")
+    finally:
+        led.close()
+
+
+def test_a_newer_ledger_is_refused(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "l.sqlite3")
+    db.execute("pragma user_version=99")
+    db.close()
+    with pytest.raises(LedgerError):
+        Ledger(tmp_path / "l.sqlite3")
+
+
 # ---------------------------------------------------------------------------- identity
 
 
