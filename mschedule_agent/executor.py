@@ -137,10 +137,12 @@ class Run:
         with self._lock:
             if self._term_state is None:
                 self._term_state, self._term_reason = state, reason
-        try:
-            os.write(self._wake_w, b"k")
-        except OSError:
-            pass  # the run already finished and closed its pipe
+            if self._wake_w < 0:
+                return  # finished: its pipe is closed (and the fd number may be reused)
+            try:
+                os.write(self._wake_w, b"k")
+            except OSError:
+                pass  # the pipe is full: a wake-up is already pending
 
     # ------------------------------------------------------------------ the run thread
     def _main(self) -> None:
@@ -156,11 +158,10 @@ class Run:
         finally:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
-            for fd in (self._wake_r, self._wake_w):
-                try:
+            with self._lock:
+                for fd in (self._wake_r, self._wake_w):
                     os.close(fd)
-                except OSError:
-                    pass
+                self._wake_r = self._wake_w = -1
         try:
             self._on_done(outcome)
         except Exception:

@@ -175,3 +175,12 @@ def test_a_reused_pid_or_unknown_identity_is_never_killed(orphan, mangle):
     identity = mangle(process_identity(orphan.pid))
     assert not kill_orphan_group(orphan.pid, identity, grace=0.1)
     assert orphan.poll() is None
+
+
+def test_kill_after_the_run_finished_is_harmless(tmp_path):
+    ex = Executor(tmp_dir=tmp_path / "run")
+    done = []
+    r = ex.start(RunSpec(task_id="t1", script=b"true"), on_started=lambda pid: None, on_done=done.append)
+    assert r.join(30)
+    r.kill()  # its wake-up pipe is closed; the fd number must not be written to
+    assert done[0].state == "SUCCEED" and r._wake_w == -1
