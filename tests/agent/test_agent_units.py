@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +186,7 @@ def test_settings_defaults_and_id_path(tmp_path):
     s = config.load(["--state-dir", str(tmp_path)], env={})
     assert (s.heartbeat, s.max_tasks, s.will_delay, s.output_cap, s.resend) == (5.0, 1, 10, 1024 * 1024, 5.0)
     assert s.id_path == tmp_path / "agent-id"
+    assert config.load(["--id-file", "/etc/mschedule/id"], env={}).id_path == Path("/etc/mschedule/id")
 
 
 @pytest.mark.parametrize(
