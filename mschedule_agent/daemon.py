@@ -1,5 +1,14 @@
 """``mschedule-agent``: wires the real clock, transport, ledger and executor to the
-:class:`~.agent.Agent` core and runs its loop until SIGTERM."""
+:class:`~.agent.Agent` core and runs its loop until SIGTERM.
+
+The state directory (``--state-dir``, created 0700) holds::
+
+    agent-id          the agent's uuid (or --id-file); never replaced if unreadable
+    ledger.sqlite3    every task id seen, its state, and the result outbox (+ -wal, -shm)
+    run/              one private directory per running script, removed when it ends
+
+Exit codes: 0 after a clean shutdown, 2 for a bad setting, id file or ledger.
+"""
 
 from __future__ import annotations
 
