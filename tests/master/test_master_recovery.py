@@ -135,3 +135,18 @@ def test_sigterm_stops_a_master_that_cannot_reach_its_broker(prefix, tmp_path):
         wait_until(lambda: "cannot reach broker" in master.log(), 20, what="a connection attempt")
     finally:
         assert master.stop(timeout=5) == 0
+
+
+def test_a_broker_killed_mid_rollout_loses_nothing_and_runs_nothing_twice(own_broker, prefix, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = f'echo run >> {markers}/$MSCHEDULE_TEST_AGENT; sleep 0.3'
+    with Fleet(tmp_path, own_broker.url, prefix, agents=5) as fleet:
+        task_id = fleet.submit(["all"], script, parallel=2)
+        fleet.wait_progress(task_id, lambda p: p["counts"].get("SUCCEED", 0) >= 1)
+        own_broker.kill()  # sessions, queues and retained messages since the last snapshot: gone
+        own_broker.start()
+        summary = fleet.wait_task(task_id, 90)
+        assert (summary["state"], summary["counts"]) == ("SUCCEED", {"SUCCEED": 5})
+        runs = {p.name: p.read_text().splitlines() for p in markers.iterdir()}
+        assert runs == {str(i): ["run"] for i in range(5)}
