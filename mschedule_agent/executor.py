@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,21 +75,27 @@ def interpreter(script: bytes, path: str) -> list[str]:
 
 
 class Executor:
-    """Starts runs. ``tmp_dir`` holds each run's private (0700) script directory."""
+    """Starts runs. Each script is written to its own file in ``tmp_dir``, a private (0700)
+    directory; without one, the executor makes a private directory of its own."""
 
     def __init__(self, *, tmp_dir: Path | str | None = None, now: Callable[[], float] = time.time) -> None:
-        self.tmp_dir = str(tmp_dir) if tmp_dir is not None else None
-        self._now = now
-        if self.tmp_dir:
+        if tmp_dir is None:
+            self.tmp_dir = tempfile.mkdtemp(prefix="mschedule-agent-")
+            weakref.finalize(self, shutil.rmtree, self.tmp_dir, True)
+        else:
+            self.tmp_dir = str(tmp_dir)
             Path(self.tmp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.tmp_dir, 0o700)
+        self._now = now
 
     def clean_stale(self) -> None:
-        """Remove script directories a crashed agent left in ``tmp_dir`` (not shared:
-        call it only for an agent's own directory, before any run starts)."""
-        if not self.tmp_dir:
-            return
+        """Remove scripts a crashed agent left in ``tmp_dir`` (call it only for an agent's
+        own directory, before any run starts)."""
         for p in Path(self.tmp_dir).glob("mschedule-*"):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def identify(self, pid: int) -> str | None:
         """See :func:`process_identity`."""
@@ -147,17 +155,20 @@ class Run:
     # ------------------------------------------------------------------ the run thread
     def _main(self) -> None:
         started = self._now()
-        workdir = None
+        path = None
         try:
-            workdir = tempfile.mkdtemp(prefix=f"mschedule-{self.spec.task_id[:40]}-", dir=self._tmp_dir)
-            outcome = self._execute(workdir, started)
+            path = self._write_script()
+            outcome = self._execute(path, started)
         except Exception as e:
             log.exception("run of task_id=%s failed inside the agent", self.spec.task_id)
             empty = Captured(b"", 0, False)
             outcome = Outcome(TargetState.FAILED, None, None, empty, empty, started, self._now(), self.pid, f"agent error: {e}")
         finally:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             with self._lock:
                 for fd in (self._wake_r, self._wake_w):
                     os.close(fd)
@@ -169,12 +180,21 @@ class Run:
         finally:
             self.done.set()
 
-    def _execute(self, workdir: str, started: float) -> Outcome:
+    def _write_script(self) -> str:
+        """The script in a new file (0700, O_EXCL) of the private run directory."""
+        for _ in range(5):
+            path = os.path.join(self._tmp_dir, f"mschedule-{self.spec.task_id[:40]}-{secrets.token_hex(4)}")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.spec.script)
+            return path
+        raise OSError(f"cannot create a script file in {self._tmp_dir}")
+
+    def _execute(self, path: str, started: float) -> Outcome:
         spec = self.spec
-        path = os.path.join(workdir, "script")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
-        with os.fdopen(fd, "wb") as f:
-            f.write(spec.script)
         argv = interpreter(spec.script, path)
         env = {**script_environ(), **spec.env, "MSCHEDULE_TASK_ID": spec.task_id}
         out, err = HeadTail(spec.output_cap), HeadTail(spec.output_cap)

@@ -87,9 +87,21 @@ def test_the_agents_own_settings_are_not_in_the_scripts_environment(run_script, 
 
 
 def test_script_file_is_private_and_removed_afterwards(run_script, tmp_path):
-    o = run_script(b'stat -c %a "$0" "$(dirname "$0")"')
-    assert o.stdout.data.split() == [b"700", b"700"]
+    o = run_script(b'stat -c %a "$0" "$(dirname "$0")"; echo "$0"')
+    mode, dir_mode, path = o.stdout.data.split()
+    assert (mode, dir_mode) == (b"700", b"700") and Path(path.decode()).parent == tmp_path / "run"
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_an_executor_without_a_directory_makes_a_private_one():
+    ex = Executor()
+    d = Path(ex.tmp_dir)
+    assert d.is_dir() and (d.stat().st_mode & 0o777) == 0o700
+    del ex
+    import gc
+
+    gc.collect()
+    assert not d.exists()
 
 
 @pytest.mark.parametrize(
