@@ -439,6 +439,7 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                 view.update(task)
                 if task["state"] in TASK_FINAL:
                     return task
+                time.sleep(min(2.0, 0.1 + 0.002 * task["target_count"]))  # re-read a big task less often
                 watcher.changed.wait(POLL_INTERVAL)
                 watcher.changed.clear()
             except KeyboardInterrupt:

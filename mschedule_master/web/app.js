@@ -10,10 +10,18 @@ const GOOD = new Set(["SUCCEED"]);
 const BAD = new Set(["FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"]);
 const ACTIVE = new Set(["DISPATCHED", "RUNNING"]);
 const FALLBACK_POLL_MS = 5000;
-const MAX_OUTPUT = 65536; // bytes of each stream shown per target; the output route has the rest
+const MAX_OUTPUT = 8192; // bytes of each stream's tail shown per target; "show all" fetches the rest
 
 const $ = (sel) => document.querySelector(sel);
-const state = { agents: [], checked: new Set(), route: null, taskId: null, refreshTimer: null };
+const state = {
+  agents: [],
+  checked: new Set(),
+  route: null,
+  taskId: null,
+  refreshTimer: null,
+  refreshDelay: 150, // grows with the task's size so a big rollout is not re-read on every event
+  fullOutput: new Map(), // agent id -> {out, err}: whole outputs the user asked for
+};
 
 // ------------------------------------------------------------------ helpers
 
@@ -180,7 +188,7 @@ function scheduleRefresh() {
   state.refreshTimer = setTimeout(() => {
     state.refreshTimer = null;
     refresh();
-  }, 150);
+  }, state.refreshDelay);
 }
 
 async function refresh() {
@@ -326,16 +334,18 @@ async function loadTask(id) {
   $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
   $("#kill").disabled = FINAL_TASK.has(t.state);
+  state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
-  const open = new Set([...body.querySelectorAll("details[open]")].map((d) => d.dataset.agent));
+  const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));
   body.replaceChildren();
   const targets = Object.values(t.targets || {}).sort((a, b) => (a.hostname || "").localeCompare(b.hostname || ""));
-  for (const x of targets) body.append(...targetRows(x, open));
+  for (const x of targets) body.append(...targetRows(x, closed));
 }
 
-function targetRows(x, open) {
-  const out = decode(x.output, x.output_encoding);
-  const err = decode(x.stderr, x.stderr_encoding);
+function targetRows(x, closed) {
+  const full = state.fullOutput.get(x.agent_id);
+  const out = full ? full.out : decode(x.output, x.output_encoding);
+  const err = full ? full.err : decode(x.stderr, x.stderr_encoding);
   const row = h("tr", { "data-agent": x.agent_id, "data-state": x.state },
     h("td", { class: "mono", title: x.agent_id }, x.agent_id.slice(0, 12)),
     h("td", {}, x.hostname || ""),
@@ -348,15 +358,30 @@ function targetRows(x, open) {
   const pre = h("pre", { class: "output" }, out);
   if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[the agent kept only the head and tail]"));
   if (err) pre.append(h("span", { class: "stderr" }, (out && !out.endsWith("\n") ? "\n" : "") + err));
-  const raw = `/api/v1/tasks/${encodeURIComponent(state.taskId)}/targets/${encodeURIComponent(x.agent_id)}/output`;
-  const clipped = x.output_clipped || x.stderr_clipped
-    ? h("div", { class: "muted small" }, `showing the last ${MAX_OUTPUT / 1024} KiB of each stream — full `,
-        h("a", { href: raw, target: "_blank" }, "stdout"), " / ",
-        h("a", { href: `${raw}?stream=stderr`, target: "_blank" }, "stderr"))
+  const clipped = !full && (x.output_clipped || x.stderr_clipped)
+    ? h("div", { class: "muted small" }, `showing the last ${MAX_OUTPUT / 1024} KiB of each stream `,
+        h("button", { class: "link show-all", onclick: () => showAll(x) },
+          `show all (${x.output_bytes + x.stderr_bytes} bytes)`))
     : null;
   const details = h("details", { "data-agent": x.agent_id }, h("summary", {}, "output"), clipped, pre);
-  details.open = open.has(x.agent_id) || out.length + err.length < 4000;
+  details.open = !closed.has(x.agent_id); // open unless the user closed it
   return [row, h("tr", { class: "output-row" }, h("td", { colspan: 7 }, details))];
+}
+
+async function showAll(x) {
+  const base = `/api/v1/tasks/${encodeURIComponent(state.taskId)}/targets/${encodeURIComponent(x.agent_id)}/output`;
+  const text = async (url) => {
+    const resp = await fetch(url, { headers: authHeaders() });
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    return new TextDecoder("utf-8", { fatal: false }).decode(await resp.arrayBuffer());
+  };
+  try {
+    const [out, err] = await Promise.all([text(base), text(`${base}?stream=stderr`)]);
+    state.fullOutput.set(x.agent_id, { out, err });
+    refresh();
+  } catch (e) {
+    alert(`could not load the output: ${e.message}`);
+  }
 }
 
 async function kill() {
@@ -385,11 +410,13 @@ function route() {
   if (m) {
     state.route = "task";
     state.taskId = decodeURIComponent(m[1]);
+    state.fullOutput.clear();
     $("#targets tbody").replaceChildren();
     show("#task-page");
   } else {
     state.route = "home";
     state.taskId = null;
+    state.refreshDelay = 150;
     show("#home");
   }
   refresh();

@@ -158,3 +158,20 @@ def test_page_asks_for_the_token_when_the_master_needs_one(broker, tmp_path, pag
         assert page.evaluate("localStorage.getItem('mschedule.token')") == "page-secret"
     finally:
         master.stop()
+
+
+def test_long_output_shows_its_tail_then_all_on_request(ui_fleet, page):
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=db")
+    page.fill("#script", "echo FIRST-LINE; seq 1 5000; echo LAST-LINE")  # ~24 KB: more than the page's 8 KiB
+    page.click("#submit")
+    page.wait_for_url("**/#/task/*")
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    pre = page.locator("#targets pre.output")
+    assert "LAST-LINE" in pre.inner_text() and "FIRST-LINE" not in pre.inner_text()
+    page.click("button.show-all")
+    page.locator("#targets pre.output", has_text="FIRST-LINE").wait_for()
+    text = pre.inner_text()
+    assert text.startswith("FIRST-LINE\n1\n2\n") and "LAST-LINE" in text
+    assert page.locator("button.show-all").count() == 0
