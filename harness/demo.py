@@ -140,9 +140,8 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
     cli = " ".join(shlex.quote(p) for p in cli_argv())
     if cli.startswith(str(Path.cwd())):
         cli = os.path.relpath(cli)
-    submit = orjson.dumps(
-        {"type": "submit", "payload": {"targets": ["role=db"], "script_text": "echo hello from MQTT", "request_id": "demo1"}}
-    ).decode()
+    payload = {"targets": ["role=db"], "script_text": "echo hello from MQTT", "request_id": "demo1"}
+    submit = orjson.dumps({"type": "submit", "payload": payload}).decode()
     return f"""
   Dashboard:  {url}/
   API:        {url}/api/v1/openapi.json

@@ -283,9 +283,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0, 0, 10**9)
     tasks = service_of(request).tasks(state=state, limit=limit, offset=offset)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
-    return json_response(
-        {"tasks": [task_json(t, with_script=False) for t in tasks], "limit": limit, "offset": offset, "next_offset": next_offset}
-    )
+    docs = [task_json(t, with_script=False) for t in tasks]
+    return json_response({"tasks": docs, "limit": limit, "offset": offset, "next_offset": next_offset})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -450,7 +449,8 @@ def _token_ok(request: web.Request, token: str) -> bool:
 
 
 def create_app(service: Service, *, token: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware, auth_middleware, browser_guard_middleware])
+    middlewares = [errors_middleware, auth_middleware, browser_guard_middleware]
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[SERVICE_KEY] = service
     if token:
         app[TOKEN_KEY] = token
@@ -462,7 +462,8 @@ def create_app(service: Service, *, token: str | None = None) -> web.Application
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """A loopback address, ``localhost`` or a ``*.localhost`` name (RFC 6761)."""
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

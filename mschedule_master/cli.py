@@ -53,8 +53,8 @@ TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
 
 PIPE_WIDTH = 240  #: table width when stdout is not a terminal
 KEEPALIVE_TIMEOUT = 40.0  #: the event stream sends a keep-alive every 15 s; give up on it after this
-POLL_INTERVAL = 2.0
-UNREACHABLE_PATIENCE = 60.0  #: while following a task, wait this long for a restarting master  #: re-read the task at least this often while waiting (events come sooner)
+POLL_INTERVAL = 2.0  #: re-read the task at least this often while waiting (events come sooner)
+UNREACHABLE_PATIENCE = 60.0  #: while following a task, wait this long for a restarting master
 STATE_STYLE = {
     "SUCCEED": "green", "FAILED": "red", "TIMEOUT": "red", "KILLED": "magenta", "INTERRUPTED": "red",
     "LOST": "red", "UNREACHABLE": "red", "REJECTED": "red", "CANCELLED": "dim", "RUNNING": "yellow",

@@ -79,7 +79,8 @@ SCHEMAS: dict[str, Any] = {
             "request_id": {"type": ["string", "null"]},
             "name": {"type": "string"},
             "timeout": {"type": "number", "minimum": 0, "description": "seconds, 0 = no limit"},
-            "parallel": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^\\d+(\\.\\d+)?%$"}]},
+            "parallel": {"oneOf": [{"type": "integer", "minimum": 1},
+                                   {"type": "string", "pattern": "^\\d+(\\.\\d+)?%$"}]},
             "fail_rate": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}],
                           "description": "-1/null = none, a fraction 0..1, or 'N%'"},
             "fail_count": {"type": "integer", "minimum": -1, "description": "-1 = no limit"},
@@ -275,7 +276,8 @@ PATHS: dict[str, Any] = {
             "summary": "Server-sent events (task, target, agent changes; hello; resync)",
             "parameters": [_query("task", {"type": "string"}, "only this task's events")],
             "responses": {
-                "200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {"description": "an event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 "401": _UNAUTH,
             },
         }

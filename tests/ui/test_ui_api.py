@@ -37,6 +37,11 @@ async def post_json(c, path, doc, **kw):
     return await c.post(path, data=body, headers={"Content-Type": "application/json"}, **kw)
 
 
+async def new_task(c, targets=("web1",)) -> str:
+    r = await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": list(targets)})
+    return (await r.json())["id"]
+
+
 # ----------------------------------------------------------------- the design document's routes
 
 
@@ -225,7 +230,8 @@ def test_tasks_are_paged_newest_first_and_filtered_by_state(fake_service):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("?state=DONE", "state"), ("?limit=0", "limit"), ("?limit=501", "limit"), ("?limit=x", "limit"), ("?offset=-1", "offset")],
+    [("?state=DONE", "state"), ("?limit=0", "limit"), ("?limit=501", "limit"), ("?limit=x", "limit"),
+     ("?offset=-1", "offset")],
 )
 def test_tasks_bad_query_is_a_400(fake_service, query, field):
     async def go():
@@ -262,7 +268,7 @@ def test_task_detail_has_targets_keyed_by_agent_with_output(fake_service):
 def test_output_route_serves_raw_bytes_per_stream(fake_service):
     async def go():
         async with client(fake_service) as c:
-            task_id = (await (await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": ["web1"]})).json())["id"]
+            task_id = await new_task(c)
             fake_service.set_target(task_id, "web1", TargetState.FAILED, code=2, stdout=b"\x00\xffbin",
                                     stderr=b"err", stdout_bytes=5, stderr_bytes=3)  # fmt: skip
             base = f"/api/v1/tasks/{task_id}/targets/web1/output"
@@ -284,7 +290,7 @@ def test_output_route_serves_raw_bytes_per_stream(fake_service):
 def test_kill_kills_and_unknown_task_is_404(fake_service):
     async def go():
         async with client(fake_service) as c:
-            task_id = (await (await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": ["web1"]})).json())["id"]
+            task_id = await new_task(c)
             fake_service.set_target(task_id, "web1", TargetState.RUNNING)
             r = await c.post(f"/api/v1/tasks/{task_id}/kill", json={})
             assert r.status == 202
@@ -456,7 +462,8 @@ def test_start_http_serves_with_token(fake_service):
         try:
             port = runner.addresses[0][1]
             async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{port}/task/targets", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                async with s.get(f"http://127.0.0.1:{port}/task/targets", headers=auth) as r:
                     assert r.status == 200
         finally:
             await runner.cleanup()
@@ -482,7 +489,7 @@ def test_clip_keeps_the_tail_on_a_character_boundary(data, limit, expected, clip
 def test_task_detail_max_output_keeps_the_tail(fake_service):
     async def go():
         async with client(fake_service) as c:
-            task_id = (await (await post_json(c, "/api/v1/tasks", {"script_text": "x", "targets": ["web1"]})).json())["id"]
+            task_id = await new_task(c)
             fake_service.set_target(task_id, "web1", TargetState.SUCCEED, code=0, stdout=b"0123456789",
                                     stderr=b"ab", stdout_bytes=10, stderr_bytes=2)  # fmt: skip
             t = (await (await c.get(f"/api/v1/tasks/{task_id}?max_output=4")).json())["targets"]["web1"]
