@@ -175,3 +175,10 @@ def test_long_output_shows_its_tail_then_all_on_request(ui_fleet, page):
     text = pre.inner_text()
     assert text.startswith("FIRST-LINE\n1\n2\n") and "LAST-LINE" in text
     assert page.locator("button.show-all").count() == 0
+
+
+def test_unknown_task_page_says_so(ui_fleet, page):
+    page.expected_errors.append("status of 404 (Not Found)")
+    page.goto(ui_fleet.url + "/#/task/nosuch")
+    page.locator("#not-found-text", has_text="Task nosuch not found.").wait_for()
+    assert page.locator("#task-page").is_hidden()
