@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=  # e.g. DEMO_ARGS=--once: run the sample rollout, then stop everything
 
 .PHONY: demo test bench bootstrap clean
 
@@ -9,7 +10,7 @@ bootstrap:
 	BROWSER=$(BROWSER) VENV=$(VENV) scripts/bootstrap.sh
 
 demo: bootstrap
-	$(PY) -m harness.demo
+	$(PY) -m harness.demo $(DEMO_ARGS)
 
 test: BROWSER=1
 test: bootstrap
