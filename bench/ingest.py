@@ -55,10 +55,14 @@ def agent_idle(ctx, seconds: float) -> dict:
 
 
 class FakeAgents:
-    """One MQTT client speaking for ``n`` agents: registers them, records their tasks."""
+    """One MQTT client speaking for ``n`` agents: registers them, records their tasks.
+    With ``respond``, answers each first delivery at once with ``ack``, ``started`` and a
+    SUCCEED ``result``, as an infinitely fast agent would (no script runs): what is left
+    of a fan-out's time is the master's and the broker's."""
 
-    def __init__(self, url: str, prefix: str, n: int) -> None:
+    def __init__(self, url: str, prefix: str, n: int, *, respond: bool = False) -> None:
         self.topics = Topics(prefix)
+        self.respond = respond
         tag = uuid.uuid4().hex[:6]
         self.ids = [f"fake{tag}{i:06d}" for i in range(n)]
         self.tasks: dict[str, str] = {}  # agent id -> task id
@@ -88,10 +92,24 @@ class FakeAgents:
             task = protocol.decode_as(msg.payload, Task)
         except protocol.DecodeError:
             return
+        if info is None or info.agent_id is None:
+            return
         with self._cond:
-            if info is not None and info.agent_id is not None:
-                self.tasks[info.agent_id] = task.id
-                self._cond.notify_all()
+            first = info.agent_id not in self.tasks
+            self.tasks[info.agent_id] = task.id
+            self._cond.notify_all()
+        if self.respond and first:
+            self._answer(info.agent_id, task.id)
+
+    def _answer(self, agent_id: str, task_id: str) -> None:
+        now = time.time()
+        topic = self.topics.results(agent_id)
+        for msg in (
+            protocol.Ack(id=task_id, agent_id=agent_id, at=now),
+            protocol.Started(id=task_id, agent_id=agent_id, started_at=now),
+            Result(id=task_id, agent_id=agent_id, state="SUCCEED", code=0, started_at=now, finished_at=now),
+        ):
+            self.transport.publish(topic, protocol.encode(msg), qos=1)
 
     def register(self) -> None:
         now = time.time()
@@ -127,6 +145,19 @@ class FakeAgents:
         for p in pubs:
             p.wait(60)
         return time.perf_counter() - start
+
+
+def master_bound_fanout(ctx, n: int, o: Outcome) -> dict:
+    """A fan-out to ``n`` instant protocol-level agents: the master's share of a fan-out."""
+    prefix = ctx.prefix(f"s2-instant-{n}")
+    d = ctx.dir(f"s2-instant-{n}")
+    with MasterProc(ctx.broker.url, prefix, d) as master, FakeAgents(ctx.broker.url, prefix, n, respond=True) as fake:
+        fake.register()
+        master.wait_online(n, 120)
+        with BenchClient(ctx.broker.url, prefix) as client:
+            done, seconds = client.run(fake.ids, timeout=120, parallel=n)
+            o.problems.extend(check_summary(done, fake.ids))
+    return {"agents": n, "seconds": round(seconds, 3)}
 
 
 def master_ingestion(ctx, n: int, o: Outcome) -> dict:

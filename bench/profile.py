@@ -62,27 +62,47 @@ def _frame(text: str) -> str:
     return f"{path}:{name.strip()}"
 
 
+#: Leaf frames that are a thread waiting, not working. py-spy's own idle detection misses
+#: some of them here (paho's select() shows up as a line of Client._loop).
+IDLE_LEAVES = (
+    "selectors.py:EpollSelector.select",
+    "selectors.py:PollSelector.select",
+    "selectors.py:SelectSelector.select",
+    "paho/mqtt/client.py:Client._loop",
+    "threading.py:Condition.wait",
+    "threading.py:Event.wait",
+    "threading.py:Thread.join",
+    "threading.py:Thread._wait_for_tstate_lock",
+    "subprocess.py:Popen._try_wait",
+    "queue.py:Queue.get",
+)
+
+
 def summarise(raw: str, top: int = 15) -> dict:
-    """Self and total shares of samples per function from py-spy's collapsed-stack output."""
+    """Self and total shares of the busy samples per function, from py-spy's collapsed-stack
+    output (a thread waiting in select()/a condition is not counted)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    samples = 0
+    samples = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        samples += n
         frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the thread
         if not frames:
             continue
+        if frames[-1] in IDLE_LEAVES:
+            idle += n
+            continue
+        samples += n
         own[frames[-1]] += n
         for f in set(frames):
             total[f] += n
     if not samples:
-        return {"samples": 0}
+        return {"samples": 0, "idle_samples": idle}
 
     def share(c: Counter[str]) -> list[list]:
         return [[name, round(100 * n / samples, 1)] for name, n in c.most_common(top)]
 
-    return {"samples": samples, "self_pct": share(own), "total_pct": share(total)}
+    return {"samples": samples, "idle_samples": idle, "self_pct": share(own), "total_pct": share(total)}

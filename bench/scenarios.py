@@ -21,7 +21,7 @@ from .master import MasterProc
 from .procstat import Watch, sample
 from .profile import recording
 from .report import Check, Outcome
-from .stats import latency_ms
+from .stats import latency_ms, percentile
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,15 @@ def scenario_1(ctx: Context) -> Outcome:
             for _ in range(5):  # warm up (first SQLite pages, imports)
                 client.run(fleet.ids, timeout=30)
             rtts = []
+            runs = []  # (wall clock at submit, wall clock at summary, task id)
             with ctx.profiled(o, "sequence", {"master": master.pid, "agent": fleet.pids[0]}):
                 for _ in range(n):
+                    submitted = time.time()
                     done, rtt = client.run(fleet.ids, timeout=30)
+                    runs.append((submitted, submitted + rtt, done.task_id))
                     rtts.append(rtt)
                     o.problems.extend(check_summary(done, fleet.ids))
+            o.metrics["breakdown_p50_ms"] = breakdown(master, runs[:: max(1, n // 100)])
         _runs_check(fleet, n + 5, o)
     lat = latency_ms(rtts)
     o.metrics["submit_to_stored"] = lat
@@ -140,6 +144,32 @@ def _fanout(
         except (OSError, ValueError, KeyError) as e:
             o.metrics[key] = {"error": str(e)}
     return seconds
+
+
+def breakdown(master: MasterProc, runs: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Median of each leg of a one-target task, from the master's records (ms): submit ->
+    task stored -> task published to the agent -> script started (the agent's ledger insert,
+    ack, RUNNING mark, fork) -> script finished -> task finished at the master (result
+    published, stored, committed) -> summary received."""
+    legs: dict[str, list[float]] = {}
+    for submitted, summary_at, task_id in runs:
+        task = master.get(f"/api/v1/tasks/{task_id}")
+        (target,) = task["targets"].values()
+        points = [
+            ("submit -> stored", task["created_at"]),
+            ("stored -> dispatched", target["dispatched_at"]),
+            ("dispatched -> script started", target["started_at"]),
+            ("script ran", target["finished_at"]),
+            ("script finished -> task finished", task["finished_at"]),
+            ("task finished -> summary received", summary_at),
+        ]
+        prev = submitted
+        for name, at in points:
+            if at is None:
+                continue
+            legs.setdefault(name, []).append(at - prev)
+            prev = at
+    return {name: round(percentile(values, 50) * 1000, 3) for name, values in legs.items()}
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -196,6 +226,11 @@ def scenario_2(ctx: Context) -> Outcome:
         spawn = ctx.baselines.get("spawn_2_threads", {}).get("per_s")
         if spawn:
             o.metrics[f"agents_{size}"]["spawn_limit_s"] = round(size / spawn, 3)
+    # The same fan-out to instant protocol-level agents: the master's own share of the time.
+    from . import ingest
+
+    for size in sizes:
+        o.metrics[f"instant_agents_{size}"] = ingest.master_bound_fanout(ctx, size, o)
     # The issue's figure is for 1,000 agents; a --quick run holds its largest size to it.
     judged = 1000 if 1000 in sizes else sizes[-1]
     o.checks = [Check(f"{judged} agents done", o.metrics[f"agents_{judged}"]["seconds"], 1.5, "s")]
