@@ -26,6 +26,7 @@ import base64
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -253,7 +254,7 @@ class Fleet:
             except OSError:
                 return 0
         try:
-            with sqlite3.connect(f"file:{self.master.db}?mode=ro", uri=True, timeout=5) as c:
+            with closing(sqlite3.connect(f"file:{self.master.db}?mode=ro", uri=True, timeout=5)) as c, c:
                 return c.execute("select count(*) from agents where online=1").fetchone()[0]
         except sqlite3.Error:
             return 0

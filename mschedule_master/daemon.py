@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Messages applied per transaction at most.
 BATCH_MAX = 2000
+#: Batches are committed at most this often (seconds) while messages trickle in.
+GROUP_COMMIT = 0.002
 #: The timer wakes at least this often (seconds).
 TICK_MAX = 0.5
 #: How long to look for another master's retained status before connecting, at most.
@@ -153,6 +155,7 @@ class Daemon:
         self._inbox: collections.deque[Incoming] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
+        self._last_drain = 0.0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = 0
@@ -266,9 +269,20 @@ class Daemon:
                 return
             self._drain_scheduled = True
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._drain)
+        self._loop.call_soon_threadsafe(self._schedule_drain)
+
+    def _schedule_drain(self) -> None:
+        """Group commit: right away, unless a batch was committed less than GROUP_COMMIT ago;
+        then wait out the rest, so a trickle of messages shares one fsync."""
+        assert self._loop is not None
+        wait = self._last_drain + GROUP_COMMIT - time.monotonic()
+        if wait > 0:
+            self._loop.call_later(wait, self._drain)
+        else:
+            self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
+        self._last_drain = time.monotonic()
         with self._inbox_lock:
             n = min(len(self._inbox), BATCH_MAX)
             batch = [self._inbox.popleft() for _ in range(n)]

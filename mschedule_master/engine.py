@@ -64,6 +64,7 @@ class _Active:
 
     task: models.Task
     rollout: Rollout
+    encoded: tuple[float, bytes] | None = None  #: (expires_at, the task message): one encode per window fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,11 +405,13 @@ class Engine:
 
     def _dispatch(self, active: _Active, action: Dispatch) -> None:
         t = active.task
-        msg = protocol.Task(
-            id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
-            fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
-        )  # fmt: skip
-        self.publish(self._topics_for(action.agent_id).tasks(action.agent_id), msg)
+        if active.encoded is None or active.encoded[0] != action.expires_at:
+            msg = protocol.Task(
+                id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
+                fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
+            )  # fmt: skip
+            active.encoded = (action.expires_at, protocol.encode(msg))
+        self._outbox.append(_Out(self._topics_for(action.agent_id).tasks(action.agent_id), active.encoded[1]))
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
 

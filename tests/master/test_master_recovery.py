@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from harness.fleet import Fleet, start_master
@@ -14,7 +15,7 @@ from harness.procs import wait_until
 
 
 def _events(db: Path, kind: str) -> list[tuple]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c, c:
         return c.execute("select task_id, agent_id, data from events where kind=?", (kind,)).fetchall()
 
 

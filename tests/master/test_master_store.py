@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_agents_persist_across_reopen(tmp_path):
 def test_a_database_from_a_newer_master_is_refused(tmp_path):
     path = tmp_path / "s.db"
     Store(str(path)).close()
-    with sqlite3.connect(path) as c:
+    with closing(sqlite3.connect(path)) as c, c:
         c.execute("update schema_version set version = 99")
     with pytest.raises(StoreError, match="newer"):
         Store(str(path))
