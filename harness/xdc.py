@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.broker import CONF_DIR, Mosquitto, free_port
+from harness.broker import CONF_DIR, BrokerError, Mosquitto, free_port
 from harness.mqtt import Collector
 
 CENTRAL = "central"
@@ -39,7 +39,13 @@ MKPASSWD = CONF_DIR / "mkpasswd.sh"
 
 
 def bridge_user(dc: str) -> str:
+    """The downlink bridge (central -> edge: tasks, kills) and its state notifications."""
     return f"mschedule-bridge-{dc}"
+
+
+def uplink_user(dc: str) -> str:
+    """The uplink bridge (edge -> central: statuses, heartbeats, results)."""
+    return f"mschedule-uplink-{dc}"
 
 
 def bridge_state_topic(dc: str) -> str:
@@ -118,7 +124,7 @@ class Xdc:
     # ------------------------------------------------------------------ the documented steps
     def render(self) -> None:
         c = self.central
-        c.add_users(OPERATOR_USER, MONITOR_USER, WATCH_USER, *map(bridge_user, self.dcs))
+        c.add_users(OPERATOR_USER, MONITOR_USER, WATCH_USER, *map(bridge_user, self.dcs), *map(uplink_user, self.dcs))
         c.add_users(MASTER_USER, passwd=c.etc / "passwd-master")
         dc_args = [a for dc in self.dcs for a in ("--dc", dc)]
         run([sys.executable, RENDER, "central", "--out", c.etc, "--prefix", self.prefix, *dc_args,
@@ -126,9 +132,9 @@ class Xdc:
              "--master-port", c.master_port, "--master-bind", "127.0.0.1", "--data-dir", c.dir / "central-data"])
         for dc, e in self.edges.items():
             e.add_users(MONITOR_USER)
-            # The bridge's credential, carried from central to the edge (docs/deploy.md, step 3).
+            # The bridges' credentials, carried from central to the edge (docs/deploy.md, step 3).
             bridge_cred = e.etc / "bridge-credentials"
-            bridge_cred.write_text(f"{bridge_user(dc)}:{c.password(bridge_user(dc))}\n")
+            bridge_cred.write_text("".join(f"{u}:{c.password(u)}\n" for u in (bridge_user(dc), uplink_user(dc))))
             bridge_cred.chmod(0o600)
             run([sys.executable, RENDER, "edge", "--out", e.etc, "--prefix", self.prefix, "--dc", dc,
                  "--central", f"127.0.0.1:{c.port}", "--credentials", bridge_cred, "--monitor", MONITOR_USER,
@@ -192,20 +198,38 @@ class Xdc:
         return bool(result and result[0])
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> Xdc:
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> Xdc:
+        """Render, start every broker, wait for the bridges. A free port can be taken by
+        another process before mosquitto binds it: then retry on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except (BrokerError, TimeoutError):
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                for s in (self.central, *self.edges.values()):
+                    s.broker.port = free_port()
+                self.central.master_port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> Xdc:
         self.render()
-        self.central.broker.start()
-        try:
-            self._watch = Collector(self.central.url(WATCH_USER), ["$SYS/broker/connection/+/state"])
-            self._watch.__enter__()
-            for e in self.edges.values():
-                e.broker.start()
-            for dc in self.dcs:
-                self.wait_bridge(dc, up=True, timeout=timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_site(self.central)
+        self._watch = Collector(self.central.url(WATCH_USER), ["$SYS/broker/connection/+/state"])
+        self._watch.__enter__()
+        for e in self.edges.values():
+            self._start_site(e)
+        for dc in self.dcs:
+            self.wait_bridge(dc, up=True, timeout=timeout)
         return self
+
+    def _start_site(self, site: Site) -> None:
+        site.broker.start()
+        # Something listening is not proof it is this broker: log in with its own user.
+        user = WATCH_USER if site is self.central else MONITOR_USER
+        if not (site.broker.running() and self.can_connect(site.name, user)):
+            raise BrokerError(f"{site.name}: port {site.port} is not this broker's{site.broker.log_tail(5)}")
 
     def stop(self) -> None:
         if self._watch is not None:

@@ -6,10 +6,11 @@
 
 ``central`` writes DIR/mosquitto.conf (from central.conf), DIR/conf.d/master.conf (the
 master's own listener, from central-master.conf) and DIR/acl (agents, master,
-operators, read-only monitors, one block per datacenter's bridge). ``edge`` writes
-DIR/mosquitto.conf (from edge.conf; it holds the bridge's password, so it is written
-mode 0640) and DIR/acl (the agents' patterns, read-only monitors). The bridge password
-is read from the credentials file that mkpasswd.sh writes (``user:password`` lines).
+operators, read-only monitors, each datacenter's two bridges). ``edge`` writes
+DIR/mosquitto.conf (from edge.conf; it holds the bridges' passwords, so it is written
+mode 0640) and DIR/acl (the agents' patterns, read-only monitors). The bridges'
+passwords are read from the credentials file that mkpasswd.sh writes (``user:password``
+lines).
 
 The templates hold ``@NAME@`` placeholders; a placeholder left unfilled is an error, so
 a rendered file is always complete. Standard library only: it runs wherever
@@ -43,8 +44,13 @@ class RenderError(ValueError):
 
 
 def bridge_user(dc: str) -> str:
-    """The bridge's client id and username at central: ``mschedule-bridge-<dc>``."""
+    """The downlink bridge's client id and username at central: ``mschedule-bridge-<dc>``."""
     return f"mschedule-bridge-{dc}"
+
+
+def uplink_user(dc: str) -> str:
+    """The uplink bridge's client id and username at central: ``mschedule-uplink-<dc>``."""
+    return f"mschedule-uplink-{dc}"
 
 
 def fill(text: str, values: dict[str, str]) -> str:
@@ -79,7 +85,7 @@ def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors
         raise RenderError(f"bad master bind address: {master_bind!r}")
     for dc in dcs:
         check(dc, _LEVEL, "datacenter name")
-    users = [master_user, *operators, *monitors, *map(bridge_user, dcs)]
+    users = [master_user, *operators, *monitors, *map(bridge_user, dcs), *map(uplink_user, dcs)]
     for user in users:
         check(user, _USER, "username")
     if len(set(users)) != len(users):
@@ -97,8 +103,8 @@ def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors
     }
 
 
-def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, monitors: list[str], conf_dir: str,
-               data_dir: str) -> dict[str, str]:
+def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, uplink_password: str,
+               monitors: list[str], conf_dir: str, data_dir: str) -> dict[str, str]:
     """One datacenter's edge mosquitto.conf (with its bridge) and acl."""
     check(prefix, _PREFIX, "topic prefix")
     check(dc, _LEVEL, "datacenter name")
@@ -106,10 +112,12 @@ def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, moni
         check(user, _USER, "username")
     if not re.match(r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$", central):
         raise RenderError(f"central address must be HOST:PORT, not {central!r}")
-    if not bridge_password or any(c.isspace() for c in bridge_password):
-        raise RenderError(f"bad password for {bridge_user(dc)}: empty or holds white space")
+    for user, password in ((bridge_user(dc), bridge_password), (uplink_user(dc), uplink_password)):
+        if not password or any(c.isspace() for c in password):
+            raise RenderError(f"bad password for {user}: empty or holds white space")
     base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir, "DC": dc}
-    conf = fill(template("edge.conf"), {**base, "CENTRAL_ADDRESS": central, "BRIDGE_PASSWORD": bridge_password})
+    conf = fill(template("edge.conf"), {**base, "CENTRAL_ADDRESS": central, "BRIDGE_PASSWORD": bridge_password,
+                                        "UPLINK_PASSWORD": uplink_password})
     acl = [fill(template("acl-agents"), base)]
     acl += [fill(template("acl-monitor"), {**base, "USER": u}) for u in monitors]
     return {"mosquitto.conf": conf, "acl": "".join(acl)}
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.choices["edge"]
     e.add_argument("--dc", required=True, help="this edge's datacenter name")
     e.add_argument("--central", required=True, help="central broker HOST:PORT")
-    e.add_argument("--credentials", required=True, type=Path, help="mkpasswd.sh's user:password file")
+    e.add_argument("--credentials", required=True, type=Path,
+                   help="user:password lines (from mkpasswd.sh) with both bridge users of --dc")
     args = ap.parse_args(argv)
     conf_dir = str(Path(args.conf_dir or args.out).absolute())
     try:
@@ -165,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                                   master_port=args.master_port, master_bind=args.master_bind)
             write(args.out, files)
         else:
-            password = read_password(args.credentials, bridge_user(args.dc))
-            files = edge_files(prefix=args.prefix, dc=args.dc, central=args.central, bridge_password=password,
+            files = edge_files(prefix=args.prefix, dc=args.dc, central=args.central,
+                               bridge_password=read_password(args.credentials, bridge_user(args.dc)),
+                               uplink_password=read_password(args.credentials, uplink_user(args.dc)),
                                monitors=args.monitor, conf_dir=conf_dir, data_dir=args.data_dir)
             write(args.out, files, secret={"mosquitto.conf"})
     except (RenderError, OSError) as e:

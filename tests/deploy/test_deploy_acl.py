@@ -13,7 +13,7 @@ import uuid
 from harness.fleet import start_master
 from harness.mqtt import Collector
 from harness.procs import wait_until
-from harness.xdc import MASTER_USER, MONITOR_USER, OPERATOR_USER, bridge_user
+from harness.xdc import MASTER_USER, MONITOR_USER, OPERATOR_USER, bridge_user, uplink_user
 from mschedule_agent.transport import MqttTransport
 
 
@@ -85,7 +85,7 @@ def test_the_master_logs_in_on_its_own_listener_and_nobody_else_does(xdc):
     c = xdc.central
     assert xdc.can_connect("central", MASTER_USER, port=c.master_port)
     assert not xdc.can_connect("central", MASTER_USER, port=c.port), "the master's user on the shared listener"
-    for user in (OPERATOR_USER, MONITOR_USER, bridge_user("bj")):
+    for user in (OPERATOR_USER, MONITOR_USER):
         assert xdc.can_connect("central", user, port=c.port)
         assert not xdc.can_connect("central", user, port=c.master_port), f"{user} got into the master's listener"
     assert not xdc.can_connect("central", None, port=c.master_port)
@@ -160,16 +160,25 @@ def test_operator_submits_and_follows_but_cannot_touch_agents(xdc, topics):
 
 
 def test_a_bridge_credential_speaks_only_for_its_own_datacenter(xdc, topics):
-    """A compromised edge cannot publish as another datacenter's agents."""
-    xdc.edges["bj"].broker.stop()  # free the bridge's username (one connection per user)
+    """A compromised edge cannot publish as another datacenter's agents, nor read its tasks."""
+    xdc.edges["bj"].broker.stop()  # free the bridges' usernames (one connection per user)
     agent = uuid.uuid4().hex
+    tasks = [topics.dc("sh").tasks(agent), topics.dc("bj").tasks(agent)]
     with (
         Collector(xdc.url("central", MONITOR_USER), [f"{topics.prefix}/#"]) as monitor,
-        Collector(xdc.central.url(bridge_user("bj"), xdc.central.password(bridge_user("bj"))), []) as fake_bridge,
+        Collector(xdc.url("central", MASTER_USER), []) as master,
+        Collector(xdc.url("central", uplink_user("bj")), []) as fake_uplink,
+        Collector(xdc.url("central", bridge_user("bj")), tasks) as fake_downlink,
     ):
-        fake_bridge.publish(topics.dc("sh").results(agent), b"as-sh")
-        fake_bridge.publish(topics.results(agent), b"as-central-agent")
-        fake_bridge.publish(topics.submit(), b"a-submission")
-        fake_bridge.publish(topics.dc("bj").results(agent), b"as-bj")
+        fake_uplink.publish(topics.dc("sh").results(agent), b"as-sh")
+        fake_uplink.publish(topics.results(agent), b"as-central-agent")
+        fake_uplink.publish(topics.submit(), b"a-submission")
+        fake_uplink.publish(topics.dc("bj").tasks(agent), b"a-task")  # the uplink only writes upwards
+        fake_downlink.publish(topics.dc("bj").results(agent), b"downlink-writes")
+        fake_uplink.publish(topics.dc("bj").results(agent), b"as-bj")
         monitor.wait_for(lambda m: m.payload == b"as-bj")
         assert [m.payload for m in monitor.messages] == [b"as-bj"]
+        master.publish(topics.dc("sh").tasks(agent), b"task-for-sh")
+        master.publish(topics.dc("bj").tasks(agent), b"task-for-bj")
+        fake_downlink.wait_for(lambda m: m.payload == b"task-for-bj")
+        assert [m.payload for m in fake_downlink.messages] == [b"task-for-bj"]

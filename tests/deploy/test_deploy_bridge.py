@@ -83,6 +83,35 @@ def test_topics_are_remapped_and_each_edge_sees_only_its_own_datacenter(xdc, top
         assert (info.dc, info.agent_id) == ("bj", a)
 
 
+def test_a_round_trip_through_the_bridges_is_not_held_by_nagle(xdc, topics):
+    """One bridge connection per direction: with both directions on one connection, each
+    reply waited ~40 ms (delayed ACK x Nagle on the bridge's outgoing socket)."""
+    a = xdc.add_agent("bj")
+    xdc.wait_reloaded("bj", a)
+    echo: list[MqttTransport] = []
+    agent = MqttTransport(xdc.url("bj", a), client_id="echo", subscriptions=[(topics.tasks(a), 1)], manual_ack=False,
+                          on_message=lambda m: echo[0].publish(topics.results(a), m.payload),
+                          clean_start=True, session_expiry=0)
+    echo.append(agent)
+    agent.start(connect_timeout=10)
+    try:
+        assert agent.wait_connected(10)
+        with Collector(xdc.url("central", MASTER_USER), [topics.dc("bj").results(a)]) as master:
+            master.publish(topics.dc("bj").tasks(a), b"warm-up")
+            master.wait_for(lambda m: m.payload == b"warm-up")
+            rtts = []
+            for i in range(40):
+                payload = f"ping-{i}".encode()
+                t0 = time.perf_counter()
+                master.transport.publish(topics.dc("bj").tasks(a), payload)
+                master.wait_for(lambda m, p=payload: m.payload == p)
+                rtts.append(time.perf_counter() - t0)
+        median = sorted(rtts)[len(rtts) // 2]
+        assert median < 0.020, f"median round trip {median * 1000:.1f} ms"
+    finally:
+        agent.stop()
+
+
 WILL_CLIENT = """
 import sys, time
 from mschedule_agent.transport import MqttTransport, Will

@@ -37,26 +37,40 @@ def central(**kw) -> dict[str, str]:
 
 def edge(**kw) -> dict[str, str]:
     args = {"prefix": "mschedule", "dc": "bj", "central": "central.example.com:1883", "bridge_password": "s3cret",
-            "monitors": [], "conf_dir": "/etc/x", "data_dir": "/var/lib/x"}
+            "uplink_password": "upw", "monitors": [], "conf_dir": "/etc/x", "data_dir": "/var/lib/x"}
     return render.edge_files(**{**args, **kw})
 
 
-def test_edge_bridge_follows_the_decided_conventions():
-    d = directives(edge()["mosquitto.conf"])
-    conf = dict(d)
-    assert conf["connection"] == conf["remote_clientid"] == conf["remote_username"] == "mschedule-bridge-bj"
-    assert conf["bridge_protocol_version"] == "mqttv311"
-    assert conf["cleansession"] == "false"
-    assert conf["notifications"] == "true"
-    assert conf["remote_password"] == "s3cret"
-    assert conf["address"] == "central.example.com:1883"
-    assert int(conf["max_queued_messages"]) >= 100_000, "the default 1,000 drops a datacenter's backlog"
-    assert [v for k, v in d if k == "topic"] == [
+def blocks(text: str) -> tuple[list, dict[str, list]]:
+    """The broker-wide directives, and each bridge connection's, by connection name."""
+    head, conns, current = [], {}, None
+    for k, v in directives(text):
+        if k == "connection":
+            current = conns.setdefault(v, [])
+        (head if current is None else current).append((k, v))
+    return head, conns
+
+
+def test_edge_bridges_follow_the_decided_conventions():
+    head, conns = blocks(edge()["mosquitto.conf"])
+    assert int(dict(head)["max_queued_messages"]) >= 100_000, "the default 1,000 drops a datacenter's backlog"
+    assert list(conns) == ["mschedule-bridge-bj", "mschedule-uplink-bj"]
+    down, up = (dict(conns[n]) for n in conns)
+    for name, c in zip(conns, (down, up)):
+        assert c["remote_clientid"] == c["remote_username"] == name
+        assert (c["bridge_protocol_version"], c["cleansession"]) == ("mqttv311", "false")
+        assert c["address"] == "central.example.com:1883"
+    assert (down["remote_password"], up["remote_password"]) == ("s3cret", "upw")
+    # Only the downlink notifies: $SYS/broker/connection/mschedule-bridge-bj/state at central.
+    assert (down["notifications"], up["notifications"]) == ("true", "false")
+    assert [v for k, v in conns["mschedule-bridge-bj"] if k == "topic"] == [
+        "agents/+/tasks in 1 mschedule/ mschedule/dc/bj/",
+        "agents/+/control in 1 mschedule/ mschedule/dc/bj/",
+    ]
+    assert [v for k, v in conns["mschedule-uplink-bj"] if k == "topic"] == [
         "agents/+/status out 1 mschedule/ mschedule/dc/bj/",
         "agents/+/heartbeat out 1 mschedule/ mschedule/dc/bj/",
         "results/+ out 1 mschedule/ mschedule/dc/bj/",
-        "agents/+/tasks in 1 mschedule/ mschedule/dc/bj/",
-        "agents/+/control in 1 mschedule/ mschedule/dc/bj/",
     ]
 
 
@@ -88,17 +102,19 @@ def test_central_gives_the_master_a_listener_of_its_own():
 def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_bridge():
     acl = directives(central(monitors=["grafana"])["acl"])
     users = [v for k, v in acl if k == "user"]
-    assert users == ["mschedule-master", "alice", "grafana", "mschedule-bridge-bj", "mschedule-bridge-sh"]
+    assert users == ["mschedule-master", "alice", "grafana", "mschedule-bridge-bj", "mschedule-uplink-bj",
+                     "mschedule-bridge-sh", "mschedule-uplink-sh"]
     assert ("pattern", "read mschedule/agents/%u/tasks") in acl
     assert ("pattern", "write mschedule/results/%u") in acl
     i = acl.index(("user", "mschedule-bridge-sh"))
     assert acl[i + 1 :] == [
-        ("topic", "write mschedule/dc/sh/agents/+/status"),
-        ("topic", "write mschedule/dc/sh/agents/+/heartbeat"),
-        ("topic", "write mschedule/dc/sh/results/+"),
         ("topic", "read mschedule/dc/sh/agents/+/tasks"),
         ("topic", "read mschedule/dc/sh/agents/+/control"),
         ("topic", "write $SYS/broker/connection/mschedule-bridge-sh/state"),
+        ("user", "mschedule-uplink-sh"),
+        ("topic", "write mschedule/dc/sh/agents/+/status"),
+        ("topic", "write mschedule/dc/sh/agents/+/heartbeat"),
+        ("topic", "write mschedule/dc/sh/results/+"),
     ]
 
 
@@ -130,6 +146,7 @@ def test_central_refuses_bad_values(kw, message):
         ({"central": "central.example.com"}, "HOST:PORT"),
         ({"bridge_password": "has space"}, "white space"),
         ({"bridge_password": ""}, "empty"),
+        ({"uplink_password": "a b"}, "mschedule-uplink-bj"),
         ({"dc": "b j"}, "datacenter"),
     ],
 )
@@ -145,7 +162,7 @@ def test_an_unknown_placeholder_is_an_error_not_left_in_the_file():
 
 def test_cli_writes_the_edge_config_private_and_names_a_missing_bridge_password(tmp_path):
     creds = tmp_path / "creds"
-    creds.write_text("mschedule-bridge-bj:pw1\n")
+    creds.write_text("mschedule-bridge-bj:pw1\nmschedule-uplink-bj:pw2\nmschedule-uplink-sh:pw3\n")
     out = tmp_path / "etc"
     cmd = [sys.executable, str(CONF_DIR / "render.py"), "edge", "--out", str(out), "--central", "10.0.0.1:1883",
            "--credentials", str(creds)]
@@ -153,6 +170,7 @@ def test_cli_writes_the_edge_config_private_and_names_a_missing_bridge_password(
     assert ok.returncode == 0, ok.stderr
     assert stat.S_IMODE((out / "mosquitto.conf").stat().st_mode) == 0o640
     assert "remote_password pw1" in (out / "mosquitto.conf").read_text()
+    assert "remote_password pw2" in (out / "mosquitto.conf").read_text()
     bad = subprocess.run([*cmd, "--dc", "sh"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no password for mschedule-bridge-sh" in bad.stderr
 
