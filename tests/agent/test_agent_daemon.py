@@ -419,3 +419,73 @@ def test_config_file_and_environment_reach_the_registration(tmp_path, broker, pr
         assert (r.capacity, r.heartbeat, r.labels) == (4, 2.0, {"role": "web", "rack": "r1"})
     finally:
         a.stop()
+
+
+def test_capacity_bounds_concurrent_scripts_and_every_task_runs_once(tmp_path, broker, prefix, watch, topics):
+    log = tmp_path / "trace"
+    a = start_agent(tmp_path / "agent", broker.url, prefix, max_tasks=3)
+    try:
+        aid = a.agent_id
+        ids = [f"cap-{i}" for i in range(15)]
+        for tid in ids:  # O_APPEND writes of a few bytes do not interleave
+            watch.publish(topics.tasks(aid), task(tid, f'echo "+ $MSCHEDULE_TASK_ID" >> {log}; sleep 0.3; echo - >> {log}'.encode()))
+        for tid in ids:
+            watch.wait_for(is_(Result, tid, state="SUCCEED"), timeout=60)
+    finally:
+        a.stop()
+    running = peak = 0
+    started = []
+    for line in log.read_text().splitlines():
+        running += 1 if line.startswith("+") else -1
+        peak = max(peak, running)
+        if line.startswith("+"):
+            started.append(line.split()[1])
+    assert peak == 3 and sorted(started) == sorted(ids) and started == ids  # in order, each once
+
+
+def test_repeated_agent_crashes_lose_no_task_and_run_none_twice(tmp_path, broker, prefix, topics):
+    """A mini master re-publishes each task until acked and acks each result, while the
+    agent is killed -9 and restarted three times in the middle of the flow."""
+    runs = tmp_path / "runs"
+    ids = [f"chaos-{i}" for i in range(24)]
+    payloads = {tid: task(tid, f"echo $MSCHEDULE_TASK_ID >> {runs}; sleep 0.2".encode()) for tid in ids}
+    a = start_agent(tmp_path / "agent", broker.url, prefix, max_tasks=2)
+    aid = a.agent_id
+    acked: set[str] = set()
+    results: dict[str, Result] = {}
+    crashes = 0
+    try:
+        with Collector(broker.url, [topics.results(aid)]) as c:
+            deadline = time.monotonic() + 90
+            last_publish = 0.0
+            seen = 0
+            while len(results) < len(ids) and time.monotonic() < deadline:
+                for m in c.messages[seen:]:
+                    x = msg_of(m)
+                    if isinstance(x, Ack):
+                        acked.add(x.id)
+                    elif isinstance(x, Result) and x.id in payloads:
+                        results.setdefault(x.id, x)
+                        c.transport.publish(topics.control(aid), encode(ResultAck(id=x.id, agent_id=aid)))
+                seen = len(c.messages)
+                if time.monotonic() - last_publish > 1.0:  # the master's redeliver interval
+                    last_publish = time.monotonic()
+                    for tid in ids:
+                        if tid not in acked:
+                            c.transport.publish(topics.tasks(aid), payloads[tid])
+                if crashes < 3 and len(results) >= 5 * (crashes + 1):
+                    a.kill9()
+                    crashes += 1
+                    a = start_agent(tmp_path / "agent", broker.url, prefix, max_tasks=2)
+                time.sleep(0.05)  # poll interval of this loop, not a synchronisation
+    finally:
+        a.stop()
+    assert crashes == 3 and set(results) == set(ids), f"missing results: {sorted(set(ids) - set(results))}"
+    ran = runs.read_text().split()
+    assert len(ran) == len(set(ran)), "a task ran twice"
+    for tid, r in results.items():
+        assert r.state in ("SUCCEED", "INTERRUPTED"), (tid, r.state)
+        if r.state == "SUCCEED":
+            assert tid in ran
+    interrupted = sorted(t for t, r in results.items() if r.state == "INTERRUPTED")
+    print(f"{crashes} crashes: {len(interrupted)} task(s) INTERRUPTED {interrupted}, {len(ran)} runs for {len(ids)} tasks")
