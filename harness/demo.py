@@ -140,8 +140,10 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
     cli = " ".join(shlex.quote(p) for p in cli_argv())
     if cli.startswith(str(Path.cwd())):
         cli = os.path.relpath(cli)
-    payload = {"targets": ["role=db"], "script_text": "echo hello from MQTT", "request_id": "demo1"}
+    payload = {"targets": ["role=db"], "script_text": "echo hello from MQTT"}
     submit = orjson.dumps({"type": "submit", "payload": payload}).decode()
+    rr = f"mosquitto_rr -p {broker_port} -t {prefix}/submit -e {prefix}/submit/reply/demo -W 10 -m '{submit}'"
+    grab_id = r"""sed -n 's/.*"task_id":"\([0-9a-f]*\)".*/\1/p'"""
     return f"""
   Dashboard:  {url}/
   API:        {url}/api/v1/openapi.json
@@ -155,10 +157,9 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
     {cli} status TASK_ID
     curl -s {url}/task/targets
 
-  Submit over MQTT, as any tool can:
-    mosquitto_sub -p {broker_port} -t '{prefix}/submit/reply/demo1' -C 1 &
-    mosquitto_pub -p {broker_port} -q 1 -t '{prefix}/submit' -m '{submit}'
-    mosquitto_sub -p {broker_port} -t '{prefix}/tasks/+/summary' -v
+  Submit over MQTT, as any tool can (the reply names the task; its summary is retained):
+    TASK=$({rr} | tee /dev/stderr | {grab_id})
+    mosquitto_sub -p {broker_port} -t "{prefix}/tasks/$TASK/summary" -C 1 -W 60
 """
 
 

@@ -4,6 +4,7 @@ agents, the sample rollout through the CLI, then every process it started stoppe
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker
     assert "submitted to 3 targets (parallel 2)" in text, text
     assert "3/3 done - 3 succeeded, 0 failed" in text, text
     assert text.count("load average") == 3, text  # every agent's uptime
-    assert "Dashboard:  http://127.0.0.1:" in text and "mosquitto_pub -p" in text
+    assert "Dashboard:  http://127.0.0.1:" in text and "mosquitto_rr -p" in text
     assert "demo: stopped." in text
     assert processes_mentioning(str(tmp_path / "demo")) == []
 
@@ -75,6 +76,9 @@ def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker, background):
                 break
         assert b"press Ctrl-C" in seen, seen.decode(errors="replace")
         assert len(processes_mentioning(str(tmp_path / "demo"))) >= 5  # broker, master, 3 agents
+        if not background:
+            check_printed_cli_lines(seen.decode())
+            check_printed_mqtt_lines(seen.decode())
         if background:
             p.stdout.close()
         p.send_signal(signal.SIGINT)
@@ -87,3 +91,26 @@ def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker, background):
     assert p.returncode == 0
     assert background or b"demo: stopped." in out
     assert processes_mentioning(str(tmp_path / "demo")) == []
+
+
+def check_printed_mqtt_lines(text: str) -> None:
+    """The demo's "Submit over MQTT" lines, run verbatim, start a task and show its summary."""
+    lines = text.split("Submit over MQTT", 1)[1].splitlines()[1:3]
+    assert lines[0].lstrip().startswith("TASK=$(mosquitto_rr") and "mosquitto_sub" in lines[1]
+    p = subprocess.run(["bash", "-c", "\n".join(line.strip() for line in lines)], capture_output=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    assert b'"type":"submit_reply"' in p.stderr and b'"ok":true' in p.stderr  # the reply, via tee
+    assert b'"type":"summary"' in p.stdout and b'"state":"SUCCEED"' in p.stdout
+
+
+def check_printed_cli_lines(text: str) -> None:
+    """The demo's "Try:" lines, run verbatim: each does what it says (TASK_ID left out)."""
+    block = text.split("  Try:\n", 1)[1].split("\n\n", 1)[0]
+    lines = [re.sub(r"\s+# .*$", "", line.strip()) for line in block.splitlines() if "TASK_ID" not in line]
+    assert lines[0].startswith("export MSCHEDULE_MASTER=") and len(lines) >= 6
+    script = lines[0] + "\n" + "\n".join(f"{line}; rc=$?; echo; echo \"rc=$rc\"" for line in lines[1:])
+    p = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120, cwd=ROOT)
+    out = p.stdout.decode(errors="replace")
+    rcs = [int(x) for x in re.findall(r"^rc=(\d+)$", out, re.M)]
+    assert rcs == [0, 0, 1, 0, 0], out + p.stderr.decode(errors="replace")  # the 'exit 3' rollout fails
+    assert "fail_count 0 exceeded" in out and "CANCELLED" in out
