@@ -247,6 +247,7 @@ async def legacy_submit(request: web.Request) -> web.Response:
     """The design document's route: the task JSON in, 201 with the task id as text."""
     spec = parse_submit(await read_json(request))
     task = service_of(request).submit(spec)
+    audit(request, "submitted", task)
     return web.Response(text=task.id, status=201, headers={"Location": f"/api/v1/tasks/{task.id}"})
 
 
@@ -267,6 +268,7 @@ async def get_agent(request: web.Request) -> web.Response:
 async def submit_task(request: web.Request) -> web.Response:
     spec = parse_submit(await read_json(request))
     task = service_of(request).submit(spec)
+    audit(request, "submitted", task)
     return json_response(task_json(task), status=201, headers={"Location": f"/api/v1/tasks/{task.id}"})
 
 
@@ -323,7 +325,17 @@ async def get_output(request: web.Request) -> web.Response:
 
 async def kill_task(request: web.Request) -> web.Response:
     service = service_of(request)
-    return json_response(task_json(with_hostnames(service, service.kill(request.match_info["task_id"]))), status=202)
+    task = service.kill(request.match_info["task_id"])
+    audit(request, "kill requested", task)
+    return json_response(task_json(with_hostnames(service, task)), status=202)
+
+
+def audit(request: web.Request, what: str, task: Task) -> None:
+    """Who started or killed what: this API runs code on the fleet."""
+    log.info(
+        "task %s %s over HTTP from %s (%s targets: %s)", task.id, what, request.remote, task.target_count,
+        " ".join(task.targets_spec), extra={"task_id": task.id},
+    )  # fmt: skip
 
 
 async def get_openapi(request: web.Request) -> web.Response:

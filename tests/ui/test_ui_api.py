@@ -558,3 +558,18 @@ def test_openapi_documents_the_guard_answers():
     assert set(paths["/api/v1/tasks"]["post"]["responses"]) >= {"201", "400", "401", "403", "413", "415"}
     assert "415" not in paths["/api/v1/tasks"]["get"]["responses"]
     assert "403" not in paths["/"]["get"]["responses"]
+
+
+def test_submissions_and_kills_are_logged_with_their_origin(fake_service, caplog):
+    caplog.set_level("INFO", logger="mschedule_master.api")
+
+    async def go():
+        async with client(fake_service) as c:
+            task_id = await new_task(c)
+            await c.post(f"/api/v1/tasks/{task_id}/kill", json={})
+            return task_id
+
+    task_id = run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "mschedule_master.api"]
+    assert f"task {task_id} submitted over HTTP from 127.0.0.1 (1 targets: web1)" in lines
+    assert any(line.startswith(f"task {task_id} kill requested over HTTP from 127.0.0.1") for line in lines)
