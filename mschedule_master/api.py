@@ -483,17 +483,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_bind(host: str, port: int, token: str | None) -> None:
+    """Raise InsecureBind for a non-loopback address without a token (the daemon may call
+    this before connecting to anything, to refuse to start at once)."""
+    if not token and not is_loopback(host):
+        raise InsecureBind(
+            f"refusing to serve the HTTP API on {host}:{port} without a token: set one "
+            "(--token or MSCHEDULE_TOKEN) or listen on 127.0.0.1"
+        )
+
+
 async def start_http(service: Service, host: str, port: int, *, token: str | None = None) -> web.AppRunner:
     """Serve the API on ``host:port``; return the runner (``await runner.cleanup()`` stops it).
 
     Raises InsecureBind for a non-loopback host without a token: this API runs code on
     every machine of the fleet.
     """
-    if not token and not is_loopback(host):
-        raise InsecureBind(
-            f"refusing to serve the HTTP API on {host}:{port} without a token: set one "
-            "(MSCHEDULE_TOKEN) or listen on 127.0.0.1"
-        )
+    check_bind(host, port, token)
     runner = web.AppRunner(create_app(service, token=token), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -573,3 +573,13 @@ def test_submissions_and_kills_are_logged_with_their_origin(fake_service, caplog
     lines = [r.getMessage() for r in caplog.records if r.name == "mschedule_master.api"]
     assert f"task {task_id} submitted over HTTP from 127.0.0.1 (1 targets: web1)" in lines
     assert any(line.startswith(f"task {task_id} kill requested over HTTP from 127.0.0.1") for line in lines)
+
+
+@pytest.mark.parametrize(("host", "token", "ok"), [("127.0.0.1", None, True), ("0.0.0.0", None, False),
+                                                    ("0.0.0.0", "t", True), ("10.0.0.5", "", False)])  # fmt: skip
+def test_check_bind_needs_a_token_beyond_loopback(host, token, ok):
+    if ok:
+        api.check_bind(host, 9900, token)
+    else:
+        with pytest.raises(api.InsecureBind, match="MSCHEDULE_TOKEN"):
+            api.check_bind(host, 9900, token)
