@@ -145,6 +145,24 @@ def test_an_edge_cut_for_10s_mid_rollout_loses_nothing_and_runs_nothing_twice(xf
         assert (target["state"], target["code"]) == ("SUCCEED", 0), target
 
 
+def test_a_central_restart_mid_rollout_loses_nothing_and_runs_nothing_twice(xfleet, tmp_path):
+    """Central (with the master's session) stops for 10 s while targets in both datacenters
+    run: their results wait in the edges' uplink queues and the agents' outboxes."""
+    xdc = xfleet.xdc
+    gate = tmp_path / "gate"
+    script = f'{MARK}; for i in $(seq 600); do [ -e {gate} ] && exit 0; sleep 0.05; done; exit 9'
+    task_id = xfleet.submit(["all"], script, parallel=3)
+    wait_until(lambda: sum(runs(xfleet, task_id).values()) >= 3, 30, what="the first three targets running")
+    cut_at = time.monotonic()
+    xdc.central.broker.stop()
+    gate.touch()
+    time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut_at)))  # the cut itself
+    xdc.central.broker.start()
+    summary = xfleet.wait_task(task_id, 90)
+    assert (summary["state"], summary["counts"]) == ("SUCCEED", {"SUCCEED": 2 * PER_DC}), summary
+    assert runs(xfleet, task_id) == {f"{dc}{i}": 1 for dc in DCS for i in range(PER_DC)}, "a task ran twice"
+
+
 def test_an_agents_last_will_crosses_the_bridge_to_the_master(xfleet):
     """Runs last: it kills an agent."""
     xdc, t = xfleet.xdc, Topics(xfleet.prefix)
