@@ -420,8 +420,6 @@ class Engine:
         if action.reason:
             self.store.set_target_reason(task_id, action.agent_id, action.reason)
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
-        if action.new.final:  # the targets table holds the rest; the log keeps how each one ended
-            self.store.add_event(now, "target", task_id, action.agent_id, data)
         self.emit(
             "target",
             task_id,
