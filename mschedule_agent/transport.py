@@ -506,7 +506,8 @@ class NetworkLoop:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self._ops.append(fn)
-        self._wake()
+        if threading.get_ident() != self._thread.ident:  # the loop runs its ops before it sleeps
+            self._wake()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         with self._lock:
@@ -516,18 +517,21 @@ class NetworkLoop:
     # socket callbacks (any thread) ------------------------------------------------
     # socket callbacks (any thread). The fd is read now: by the time the queued
     # operation runs, paho may already have closed the socket.
+    # On the loop thread itself (a publish from a message handler) they apply at once.
     def _register(self, client: paho.Client, sock) -> None:
-        fd = sock.fileno()
-        self.call_soon(lambda: self._apply(fd, client, selectors.EVENT_READ))
+        self._update(sock.fileno(), client, selectors.EVENT_READ)
 
     def _want_write(self, client: paho.Client, sock, on: bool) -> None:
-        fd = sock.fileno()
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
-        self.call_soon(lambda: self._apply(fd, client, events))
+        self._update(sock.fileno(), client, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0))
+
+    def _update(self, fd: int, client: paho.Client | None, events: int) -> None:
+        if threading.get_ident() == self._thread.ident:
+            self._apply(fd, client, events)
+        else:
+            self.call_soon(lambda: self._apply(fd, client, events))
 
     def _unregister(self, sock) -> None:
-        fd = sock.fileno()
-        self.call_soon(lambda: self._apply(fd, None, 0))
+        self._update(sock.fileno(), None, 0)
 
     def _apply(self, fd: int, client: paho.Client | None, events: int) -> None:
         if fd < 0:
