@@ -21,6 +21,7 @@ const state = {
   refreshTimer: null,
   refreshDelay: 150, // grows with the task's size so a big rollout is not re-read on every event
   fullOutput: new Map(), // agent id -> {out, err}: whole outputs the user asked for
+  taskLimit: 50, // tasks listed; "show older tasks" adds 50 (the API's page is at most 500)
 };
 
 // ------------------------------------------------------------------ helpers
@@ -293,7 +294,8 @@ async function submit(ev) {
 
 async function loadTasks() {
   const filter = $("#task-filter").value;
-  const doc = await api("GET", `/api/v1/tasks?limit=50${filter ? `&state=${filter}` : ""}`);
+  const doc = await api("GET", `/api/v1/tasks?limit=${state.taskLimit}${filter ? `&state=${filter}` : ""}`);
+  $("#more-tasks").hidden = doc.next_offset === null || state.taskLimit >= 500;
   const body = $("#tasks tbody");
   body.replaceChildren();
   $("#tasks-empty").hidden = doc.tasks.length > 0;
@@ -426,6 +428,10 @@ function init() {
   $("#submit-form").addEventListener("submit", submit);
   $("#kill").addEventListener("click", kill);
   $("#task-filter").addEventListener("change", () => loadTasks().catch(() => {}));
+  $("#more-tasks").addEventListener("click", () => {
+    state.taskLimit = Math.min(500, state.taskLimit + 50);
+    loadTasks().catch(() => {});
+  });
   $("#check-online").addEventListener("change", (ev) => {
     for (const a of state.agents) if (a.online) ev.target.checked ? state.checked.add(a.id) : state.checked.delete(a.id);
     document.querySelectorAll(".agent-check").forEach((b) => (b.checked = state.checked.has(b.value)));

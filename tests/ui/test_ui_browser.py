@@ -182,3 +182,21 @@ def test_unknown_task_page_says_so(ui_fleet, page):
     page.goto(ui_fleet.url + "/#/task/nosuch")
     page.locator("#not-found-text", has_text="Task nosuch not found.").wait_for()
     assert page.locator("#task-page").is_hidden()
+
+
+def test_task_list_shows_older_tasks_on_request(ui_fleet, page):
+    import json
+    import urllib.request
+
+    body = json.dumps({"targets": ["role=db"], "script_text": "true", "name": "bulk"}).encode()
+    for _ in range(51):
+        req = urllib.request.Request(ui_fleet.url + "/api/v1/tasks", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        urllib.request.urlopen(req, timeout=30).close()
+    page.goto(ui_fleet.url + "/")
+    rows = page.locator("#tasks tbody tr")
+    rows.nth(49).wait_for()
+    assert rows.count() == 50
+    page.click("#more-tasks")
+    rows.nth(50).wait_for()
+    assert 51 < rows.count() <= 100
