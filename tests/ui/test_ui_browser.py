@@ -199,4 +199,4 @@ def test_task_list_shows_older_tasks_on_request(ui_fleet, page):
     assert rows.count() == 50
     page.click("#more-tasks")
     rows.nth(50).wait_for()
-    assert 51 < rows.count() <= 100
+    assert 50 < rows.count() <= 100
