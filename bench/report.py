@@ -77,11 +77,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _short(problems: list[str], width: int = 110) -> str:
+    text = "; ".join(problems)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
     b = results.get("baselines", {})
+    host = results.get("host", {})
     lines = [
-        f"Run `{results.get('command', 'python -m bench')}` at {results.get('started_at', '?')} on "
-        f"{results.get('host', {}).get('cpus', '?')} CPUs ({results.get('host', {}).get('mosquitto', 'mosquitto')}).",
+        f"`{results.get('command', 'python -m bench')}`, {results.get('started_at', '?')}, {host.get('cpus', '?')} CPUs, "
+        f"{host.get('mosquitto', 'mosquitto')}, Python {host.get('python', '?')}.",
         "",
         "| baseline (same run) | figure |",
         "| --- | --- |",
@@ -94,7 +100,7 @@ def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
         lines.append(f"| paho QoS-1 round trip via mosquitto | p50 {_fmt(r['p50_ms'])} ms, p99 {_fmt(r['p99_ms'])} ms |")
     lines += ["", "| # | scenario | figure | measured | target | met | results correct |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for o in outcomes:
-        correct = "error: " + o.error if o.error else ("yes" if o.correct else "NO: " + "; ".join(o.problems[:2]))
+        correct = "error: " + o.error[:120] if o.error else ("yes" if o.correct else "NO: " + _short(o.problems))
         if not o.checks:
             lines.append(f"| {o.id} | {o.name} | — | — | — | {'no' if not o.ok else 'yes'} | {correct} |")
         for i, c in enumerate(o.checks):
