@@ -25,7 +25,7 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
 from mschedule_agent.transport import Incoming, Transport
 
-from . import models
+from . import models, targeting
 from .models import InvalidRequest, NotFound
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
@@ -41,21 +41,6 @@ REJECT_STATES = {"expired": TargetState.UNREACHABLE, "killed": TargetState.KILLE
 SUMMARY_REPUBLISH_WINDOW = 3600.0
 
 Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
-
-
-def _default_resolver(selectors, agents, groups):
-    from . import targeting  # written by another engineer; imported late on purpose
-
-    return targeting.resolve(selectors, agents, groups)
-
-
-def _selector_error() -> tuple[type[Exception], ...]:
-    try:
-        from .targeting import UnknownSelector
-
-        return (UnknownSelector, ValueError)
-    except ImportError:  # pragma: no cover - until targeting.py lands
-        return (ValueError,)
 
 
 @dataclass(slots=True)
@@ -87,7 +72,7 @@ class Engine:
         timing: Timing = Timing(),
         groups: dict[str, list[str]] | None = None,
         clock: Callable[[], float] = time.time,
-        resolver: Resolver = _default_resolver,
+        resolver: Resolver = targeting.resolve,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -206,7 +191,7 @@ class Engine:
                 return task, [t.agent_id for t in self.store.targets(existing)]
         try:
             agent_ids = list(dict.fromkeys(self._resolve(list(spec.targets), self.registry.agents(), self.groups)))
-        except _selector_error() as e:
+        except ValueError as e:  # targeting.UnknownSelector and its kin
             raise InvalidRequest(str(e), field="targets") from None
         if not agent_ids:
             raise InvalidRequest("the targets match no agent", field="targets")
@@ -228,7 +213,7 @@ class Engine:
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": _counts(active), "created": True})
             log.info("task %s created for %d target(s)", task_id, len(agent_ids), extra={"task_id": task_id})
             self._apply(active, rollout.start(now), now)
-        return task, agent_ids
+        return self.store.get_task(task_id, with_targets=False) or task, agent_ids
 
     def kill(self, task_id: str, reason: str = "killed by user") -> models.Task:
         with self.batch():
