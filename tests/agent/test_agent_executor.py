@@ -43,6 +43,9 @@ def run_script(tmp_path):
             on_done=lambda o: out.setdefault("o", o),
         )
         if kill_after is not None:
+            deadline = time.monotonic() + 10
+            while not pids and time.monotonic() < deadline:
+                time.sleep(0.01)  # until on_started: the process exists
             time.sleep(kill_after)  # let the script start its children; the kill itself is event-driven
             r.kill()
         assert r.join(wait), "run did not finish"
