@@ -428,7 +428,7 @@ def test_capacity_bounds_concurrent_scripts_and_every_task_runs_once(tmp_path, b
         aid = a.agent_id
         ids = [f"cap-{i}" for i in range(15)]
         for tid in ids:  # O_APPEND writes of a few bytes do not interleave
-            watch.publish(topics.tasks(aid), task(tid, f'echo "+ $MSCHEDULE_TASK_ID" >> {log}; sleep 0.3; echo - >> {log}'.encode()))
+            watch.publish(topics.tasks(aid), task(tid, f'echo "+ $MSCHEDULE_TASK_ID" >> {log}; sleep 0.6; echo - >> {log}'.encode()))
         for tid in ids:
             watch.wait_for(is_(Result, tid, state="SUCCEED"), timeout=60)
     finally:
