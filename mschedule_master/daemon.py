@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 2000
 #: Batches are committed at most this often (seconds) while messages trickle in.
 GROUP_COMMIT = 0.002
+#: The inbox is "behind" when its oldest message waited this long (seconds) ...
+BACKLOG_AGE = 0.5
+#: ... and time-based verdicts wait for it to catch up, but no longer than this (seconds).
+MAX_VERDICT_DEFER = 60.0
 #: The timer wakes at least this often (seconds).
 TICK_MAX = 0.5
 #: How long to look for another master's retained status before connecting, at most.
@@ -154,6 +158,8 @@ class Daemon:
         self.instance = uuid.uuid4().hex
         self._inbox: collections.deque[Incoming] = collections.deque()
         self._inbox_lock = threading.Lock()
+        self._arrivals: collections.deque[float] = collections.deque()  #: monotonic arrival of each inbox entry
+        self._behind_since: float | None = None
         self._drain_scheduled = False
         self._last_drain = 0.0
         self._stop: asyncio.Event | None = None
@@ -265,6 +271,7 @@ class Daemon:
     def _on_message(self, incoming: Incoming) -> None:
         with self._inbox_lock:
             self._inbox.append(incoming)
+            self._arrivals.append(time.monotonic())
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
@@ -286,6 +293,8 @@ class Daemon:
         with self._inbox_lock:
             n = min(len(self._inbox), BATCH_MAX)
             batch = [self._inbox.popleft() for _ in range(n)]
+            for _ in range(n):
+                self._arrivals.popleft()
             more = bool(self._inbox)
             self._drain_scheduled = more
         if more:
@@ -325,11 +334,25 @@ class Daemon:
             except TimeoutError:
                 pass
             try:
-                self.service.housekeeping()
+                self.service.housekeeping(verdicts=not self._behind())
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:
                 log.exception("housekeeping failed; will retry in %.1f s", TICK_MAX)
+
+    def _behind(self) -> bool:
+        """True while the inbox holds a message older than BACKLOG_AGE (for at most
+        MAX_VERDICT_DEFER seconds in a row, so verdicts are delayed, never starved)."""
+        now = time.monotonic()
+        with self._inbox_lock:
+            oldest = self._arrivals[0] if self._arrivals else None
+        if oldest is None or now - oldest < BACKLOG_AGE:
+            self._behind_since = None
+            return False
+        if self._behind_since is None:
+            self._behind_since = now
+            log.info("inbox %.1f s behind: deferring expiry and staleness verdicts", now - oldest)
+        return now - self._behind_since < MAX_VERDICT_DEFER
 
     def _fatal(self, message: str, *args: object) -> None:
         log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)

@@ -292,6 +292,20 @@ class Engine:
                 actions = r.on_agent_online(change.agent_id, now) if change.online else r.on_agent_offline(change.agent_id, now)
                 self._apply(active, actions, now, touched={change.agent_id})
 
+    def agent_registered(self, agent_id: str) -> None:
+        """An agent (re)connected: hand it again what it has not acknowledged, now rather
+        than at the next redelivery, in case its broker lost its queue (a broker restart)."""
+        now = self.clock()
+        with self.batch():
+            for active in self._active.values():
+                t = active.rollout.targets.get(agent_id)
+                if t is None or not t.state.active:
+                    continue
+                if t.kill_requested:
+                    self._apply(active, [SendKill(agent_id)], now)
+                elif not t.acked and t.expires_at is not None and now < t.expires_at:
+                    self._apply(active, [Dispatch(agent_id, t.expires_at, redeliver=True)], now)
+
     def on_agent_message(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
         """An ``ack``, ``started``, ``result`` or ``reject`` on ``<prefix>[/dc/DC]/results/<agent>``."""
         agent_id = info.agent_id
@@ -370,6 +384,8 @@ class Engine:
         for action in actions:
             if isinstance(action, Dispatch):
                 touched.add(action.agent_id)
+                if action.redeliver and not self.registry.is_online(action.agent_id):
+                    continue  # its persistent session queues the first copy; re-sent when it registers
                 self._dispatch(active, action)
             elif isinstance(action, SendKill):
                 touched.add(action.agent_id)

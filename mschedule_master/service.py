@@ -112,9 +112,18 @@ class MasterService:
                 self.engine.guarded(f"message on {incoming.topic}", self._route, incoming)
                 self.engine.after_commit_ack(incoming)
 
-    def housekeeping(self) -> None:
-        """Timers: rollout deadlines, stale heartbeats, lazy persistence of agents."""
+    def housekeeping(self, *, verdicts: bool = True) -> None:
+        """Timers: rollout deadlines, stale heartbeats, lazy persistence of agents.
+
+        ``verdicts=False`` (the daemon's inbox is behind) skips the time-based verdicts
+        (UNREACHABLE, LOST, stale heartbeats): the acks and heartbeats that would prevent
+        them may be waiting in the backlog.
+        """
         now = self.clock()
+        if not verdicts:
+            if now - self._last_flush >= self.flush_interval:
+                self.flush_agents()
+            return
         self.engine.tick()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._last_sweep = now
@@ -155,9 +164,10 @@ class MasterService:
         msg = self._decode(incoming, info, Register, Offline)
         if msg is not None:
             change = self.registry.on_status(msg, info.dc, self.clock())
+            self._agent_changed(change)
             if isinstance(msg, Register):
                 self.store.add_event(self.clock(), "agent_registered", None, msg.id, {"dc": info.dc})
-            self._agent_changed(change)
+                self.engine.agent_registered(msg.id)
 
     def _heartbeat(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
         if not incoming.payload:

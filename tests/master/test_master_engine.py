@@ -277,3 +277,43 @@ def test_a_restart_publishes_recent_summaries_again(tmp_path, rig_factory):
     assert topic == f"test/tasks/{task_id}/summary" and summary.state == "SUCCEED"
     assert summary.targets == {"a1": {"state": "SUCCEED", "code": 0}}
     second.store.close()
+
+
+def test_an_offline_agent_gets_no_redeliveries_until_it_registers_again(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.feed(rig.incoming("test/agents/a1/status", P.Offline(id="a1")))
+    rig.sent()
+    rig.tick(2.1)
+    rig.tick(2.1)
+    assert rig.sent("task") == []  # its broker session already queues the first copy
+    rig.register("a1")
+    assert [(t, m.id) for t, m in rig.sent("task")] == [("test/agents/a1/tasks", task_id)]
+
+
+def test_a_reconnecting_agent_is_sent_its_unacknowledged_task_and_owed_kill_at_once(rig):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    t1 = rig.submit(["a1"]).task_id
+    t2 = rig.submit(["a2"]).task_id
+    rig.from_agent("a2", P.Started(id=t2, agent_id="a2", started_at=rig.clock.now))
+    rig.service.kill(t2)
+    rig.sent()
+    rig.register("a1")
+    rig.register("a2")
+    assert [(t, m.TYPE, m.id) for t, m in rig.sent()] == [
+        ("test/agents/a1/tasks", "task", t1),
+        ("test/agents/a2/control", "kill", t2),
+    ]
+
+
+def test_verdicts_wait_while_the_inbox_is_behind(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.clock.advance(20)  # far past expiry (10 s) and grace
+    rig.service.housekeeping(verdicts=False)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    assert rig.registry.is_online("a1")  # no staleness verdict either
+    _ack(rig, task_id, "a1")  # the ack that was waiting in the backlog
+    rig.service.housekeeping()
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
