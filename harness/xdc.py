@@ -64,8 +64,9 @@ class Site:
     """One broker (central or a datacenter's edge): its rendered files and process.
     Central has a second listener, ``master_port``, for the master's user only."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, *, tls: bool = False) -> None:
         self.name = name
+        self.tls = tls
         self.dir = root / name
         self.etc = self.dir / "etc"
         self.etc.mkdir(parents=True, exist_ok=True)
@@ -93,10 +94,11 @@ class Site:
         raise KeyError(f"no user {user} on {self.name}")
 
     def url(self, user: str | None, password: str | None = None) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
         if user is None:
-            return f"mqtt://127.0.0.1:{self.port}"
+            return f"{scheme}://127.0.0.1:{self.port}"
         password = password if password is not None else self.password(user)
-        return f"mqtt://{user}:{password}@127.0.0.1:{self.port_for(user)}"
+        return f"{scheme}://{user}:{password}@127.0.0.1:{self.port_for(user)}"
 
     def reload(self) -> None:
         """SIGHUP: mosquitto re-reads its password and ACL files."""
@@ -107,12 +109,18 @@ class Site:
 class Xdc:
     """Central + edges. ``start()`` renders, starts every broker and waits for the bridges."""
 
-    def __init__(self, workdir: Path, *, prefix: str, dcs: tuple[str, ...] = ("bj", "sh")) -> None:
+    def __init__(self, workdir: Path, *, prefix: str, dcs: tuple[str, ...] = ("bj", "sh"),
+                 tls_dir: Path | None = None) -> None:
+        """``tls_dir``: holds ca.crt, server.crt and server.key (for 127.0.0.1); every
+        listener and bridge then uses TLS as docs/deploy.md's "TLS" section says, and the
+        URLs are mqtts://. Clients find the CA through $SSL_CERT_FILE."""
         self.workdir = Path(workdir)
         self.prefix = prefix
         self.dcs = tuple(dcs)
-        self.central = Site(self.workdir, CENTRAL)
-        self.edges = {dc: Site(self.workdir, dc) for dc in self.dcs}
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        tls = self.tls_dir is not None
+        self.central = Site(self.workdir, CENTRAL, tls=tls)
+        self.edges = {dc: Site(self.workdir, dc, tls=tls) for dc in self.dcs}
         self._watch: Collector | None = None
 
     def site(self, name: str) -> Site:
@@ -139,6 +147,23 @@ class Xdc:
             run([sys.executable, RENDER, "edge", "--out", e.etc, "--prefix", self.prefix, "--dc", dc,
                  "--central", f"127.0.0.1:{c.port}", "--credentials", bridge_cred, "--monitor", MONITOR_USER,
                  "--data-dir", e.dir / f"{dc}-data"])
+        if self.tls_dir is not None:
+            self._apply_tls()
+
+    def _apply_tls(self) -> None:
+        """docs/deploy.md, "TLS": the templates' commented certificate lines, uncommented
+        and pointed at ``tls_dir``; both bridges of each edge verify central with the CA."""
+        conf_files = [self.central.etc / "mosquitto.conf", self.central.etc / "conf.d" / "master.conf"]
+        conf_files += [e.etc / "mosquitto.conf" for e in self.edges.values()]
+        for path in conf_files:
+            out = []
+            for line in path.read_text().splitlines():
+                if line.split(" ", 1)[0] in ("#certfile", "#keyfile", "#cafile", "#tls_version"):
+                    line = line[1:].replace("/etc/mschedule/mosquitto/tls", str(self.tls_dir))
+                out.append(line)
+                if line.startswith("remote_password "):
+                    out += [f"bridge_cafile {self.tls_dir / 'ca.crt'}", "bridge_tls_version tlsv1.2"]
+            path.write_text("\n".join(out) + "\n")
 
     def add_agent(self, site: str, agent_id: str | None = None) -> str:
         """Create an agent user (its id; a new uuid4 hex when None) on ``site``; reload it."""
@@ -168,9 +193,10 @@ class Xdc:
                 raise TimeoutError(f"{site} does not accept {user} after {timeout}s")
             time.sleep(0.05)
 
-    def can_connect(self, site: str, user: str | None, password: str | None = None, *, port: int | None = None) -> bool:
-        """One MQTT v5 connect attempt (on ``port``, default: the user's listener); True
-        when the broker accepts it."""
+    def can_connect(self, site: str, user: str | None, password: str | None = None, *, port: int | None = None,
+                    tls: bool | None = None) -> bool:
+        """One MQTT v5 connect attempt (on ``port``, default: the user's listener; with TLS
+        when the cluster uses it, unless ``tls`` says); True when the broker accepts it."""
         import paho.mqtt.client as paho
 
         result: list[bool] = []
@@ -179,6 +205,8 @@ class Xdc:
                         protocol=paho.MQTTv5)
         if user is not None:
             c.username_pw_set(user, password if password is not None else self.site(site).password(user))
+        if self.tls_dir is not None and tls is not False:
+            c.tls_set(ca_certs=str(self.tls_dir / "ca.crt"))
 
         def on_connect(_c, _u, _f, rc, _p):
             result.append(not rc.is_failure)
