@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness.agentproc import start_agent
 from harness.broker import Mosquitto
-from mschedule_agent.protocol import Ack, Result, ResultAck, Task, Topics, decode, encode
+from mschedule_agent.protocol import Result, ResultAck, Task, Topics, decode, encode
 from mschedule_agent.transport import Incoming, MqttTransport
 
 
