@@ -224,6 +224,7 @@ class Engine:
             else:
                 now = self.clock()
                 self.store.add_event(now, "kill", task_id, None, {"reason": reason})
+                self.store.require_sync()
                 log.info("task %s: kill requested", task_id, extra={"task_id": task_id})
                 self._apply(active, active.rollout.kill(now, reason=reason), now)
         task = self.store.get_task(task_id, with_targets=False)
@@ -345,6 +346,7 @@ class Engine:
                 extra={"agent_id": agent_id, "task_id": msg.id},
             )  # fmt: skip
             reason = f"rejected ({msg.code}): {msg.reason}"
+            self.store.require_sync()  # the agent will not say it again
             self._apply(active, r.on_final(agent_id, state, now, reason), now, touched={agent_id})
 
     def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:

@@ -2,7 +2,15 @@
 
 One connection, used only from the master's event-loop thread. ``db()`` opens a
 transaction (re-entrant: only the outermost one commits), so a whole batch of incoming
-messages is applied in one commit. Every read returns :mod:`models` dataclasses; states
+messages is applied in one commit.
+
+Durability is chosen per commit. SQLite runs with ``synchronous=NORMAL`` (a commit
+survives the process being killed, not a power cut); a transaction that stored what
+someone else is told about — a result about to be acknowledged, a new task about to be
+answered, a kill, a task's end — calls :meth:`require_sync`, and its commit is followed
+by an fsync of the write-ahead log, which is what ``synchronous=FULL`` does on every
+commit. Acks, starts, heartbeats and dispatch bookkeeping skip the fsync: losing them in
+a power cut only brings a re-delivery the agents de-duplicate. Every read returns :mod:`models` dataclasses; states
 are stored as their ``.value`` and parsed back here.
 """
 
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -79,7 +88,7 @@ def _dumps(value: Any) -> str:
 
 
 class Store:
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -87,12 +96,18 @@ class Store:
             self._conn.execute(f"pragma synchronous={synchronous}")
             self._conn.execute("pragma busy_timeout=10000")
             self._depth = 0
+            self._sync_needed = False
+            self._wal_fd: int | None = None
+            self.syncs = 0  #: fsyncs of the write-ahead log so far
             self._migrate()
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {path}: {e}") from e
 
     def close(self) -> None:
         self._conn.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     @contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
@@ -110,10 +125,27 @@ class Store:
             yield self._conn
         except BaseException:
             self._depth = 0
+            self._sync_needed = False
             self._conn.execute("rollback")
             raise
         self._depth = 0
         self._conn.execute("commit")
+        if self._sync_needed:
+            self._sync_needed = False
+            self._sync_wal()
+
+    def require_sync(self) -> None:
+        """The current transaction must be on disk (not just in the OS) when db() returns."""
+        self._sync_needed = True
+
+    def _sync_wal(self) -> None:
+        try:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+            os.fsync(self._wal_fd)
+        except OSError as e:
+            raise StoreError(f"cannot sync the write-ahead log of {self.path}: {e}") from e
+        self.syncs += 1
 
     def savepoint_begin(self) -> None:
         """Inside a transaction: mark a point that :meth:`savepoint_rollback` returns to."""
@@ -175,6 +207,7 @@ class Store:
                 "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
                 [(task.id, a, TargetState.WAITING.value, 0) for a in agent_ids],
             )
+            self.require_sync()
 
     def set_task_state(self, task_id: str, state: TaskState, reason: str, finished_at: float | None) -> None:
         with self.db() as c:
@@ -182,6 +215,8 @@ class Store:
                 "update tasks set state=?, reason=?, finished_at=? where id=?",
                 (state.value, reason, finished_at, task_id),
             )
+            if state.final:
+                self.require_sync()
 
     def save_snapshots(self, task_id: str, snapshots: Iterable[TargetSnapshot]) -> None:
         sets = ", ".join(f"{col}=?" for col in _SNAPSHOT_COLUMNS)
@@ -207,7 +242,10 @@ class Store:
                     result.started_at, result.finished_at, result.state, result.error, now, task_id, agent_id,
                 ),
             )  # fmt: skip
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self.require_sync()
+            return True
 
     def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict) -> None:
         with self.db() as c:

@@ -317,3 +317,18 @@ def test_verdicts_wait_while_the_inbox_is_behind(rig):
     _ack(rig, task_id, "a1")  # the ack that was waiting in the backlog
     rig.service.housekeeping()
     assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+
+
+def test_only_what_others_are_told_about_waits_for_an_fsync(rig):
+    rig.register("a1")
+    before = rig.store.syncs
+    task_id = rig.submit(["a1"]).task_id  # the submitter gets an answer: synced
+    assert rig.store.syncs == before + 1
+    _ack(rig, task_id, "a1")
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now))
+    rig.register("a1")
+    assert rig.store.syncs == before + 1  # losing these in a power cut costs a re-delivery
+    _result(rig, task_id, "a1")  # about to be result_acked: synced
+    assert rig.store.syncs == before + 2
+    _result(rig, task_id, "a1")  # a duplicate stores nothing
+    assert rig.store.syncs == before + 2
