@@ -23,7 +23,7 @@ from mschedule_agent.transport import Incoming, MqttTransport
 
 from .client import BenchClient, check_summary
 from .master import MasterProc
-from .procstat import Watch, pss_uss_bytes
+from .procstat import Watch, cpu_share, pss_uss_bytes, sample
 from .report import Outcome
 
 
@@ -60,12 +60,14 @@ class FakeAgents:
     SUCCEED ``result``, as an infinitely fast agent would (no script runs): what is left
     of a fan-out's time is the master's and the broker's."""
 
-    def __init__(self, url: str, prefix: str, n: int, *, respond: bool = False) -> None:
+    def __init__(self, url: str, prefix: str, n: int, *, respond: bool = False, ack: bool = False) -> None:
         self.topics = Topics(prefix)
         self.respond = respond
+        self.ack = ack  #: acknowledge each first delivery at once, as a real agent does
         tag = uuid.uuid4().hex[:6]
         self.ids = [f"fake{tag}{i:06d}" for i in range(n)]
         self.tasks: dict[str, str] = {}  # agent id -> task id
+        self.deliveries = 0  #: task messages received, re-deliveries included
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self.transport = MqttTransport(
@@ -95,11 +97,15 @@ class FakeAgents:
         if info is None or info.agent_id is None:
             return
         with self._cond:
+            self.deliveries += 1
             first = info.agent_id not in self.tasks
             self.tasks[info.agent_id] = task.id
             self._cond.notify_all()
         if self.respond and first:
             self._answer(info.agent_id, task.id)
+        elif self.ack and first:
+            ack = protocol.Ack(id=task.id, agent_id=info.agent_id, at=time.time())
+            self.transport.publish(self.topics.results(info.agent_id), protocol.encode(ack), qos=1)
 
     def _answer(self, agent_id: str, task_id: str) -> None:
         now = time.time()
@@ -147,6 +153,20 @@ class FakeAgents:
         return time.perf_counter() - start
 
 
+def wait_idle(pid: int, *, below: float = 0.05, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until ``pid`` uses less than ``below`` of a core over ``window`` seconds; returns
+    the seconds waited."""
+    start = time.monotonic()
+    prev = sample(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(window)
+        cur = sample(pid)
+        if cpu_share(prev, cur) < below:
+            break
+        prev = cur
+    return time.monotonic() - start
+
+
 def master_bound_fanout(ctx, n: int, o: Outcome) -> dict:
     """A fan-out to ``n`` instant protocol-level agents: the master's share of a fan-out."""
     prefix = ctx.prefix(f"s2-instant-{n}")
@@ -163,7 +183,7 @@ def master_bound_fanout(ctx, n: int, o: Outcome) -> dict:
 def master_ingestion(ctx, n: int, o: Outcome) -> dict:
     prefix = ctx.prefix("s5-ingest")
     d = ctx.dir("s5-ingest")
-    with MasterProc(ctx.broker.url, prefix, d) as master, FakeAgents(ctx.broker.url, prefix, n) as fake:
+    with MasterProc(ctx.broker.url, prefix, d) as master, FakeAgents(ctx.broker.url, prefix, n, ack=True) as fake:
         fake.register()
         master.wait_online(n, 120)
         with BenchClient(ctx.broker.url, prefix) as client:
@@ -171,6 +191,7 @@ def master_ingestion(ctx, n: int, o: Outcome) -> dict:
             reply = client.reply(request_id, 60)
             fake.wait_dispatched(120)
             messages = fake.results()
+            settle = wait_idle(master.pid, timeout=60)  # the master has applied every ack
             with ctx.profiled(o, "ingestion", {"master": master.pid}):
                 first = time.perf_counter()
                 publish_seconds = fake.publish_all(messages)
@@ -178,6 +199,8 @@ def master_ingestion(ctx, n: int, o: Outcome) -> dict:
             o.problems.extend(check_summary(done, fake.ids))
         seconds = done.at - first
     return {
+        "task_messages": fake.deliveries,
+        "settle_s": round(settle, 2),
         "results": n,
         "seconds": round(seconds, 3),
         "per_s": round(n / seconds, 1),

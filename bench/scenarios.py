@@ -319,6 +319,16 @@ def scenario_5(ctx: Context) -> Outcome:
     o = Outcome("5", "agent idle; master result ingestion")
     idle = ingest.agent_idle(ctx, seconds=ctx.size("s5_idle_s", 5.0, 20.0))
     o.metrics["agent_idle"] = idle
+    try:  # the agent engineer's measurement: what running `true` through the agent adds
+        from . import agent_overhead
+
+        tasks = ctx.size("s5_overhead_tasks", 50, 300)
+        o.metrics["agent_true_overhead"] = agent_overhead.measure(ctx.broker.url, ctx.dir("s5-overhead"), idle_s=1, tasks=tasks)[
+            "true"
+        ]
+    except Exception as e:  # informative only: never fails the scenario
+        log.warning("agent overhead measurement failed: %s", e, exc_info=True)
+        o.metrics["agent_true_overhead"] = {"error": f"{type(e).__name__}: {e}"}
     n = ctx.size("s5_results", 2000, 20000)
     rate = ingest.master_ingestion(ctx, n, o)
     o.metrics["ingestion"] = rate
