@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Messages applied per transaction at most.
 BATCH_MAX = 2000
-#: Batches are committed at most this often (seconds) while messages trickle in.
-GROUP_COMMIT = 0.002
 #: The inbox is "behind" when its oldest message waited this long (seconds) ...
 BACKLOG_AGE = 0.5
 #: ... and time-based verdicts wait for it to catch up, but no longer than this (seconds).
@@ -161,7 +159,6 @@ class Daemon:
         self._arrivals: collections.deque[float] = collections.deque()  #: monotonic arrival of each inbox entry
         self._behind_since: float | None = None
         self._drain_scheduled = False
-        self._last_drain = 0.0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = 0
@@ -276,20 +273,10 @@ class Daemon:
                 return
             self._drain_scheduled = True
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._schedule_drain)
-
-    def _schedule_drain(self) -> None:
-        """Group commit: right away, unless a batch was committed less than GROUP_COMMIT ago;
-        then wait out the rest, so a trickle of messages shares one fsync."""
-        assert self._loop is not None
-        wait = self._last_drain + GROUP_COMMIT - time.monotonic()
-        if wait > 0:
-            self._loop.call_later(wait, self._drain)
-        else:
-            self._loop.call_soon(self._drain)
+        self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        self._last_drain = time.monotonic()
+        """Apply what the inbox holds (what arrived while the last batch was applied)."""
         with self._inbox_lock:
             n = min(len(self._inbox), BATCH_MAX)
             batch = [self._inbox.popleft() for _ in range(n)]
