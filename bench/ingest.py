@@ -180,6 +180,30 @@ def master_bound_fanout(ctx, n: int, o: Outcome) -> dict:
     return {"agents": n, "seconds": round(seconds, 3)}
 
 
+def master_bound_rollout(ctx, n: int, parallel: int, o: Outcome) -> dict:
+    """Scenario 3 against instant protocol-level agents: how well the master keeps its window
+    full, against 20 one-target round trips through the same agents."""
+    prefix = ctx.prefix(f"s3-instant-{n}")
+    d = ctx.dir(f"s3-instant-{n}")
+    with MasterProc(ctx.broker.url, prefix, d) as master, FakeAgents(ctx.broker.url, prefix, n, respond=True) as fake:
+        fake.register()
+        master.wait_online(n, 120)
+        with BenchClient(ctx.broker.url, prefix) as client:
+            singles = []
+            for i in range(25):
+                fake.tasks.pop(fake.ids[i], None)  # let it answer this agent's next task too
+                done, rtt = client.run([fake.ids[i]], timeout=30)
+                o.problems.extend(check_summary(done, [fake.ids[i]]))
+                if i >= 5:
+                    singles.append(rtt)
+            fake.tasks.clear()
+            done, seconds = client.run(fake.ids, timeout=120, parallel=parallel)
+            o.problems.extend(check_summary(done, fake.ids))
+    one = sorted(singles)[len(singles) // 2]
+    ideal = n / parallel * one
+    return {"seconds": round(seconds, 3), "one_target_p50_ms": round(one * 1000, 3), "ratio": round(seconds / ideal, 2)}
+
+
 def master_ingestion(ctx, n: int, o: Outcome) -> dict:
     prefix = ctx.prefix("s5-ingest")
     d = ctx.dir("s5-ingest")

@@ -259,6 +259,9 @@ def scenario_3(ctx: Context) -> Outcome:
                 done, seconds = client.run(fleet.ids, timeout=300, parallel=parallel)
             o.problems.extend(check_summary(done, fleet.ids))
         _runs_check(fleet, size + 25, o)
+    from . import ingest
+
+    o.metrics["instant_agents"] = ingest.master_bound_rollout(ctx, size, parallel, o)
     one = latency_ms(singles)["p50_ms"] / 1000
     ideal = size / parallel * one
     o.metrics.update({"seconds": round(seconds, 3), "one_target_p50_ms": round(one * 1000, 3), "ideal_s": round(ideal, 3)})
