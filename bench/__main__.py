@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="record py-spy profiles of the master and a fleet worker")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"where latest.json/latest.md go (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    p.add_argument("--readme", action="store_true", help="also put the table into README.md's Performance section")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = report.write(results, outcomes, args.out)
     print(md_path.read_text())
     print(f"written: {json_path} {md_path}")
+    if args.readme:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        print("README.md updated" if report.update_readme(readme, md_path.read_text()) else "README.md has no bench markers")
     return 0 if all(o.error is None and o.correct for o in outcomes) else 1
 
 

@@ -111,3 +111,18 @@ def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+README_START = "<!-- bench:table -->"
+README_END = "<!-- /bench:table -->"
+
+
+def update_readme(readme: Path, table: str) -> bool:
+    """Put ``table`` between the README's bench markers (its Performance section). False
+    when the markers are not there."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(README_START)] + "\n" + table.strip() + "\n" + text[end:])
+    return True

@@ -73,3 +73,14 @@ def test_fleet_agents_register_run_each_task_once_and_report(broker, prefix, tmp
             assert by_id["smoke-2"].output == b"hi-smoke-2\n"
         stats = fleet.stats()
         assert (stats["agents"], stats["connected"], stats["runs"]) == (4, 4, 4)
+
+
+def test_the_readme_table_is_replaced_between_its_markers_only(tmp_path):
+    from bench.report import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
+    assert update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{README_START}\n| new |\n{README_END}\noutro\n"
+    (tmp_path / "other.md").write_text("no markers\n")
+    assert not update_readme(tmp_path / "other.md", "| x |")
