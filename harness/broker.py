@@ -24,6 +24,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_pid_owns(pid: int, port: int) -> bool:
+    """True when process ``pid`` holds the socket listening on TCP ``port``.
+
+    A bare connect() is not proof: between free_port() and mosquitto's bind another
+    process (or another broker) may have taken the port, and the connect would succeed
+    against it. So match the listening socket's inode against the process's fds.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                lines = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
@@ -76,6 +110,7 @@ class Mosquitto:
         self.conf = Path(conf) if Path(conf).is_absolute() else CONF_DIR / conf
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self._may_move = port is None  # a port we picked may move until the first start
         self.name = name
         self.overrides = dict(overrides or {})
         self.proc: subprocess.Popen | None = None
@@ -101,6 +136,20 @@ class Mosquitto:
         return render_config(self.conf.read_text(), base)
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
+        """Start and wait until this very process listens on the port. A port picked by
+        free_port() that someone else took meanwhile is replaced (first start only)."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                self._may_move = False
+                return self
+            except BrokerError as e:
+                if not (self._may_move and "Address already in use" in str(e)) or attempt == 2:
+                    raise
+                self.port = free_port()
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
@@ -117,11 +166,9 @@ class Mosquitto:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {err}{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.02)
+            if listening_pid_owns(self.proc.pid, self.port):
+                return
+            time.sleep(0.02)
         self.kill()
         raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s{self.log_tail()}")
 
