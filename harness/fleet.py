@@ -92,23 +92,28 @@ def start_master(
     True = a free loopback port, False = off, or "HOST:PORT". Log: ``workdir/master.log``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if http is True:
-        http = f"127.0.0.1:{free_port()}"
-    elif http is False:
-        http = "off"
     client_id = client_id or f"mschedule-master-{uuid.uuid4().hex[:8]}"
-    argv = [sys.executable, "-m", "mschedule_master", *master_argv(workdir, broker_url, prefix, http=http, client_id=client_id, **flags)]
-    http_url = None if http == "off" else f"http://{http}"
-    proc = MasterProc(argv, workdir=workdir, db=workdir / "master.db", http_url=http_url, log_path=workdir / "master.log", env=env)
-    offset = len(proc.log())
-    proc.start()
-    if wait:
+    for attempt in range(3):
+        address = f"127.0.0.1:{free_port()}" if http is True else "off" if http is False else http
+        argv = [sys.executable, "-m", "mschedule_master", *master_argv(workdir, broker_url, prefix, http=address, client_id=client_id, **flags)]
+        http_url = None if address == "off" else f"http://{address}"
+        proc = MasterProc(argv, workdir=workdir, db=workdir / "master.db", http_url=http_url, log_path=workdir / "master.log", env=env)
+        offset = len(proc.log())
+        proc.start()
+        if not wait:
+            return proc
         try:
             proc.wait_ready(timeout, after=offset)
+            return proc
+        except TimeoutError:
+            lost_port = http is True and not proc.running() and "address already in use" in proc.log()[offset:].lower()
+            proc.stop()
+            if not lost_port or attempt == 2:
+                raise
         except BaseException:
             proc.stop()
             raise
-    return proc
+    raise AssertionError("unreachable")
 
 
 class Fleet:

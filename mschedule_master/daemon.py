@@ -208,14 +208,14 @@ class Daemon:
 
         runner = None
         try:
+            if s.http_address is not None:  # first: a bad address or port fails before we connect
+                from . import api
+
+                runner = await api.start_http(self.service, *s.http_address, token=s.token)
             connected, _ = await self._unless_stopped(transport.start)
             if not connected:
                 log.info("stopped before the broker could be reached")
                 return self.exit_code
-            if s.http_address is not None:
-                from . import api
-
-                runner = await api.start_http(self.service, *s.http_address, token=s.token)
             log.info(
                 "master ready: broker %s, prefix %s, db %s, http %s", transport.url, self.topics.prefix, s.db, s.http
             )
