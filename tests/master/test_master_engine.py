@@ -332,3 +332,16 @@ def test_only_what_others_are_told_about_waits_for_an_fsync(rig):
     assert rig.store.syncs == before + 2
     _result(rig, task_id, "a1")  # a duplicate stores nothing
     assert rig.store.syncs == before + 2
+
+
+def test_group_selectors_come_from_the_config(tmp_path, rig_factory):
+    from mschedule_master.rollout import Timing
+
+    rig = rig_factory(tmp_path / "g.db", timing=Timing(), groups={"web": ["role=web"], "all-web": ["@web", "db1"]})
+    rig.register("w1", role="web")
+    rig.register("w2", role="web")
+    rig.register("db1", role="db")
+    assert sorted(rig.submit(["@all-web"]).targets) == ["db1", "w1", "w2"]
+    with pytest.raises(InvalidRequest, match="nope"):
+        rig.submit(["@nope"])
+    rig.store.close()

@@ -151,3 +151,37 @@ def test_a_broker_killed_mid_rollout_loses_nothing_and_runs_nothing_twice(own_br
         assert (summary["state"], summary["counts"]) == ("SUCCEED", {"SUCCEED": 5})
         runs = {p.name: p.read_text().splitlines() for p in markers.iterdir()}
         assert runs == {str(i): ["run"] for i in range(5)}
+
+
+def test_an_agent_killed_mid_run_and_back_in_time_reports_it_interrupted(broker, prefix, tmp_path):
+    pidfile = tmp_path / "script.pid"
+    with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags={"lost_grace": 60}) as fleet:
+        agent = fleet.agents[0]
+        agent_id = agent.agent_id
+        task_id = fleet.submit([agent_id], f"echo $$ > {pidfile}; exec sleep 60")
+        fleet.wait_progress(task_id, lambda p: p.get("target_state") == "RUNNING")
+        try:
+            agent.kill9()
+            offset = len(agent.log())
+            agent.start()
+            agent.wait_online(20, after=offset)
+            summary = fleet.wait_task(task_id, 30)
+            assert (summary["state"], summary["counts"]) == ("FAILED", {"INTERRUPTED": 1})
+        finally:
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+def test_a_frozen_agent_goes_offline_when_its_heartbeats_stop_and_returns_when_they_resume(broker, prefix, tmp_path):
+    with Fleet(tmp_path, broker.url, prefix, agents=1) as fleet:
+        agent = fleet.agents[0]
+        agent_id = agent.agent_id
+        os.kill(agent.pid, signal.SIGSTOP)  # its connection stays open: no will, just silence
+        try:
+            wait_until(lambda: not _agent_online(fleet, agent_id), 20, what="the silent agent marked offline")
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        wait_until(lambda: _agent_online(fleet, agent_id), 20, what="the agent back online")
