@@ -37,7 +37,7 @@ from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .registry import Registry
 from .rollout import Timing
-from .service import MasterService
+from .service import BRIDGE_STATE_TOPIC, MasterService
 from .store import Store
 from .submissions import ProgressPublisher
 
@@ -181,31 +181,7 @@ class Daemon:
             )  # fmt: skip
             return 2
 
-        store = Store(s.db)
-        registry = Registry()
-        registry.load(store.load_agents(), time.time())
-        status_topic = master_status_topic(self.topics)
-        transport = MqttTransport(
-            s.broker,
-            client_id=s.client_id,
-            subscriptions=[(t, 1) for t in [*self.topics.master_subscriptions(), "$SYS/broker/connection/+/state", status_topic]],
-            on_message=self._on_message,
-            on_connect=lambda _sp: self._publish_status(transport, status_topic),
-            will=Will(status_topic, _status_payload("offline", self.instance, s.client_id), retain=True),
-        )
-        timing = Timing(
-            delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
-            lost_grace=s.lost_grace, kill_resend=s.kill_resend,
-        )  # fmt: skip
-        engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
-        engine.subscribe(ProgressPublisher(transport, self.topics))
-        self.service = MasterService(
-            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
-        )
-        self._status_topic = status_topic
-        restored = engine.restore()
-        log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
-
+        store, transport = self._build()
         runner = None
         try:
             if s.http_address is not None:  # first: a bad address or port fails before we connect
@@ -221,19 +197,52 @@ class Daemon:
             )
             await self._timer()
         finally:
-            log.info("shutting down")
-            if runner is not None:
-                await runner.cleanup()
-            try:
-                self._drain()
-                self.service.flush_agents()
-            except Exception:
-                log.exception("could not save the last messages and agents; the broker will re-deliver them")
-            offline = _status_payload("offline", self.instance, s.client_id)
-            final = [(status_topic, offline, True)] if transport.is_connected() else []
-            await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
-            store.close()
+            await self._shutdown(runner, transport, store)
         return self.exit_code
+
+    def _build(self) -> tuple[Store, MqttTransport]:
+        """The store, registry, transport, engine and service; unfinished tasks restored."""
+        s = self.settings
+        store = Store(s.db)
+        registry = Registry()
+        registry.load(store.load_agents(), time.time())
+        self._status_topic = status_topic = master_status_topic(self.topics)
+        subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, status_topic]
+        transport = MqttTransport(
+            s.broker,
+            client_id=s.client_id,
+            subscriptions=[(t, 1) for t in subscriptions],
+            on_message=self._on_message,
+            on_connect=lambda _sp: self._publish_status(transport),
+            will=Will(status_topic, _status_payload("offline", self.instance, s.client_id), retain=True),
+        )
+        timing = Timing(
+            delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
+            lost_grace=s.lost_grace, kill_resend=s.kill_resend,
+        )  # fmt: skip
+        engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
+        engine.subscribe(ProgressPublisher(transport, self.topics))
+        self.service = MasterService(
+            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
+        )
+        restored = engine.restore()
+        log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
+        return store, transport
+
+    async def _shutdown(self, runner, transport: MqttTransport, store: Store) -> None:
+        log.info("shutting down")
+        assert self._loop is not None
+        if runner is not None:
+            await runner.cleanup()
+        try:
+            self._drain()
+            self.service.flush_agents()
+        except Exception:
+            log.exception("could not save the last messages and agents; the broker will re-deliver them")
+        offline = _status_payload("offline", self.instance, self.settings.client_id)
+        final = [(self._status_topic, offline, True)] if transport.is_connected() else []
+        await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
+        store.close()
 
     async def _unless_stopped(self, fn, *args):
         """Run blocking ``fn(*args)`` in a daemon thread; return ``(True, result)``, or
@@ -260,9 +269,9 @@ class Daemon:
             raise error
         return True, result
 
-    def _publish_status(self, transport: MqttTransport, topic: str) -> None:
+    def _publish_status(self, transport: MqttTransport) -> None:
         payload = _status_payload("online", self.instance, self.settings.client_id)
-        transport.publish(topic, payload, qos=1, retain=True)
+        transport.publish(self._status_topic, payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------ inbox (paho thread -> loop)
     def _on_message(self, incoming: Incoming) -> None:
