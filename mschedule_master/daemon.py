@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as e:
         log.error("%s", e)
         return 2
+    except OSError as e:
+        log.error("cannot use the database %s: %s", settings.db, e)
+        return 1
     try:
         return asyncio.run(Daemon(settings).run())
     except (MasterError, TransportError) as e:
