@@ -331,6 +331,12 @@ class Engine:
             return
         r = active.rollout
         if isinstance(msg, Ack):
+            target = r.targets[agent_id]
+            if target.state.final and not msg.duplicate:
+                # e.g. UNREACHABLE: the verdict came before the ack (a slow broker or master)
+                data = {"state": target.state.value, "at": msg.at, "expires_at": target.expires_at}
+                self.store.add_event(now, "ack_after_verdict", msg.id, agent_id, data)
+                log.warning("task %s: ack from %s after it was judged %s", msg.id, agent_id, target.state.value)
             self._apply(active, r.on_ack(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Started):
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})

@@ -345,3 +345,16 @@ def test_group_selectors_come_from_the_config(tmp_path, rig_factory):
     with pytest.raises(InvalidRequest, match="nope"):
         rig.submit(["@nope"])
     rig.store.close()
+
+
+def test_an_ack_after_the_unreachable_verdict_is_recorded(rig):
+    rig.register("a1")
+    rig.register("a2")
+    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+    _ack(rig, task_id, "a2")  # keeps the task running
+    rig.clock.advance(11.5)
+    rig.service.housekeeping()
+    assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
+    _ack(rig, task_id, "a1")
+    (event,) = rig.store.events(kind="ack_after_verdict")
+    assert event["agent_id"] == "a1" and event["data"]["state"] == "UNREACHABLE"
