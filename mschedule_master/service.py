@@ -127,8 +127,11 @@ class MasterService:
         self.engine.tick()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._last_sweep = now
-            for change in self.registry.sweep(now):
-                self._agent_changed(change)
+            changes = self.registry.sweep(now)
+            if changes:
+                with self.engine.batch():  # one transaction however many went stale
+                    for change in changes:
+                        self._agent_changed(change)
         if now - self._last_flush >= self.flush_interval:
             self.flush_agents()
 
