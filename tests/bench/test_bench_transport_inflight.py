@@ -58,3 +58,22 @@ def test_messages_queued_while_the_broker_is_down_arrive_after_it_returns(own_br
     finally:
         t.stop()
         rx.stop()
+
+
+def test_buffered_socket_serves_small_reads_from_one_recv_and_reports_pending():
+    import socket
+
+    from mschedule_agent.transport import _BufferedSocket
+
+    a, b = socket.socketpair()
+    try:
+        b.sendall(b"\x30\x05hello\x40\x02")
+        buf = _BufferedSocket(a)
+        assert buf.recv(1) == b"\x30" and buf.pending() == 8
+        assert buf.recv(1) == b"\x05"
+        assert buf.recv(100) == b"hello\x40\x02"  # at most what is buffered, never a blocking read
+        assert buf.pending() == 0
+        b.close()
+        assert buf.recv(1) == b""  # EOF passes through
+    finally:
+        a.close()
