@@ -506,8 +506,42 @@ class Summary:
         _check_ids(task_id=self.task_id)
 
 
+@message("master_status")
+class MasterStatus:
+    """Master -> masters, retained on ``<prefix>/master/status`` (``offline`` is its last will).
+
+    A master that finds another one ``online`` there refuses to start; one that sees
+    another instance take over its client id exits.
+    """
+
+    TYPE: ClassVar[str]
+    state: str  #: "online" or "offline"
+    instance: str  #: random per process
+    client_id: str
+    pid: int
+    host: str
+    at: float
+
+    def __post_init__(self) -> None:
+        _check(self.state in ("online", "offline"), "state", "state must be 'online' or 'offline'")
+
+
 Message = Union[
-    Register, Offline, Heartbeat, Task, Kill, ResultAck, Ack, Started, Result, Reject, Submit, SubmitReply, Progress, Summary
+    Register,
+    Offline,
+    Heartbeat,
+    Task,
+    Kill,
+    ResultAck,
+    Ack,
+    Started,
+    Result,
+    Reject,
+    Submit,
+    SubmitReply,
+    Progress,
+    Summary,
+    MasterStatus,
 ]
 
 # --------------------------------------------------------------------------- encode / decode
@@ -752,6 +786,13 @@ class Topics:
 
     def task_summary(self, task_id: str) -> str:
         return f"{self.prefix}/tasks/{check_level(task_id, 'task id')}/summary"
+
+    def master_status(self) -> str:
+        return f"{self.prefix}/master/status"
+
+    def master_probe(self, instance: str) -> str:
+        """A master's start-up probe pings itself here to know the retained status has arrived."""
+        return f"{self.prefix}/master/probe/{check_level(instance, 'instance')}"
 
     # subscriptions -------------------------------------------------------------
     def agent_subscriptions(self, agent_id: str) -> list[str]:

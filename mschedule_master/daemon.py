@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mschedule_agent import protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
@@ -93,16 +93,27 @@ def acquire_lock(db: str):
 
 
 def master_status_topic(topics: Topics) -> str:
-    return f"{topics.prefix}/master/status"
+    return topics.master_status()
 
 
 def _status_payload(state: str, instance: str, client_id: str) -> bytes:
-    doc = {"state": state, "instance": instance, "client_id": client_id, "pid": os.getpid()}
-    doc["host"], doc["at"] = socket.gethostname(), time.time()
-    return json.dumps(doc).encode()
+    return protocol.encode(
+        protocol.MasterStatus(state, instance, client_id, os.getpid(), socket.gethostname(), time.time())
+    )
 
 
-def probe_other_master(settings: config.Settings, topics: Topics, instance: str) -> dict | None:
+def _other_online(payload: bytes, instance: str) -> protocol.MasterStatus | None:
+    """The status of another master that says it is online, or None (also for junk)."""
+    try:
+        status = protocol.decode_as(payload, protocol.MasterStatus)
+    except protocol.DecodeError:
+        return None
+    if status.state == "online" and status.instance != instance:
+        return status
+    return None
+
+
+def probe_other_master(settings: config.Settings, topics: Topics, instance: str) -> protocol.MasterStatus | None:
     """The retained status of another master online on this broker and prefix, if any.
 
     Retained messages arrive right after a subscription; a ping published after it comes
@@ -111,7 +122,7 @@ def probe_other_master(settings: config.Settings, topics: Topics, instance: str)
     found: list[bytes] = []
     pinged = threading.Event()
     status_topic = master_status_topic(topics)
-    ping_topic = f"{topics.prefix}/master/probe/{instance}"
+    ping_topic = topics.master_probe(instance)
 
     def on_message(msg: Incoming) -> None:
         if msg.topic == ping_topic:
@@ -140,12 +151,9 @@ def probe_other_master(settings: config.Settings, topics: Topics, instance: str)
     finally:
         probe.stop(timeout=1)
     for payload in found:
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("state") == "online" and doc.get("instance") != instance:
-            return doc
+        other = _other_online(payload, instance)
+        if other is not None:
+            return other
     return None
 
 
@@ -177,7 +185,7 @@ class Daemon:
         if other is not None:
             log.error(
                 "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix; "
-                "refusing to start", other.get("client_id"), other.get("pid"), other.get("host"),
+                "refusing to start", other.client_id, other.pid, other.host,
             )  # fmt: skip
             return 2
 
@@ -310,12 +318,9 @@ class Daemon:
                 self._fatal("could not apply a batch of %d message(s)", len(batch))
 
     def _check_takeover(self, msg: Incoming) -> None:
-        try:
-            doc = json.loads(msg.payload)
-        except ValueError:
-            return
-        if isinstance(doc, dict) and doc.get("state") == "online" and doc.get("instance") not in (None, self.instance):
-            log.error("another mschedule-master (pid %s on %s) took over this client id; exiting", doc.get("pid"), doc.get("host"))
+        other = _other_online(msg.payload, self.instance)
+        if other is not None:
+            log.error("another mschedule-master (pid %s on %s) took over this client id; exiting", other.pid, other.host)
             self.exit_code = 2
             assert self._stop is not None
             self._stop.set()

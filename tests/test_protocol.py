@@ -87,6 +87,9 @@ EXAMPLES: dict[str, p.Message] = {
         task_id="t1", state="SUCCEED", counts={"SUCCEED": 3}, ts=1700000005.0, reason="all targets done",
         targets={"a1": {"state": "SUCCEED", "code": 0}},
     ),
+    "master_status": p.MasterStatus(
+        state="online", instance="i1", client_id="mschedule-master", pid=42, host="central-1", at=1700000006.0
+    ),
 }
 
 
@@ -131,6 +134,12 @@ ALL_CLASSES = [type(EXAMPLES[t]) for t in ALL_TYPES]
 
 
 # --------------------------------------------------------------------------- round trips
+
+
+def test_master_status_state_is_online_or_offline():
+    with pytest.raises(DecodeError) as e:
+        p.decode(wire("master_status", payload_of("master_status", state="busy")))
+    assert e.value.field == "state"
 
 
 def test_every_registered_message_type_has_an_example_here():
