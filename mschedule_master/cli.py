@@ -108,7 +108,8 @@ class Client:
         try:
             return urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as e:
-            raise self._http_error(e) from None
+            with e:  # close the error response, or it leaks a socket
+                raise self._http_error(e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e) or type(e).__name__
             raise CliError(

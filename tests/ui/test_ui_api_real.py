@@ -24,7 +24,8 @@ def call(fleet, method: str, path: str, body: bytes | None = None, timeout: floa
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        with e:  # an unclosed error response is a ResourceWarning at some later test's GC
+            return e.code, dict(e.headers), e.read()
 
 
 def submit(fleet, **fields) -> dict:
