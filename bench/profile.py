@@ -23,11 +23,11 @@ def py_spy() -> str | None:
 @contextmanager
 def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False):
     """Record ``pid`` with py-spy while the block runs; yields a dict filled with the summary
-    afterwards (empty when py-spy is not installed: ``pip install py-spy``)."""
+    afterwards (empty when py-spy is not installed: ``pip install -e '.[bench]'``)."""
     summary: dict = {}
     binary = py_spy()
     if binary is None:
-        log.warning("py-spy is not installed; no profile (pip install py-spy)")
+        log.warning("py-spy is not installed; no profile (pip install -e '.[bench]')")
         yield summary
         return
     out.parent.mkdir(parents=True, exist_ok=True)
