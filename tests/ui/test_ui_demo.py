@@ -31,6 +31,15 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def kill_leftovers(workdir: Path) -> None:
+    """A failed test must not leave the demo's broker, master and agents running."""
+    for entry in processes_mentioning(str(workdir)):
+        try:
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def demo(workdir: Path, *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "harness.demo", "--workdir", str(workdir), "--http-port", "0", "--broker-port", "0"]
     return subprocess.Popen([*argv, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -46,6 +55,7 @@ def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker
         if p.poll() is None:
             p.kill()
             p.wait(5)
+            kill_leftovers(tmp_path / "demo")
     text = out.decode(errors="replace")
     assert p.returncode == 0, text
     assert "mschedule run -t all --parallel 2 --show-output -c 'uname -a; uptime'" in text
@@ -54,7 +64,9 @@ def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker
     assert text.count("load average") == 3, text  # every agent's uptime
     assert "Dashboard:  http://127.0.0.1:" in text and "mosquitto_rr -p" in text
     assert "demo: stopped." in text
-    assert processes_mentioning(str(tmp_path / "demo")) == []
+    leftovers = processes_mentioning(str(tmp_path / "demo"))
+    kill_leftovers(tmp_path / "demo")
+    assert leftovers == []
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["terminal", "background-and-stdout-closed"])
@@ -88,9 +100,12 @@ def test_demo_keeps_the_fleet_up_until_ctrl_c(tmp_path, broker, background):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+            kill_leftovers(tmp_path / "demo")
     assert p.returncode == 0
     assert background or b"demo: stopped." in out
-    assert processes_mentioning(str(tmp_path / "demo")) == []
+    leftovers = processes_mentioning(str(tmp_path / "demo"))
+    kill_leftovers(tmp_path / "demo")
+    assert leftovers == []
 
 
 def check_printed_mqtt_lines(text: str) -> None:
