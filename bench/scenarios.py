@@ -5,6 +5,7 @@ result present and right, and every script run exactly once)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.agentproc import start_agent
 from harness.broker import Mosquitto
 
 from .client import BenchClient, check_summary
 from .fleetsim import Fleet
 from .master import MasterProc
-from .procstat import Watch, sample
+from .procstat import Watch, rss_bytes, sample
 from .profile import recording
 from .report import Check, Outcome
 from .stats import latency_ms, percentile
@@ -62,6 +64,15 @@ class Context:
         return d
 
 
+def scripts_started(ledger: Path) -> int:
+    """How many scripts an agent started, from its own ledger (read after it stopped)."""
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        return db.execute("select count(*) from tasks where started_at is not null").fetchone()[0]
+    finally:
+        db.close()
+
+
 def cpu_of(ctx: Context, master: MasterProc, fleet: Fleet) -> dict[str, list[int]]:
     roles = {"master": [master.pid], "agents": fleet.pids}
     if ctx.broker.proc is not None:
@@ -88,27 +99,38 @@ def _finish(outcome: Outcome) -> Outcome:
 
 
 def scenario_1(ctx: Context) -> Outcome:
-    """One target, `true`, N tasks one after another: submit -> result stored."""
+    """One target, `true`, N tasks one after another: submit -> result stored.
+
+    The target is a real ``mschedule-agent`` daemon process (its own paho thread, as
+    deployed), not a simulated one."""
     n = ctx.size("s1_tasks", 50, 500)
-    o = Outcome("1", f"single target, `true`, {n} tasks in sequence", params={"tasks": n})
+    o = Outcome("1", f"single target, `true`, {n} tasks in sequence", params={"tasks": n, "agent": "daemon process"})
     prefix = ctx.prefix("s1")
     d = ctx.dir("s1")
-    with Fleet(ctx.broker.url, prefix, d, 1) as fleet, MasterProc(ctx.broker.url, prefix, d) as master:
-        master.wait_online(1, 30)
-        with BenchClient(ctx.broker.url, prefix) as client:
-            for _ in range(5):  # warm up (first SQLite pages, imports)
-                client.run(fleet.ids, timeout=30)
-            rtts = []
-            runs = []  # (wall clock at submit, wall clock at summary, task id)
-            with ctx.profiled(o, "sequence", {"master": master.pid, "agent": fleet.pids[0]}):
-                for _ in range(n):
-                    submitted = time.time()
-                    done, rtt = client.run(fleet.ids, timeout=30)
-                    runs.append((submitted, submitted + rtt, done.task_id))
-                    rtts.append(rtt)
-                    o.problems.extend(check_summary(done, fleet.ids))
-            o.metrics["breakdown_p50_ms"] = breakdown(master, runs[:: max(1, n // 100)])
-        _runs_check(fleet, n + 5, o)
+    agent = start_agent(d / "agent", ctx.broker.url, prefix, heartbeat=5, resend=5, will_delay=10, log_level="INFO")
+    try:
+        ids = [agent.agent_id]
+        with MasterProc(ctx.broker.url, prefix, d) as master:
+            master.wait_online(1, 30)
+            with BenchClient(ctx.broker.url, prefix) as client:
+                for _ in range(5):  # warm up (first SQLite pages, imports)
+                    client.run(ids, timeout=30)
+                rtts = []
+                runs = []  # (wall clock at submit, wall clock at summary, task id)
+                with ctx.profiled(o, "sequence", {"master": master.pid, "agent": agent.pid}):
+                    for _ in range(n):
+                        submitted = time.time()
+                        done, rtt = client.run(ids, timeout=30)
+                        runs.append((submitted, submitted + rtt, done.task_id))
+                        rtts.append(rtt)
+                        o.problems.extend(check_summary(done, ids))
+                o.metrics["breakdown_p50_ms"] = breakdown(master, runs[:: max(1, n // 100)])
+        o.metrics["agent"] = {"rss_mb": round(rss_bytes(agent.pid) / 2**20, 1)}
+    finally:
+        agent.stop()
+    started = scripts_started(d / "agent" / "ledger.sqlite3")
+    if started != n + 5:
+        o.problems.append(f"the agent's ledger shows {started} scripts started, expected exactly {n + 5}")
     lat = latency_ms(rtts)
     o.metrics["submit_to_stored"] = lat
     rtt = ctx.baselines.get("mqtt_qos1_rtt", {}).get("p50_ms")
