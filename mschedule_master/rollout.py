@@ -150,13 +150,14 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Timing:
     delivery_timeout: float = 60.0  #: an unacked dispatch expires after this (task carries expires_at)
-    redeliver_interval: float = 5.0  #: re-publish an unacked dispatch this often
+    redeliver_interval: float = 5.0  #: first re-publication of an unacked dispatch; the gap then doubles
+    redeliver_max: float = 20.0  #: ... up to this (an interval smaller than redeliver_interval means none)
     ack_grace: float = 5.0  #: extra wait past expires_at before marking UNREACHABLE
     lost_grace: float = 60.0  #: agent offline this long while it runs our target -> LOST
     kill_resend: float = 5.0  #: re-send kill this often until the target reports
 
     def __post_init__(self) -> None:
-        for name in ("delivery_timeout", "redeliver_interval", "kill_resend"):
+        for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "kill_resend"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("ack_grace", "lost_grace"):
@@ -611,9 +612,19 @@ def _redeliver_at(t: TargetSnapshot, tm: Timing) -> float | None:
     if t.state is not _T.DISPATCHED or t.acked or t.kill_requested:
         return None
     last = t.last_sent_at if t.last_sent_at is not None else t.dispatched_at
-    if last is None or t.expires_at is None or last + tm.redeliver_interval >= t.expires_at:
-        return None  # a copy arriving after expires_at would only be refused
-    return last + tm.redeliver_interval
+    if last is None or t.expires_at is None:
+        return None
+    at = last + _redeliver_gap(t, last, tm)
+    return None if at >= t.expires_at else at  # a copy arriving after expires_at would only be refused
+
+
+def _redeliver_gap(t: TargetSnapshot, last: float, tm: Timing) -> float:
+    """Exponential back-off without extra state: the next copy waits as long as the task has
+    been out already (sends at 0, R, 2R, 4R, ... after the dispatch), at least
+    ``redeliver_interval`` R and at most ``max(R, redeliver_max)``. A busy agent is not
+    buried under copies of what its broker session already holds."""
+    out_for = last - t.dispatched_at if t.dispatched_at is not None else 0.0
+    return min(max(tm.redeliver_interval, out_for), max(tm.redeliver_interval, tm.redeliver_max))
 
 
 def _deadline(t: TargetSnapshot, tm: Timing) -> float | None:

@@ -186,7 +186,7 @@ def test_limits_refuse_nonsense(kwargs):
         Limits(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"delivery_timeout": 0}, {"redeliver_interval": 0}, {"kill_resend": -1}])
+@pytest.mark.parametrize("kwargs", [{"delivery_timeout": 0}, {"redeliver_interval": 0}, {"redeliver_max": 0}, {"kill_resend": -1}])
 def test_timing_refuses_intervals_that_would_never_advance(kwargs):
     with pytest.raises(ValueError):
         Timing(**kwargs)
@@ -424,16 +424,35 @@ def test_kill_during_a_drain_stops_it_but_the_task_stays_failed():
 # ------------------------------------------------------------------------ delivery
 
 
-def test_an_unacked_dispatch_is_redelivered_every_interval_with_the_same_expiry():
-    run = Run(1)
+@pytest.mark.parametrize(
+    ("delivery_timeout", "interval", "cap", "times"),
+    [
+        (30, 5, 20, (5, 10, 20)),  # gaps 5, 5, 10; a copy at 40 would come after expires_at
+        (60, 5, 20, (5, 10, 20, 40)),  # the defaults: 4 copies where a fixed interval sent 11
+        (100, 5, 20, (5, 10, 20, 40, 60, 80)),  # gaps double up to the cap, then stay there
+        (30, 5, 5, (5, 10, 15, 20, 25)),  # cap = interval: the old fixed interval
+        (30, 5, 1, (5, 10, 15, 20, 25)),  # a cap below the interval is the interval
+        (12, 5, 20, (5, 10)),
+    ],
+)
+def test_an_unacked_dispatch_is_redelivered_with_back_off_and_the_same_expiry(delivery_timeout, interval, cap, times):
+    timing = dataclasses.replace(TIMING, delivery_timeout=delivery_timeout, redeliver_interval=interval, redeliver_max=cap)
+    run = Run(1, timing=timing)
     run.start(0)
     sent = []
-    t = 0.0
-    while (d := run.r.next_deadline()) is not None and d < 30:
-        t = d
-        sent += [(t, a) for a in run.tick(t)]
-    assert sent == [(float(s), Dispatch("a00", 30.0, redeliver=True)) for s in (5, 10, 15, 20, 25)]
-    assert run.r.next_deadline() == 32
+    while (d := run.r.next_deadline()) is not None and d < delivery_timeout:
+        sent += [(d, a) for a in run.tick(d)]
+    assert sent == [(float(s), Dispatch("a00", float(delivery_timeout), redeliver=True)) for s in times]
+    assert run.r.next_deadline() == delivery_timeout + TIMING.ack_grace
+
+
+def test_back_off_survives_a_restore_from_the_stored_times():
+    run = Run(1, timing=dataclasses.replace(TIMING, delivery_timeout=100))
+    run.start(0)
+    run.tick(5), run.tick(10), run.tick(20)
+    snap = dataclasses.replace(run.r.targets["a00"])
+    r = Rollout.restore("t", Limits(), targets=[snap], task_state=TaskState.RUNNING, timing=run.r.timing)
+    assert r.next_deadline() == 40, "the gap after a copy at 20 is 20, from dispatched_at and last_sent_at"
 
 
 def test_an_ack_stops_redelivery_and_expiry():
@@ -840,6 +859,6 @@ def test_resume_gives_a_dispatch_stored_without_expiry_a_fresh_one_instead_of_wa
     targets = [TargetSnapshot("a00", T.DISPATCHED, seq=0, dispatched_at=0.0)]
     r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.RUNNING, timing=TIMING)
     assert only(r.resume(100), Dispatch) == [Dispatch("a00", 130.0, redeliver=True)]
-    assert r.next_deadline() == 105
+    assert r.next_deadline() == 120, "out for 100 s already: the back-off gap is at its cap (20)"
     r.tick(132)
     assert r.targets["a00"].state == T.UNREACHABLE
