@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 import selectors
 import shutil
 import signal
@@ -183,7 +182,7 @@ class Run:
     def _write_script(self) -> str:
         """The script in a new file (0700, O_EXCL) of the private run directory."""
         for _ in range(5):
-            path = os.path.join(self._tmp_dir, f"mschedule-{self.spec.task_id[:40]}-{secrets.token_hex(4)}")
+            path = os.path.join(self._tmp_dir, f"mschedule-{self.spec.task_id[:40]}-{os.urandom(4).hex()}")
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
             except FileExistsError:

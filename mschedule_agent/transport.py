@@ -19,28 +19,73 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import heapq
 import itertools
 import random
 import selectors
 import socket
-import ssl
+import sys
 import threading
 import time
+import types
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge
+class _Deferred(types.ModuleType):
+    """Stands in for a module paho imports but a plain TCP connection never uses; the
+    real module is imported on the first attribute access (thread-safe: the import lock)."""
+
+    def __getattr__(self, attr: str):
+        module = importlib.import_module(self.__name__)
+        vars(self).update(vars(module))  # later accesses skip __getattr__
+        return getattr(module, attr)
+
+
+def _import_paho():
+    """Import ``paho.mqtt.client`` without ``ssl``, ``hashlib`` and ``urllib.request``.
+
+    THE ONE PLACE that keeps TLS and friends out of a plain ``mqtt://`` process. paho
+    imports those three at import time; a plain TCP connection uses none of them (TLS,
+    websockets and a SOCKS proxy do), and they were ~8 MB of an idle agent's 28.7 MB RSS
+    (libssl/libcrypto, http.client, email). While paho is imported, each one not already
+    loaded is a :class:`_Deferred` stand-in in ``sys.modules``; afterwards the stand-ins
+    leave ``sys.modules`` (anyone else's ``import ssl`` gets the real module) but stay in
+    paho's globals, where the first attribute access (``tls_set`` for ``mqtts://``, a
+    websocket handshake) imports the real module. ``_Client._sock_recv/_sock_send`` keep
+    paho's ``except ssl.SSL...`` clauses off the plain socket's path. urllib.request is
+    only deferred without PySocks installed (paho reads proxy settings through it only
+    then). importlib's own LazyLoader does not fit: on 3.11 every later ``import ssl``
+    statement loads the module (it reads ``__spec__``)."""
+    names = ["ssl", "hashlib"]
+    if importlib.util.find_spec("socks") is None:
+        names.append("urllib.request")
+    stand_ins = {n: _Deferred(n) for n in names if n not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        if "urllib.request" in stand_ins:
+            import urllib
+
+            urllib.request = stand_ins["urllib.request"]  # type: ignore[attr-defined]  # replaced by a real import
+        import paho.mqtt.client
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+    return paho.mqtt.client
+
+
+paho = _import_paho()
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+
+from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +281,24 @@ class _Client(paho.Client):
         sock = super()._create_socket()
         return _BufferedSocket(sock) if type(sock) is socket.socket else sock
 
+    # paho's versions evaluate ``except ssl.SSLWantReadError`` on every would-block read or
+    # write, which would load the deferred ssl module (see _defer_imports) for plain TCP.
+    def _sock_recv(self, bufsize: int) -> bytes:
+        sock = self._sock
+        if type(sock) is not _BufferedSocket:
+            return super()._sock_recv(bufsize)
+        return sock.recv(bufsize)  # BlockingIOError / b"" / OSError: as paho's plain path
+
+    def _sock_send(self, buf) -> int:
+        sock = self._sock
+        if type(sock) is not _BufferedSocket:
+            return super()._sock_send(buf)
+        try:
+            return sock.send(buf)
+        except BlockingIOError:
+            self._call_socket_register_write()
+            raise
+
     def _messages_reconnect_reset_out(self) -> None:
         with self._out_message_mutex:
             super()._messages_reconnect_reset_out()
@@ -310,6 +373,8 @@ class MqttTransport:
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
+            import ssl  # here only: see _import_paho
+
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
             props = None
@@ -335,8 +400,30 @@ class MqttTransport:
     def start(self, *, connect_timeout: float | None = None) -> None:
         """Connect (retrying with jittered backoff, forever unless ``connect_timeout``)
         and start the network thread, which then reconnects by itself."""
+        if self._stopping:
+            return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry
+        try:
+            self._connect(props)
+        except OSError as e:
+            log.warning("cannot reach broker %s (%s); will retry", self.url, e)
+            if not self._retry_connect(props, connect_timeout):
+                return
+        if self._network is None:
+            self._client.loop_start()
+
+    def _connect(self, props: Properties) -> None:
+        self._client.connect(
+            self.url.host, self.url.port, keepalive=self._keepalive, clean_start=self._clean_start, properties=props
+        )
+
+    def _retry_connect(self, props: Properties, connect_timeout: float | None) -> bool:
+        """The first connect failed: retry it with tenacity's jittered backoff. tenacity
+        (and the concurrent/asyncio modules it imports, ~3.7 MB) is imported only here, so a
+        process whose first connect succeeds never loads it. False: stopped meanwhile."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
         retry = Retrying(
             wait=wait_random_exponential(multiplier=RECONNECT_BASE, max=RECONNECT_CAP),
             retry=retry_if_exception_type(OSError),
@@ -346,22 +433,16 @@ class MqttTransport:
             ),
             reraise=True,
         )
+        time.sleep(backoff_delay(0))  # tenacity's first attempt is immediate: the wait after the failed one
         try:
             for attempt in retry:
                 with attempt:
                     if self._stopping:
-                        return
-                    self._client.connect(
-                        self.url.host,
-                        self.url.port,
-                        keepalive=self._keepalive,
-                        clean_start=self._clean_start,
-                        properties=props,
-                    )
+                        return False
+                    self._connect(props)
         except OSError as e:
             raise TransportError(f"cannot reach broker {self.url}: {e}") from e
-        if self._network is None:
-            self._client.loop_start()
+        return True
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
