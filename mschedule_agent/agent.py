@@ -432,7 +432,6 @@ class Agent:
             if entry is None or entry.state is not LedgerState.ACCEPTED or entry.task is None:
                 return
             task = decode_as(entry.task, Task)
-        self.ledger.mark_running(task_id, now=self._now())  # durable before the process exists
         spec = RunSpec(
             task_id=task.id,
             script=task.script,
@@ -441,6 +440,8 @@ class Agent:
             cwd=task.cwd,
             output_cap=task.output_cap if task.output_cap is not None else self.settings.output_cap,
             kill_grace=task.kill_grace,
+            # Durable before the process exists, on the run's thread: not on the MQTT thread.
+            before_exec=functools.partial(self._mark_running, task_id),
         )
         log.info("task_id=%s starting", task_id)
         self._running[task_id] = self.executor.start(
@@ -448,6 +449,9 @@ class Agent:
             on_started=functools.partial(self._on_started, task_id),
             on_done=functools.partial(self._on_done, task_id),
         )
+
+    def _mark_running(self, task_id: str) -> None:
+        self.ledger.mark_running(task_id, now=self._now())
 
     def _on_started(self, task_id: str, pid: int) -> None:
         try:  # so that a restart after a crash can find and stop this run's processes

@@ -47,6 +47,10 @@ class RunSpec:
     cwd: str | None = None
     output_cap: int = 1024 * 1024
     kill_grace: float = 5.0
+    #: Called on the run's own thread before the script is written and executed (the
+    #: agent's durable RUNNING mark: a slow disk then stalls this run, not the MQTT
+    #: thread). If it raises, nothing is executed: the outcome is FAILED, code None.
+    before_exec: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,8 @@ class Run:
         started = self._now()
         path = None
         try:
+            if self.spec.before_exec is not None:
+                self.spec.before_exec()
             path = self._write_script()
             outcome = self._execute(path, started)
         except Exception as e:

@@ -75,6 +75,8 @@ class FakeExecutor:
     def start(self, spec, *, on_started, on_done) -> FakeRun:
         run = FakeRun(spec, on_started, on_done)
         self.runs.append(run)
+        if spec.before_exec is not None:  # the real executor calls it on the run thread
+            spec.before_exec()
         on_started(42)
         return run
 

@@ -295,3 +295,21 @@ def test_ids_are_kept_for_dedup_then_forgotten_after_keep_ids(core_factory):
     h.agent.tick(h.clock.advance(2 * 3600.0))
     h.agent.tick(h.clock.advance(3600.0))
     assert h.ledger.get("t1") is None
+
+
+def test_running_is_recorded_by_the_run_not_on_the_mqtt_thread(core):
+    """The durable RUNNING mark is the run's ``before_exec`` (run thread), not part of
+    handling the message: the task is only ACCEPTED when the executor receives it."""
+    specs = []
+    states = []
+    real_start = core.executor.start
+
+    def start(spec, *, on_started, on_done):
+        states.append(core.ledger.get(spec.task_id).state)
+        specs.append(spec)
+        return real_start(spec, on_started=on_started, on_done=on_done)
+
+    core.executor.start = start
+    core.send_task("t1")
+    assert states == [LedgerState.ACCEPTED] and specs[0].before_exec is not None
+    assert core.ledger.get("t1").state is LedgerState.RUNNING  # the fake executor called it

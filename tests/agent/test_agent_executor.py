@@ -199,3 +199,28 @@ def test_kill_after_the_run_finished_is_harmless(tmp_path):
     assert r.join(30)
     r.kill()  # its wake-up pipe is closed; the fd number must not be written to
     assert done[0].state == "SUCCEED" and r._wake_w == -1
+
+
+def test_before_exec_runs_on_the_run_thread_before_the_script(run_script, tmp_path):
+    import threading
+
+    marker = tmp_path / "ran"
+    seen = []
+
+    def before():
+        seen.append((threading.current_thread().name, marker.exists()))
+
+    o = run_script(f"touch {marker}".encode(), before_exec=before)
+    assert o.state == "SUCCEED" and marker.exists()
+    assert seen == [("run-t1", False)]
+
+
+def test_before_exec_failure_runs_nothing_and_reports_failed(run_script, tmp_path):
+    marker = tmp_path / "ran"
+
+    def before():
+        raise OSError("disk full")
+
+    o = run_script(f"touch {marker}".encode(), before_exec=before)
+    assert (o.state, o.code, o.pid) == ("FAILED", None, None)
+    assert "disk full" in o.error and not marker.exists()
