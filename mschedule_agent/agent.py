@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 #: At most this many results are re-sent per tick (a long outage must not flood paho).
 RESEND_BATCH = 200
-#: How many outbox ids one scan looks at (oldest first).
-OUTBOX_WINDOW = 5000
 #: Seconds between two scans of the outbox (when nothing forces one sooner).
 OUTBOX_SCAN = 1.0
 #: A result copy not PUBACKed after this many resend intervals is sent again anyway.
@@ -102,6 +100,10 @@ class Agent:
         self._running: dict[str, Run] = {}
         self._sent_at: dict[str, float] = {}
         self._inflight: dict[str, Any] = {}  # task id -> Publication of the last result sent
+        # The outbox's ids (results awaiting result_ack), oldest first, mirrored in memory:
+        # they change only here (finish, tombstone, result_ack, prune), so a tick never
+        # queries the ledger to find them (the query was 9-17 % of a 2,500-agent worker).
+        self._outbox: dict[str, None] = dict.fromkeys(ledger.outbox_ids(limit=-1))
         self._stopping = False
         self._resend_all = False
         self._online_logged = False
@@ -156,6 +158,7 @@ class Agent:
                 error=error,
             )
             self.ledger.finish(entry.id, encode(result), now=now)
+            self._to_outbox(entry.id)
             log.warning("task_id=%s was running when the agent stopped: reported INTERRUPTED", entry.id)
         with self._lock:
             for entry in self.ledger.in_state(LedgerState.ACCEPTED):
@@ -236,8 +239,12 @@ class Agent:
             return
         everything, self._resend_all = self._resend_all, False
         self._next_outbox = now + min(OUTBOX_SCAN, self.settings.resend)
+        with self._lock:
+            if not self._outbox:
+                return
+            pending = list(self._outbox)
         sent = 0
-        for task_id in self.ledger.outbox_ids(limit=OUTBOX_WINDOW):
+        for task_id in pending:
             if sent >= RESEND_BATCH:
                 self._resend_all = everything  # finish on the next tick
                 break
@@ -247,6 +254,8 @@ class Agent:
             if data is not None:
                 self._send_result(task_id, data, now)
                 sent += 1
+            else:  # acknowledged (or pruned) meanwhile
+                self._from_outbox(task_id)
         if sent:
             log.debug("re-sent %d result(s) awaiting result_ack", sent)
 
@@ -261,6 +270,21 @@ class Agent:
         pub = self._inflight.get(task_id)
         return pub is None or pub.wait(0) or age >= STUCK_RESENDS * self.settings.resend
 
+    def _to_outbox(self, task_id: str) -> None:
+        with self._lock:
+            self._outbox[task_id] = None
+
+    def _from_outbox(self, task_id: str) -> None:
+        with self._lock:
+            self._outbox.pop(task_id, None)
+            self._sent_at.pop(task_id, None)
+            self._inflight.pop(task_id, None)
+
+    def outbox_ids(self) -> list[str]:
+        """Ids whose result waits for the master's result_ack, oldest first."""
+        with self._lock:
+            return list(self._outbox)
+
     def _send_result(self, task_id: str, data: bytes, now: float) -> None:
         self._sent_at[task_id] = now
         pub = self._publish(self._results_topic, data)
@@ -274,6 +298,7 @@ class Agent:
         before = now - self.settings.keep_ids
         for task_id in self.ledger.unacked_before(before):
             log.warning("task_id=%s: no result_ack in %s s; giving up re-sending its result", task_id, self.settings.keep_ids)
+            self._from_outbox(task_id)
         n = self.ledger.prune(before=before)
         if n:
             log.info("forgot %d finished task id(s) older than %s s", n, self.settings.keep_ids)
@@ -371,8 +396,7 @@ class Agent:
         if isinstance(ctl, ResultAck):
             if self.ledger.ack_result(ctl.id):
                 log.info("task_id=%s result acknowledged by the master", ctl.id)
-            self._sent_at.pop(ctl.id, None)
-            self._inflight.pop(ctl.id, None)
+            self._from_outbox(ctl.id)
         else:
             self._kill(ctl)
         msg.ack()
@@ -395,6 +419,7 @@ class Agent:
                     if kill.id in self._queue:
                         self._queue.remove(kill.id)
                     self._tasks.pop(kill.id, None)
+                self._outbox[kill.id] = None  # under self._lock
                 log.info("task_id=%s killed before it ran (%s)", kill.id, "unknown" if entry is None else "queued")
                 self._send_result(kill.id, result, self._now())
                 return
@@ -484,6 +509,7 @@ class Agent:
                 # Not fsynced: a power cut before the next durable commit leaves it RUNNING,
                 # i.e. reported INTERRUPTED after the reboot; never run twice either way.
                 self.ledger.finish(task_id, data, now=self._now(), durable=False)
+                self._outbox[task_id] = None
         finally:
             with self._lock:
                 self._running.pop(task_id, None)

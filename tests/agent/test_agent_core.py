@@ -313,3 +313,36 @@ def test_running_is_recorded_by_the_run_not_on_the_mqtt_thread(core):
     core.send_task("t1")
     assert states == [LedgerState.ACCEPTED] and specs[0].before_exec is not None
     assert core.ledger.get("t1").state is LedgerState.RUNNING  # the fake executor called it
+
+
+def test_outbox_lives_in_memory_mirrors_the_ledger_and_survives_a_restart(core):
+    core.agent.on_connect(False)
+    core.send_task("done1")
+    core.send_task("queued1")
+    core.send_control("kill", "ghost")  # a tombstone's KILLED result
+    core.executor.runs[0].finish()  # done1 done, queued1 starts
+    assert core.agent.outbox_ids() == ["ghost", "done1"]  # in the order the results were made
+    assert sorted(core.ledger.outbox_ids()) == ["done1", "ghost"]
+    calls = []
+    real = core.ledger.outbox_ids
+    core.ledger.outbox_ids = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    for _ in range(20):  # idle ticks never query the ledger for the outbox
+        core.agent.tick(core.clock.advance(1.0))
+    assert calls == []
+    core.send_control("result_ack", "ghost")
+    assert core.agent.outbox_ids() == ["done1"]
+    agent = core.restart()  # queued1 was RUNNING: reported INTERRUPTED, into the outbox
+    assert agent.outbox_ids() == ["done1", "queued1"] == sorted(core.ledger.outbox_ids())
+    core.sent()
+    agent.on_connect(True)
+    agent.tick(core.clock.advance(0.1))
+    assert sorted(m.id for m in core.sent() if isinstance(m, Result)) == ["done1", "queued1"]
+
+
+def test_prune_drops_given_up_results_from_the_in_memory_outbox(core_factory):
+    core = core_factory(keep_ids=100.0)
+    core.send_task("t1")
+    core.executor.runs[0].finish()
+    assert core.agent.outbox_ids() == ["t1"]
+    core.agent.tick(core.clock.advance(4000.0))  # past keep_ids and the prune interval
+    assert core.agent.outbox_ids() == [] and core.ledger.get("t1") is None
