@@ -47,6 +47,7 @@ class Outcome:
     correct: bool | None = None
     problems: list[str] = field(default_factory=list)
     error: str | None = None
+    info: list[tuple[str, str]] = field(default_factory=list)  #: extra (figure, value) rows, no target
 
     @property
     def ok(self) -> bool:
@@ -109,6 +110,8 @@ def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
                 f"| {o.id if i == 0 else ''} | {o.name if i == 0 else ''} | {c.figure} | {_fmt(c.value)} {c.unit} "
                 f"| {c.op} {_fmt(c.limit)} {c.unit} | {met} | {correct if i == 0 else ''} |"
             )
+        for figure, value in o.info:
+            lines.append(f"|  |  | *{figure}* | {value} |  |  |  |")
     lines.append("")
     return "\n".join(lines)
 

@@ -137,6 +137,9 @@ def scenario_1(ctx: Context) -> Outcome:
     if rtt:
         o.metrics["p50_in_mqtt_round_trips"] = round(lat["p50_ms"] / rtt, 1)
     o.checks = [Check("p50 submit -> result stored", lat["p50_ms"], 5, "ms"), Check("p99", lat["p99_ms"], 20, "ms")]
+    legs = o.metrics.get("breakdown_p50_ms", {})
+    if legs:
+        o.info.append(("p50 by leg", ", ".join(f"{name} {ms:g} ms" for name, ms in legs.items() if ms)))
     return _finish(o)
 
 
@@ -256,6 +259,12 @@ def scenario_2(ctx: Context) -> Outcome:
     # The issue's figure is for 1,000 agents; a --quick run holds its largest size to it.
     judged = 1000 if 1000 in sizes else sizes[-1]
     o.checks = [Check(f"{judged} agents done", o.metrics[f"agents_{judged}"]["seconds"], 1.5, "s")]
+    for size in sizes:
+        o.info.append(
+            (f"{size} agents", f"{o.metrics[f'agents_{size}']['seconds']:g} s; "
+             f"{o.metrics[f'task_messages_{size}']:,} task messages; "
+             f"master's share (instant agents) {o.metrics[f'instant_agents_{size}']['seconds']:g} s")
+        )
     return _finish(o)
 
 
@@ -288,6 +297,9 @@ def scenario_3(ctx: Context) -> Outcome:
     ideal = size / parallel * one
     o.metrics.update({"seconds": round(seconds, 3), "one_target_p50_ms": round(one * 1000, 3), "ideal_s": round(ideal, 3)})
     o.checks = [Check(f"rollout time / ({size}/{parallel} x one round trip)", round(seconds / ideal, 2), 1.5, "x")]
+    inst = o.metrics["instant_agents"]
+    o.info.append(("rollout; one round trip", f"{seconds:.3g} s; {one * 1000:.3g} ms"))
+    o.info.append(("same with instant agents", f"{inst['seconds']:g} s; ratio {inst['ratio']:g}"))
     return _finish(o)
 
 
@@ -326,6 +338,7 @@ def scenario_4(ctx: Context) -> Outcome:
             _runs_check(fleet, size, o)
             o.metrics["fanout_seconds"] = round(seconds, 3)
             o.metrics["master_after_fanout_rss_mb"] = watch.summary()["rss_end_mb"]
+    o.info.append(("task messages for the fan-out", f"{o.metrics.get('task_messages', 0):,}"))
     o.checks = [
         Check("master CPU while heartbeating", round(idle["cpu_share"] * 100, 1), 20, "% of a core"),
         Check("master RSS", idle["rss_max_mb"], 200, "MB"),
