@@ -360,12 +360,24 @@ class Agent:
                 self._reject(task.id, "expired", f"arrived {now - task.expires_at:.1f} s after its expires_at")
                 return
             if entry is None:
-                self.ledger.insert(task.id, LedgerState.ACCEPTED, now=now, task=msg.payload)
+                # A free slot and nobody waiting: the task starts at once, so the commit that
+                # records it also marks it RUNNING (one fsync on the way to the exec, not two).
+                # A crash between this commit and the exec reports it INTERRUPTED, never run;
+                # a task that has to wait is recorded ACCEPTED and runs after a restart.
+                start_now = not self._stopping and not self._queue and len(self._running) < self.settings.max_tasks
+                state = LedgerState.RUNNING if start_now else LedgerState.ACCEPTED
+                self.ledger.insert(task.id, state, now=now, task=msg.payload, started_at=now if start_now else None)
                 msg.ack()  # PUBACK only once the commit is on disk
                 # Still under the lock: no run can start (and say "started") before the ack.
                 self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now)))
-                self._queue.append(task.id)
-                self._tasks[task.id] = task
+                if start_now:
+                    try:
+                        self._start(task.id, task, marked=True)
+                    except Exception:  # left RUNNING: reported INTERRUPTED after a restart
+                        log.exception("cannot start task_id=%s", task.id)
+                else:
+                    self._queue.append(task.id)
+                    self._tasks[task.id] = task
         if entry is not None:
             msg.ack()
             self._answer_duplicate(entry)
@@ -450,8 +462,10 @@ class Agent:
                 except Exception:
                     log.exception("cannot start task_id=%s", task_id)
 
-    def _start(self, task_id: str) -> None:
-        task = self._tasks.pop(task_id, None)
+    def _start(self, task_id: str, task: Task | None = None, *, marked: bool = False) -> None:
+        """Start ``task_id`` (under self._lock). ``marked``: the ledger already says RUNNING."""
+        if task is None:
+            task = self._tasks.pop(task_id, None)
         if task is None:  # queued before a restart: read it back
             entry = self.ledger.get(task_id)
             if entry is None or entry.state is not LedgerState.ACCEPTED or entry.task is None:
@@ -466,7 +480,7 @@ class Agent:
             output_cap=task.output_cap if task.output_cap is not None else self.settings.output_cap,
             kill_grace=task.kill_grace,
             # Durable before the process exists, on the run's thread: not on the MQTT thread.
-            before_exec=functools.partial(self._mark_running, task_id),
+            before_exec=None if marked else functools.partial(self._mark_running, task_id),
         )
         log.info("task_id=%s starting", task_id)
         self._running[task_id] = self.executor.start(

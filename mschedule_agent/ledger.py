@@ -3,7 +3,8 @@
 One SQLite file in the state directory (WAL, ``synchronous=FULL``). The rules it keeps:
 
 * a task is INSERTed and COMMITted before its PUBACK and before it runs;
-* it is marked RUNNING (durably) before its process is started, so a crash can never
+* it is marked RUNNING (durably) before its process is started -- in the commit that
+  records it when it starts at once, else just before the exec -- so a crash can never
   lead to a second run: RUNNING at start-up means INTERRUPTED;
 * a finished task's result sits in the outbox (``result`` not null, ``result_acked`` 0)
   until the master's ``result_ack``; then the output is dropped, the id kept for dedup.
@@ -179,13 +180,21 @@ class Ledger:
 
     # ------------------------------------------------------------------ writes
     def insert(
-        self, task_id: str, state: LedgerState, *, now: float, task: bytes | None = None, result: bytes | None = None
+        self,
+        task_id: str,
+        state: LedgerState,
+        *,
+        now: float,
+        task: bytes | None = None,
+        result: bytes | None = None,
+        started_at: float | None = None,
     ) -> bool:
-        """Record a new id. False (and nothing changed) when the id is already known."""
+        """Record a new id (state RUNNING: it starts at once, see Agent._accept). False (and
+        nothing changed) when the id is already known."""
         with self.db() as c:
             cur = c.execute(
-                "insert or ignore into tasks (id, state, received_at, task, result) values (?, ?, ?, ?, ?)",
-                (task_id, state.value, now, task, result),
+                "insert or ignore into tasks (id, state, received_at, task, result, started_at) values (?, ?, ?, ?, ?, ?)",
+                (task_id, state.value, now, task, result, started_at),
             )
             return cur.rowcount == 1
 

@@ -297,22 +297,38 @@ def test_ids_are_kept_for_dedup_then_forgotten_after_keep_ids(core_factory):
     assert h.ledger.get("t1") is None
 
 
-def test_running_is_recorded_by_the_run_not_on_the_mqtt_thread(core):
-    """The durable RUNNING mark is the run's ``before_exec`` (run thread), not part of
-    handling the message: the task is only ACCEPTED when the executor receives it."""
-    specs = []
-    states = []
+def test_running_is_durable_before_exec_in_one_commit_or_on_the_run_thread(core):
+    """A task that starts at once is recorded RUNNING by the commit before its PUBACK (one
+    fsync); a task that had to wait is marked RUNNING by the run's ``before_exec`` (run
+    thread, not the MQTT thread). Either way the ledger says RUNNING before any exec."""
+    seen = []
     real_start = core.executor.start
 
     def start(spec, *, on_started, on_done):
-        states.append(core.ledger.get(spec.task_id).state)
-        specs.append(spec)
+        seen.append((spec.task_id, core.ledger.get(spec.task_id).state, spec.before_exec is not None))
         return real_start(spec, on_started=on_started, on_done=on_done)
 
     core.executor.start = start
+    pubacked = []
+    core.agent.handle(Incoming(core.topics.tasks(AGENT_ID), task_bytes("t1"), 1, False,
+                               _ack=lambda: pubacked.append(core.ledger.get("t1").state)))  # fmt: skip
+    core.send_task("t2")  # the one slot is busy: waits
+    assert pubacked == [LedgerState.RUNNING] and core.ledger.get("t2").state is LedgerState.ACCEPTED
+    core.executor.runs[0].finish()
+    assert seen == [("t1", LedgerState.RUNNING, False), ("t2", LedgerState.ACCEPTED, True)]
+    assert core.ledger.get("t2").state is LedgerState.RUNNING  # the fake executor called before_exec
+
+
+def test_crash_between_the_commit_and_the_exec_reports_interrupted_never_runs(core):
+    core.executor.start = lambda spec, **kw: (_ for _ in ()).throw(RuntimeError("no thread"))
     core.send_task("t1")
-    assert states == [LedgerState.ACCEPTED] and specs[0].before_exec is not None
-    assert core.ledger.get("t1").state is LedgerState.RUNNING  # the fake executor called it
+    assert kinds(core.sent()) == ["Ack"]
+    agent = core.restart()
+    agent.on_connect(False)
+    agent.tick(core.clock.advance(0.1))
+    results = [m for m in core.sent() if isinstance(m, Result)]
+    assert [(r.id, r.state, r.code) for r in results] == [("t1", "INTERRUPTED", None)]
+    assert core.executor.runs == []
 
 
 def test_outbox_lives_in_memory_mirrors_the_ledger_and_survives_a_restart(core):
