@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mschedule_agent import protocol
@@ -50,6 +50,7 @@ class _Active:
     task: models.Task
     rollout: Rollout
     encoded: tuple[float, bytes] | None = None  #: (expires_at, the task message): one encode per window fill
+    codes: dict[str, int | None] = field(default_factory=dict)  #: exit codes of the stored results, for the summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class Engine:
         self._outbox: list[_Out] = []
         self._acks: list[Incoming] = []
         self._events: list[models.Event] = []
+        self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
 
     # ------------------------------------------------------------------ transactions
@@ -104,14 +106,28 @@ class Engine:
         try:
             with self.store.db():
                 yield
+                self._save_snapshots()
         except BaseException:
             self._outbox.clear()
             self._events.clear()
             self._acks.clear()
+            self._snaps.clear()
             raise
         finally:
             self._depth = 0
         self._flush()
+
+    def _save_snapshots(self) -> None:
+        """Persist every target the batch changed, once each, in the batch's transaction.
+
+        A target an ``ack``, a ``started`` and a ``result`` touch in one batch is written
+        once; a rolled-back message's targets are written as memory holds them (the
+        rollout's state is not rolled back), which is what a restart should resume from.
+        """
+        snaps, self._snaps = self._snaps, {}
+        for task_id, (rollout, touched) in snaps.items():
+            targets = rollout.targets
+            self.store.save_snapshots(task_id, [targets[a] for a in touched if a in targets])
 
     def guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` inside a batch; if it raises, undo its writes, publications and
@@ -257,7 +273,8 @@ class Engine:
             st.task.id, _limits(st.task), targets=st.snapshots, task_state=st.task.state,
             reason=st.task.reason, timing=self._timing(st.task),
         )  # fmt: skip
-        active = self._active[st.task.id] = _Active(st.task, rollout)
+        codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
+        active = self._active[st.task.id] = _Active(st.task, rollout, codes=codes)
         log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
         self._apply(active, rollout.resume(now), now)
 
@@ -389,6 +406,8 @@ class Engine:
         """Carry out ``actions``; ``code`` is (agent id, exit code) of the result that caused them."""
         task_id = active.task.id
         touched = set(touched or ())
+        if code is not None:
+            active.codes[code[0]] = code[1]  # before the actions: a TaskChanged to final reads it
         for action in actions:
             if isinstance(action, Dispatch):
                 touched.add(action.agent_id)
@@ -406,9 +425,12 @@ class Engine:
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
         touched.update(active.rollout.pop_dirty())
-        snaps = [active.rollout.targets[a] for a in touched if a in active.rollout.targets]
-        if snaps:
-            self.store.save_snapshots(task_id, snaps)
+        if touched:
+            pending = self._snaps.get(task_id)
+            if pending is None:
+                self._snaps[task_id] = (active.rollout, touched)
+            else:
+                pending[1].update(touched)
         if active.rollout.state.final and task_id in self._active:
             del self._active[task_id]
 
@@ -452,10 +474,8 @@ class Engine:
         )  # fmt: skip
         data: dict[str, Any] = {"state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active)}
         if action.new.final:
-            stored = self.store.target_states(task_id)
-            data["targets"] = {
-                a: {"state": s.state.value, "code": stored.get(a, {}).get("code")} for a, s in active.rollout.targets.items()
-            }
+            codes = active.codes
+            data["targets"] = {a: {"state": s.state.value, "code": codes.get(a)} for a, s in active.rollout.targets.items()}
         self.emit("task", task_id, data)
 
     def _topics_for(self, agent_id: str) -> Topics:

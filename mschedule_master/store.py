@@ -74,6 +74,8 @@ _SNAPSHOT_COLUMNS = (
     "finished_at", "kill_requested", "kill_sent_at", "offline_since",
 )  # fmt: skip
 
+_SAVE_SNAPSHOT_SQL = f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
+
 
 @dataclass(frozen=True, slots=True)
 class StoredTask:
@@ -219,10 +221,9 @@ class Store:
                 self.require_sync()
 
     def save_snapshots(self, task_id: str, snapshots: Iterable[TargetSnapshot]) -> None:
-        sets = ", ".join(f"{col}=?" for col in _SNAPSHOT_COLUMNS)
         rows = [(*_snapshot_values(s), task_id, s.agent_id) for s in snapshots]
         with self.db() as c:
-            c.executemany(f"update targets set {sets} where task_id=? and agent_id=?", rows)
+            c.executemany(_SAVE_SNAPSHOT_SQL, rows)
 
     def set_target_reason(self, task_id: str, agent_id: str, reason: str) -> None:
         with self.db() as c:
