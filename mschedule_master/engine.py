@@ -23,7 +23,7 @@ from typing import Any
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
-from mschedule_agent.transport import Incoming, Transport
+from mschedule_agent.transport import Incoming, Publication, Transport
 
 from . import models, targeting
 from .models import InvalidRequest, NotFound
@@ -51,6 +51,7 @@ class _Active:
     rollout: Rollout
     encoded: tuple[float, bytes] | None = None  #: (expires_at, the task message): one encode per window fill
     codes: dict[str, int | None] = field(default_factory=dict)  #: exit codes of the stored results, for the summary
+    copies: dict[str, Publication] = field(default_factory=dict)  #: the last task copy sent to each unacked target
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class _Out:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    copy_of: tuple[_Active, str] | None = None  #: a task copy for (task, agent): keep its Publication
 
 
 class Engine:
@@ -155,7 +157,7 @@ class Engine:
         events, self._events = self._events, []
         for out in outbox:
             try:
-                self.transport.publish(
+                pub = self.transport.publish(
                     out.topic,
                     out.payload,
                     qos=1,
@@ -163,6 +165,8 @@ class Engine:
                     response_topic=out.response_topic,
                     correlation_data=out.correlation_data,
                 )
+                if out.copy_of is not None:
+                    out.copy_of[0].copies[out.copy_of[1]] = pub
             except Exception:
                 log.exception("publish to %s failed", out.topic)
         for inc in acks:
@@ -322,7 +326,7 @@ class Engine:
                 if t.kill_requested:
                     self._apply(active, [SendKill(agent_id)], now)
                 elif not t.acked and t.expires_at is not None and now < t.expires_at:
-                    self._apply(active, [Dispatch(agent_id, t.expires_at, redeliver=True)], now)
+                    self._dispatch(active, Dispatch(agent_id, t.expires_at, redeliver=True), always=True)
 
     def on_agent_message(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
         """An ``ack``, ``started``, ``result`` or ``reject`` on ``<prefix>[/dc/DC]/results/<agent>``."""
@@ -347,6 +351,7 @@ class Engine:
             self._stray(msg, agent_id, info.dc, now, active is not None)
             return
         r = active.rollout
+        active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
             target = r.targets[agent_id]
             if target.state.final and not msg.duplicate:
@@ -434,15 +439,26 @@ class Engine:
         if active.rollout.state.final and task_id in self._active:
             del self._active[task_id]
 
-    def _dispatch(self, active: _Active, action: Dispatch) -> None:
+    def _dispatch(self, active: _Active, action: Dispatch, *, always: bool = False) -> None:
+        """Queue the task message for ``action.agent_id``.
+
+        A timed re-delivery is skipped while the previous copy has not even reached the
+        broker (no PUBACK yet: it still sits in our own client's queue, as in a big
+        fan-out), unless ``always`` (an agent that registers again gets its copy now).
+        """
         t = active.task
+        if action.redeliver and not always:
+            previous = active.copies.get(action.agent_id)
+            if previous is not None and not previous.wait(0):
+                return
         if active.encoded is None or active.encoded[0] != action.expires_at:
             msg = protocol.Task(
                 id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
                 fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))
-        self._outbox.append(_Out(self._topics_for(action.agent_id).tasks(action.agent_id), active.encoded[1]))
+        topic = self._topics_for(action.agent_id).tasks(action.agent_id)
+        self._outbox.append(_Out(topic, active.encoded[1], copy_of=(active, action.agent_id)))
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
 

@@ -358,3 +358,36 @@ def test_an_ack_after_the_unreachable_verdict_is_recorded(rig):
     _ack(rig, task_id, "a1")
     (event,) = rig.store.events(kind="ack_after_verdict")
     assert event["agent_id"] == "a1" and event["data"]["state"] == "UNREACHABLE"
+
+
+class _Pending:
+    """A publication the broker has not acknowledged yet (still in our client's queue)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def wait(self, timeout: float) -> bool:
+        return self.done
+
+
+def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig, monkeypatch):
+    pubs: list[_Pending] = []
+    publish = rig.transport.publish
+
+    def slow_publish(topic, payload, **kw):
+        publish(topic, payload, **kw)
+        pubs.append(_Pending())
+        return pubs[-1]
+
+    monkeypatch.setattr(rig.transport, "publish", slow_publish)
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    assert len(rig.sent("task")) == 1
+    rig.tick(2.1)  # first re-delivery due, but the first copy is still queued in the client
+    assert rig.sent("task") == []
+    for p in pubs:
+        p.done = True
+    rig.tick(2.1)  # back-off: 2 s after the dispatch, then 2 s more (out for 2 s at the skipped one)
+    assert [m.id for _, m in rig.sent("task")] == [task_id]
+    rig.register("a1")  # a registration re-sends at once, whatever the queue
+    assert [m.id for _, m in rig.sent("task")] == [task_id]
