@@ -506,4 +506,4 @@ def _limits(task: models.Task) -> Limits:
 
 
 def _counts(active: _Active) -> dict[str, int]:
-    return {state: n for state, n in active.rollout.counts().items() if n > 0}
+    return active.rollout.counts(nonzero=True)

@@ -228,6 +228,7 @@ class TaskChanged:
 Action = Dispatch | SendKill | TargetChanged | TaskChanged
 
 _ACTIVE = (_T.DISPATCHED, _T.RUNNING)
+_VALUES = {s: s.value for s in TargetState}  #: Enum.value is a slow descriptor; counts() runs per event
 
 
 class Rollout:
@@ -331,8 +332,11 @@ class Rollout:
     def active(self) -> int:
         return len(self._active)
 
-    def counts(self) -> dict[str, int]:
-        return {s.value: n for s, n in self._counts.items()}
+    def counts(self, *, nonzero: bool = False) -> dict[str, int]:
+        """Targets per state (by state value); only the states some target is in if ``nonzero``."""
+        if nonzero:
+            return {_VALUES[s]: n for s, n in self._counts.items() if n}
+        return {_VALUES[s]: n for s, n in self._counts.items()}
 
     def next_deadline(self) -> float | None:
         heap = self._heap

@@ -59,6 +59,7 @@ class Run:
         assert active <= self.r.window
         assert self.r.state == self.task
         assert self.r.counts() == {s.value: list(self.mirror.values()).count(s) for s in TargetState}
+        assert self.r.counts(nonzero=True) == {k: n for k, n in self.r.counts().items() if n}
         self.actions += actions
         return actions
 
