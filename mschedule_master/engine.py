@@ -233,7 +233,10 @@ class Engine:
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": _counts(active), "created": True})
             log.info("task %s created for %d target(s)", task_id, len(agent_ids), extra={"task_id": task_id})
             self._apply(active, rollout.start(now), now)
-        return self.store.get_task(task_id, with_targets=False) or task, agent_ids
+            if rollout.final:
+                return self.store.get_task(task_id, with_targets=False) or task, agent_ids
+            # from memory: a read of the targets' counts would sit before the commit (and the reply)
+            return replace(task, state=rollout.state, reason=rollout.reason, counts=_counts(active)), agent_ids
 
     def kill(self, task_id: str, reason: str = "killed by user") -> models.Task:
         with self.batch():
