@@ -494,7 +494,8 @@ class Engine:
         data: dict[str, Any] = {"state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active)}
         if action.new.final:
             codes = active.codes
-            data["targets"] = {a: {"state": s.state.value, "code": codes.get(a)} for a, s in active.rollout.targets.items()}
+            targets = active.rollout.targets
+            data["targets"] = {a: {"state": s.state.value, "code": codes.get(a)} for a, s in targets.items()}
         self.emit("task", task_id, data)
 
     def _topics_for(self, agent_id: str) -> Topics:

@@ -74,7 +74,9 @@ _SNAPSHOT_COLUMNS = (
     "finished_at", "kill_requested", "kill_sent_at", "offline_since",
 )  # fmt: skip
 
-_SAVE_SNAPSHOT_SQL = f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
+_SAVE_SNAPSHOT_SQL = (
+    f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
+)
 
 
 @dataclass(frozen=True, slots=True)

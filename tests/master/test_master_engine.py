@@ -256,10 +256,16 @@ def test_a_restarted_master_reloads_its_fleet_and_unfinished_tasks_and_carries_o
     assert second.engine.restore() == 1
     sent = second.sent("task")
     assert sorted((t, m.id) for t, m in sent) == [("test/agents/a2/tasks", task_id), ("test/agents/a3/tasks", task_id)]
-    _result(second, task_id, "a2")
-    _result(second, task_id, "a3")
+    _result(second, task_id, "a2", code=0)
+    _result(second, task_id, "a3", state="FAILED", code=7)
     task = second.store.get_task(task_id)
-    assert task.state is TaskState.SUCCEED and task.counts == {"SUCCEED": 3}
+    assert task.state is TaskState.FAILED and task.counts == {"SUCCEED": 2, "FAILED": 1}
+    ((_, summary),) = second.sent("summary")
+    assert summary.targets == {  # a1's code was stored before the restart: the summary still has it
+        "a1": {"state": "SUCCEED", "code": 0},
+        "a2": {"state": "SUCCEED", "code": 0},
+        "a3": {"state": "FAILED", "code": 7},
+    }
     second.store.close()
 
 
@@ -391,3 +397,27 @@ def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig,
     assert [m.id for _, m in rig.sent("task")] == [task_id]
     rig.register("a1")  # a registration re-sends at once, whatever the queue
     assert [m.id for _, m in rig.sent("task")] == [task_id]
+
+
+def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_commit(rig, monkeypatch):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+    writes: list[list[str]] = []
+    save = rig.store.save_snapshots
+
+    def counting_save(t, snaps):
+        writes.append(sorted(s.agent_id for s in snaps))
+        save(t, snaps)
+
+    monkeypatch.setattr(rig.store, "save_snapshots", counting_save)
+    now = rig.clock.now
+    msgs = [
+        P.Ack(id=task_id, agent_id="a1", at=now),
+        P.Started(id=task_id, agent_id="a1", started_at=now),
+        P.Ack(id=task_id, agent_id="a2", at=now),
+    ]
+    rig.feed(*[rig.incoming(rig.topics.results(m.agent_id), m) for m in msgs])
+    assert writes == [["a1", "a2"]], "three messages, two targets, one write"
+    assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING
+    assert rig.store.get_target(task_id, "a2").acked

@@ -187,7 +187,9 @@ def test_limits_refuse_nonsense(kwargs):
         Limits(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"delivery_timeout": 0}, {"redeliver_interval": 0}, {"redeliver_max": 0}, {"kill_resend": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"delivery_timeout": 0}, {"redeliver_interval": 0}, {"redeliver_max": 0}, {"kill_resend": -1}]
+)
 def test_timing_refuses_intervals_that_would_never_advance(kwargs):
     with pytest.raises(ValueError):
         Timing(**kwargs)
@@ -437,7 +439,9 @@ def test_kill_during_a_drain_stops_it_but_the_task_stays_failed():
     ],
 )
 def test_an_unacked_dispatch_is_redelivered_with_back_off_and_the_same_expiry(delivery_timeout, interval, cap, times):
-    timing = dataclasses.replace(TIMING, delivery_timeout=delivery_timeout, redeliver_interval=interval, redeliver_max=cap)
+    timing = dataclasses.replace(
+        TIMING, delivery_timeout=delivery_timeout, redeliver_interval=interval, redeliver_max=cap
+    )
     run = Run(1, timing=timing)
     run.start(0)
     sent = []
