@@ -165,7 +165,9 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {err}{self.log_tail()}")
+                code = self.proc.returncode
+                self._signal(signal.SIGKILL, 1.0)  # closes the stderr pipe and forgets the process
+                raise BrokerError(f"mosquitto exited with {code}: {err}{self.log_tail()}")
             if listening_pid_owns(self.proc.pid, self.port):
                 return
             time.sleep(0.02)
