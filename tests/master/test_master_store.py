@@ -75,6 +75,23 @@ def test_a_rollback_inside_a_batch_undoes_only_that_message(store):
     assert [e["kind"] for e in store.events()] == ["kept"]
 
 
+def test_a_savepoint_is_opened_only_by_a_write_and_undoes_only_what_followed(store):
+    with store.db():
+        store.add_event(1.0, "kept", None, None, {})
+        store.savepoint_begin()
+        store.events()  # a read opens nothing
+        store.savepoint_rollback()  # nothing to undo
+        store.savepoint_begin()
+        store.add_event(1.0, "also kept", None, None, {})
+        store.savepoint_release()
+        store.savepoint_begin()
+        store.add_event(1.0, "undone", None, None, {})
+        store.add_event(1.0, "undone too", None, None, {})
+        store.savepoint_rollback()
+        store.add_event(1.0, "after", None, None, {})  # no savepoint pending any more
+    assert [e["kind"] for e in store.events()] == ["kept", "also kept", "after"]
+
+
 def test_agents_persist_across_reopen(tmp_path):
     s = Store(str(tmp_path / "s.db"))
     a = models.Agent(
