@@ -119,6 +119,7 @@ def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
         "code": t.code,
         "signal": t.signal,
         "reason": t.reason,
+        "agent_state": t.agent_state,
         "dispatched_at": t.dispatched_at,
         "started_at": t.started_at,
         "finished_at": t.finished_at,

@@ -316,7 +316,10 @@ def targets_table(task: dict[str, Any]) -> Table:
         first = out[0][:60] + (" …" if len(out) > 1 or len(out[0]) > 60 else "") if out else ""
         if t.get("reason") and t["state"] != "SUCCEED":
             first = first or t["reason"]
-        table.add_row(escape(agent_id), escape(t.get("hostname") or ""), styled(t["state"]), exit_text(t),
+        state = styled(t["state"])
+        if t.get("agent_state") and t["agent_state"] != t["state"]:
+            state += f" (agent: {styled(t['agent_state'])})"  # a late result after the master's verdict
+        table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
                       duration(t.get("duration")), escape(first))  # fmt: skip
     return table
 

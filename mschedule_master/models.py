@@ -49,6 +49,10 @@ class Target:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     hostname: str | None = None
+    #: the final state the agent itself reported, when it did. It differs from ``state``
+    #: when the master's verdict came first: a target judged UNREACHABLE or LOST whose
+    #: agent had in fact accepted the task reports what really happened here.
+    agent_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,11 @@ SCHEMAS: dict[str, Any] = {
             "code": {"type": ["integer", "null"], "description": "exit status; null when it never ran"},
             "signal": {"type": ["integer", "null"]},
             "reason": {"type": "string"},
+            "agent_state": {
+                "type": ["string", "null"],
+                "description": "the final state the agent reported; differs from state when a verdict "
+                "(UNREACHABLE, LOST) came before a late result",
+            },
             "dispatched_at": _NUM,
             "started_at": _NUM,
             "finished_at": _NUM,

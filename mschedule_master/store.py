@@ -372,7 +372,7 @@ _TASK_COLS = (
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
     "coalesce(t.run_started_at, t.started_at), coalesce(t.run_finished_at, t.finished_at), t.stdout, t.stderr, "
-    "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname"
+    "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state"
 )
 
 
@@ -390,7 +390,7 @@ def _target(r: tuple) -> models.Target:
         task_id=r[0], agent_id=r[1], state=TargetState(r[2]), acked=bool(r[3]), code=r[4], signal=r[5],
         reason=r[6], dispatched_at=r[7], started_at=r[8], finished_at=r[9], stdout=r[10] or b"",
         stderr=r[11] or b"", stdout_bytes=r[12], stderr_bytes=r[13], stdout_truncated=bool(r[14]),
-        stderr_truncated=bool(r[15]), hostname=r[16],
+        stderr_truncated=bool(r[15]), hostname=r[16], agent_state=r[17],
     )  # fmt: skip
 
 

@@ -55,6 +55,18 @@ def test_a_result_is_stored_once(store):
     assert (t.code, t.stdout, t.stderr, t.stdout_bytes) == (2, b"out", b"e", 3)
 
 
+def test_a_late_result_after_an_unreachable_verdict_shows_what_the_agent_reported(store):
+    store.insert_task(_task("t1", 1.0), ["a", "b"])
+    verdict = TargetSnapshot("a", TargetState.UNREACHABLE, seq=0, dispatched_at=2.0, expires_at=9.0, finished_at=14.0)
+    store.save_snapshots("t1", [verdict])
+    assert store.get_target("t1", "a").agent_state is None  # nothing heard from the agent yet
+    late = protocol.Result(id="t1", agent_id="a", state="SUCCEED", code=0, output=b"ran", output_bytes=3)
+    assert store.record_result("t1", "a", late, 20.0) is True
+    t = store.get_target("t1", "a")
+    assert (t.state, t.agent_state, t.code, t.stdout) == (TargetState.UNREACHABLE, "SUCCEED", 0, b"ran")
+    assert store.get_target("t1", "b").agent_state is None
+
+
 def test_listings_are_newest_first_filtered_and_paged(store):
     for i in range(5):
         store.insert_task(_task(f"t{i}", float(i)), ["a"])
