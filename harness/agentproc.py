@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .procs import Proc
+from .procs import Proc, flag_argv
 
 #: The line the agent logs after its first successful connect: "agent <id> online".
 ONLINE = re.compile(r"agent [0-9a-f]{32} online")
@@ -58,10 +58,7 @@ def agent_argv(workdir: Path, broker_url: str, prefix: str, labels: dict[str, st
     argv = ["--broker", broker_url, "--state-dir", str(workdir), "--topic-prefix", prefix]
     for k, v in (labels or {}).items():
         argv += ["--label", f"{k}={v}"]
-    for name, value in {**TEST_FLAGS, **flags}.items():
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
+    return argv + flag_argv({**TEST_FLAGS, **flags})
 
 
 def start_agent(

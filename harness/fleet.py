@@ -32,7 +32,7 @@ from pathlib import Path
 import orjson
 
 from .broker import free_port
-from .procs import Proc
+from .procs import Proc, flag_argv
 
 #: Test-friendly master timings (seconds), overridable through ``**flags``.
 TEST_FLAGS = {"delivery_timeout": 10, "redeliver_interval": 1, "ack_grace": 1, "lost_grace": 5, "kill_resend": 1}
@@ -70,10 +70,7 @@ class MasterProc(Proc):
 def master_argv(workdir: Path, broker_url: str, prefix: str, *, http: str, client_id: str, **flags) -> list[str]:
     argv = ["--broker", broker_url, "--db", str(workdir / "master.db"), "--topic-prefix", prefix]
     argv += ["--http", http, "--client-id", client_id]
-    for name, value in {**TEST_FLAGS, **flags}.items():
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
+    return argv + flag_argv({**TEST_FLAGS, **flags})
 
 
 def start_master(

@@ -98,6 +98,15 @@ class Proc:
         self.stop()
 
 
+def flag_argv(flags: dict[str, object]) -> list[str]:
+    """``{"will_delay": 1, "x": None}`` -> ``["--will-delay", "1"]`` (None leaves a flag out)."""
+    argv: list[str] = []
+    for name, value in flags.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Poll ``pred`` until it returns something truthy; raise TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
