@@ -67,7 +67,14 @@ _SCHEMA = (
         id integer primary key autoincrement, ts real not null, kind text not null,
         task_id text, agent_id text, data text not null)""",
     "create index if not exists events_task on events (task_id)",
+    "create table if not exists migrations (name text primary key, applied_at real not null)",
 )
+
+#: Schema changes after version 1, applied once each in this order and recorded by name in
+#: ``migrations`` (a database made by an older master gets the ones it lacks; a database
+#: that names one this master does not know was made by a newer master and is refused).
+#: Add a change as a new ``(name, statements)`` entry at the end; never edit a landed one.
+_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 _SNAPSHOT_COLUMNS = (
     "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
@@ -186,6 +193,20 @@ class Store:
                 c.execute("insert into schema_version (version) values (?)", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise StoreError(f"database schema {row[0]} is newer than this master ({SCHEMA_VERSION})")
+            self._apply_migrations(c)
+
+    def _apply_migrations(self, c: sqlite3.Connection) -> None:
+        done = {name for (name,) in c.execute("select name from migrations")}
+        known = {name for name, _ in _MIGRATIONS}
+        if unknown := sorted(done - known):
+            raise StoreError(f"database has migrations this master does not know ({', '.join(unknown)}): made by a newer master")
+        for name, statements in _MIGRATIONS:
+            if name in done:
+                continue
+            for stmt in statements:
+                c.execute(stmt)
+            c.execute("insert into migrations (name, applied_at) values (?, strftime('%s','now'))", (name,))
+            log.info("database migrated: %s", name)
 
     # ------------------------------------------------------------------ agents
     def save_agents(self, agents: Iterable[models.Agent]) -> None:

@@ -124,3 +124,27 @@ def test_a_database_from_a_newer_master_is_refused(tmp_path):
         c.execute("update schema_version set version = 99")
     with pytest.raises(StoreError, match="newer"):
         Store(str(path))
+
+
+def test_a_database_with_an_unknown_migration_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    Store(str(path)).close()
+    with closing(sqlite3.connect(path)) as c, c:
+        c.execute("insert into migrations (name, applied_at) values ('from-the-future', 0)")
+    with pytest.raises(StoreError, match="from-the-future"):
+        Store(str(path))
+
+
+def test_migrations_run_once_each_on_an_existing_database(tmp_path, monkeypatch):
+    from mschedule_master import store as store_mod
+
+    path = tmp_path / "s.db"
+    Store(str(path)).close()  # a database made before the migration existed
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", (("t-extra", ("alter table tasks add column extra text",)),))
+    Store(str(path)).close()
+    Store(str(path)).close()  # a second open must not add the column again
+    with closing(sqlite3.connect(path)) as c:
+        cols = [r[1] for r in c.execute("pragma table_info(tasks)")]
+        names = [r[0] for r in c.execute("select name from migrations")]
+    assert cols.count("extra") == 1
+    assert names == ["t-extra"]
