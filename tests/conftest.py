@@ -3,23 +3,20 @@ loopback port (never the system broker on 1883), and a unique topic prefix per t
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-from harness.broker import Mosquitto, mosquitto_binary
+from harness.broker import Mosquitto
+from harness.require import in_ci, require_tools
 from mschedule_agent.protocol import Topics
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = in_ci()
 
 
 def require_mosquitto() -> None:
-    if mosquitto_binary() is None:
-        if IN_CI:
-            pytest.fail("mosquitto is not installed; CI must run integration tests (apt-get install mosquitto)")
-        pytest.skip("mosquitto is not installed")
+    require_tools("mosquitto", why="integration tests run a real broker")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -456,11 +455,10 @@ CHECKS: dict[str, Callable[[Doc, Collector, object], None]] = {
 
 def require_tools(cmd: str) -> None:
     """The clients the one-liner calls; under CI a missing one fails the run, never skips it."""
-    missing = [t for t in ("mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "jq") if t in cmd and not shutil.which(t)]
-    if missing:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{', '.join(missing)} not installed; CI must run the doc's one-liners")
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install mosquitto-clients jq)")
+    from harness.require import require_tools as require
+
+    require(*(t for t in ("mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "jq") if t in cmd),
+            why="the doc's one-liners call them")  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(set(CHECKS) - {"submit-reply-watch"}))

@@ -16,8 +16,10 @@ import pytest
 from harness.agentproc import start_agent
 from harness.mqtt import Collector
 from harness.procs import Proc, wait_until
+from harness.require import require_tools
 from mschedule_agent.protocol import (
     Ack,
+    DecodeError,
     Heartbeat,
     Kill,
     Offline,
@@ -27,7 +29,6 @@ from mschedule_agent.protocol import (
     ResultAck,
     Started,
     Task,
-    DecodeError,
     decode,
     encode,
 )
@@ -381,10 +382,9 @@ def _make_tls(d: Path) -> None:
 
 
 def test_agent_connects_over_mqtts_with_a_ca_file(tmp_path, prefix):
-    from harness.broker import Mosquitto, mosquitto_binary
+    from harness.broker import Mosquitto
 
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed")
+    require_tools("mosquitto")
     tls = tmp_path / "tls"
     tls.mkdir()
     _make_tls(tls)

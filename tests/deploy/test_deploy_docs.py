@@ -11,12 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from harness.agentproc import start_agent
-from harness.broker import ROOT, Mosquitto, free_port, mosquitto_binary
+from harness.broker import ROOT, Mosquitto, free_port
 from harness.fleet import start_master
 from harness.procs import wait_until
+from harness.require import require_tools
 
 DOC = ROOT / "docs" / "deploy.md"
 PREFIX = "mschedule"  # the page uses the default prefix; these brokers are the test's own
@@ -47,8 +46,7 @@ def test_the_page_marks_every_step_the_deployment_needs():
 
 
 def test_the_documented_steps_deploy_a_central_site_and_two_datacenters(tmp_path):
-    if mosquitto_binary() is None or shutil.which("mosquitto_rr") is None:
-        pytest.skip("mosquitto and mosquitto-clients are not installed")
+    require_tools("mosquitto", "mosquitto_rr", "mosquitto_sub", "mosquitto_pub")
     for attempt in range(3):
         try:
             return deploy_as_documented(tmp_path / f"attempt{attempt}")
@@ -116,8 +114,9 @@ def deploy_as_documented(tmp_path: Path) -> None:
 
 
 def _online_dcs(master) -> dict[str, str]:
-    import orjson
     import urllib.request
+
+    import orjson
 
     try:
         with urllib.request.urlopen(f"{master.http_url}/api/v1/agents", timeout=5) as r:

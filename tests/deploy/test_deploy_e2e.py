@@ -5,7 +5,6 @@ task before the next begins; the agent-killing test runs last."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -13,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from harness.agentproc import start_agent
-from harness.broker import mosquitto_binary
 from harness.fleet import Fleet, start_master
 from harness.mqtt import Collector
 from harness.procs import wait_until
+from harness.require import require_tools
 from harness.xdc import MASTER_USER, MONITOR_USER, OPERATOR_USER, Xdc
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Topics
@@ -40,10 +39,7 @@ class XFleet(Fleet):
 
 @pytest.fixture(scope="module")
 def xfleet(tmp_path_factory):
-    if mosquitto_binary() is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("mosquitto is not installed; CI must run integration tests")
-        pytest.skip("mosquitto is not installed")
+    require_tools("mosquitto")
     root = tmp_path_factory.mktemp("xfleet")
     prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
     markers = root / "markers"

@@ -4,15 +4,14 @@ mqtts:// with --ca-file, and a plain-MQTT client refused on a TLS port."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.agentproc import start_agent
-from harness.broker import mosquitto_binary
 from harness.mqtt import Collector
+from harness.require import require_tools
 from harness.xdc import MASTER_USER, MONITOR_USER, Xdc
 from mschedule_agent import protocol
 
@@ -35,8 +34,7 @@ def make_certificates(d: Path) -> Path:
 
 @pytest.fixture
 def tls_xdc(tmp_path, prefix, monkeypatch):
-    if mosquitto_binary() is None or shutil.which("openssl") is None:
-        pytest.skip("mosquitto and openssl are needed")
+    require_tools("mosquitto", "openssl")
     tls = make_certificates(tmp_path / "tls")
     # The test's own clients find the CA the way OpenSSL does by default.
     monkeypatch.setenv("SSL_CERT_FILE", str(tls / "ca.crt"))

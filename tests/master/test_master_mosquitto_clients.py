@@ -13,9 +13,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness.fleet import Fleet
+from harness.require import require_tools
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
 
+@pytest.fixture(autouse=True)
+def _clients():
+    require_tools("mosquitto_pub", "mosquitto_sub", "mosquitto_rr", why="these tests run the README's client lines")
 
 #: mosquitto_sub's -d lines are block-buffered into a pipe; stdbuf makes them arrive at once.
 _LINEBUF = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []

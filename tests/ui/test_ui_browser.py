@@ -3,13 +3,14 @@ broker and agents: submit a task from the page, watch it finish, see its output.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from harness.require import in_ci, require_tools
+
+IN_CI = in_ci()
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -25,10 +26,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        if IN_CI:
-            pytest.fail("chromium is not installed; CI must run the browser test (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    if not Path(CHROMIUM).exists():
+        require_tools("chromium", why="the browser test drives it")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
