@@ -33,7 +33,7 @@ fi
 stamp="$VENV/.mschedule-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -m pip install -q -e '.[master,test]' 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, pytest' \
         || { echo "bootstrap: python dependencies did not install" >&2; exit 1; }
     touch "$stamp"
