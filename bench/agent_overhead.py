@@ -130,7 +130,7 @@ def measure(url: str, workdir: Path, *, idle_s: float = 20, tasks: int = 300) ->
         client = _Client(url, Topics(prefix), agent.agent_id)
         client.t.start(connect_timeout=10)
         client.t.wait_connected(10)
-        time.sleep(0.2)  # SUBACK before the first task
+        client.t.wait_subscribed(10)  # SUBACK before the first task
         try:
             for i in range(10):
                 client.run(f"warm-{i}")

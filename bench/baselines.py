@@ -58,9 +58,8 @@ class _Echo:
     def __enter__(self) -> _Echo:
         for t in (self.echoer, self.pinger):
             t.start(connect_timeout=10)
-            if not t.wait_connected(10):
-                raise TimeoutError("baseline client did not connect")
-        time.sleep(0.2)  # let both SUBACKs land: the first ping must not be lost
+            if not t.wait_connected(10) or not t.wait_subscribed(10):
+                raise TimeoutError("baseline client did not connect and subscribe")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -55,7 +55,8 @@ class BenchClient:
         self.transport.start(connect_timeout=10)
         if not self._ready.wait(10):
             raise TimeoutError("bench client did not connect")
-        time.sleep(0.1)  # let the SUBACK land before the first submit
+        if not self.transport.wait_subscribed(10):
+            raise TimeoutError("bench client did not subscribe")
         return self
 
     def __exit__(self, *exc) -> None:

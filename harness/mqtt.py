@@ -41,9 +41,8 @@ class Collector:
 
     def __enter__(self) -> Collector:
         self.transport.start(connect_timeout=10)
-        if not self._subscribed.wait(10):
-            raise TimeoutError("collector did not connect")
-        time.sleep(0.05)  # let the SUBACK land before the test publishes
+        if not self._subscribed.wait(10) or not self.transport.wait_subscribed(10):
+            raise TimeoutError("collector did not connect and subscribe")
         return self
 
     def __exit__(self, *exc) -> None:

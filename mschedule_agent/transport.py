@@ -357,6 +357,8 @@ class MqttTransport:
         self._max_payload = max_payload
         self._connected = threading.Event()
         self._disconnected = threading.Event()
+        self._subscribed = threading.Event()  #: the broker granted this connection's subscriptions
+        self._sub_mid: int | None = None
         self._network = network
         self._attempt = 0
         self._stopping = False
@@ -443,6 +445,11 @@ class MqttTransport:
         except OSError as e:
             raise TransportError(f"cannot reach broker {self.url}: {e}") from e
         return True
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the broker has answered this connection's SUBSCRIBE (its SUBACK):
+        from then on a message published to the subscribed topics reaches us."""
+        return self._subscribed.wait(timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -533,8 +540,11 @@ class MqttTransport:
         self._rejitter()
         self._disconnected.clear()
         self.connect_count += 1
+        self._subscribed.clear()
         if self.subscriptions:
-            client.subscribe([(t, q) for t, q in self.subscriptions])
+            self._sub_mid = client.subscribe([(t, q) for t, q in self.subscriptions])[1]
+        else:
+            self._subscribed.set()
         self._connected.set()
         log.info("connected to %s as %s (session present: %s)", self.url, self.client_id, flags.session_present)
         if self._on_connect is not None:
@@ -543,6 +553,7 @@ class MqttTransport:
     def _handle_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         self._disconnected.set()
         self._rejitter()
         if not self._stopping:
@@ -570,6 +581,8 @@ class MqttTransport:
         for rc in reason_codes:
             if rc.is_failure:
                 log.error("subscription refused by %s: %s", self.url, rc)
+        if mid == self._sub_mid:
+            self._subscribed.set()
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if reason_code.is_failure:

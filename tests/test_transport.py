@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from harness.mqtt import Collector
+from harness.procs import wait_until
 from mschedule_agent.protocol import MessageTooLarge
 from mschedule_agent.transport import BrokerURL, MqttTransport, Will, backoff_delay
 
@@ -143,8 +144,7 @@ def test_network_loop_drives_many_connections_on_one_thread_and_reconnects(own_b
             clients.append(t)
         assert threading.active_count() == threads_before  # no thread per connection
         wait_until(lambda: all(c.is_connected() for c in clients), 10, what="all connected")
-        import time as _t
-        _t.sleep(0.2)  # let SUBACKs land
+        assert all(c.wait_subscribed(10) for c in clients)
         with Collector(own_broker.url, []) as pub:
             for i in range(n):
                 pub.publish(f"{prefix}/n/{i}", b"one")
@@ -162,3 +162,35 @@ def test_network_loop_drives_many_connections_on_one_thread_and_reconnects(own_b
         for c in clients:
             c.stop(timeout=2)
         net.stop()
+
+
+def test_wait_subscribed_returns_once_the_broker_granted_the_subscriptions(own_broker, prefix):
+    """No sleep is needed: a publish made right after wait_subscribed() is delivered, for
+    the first connection and again after a reconnect (the SUBSCRIBE is renewed)."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(m):
+        got.append(m.payload)
+        arrived.set()
+
+    t = MqttTransport(own_broker.url, client_id=f"ws-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/ws", 0)],
+                      on_message=on_message, clean_start=True, session_expiry=0, manual_ack=False)  # fmt: skip
+    assert not t.wait_subscribed(0.01)  # not even connected
+    t.start(connect_timeout=10)
+    try:
+        for round_ in (b"first", b"second"):
+            assert t.wait_subscribed(10)
+            arrived.clear()
+            with Collector(own_broker.url, []) as pub:
+                pub.publish(f"{prefix}/ws", round_, qos=0)  # QoS 0: only a granted subscription gets it
+            assert arrived.wait(10), f"{round_!r} did not arrive"
+            if round_ == b"first":
+                own_broker.stop()
+                wait_until(lambda: not t.is_connected(), 15, what="disconnected")
+                assert not t.wait_subscribed(0.01)  # a lost connection's grant is gone
+                own_broker.start()
+                assert t.wait_connected(30)
+        assert got == [b"first", b"second"]
+    finally:
+        t.stop()

@@ -179,8 +179,7 @@ class Inbox:
 
     def __enter__(self) -> Inbox:
         self.transport.start(connect_timeout=10)
-        assert self.transport.wait_connected(10)
-        time.sleep(0.05)  # let the SUBACK land
+        assert self.transport.wait_connected(10) and self.transport.wait_subscribed(10)
         return self
 
     def __exit__(self, *exc) -> None:
