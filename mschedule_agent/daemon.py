@@ -21,14 +21,18 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import config
-from .agent import Agent
-from .errors import AgentError, ConfigError, IdentityError, LedgerError
-from .executor import Executor
-from .hostinfo import collect
-from .identity import load_or_create_id
-from .ledger import Ledger
-from .transport import MqttTransport, NetworkLoop
+from .paho_import import import_paho
+
+import_paho(defer_unused=True)  # first, before anything imports paho: keeps ssl & co. out of an idle agent
+
+from . import config  # noqa: E402
+from .agent import Agent  # noqa: E402
+from .errors import AgentError, ConfigError, IdentityError, LedgerError  # noqa: E402
+from .executor import Executor  # noqa: E402
+from .hostinfo import collect  # noqa: E402
+from .identity import load_or_create_id  # noqa: E402
+from .ledger import Ledger  # noqa: E402
+from .transport import MqttTransport, NetworkLoop  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The one place that speaks paho-mqtt.
+"""The one place that speaks paho-mqtt (its private hooks: paho_shim.py; its import: paho_import.py).
 
 Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 :class:`Incoming` values and :class:`Publication` handles, and tests can swap in
@@ -19,73 +19,28 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import heapq
 import itertools
 import random
 import selectors
 import socket
-import sys
 import threading
 import time
-import types
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .paho_import import import_paho
+from .paho_shim import InflightClient, PahoPublication
+from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge
 
-class _Deferred(types.ModuleType):
-    """Stands in for a module paho imports but a plain TCP connection never uses; the
-    real module is imported on the first attribute access (thread-safe: the import lock)."""
-
-    def __getattr__(self, attr: str):
-        module = importlib.import_module(self.__name__)
-        vars(self).update(vars(module))  # later accesses skip __getattr__
-        return getattr(module, attr)
-
-
-def _import_paho():
-    """Import ``paho.mqtt.client`` without ``ssl``, ``hashlib`` and ``urllib.request``.
-
-    THE ONE PLACE that keeps TLS and friends out of a plain ``mqtt://`` process. paho
-    imports those three at import time; a plain TCP connection uses none of them (TLS,
-    websockets and a SOCKS proxy do), and they were ~8 MB of an idle agent's 28.7 MB RSS
-    (libssl/libcrypto, http.client, email). While paho is imported, each one not already
-    loaded is a :class:`_Deferred` stand-in in ``sys.modules``; afterwards the stand-ins
-    leave ``sys.modules`` (anyone else's ``import ssl`` gets the real module) but stay in
-    paho's globals, where the first attribute access (``tls_set`` for ``mqtts://``, a
-    websocket handshake) imports the real module. ``_Client._sock_recv/_sock_send`` keep
-    paho's ``except ssl.SSL...`` clauses off the plain socket's path. urllib.request is
-    only deferred without PySocks installed (paho reads proxy settings through it only
-    then). importlib's own LazyLoader does not fit: on 3.11 every later ``import ssl``
-    statement loads the module (it reads ``__spec__``)."""
-    names = ["ssl", "hashlib"]
-    if importlib.util.find_spec("socks") is None:
-        names.append("urllib.request")
-    stand_ins = {n: _Deferred(n) for n in names if n not in sys.modules}
-    sys.modules.update(stand_ins)
-    try:
-        if "urllib.request" in stand_ins:
-            import urllib
-
-            urllib.request = stand_ins["urllib.request"]  # type: ignore[attr-defined]  # replaced by a real import
-        import paho.mqtt.client
-    finally:
-        for name, stand_in in stand_ins.items():
-            if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
-    return paho.mqtt.client
-
-
-paho = _import_paho()
+paho = import_paho()  # already imported by paho_shim (after the agent's deferral, if any)
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
-
-from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -184,138 +139,7 @@ class Transport(Protocol):
     def is_connected(self) -> bool: ...
 
 
-class _PahoPublication:
-    __slots__ = ("_info",)
-
-    def __init__(self, info: paho.MQTTMessageInfo) -> None:
-        self._info = info
-
-    def wait(self, timeout: float) -> bool:
-        # paho's wait_for_publish raises while disconnected although the message stays
-        # queued for the reconnect; wait on its condition directly instead.
-        info = self._info
-        with info._condition:
-            return info._condition.wait_for(lambda: info._published, timeout)
-
-
 MessageHandler = Callable[[Incoming], None]
-
-
-class _BufferedSocket:
-    """A plain TCP socket that reads up to 64 KiB per ``recv()`` system call and serves
-    paho's small reads from memory. paho reads each packet in at least three ``recv()``
-    calls (the command byte, the length bytes one by one, the body): 10-18 % of the master's
-    busy time went to ``Client._sock_recv`` (py-spy, bench/). ``pending()`` tells paho's
-    own loop (as for TLS sockets) and :class:`NetworkLoop` that bytes are buffered, so
-    neither waits in select() while a packet sits here."""
-
-    READ_SIZE = 65536
-
-    __slots__ = ("_sock", "_data", "_pos")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-
-    def recv(self, bufsize: int) -> bytes:
-        pos, data = self._pos, self._data
-        if pos < len(data):
-            end = min(pos + bufsize, len(data))
-            self._pos = end
-            return data[pos:end]
-        data = self._sock.recv(max(bufsize, self.READ_SIZE))  # BlockingIOError / b"" as before
-        if len(data) <= bufsize:
-            self._data, self._pos = b"", 0
-            return data
-        self._data, self._pos = data, bufsize
-        return data[:bufsize]
-
-    def pending(self) -> int:
-        return len(self._data) - self._pos
-
-    def send(self, buf) -> int:
-        return self._sock.send(buf)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def setblocking(self, flag: bool) -> None:
-        self._sock.setblocking(flag)
-
-    def __getattr__(self, name: str):
-        return getattr(self._sock, name)
-
-
-class _Client(paho.Client):
-    """paho's client minus one quadratic cost.
-
-    Beyond ``max_inflight`` unacknowledged QoS>0 messages, paho marks new publishes
-    "queued" and, after every PUBACK, ``_update_inflight`` walks ``_out_messages`` from
-    the oldest to find the next queued one: it first steps over every message in flight,
-    O(max_inflight) per PUBACK. A master fanning out to thousands of agents (and
-    acknowledging thousands of results) lives in that state: the walk was 30-40 % of its
-    CPU (py-spy, bench/). Here the queued messages' ids are kept in order in a deque, so
-    the next one is found in O(1). The deque is filled where paho queues (``publish``,
-    under paho's out-message lock, which is re-entrant) and rebuilt where paho re-queues
-    (``_messages_reconnect_reset_out``); sending mirrors paho's ``_update_inflight``.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._queued_mids: deque[int] = deque()
-
-    def publish(self, topic, payload=None, qos=0, retain=False, properties=None):  # type: ignore[override]
-        with self._out_message_mutex:
-            info = super().publish(topic, payload, qos, retain, properties)
-            if qos > 0:
-                m = self._out_messages.get(info.mid)
-                if m is not None and m.state == paho.mqtt_ms_queued:
-                    self._queued_mids.append(info.mid)
-        return info
-
-    def _create_socket(self):  # type: ignore[override]
-        sock = super()._create_socket()
-        return _BufferedSocket(sock) if type(sock) is socket.socket else sock
-
-    # paho's versions evaluate ``except ssl.SSLWantReadError`` on every would-block read or
-    # write, which would load the deferred ssl module (see _defer_imports) for plain TCP.
-    def _sock_recv(self, bufsize: int) -> bytes:
-        sock = self._sock
-        if type(sock) is not _BufferedSocket:
-            return super()._sock_recv(bufsize)
-        return sock.recv(bufsize)  # BlockingIOError / b"" / OSError: as paho's plain path
-
-    def _sock_send(self, buf) -> int:
-        sock = self._sock
-        if type(sock) is not _BufferedSocket:
-            return super()._sock_send(buf)
-        try:
-            return sock.send(buf)
-        except BlockingIOError:
-            self._call_socket_register_write()
-            raise
-
-    def _messages_reconnect_reset_out(self) -> None:
-        with self._out_message_mutex:
-            super()._messages_reconnect_reset_out()
-            self._queued_mids = deque(mid for mid, m in self._out_messages.items() if m.state == paho.mqtt_ms_queued)
-
-    def _update_inflight(self) -> paho.MQTTErrorCode:
-        queued = self._queued_mids
-        while queued and self._inflight_messages < self._max_inflight_messages:
-            m = self._out_messages.get(queued.popleft())
-            if m is None or m.state != paho.mqtt_ms_queued or m.qos == 0:
-                continue
-            self._inflight_messages += 1
-            m.state = paho.mqtt_ms_wait_for_puback if m.qos == 1 else paho.mqtt_ms_wait_for_pubrec
-            rc = self._send_publish(m.mid, m.topic.encode("utf-8"), m.payload, m.qos, m.retain, m.dup, properties=m.properties)
-            if rc != paho.MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class MqttTransport:
@@ -364,7 +188,7 @@ class MqttTransport:
         self._stopping = False
         self.connect_count = 0
 
-        c = _Client(
+        c = InflightClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
@@ -375,7 +199,7 @@ class MqttTransport:
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            import ssl  # here only: see _import_paho
+            import ssl  # here only: see paho_import.import_paho
 
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
@@ -504,7 +328,7 @@ class MqttTransport:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("publish to %s returned %s; paho keeps it queued", topic, paho.error_string(info.rc))
-        return _PahoPublication(info)
+        return PahoPublication(info)
 
     # ------------------------------------------------------------------ callbacks
     def _guard(self, fn):

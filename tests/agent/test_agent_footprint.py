@@ -51,7 +51,7 @@ def test_plain_mqtt_process_never_loads_ssl_http_email_tenacity_or_tomllib(broke
 
 def test_a_module_loaded_after_the_transport_is_the_real_one():
     out = subprocess.run(
-        [sys.executable, "-c", "import mschedule_agent.transport as t, ssl, urllib.request, hashlib; "
+        [sys.executable, "-c", "import mschedule_agent.daemon, mschedule_agent.transport as t, ssl, urllib.request, hashlib; "
          "print(type(ssl).__name__, type(urllib.request).__name__, hashlib.sha1(b'').hexdigest()[:4], "
          "t.paho.ssl.CERT_REQUIRED == ssl.CERT_REQUIRED, t.paho.urllib.request.getproxies is urllib.request.getproxies)"],
         capture_output=True, text=True, timeout=60, check=True,

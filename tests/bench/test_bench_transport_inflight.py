@@ -1,4 +1,4 @@
-"""transport._Client's O(1) queue of publishes beyond max_inflight (a fix the benchmarks
+"""paho_shim.InflightClient's O(1) queue of publishes beyond max_inflight (a fix the benchmarks
 called for): every message still arrives, in order, also across a broker restart."""
 
 from __future__ import annotations
@@ -63,12 +63,12 @@ def test_messages_queued_while_the_broker_is_down_arrive_after_it_returns(own_br
 def test_buffered_socket_serves_small_reads_from_one_recv_and_reports_pending():
     import socket
 
-    from mschedule_agent.transport import _BufferedSocket
+    from mschedule_agent.paho_shim import BufferedSocket
 
     a, b = socket.socketpair()
     try:
         b.sendall(b"\x30\x05hello\x40\x02")
-        buf = _BufferedSocket(a)
+        buf = BufferedSocket(a)
         assert buf.recv(1) == b"\x30" and buf.pending() == 8
         assert buf.recv(1) == b"\x05"
         assert buf.recv(100) == b"hello\x40\x02"  # at most what is buffered, never a blocking read
@@ -77,3 +77,41 @@ def test_buffered_socket_serves_small_reads_from_one_recv_and_reports_pending():
         assert buf.recv(1) == b""  # EOF passes through
     finally:
         a.close()
+
+
+def test_the_paho_internals_the_shim_relies_on_are_all_there():
+    """Fails loudly, naming each one, on a paho release whose private names moved."""
+    from mschedule_agent.paho_shim import internals_problems
+
+    assert internals_problems() == []
+
+
+def test_moved_paho_internals_are_each_named():
+    import types
+
+    from mschedule_agent.paho_shim import internals_problems
+
+    class Client:
+        def __init__(self):
+            self._out_messages = {}
+
+        def _update_inflight(self):
+            pass
+
+        def _send_publish(self, mid, topic):  # parameters changed
+            pass
+
+    class MQTTMessageInfo:
+        def __init__(self):
+            self._condition = None
+
+    fake = types.SimpleNamespace(Client=Client, MQTTMessageInfo=MQTTMessageInfo, mqtt_ms_queued=9)
+    problems = internals_problems(fake)
+    assert "Client()._out_messages" not in problems
+    assert "Client()._inflight_messages" in problems
+    assert "Client._update_inflight()" not in problems
+    assert "Client._sock_recv()" in problems
+    assert any(p.startswith("Client._send_publish(") for p in problems)
+    assert "MQTTMessageInfo()._published" in problems
+    assert "paho.mqtt.client.mqtt_ms_wait_for_puback" in problems
+    assert internals_problems(types.SimpleNamespace()) == ["paho.mqtt.client.Client", "paho.mqtt.client.MQTTMessageInfo"]
