@@ -109,7 +109,7 @@ class Cron:
 
     def next_times(self, after: float, n: int) -> list[int]:
         """The first ``n`` fire times after ``after`` (a preview)."""
-        times = []
+        times: list[int] = []
         for t in self.after(after):
             if len(times) >= n:
                 break

@@ -26,7 +26,12 @@ CASES = [  # zone, start (local wall clock), expression, what the day does to it
     (NEW_YORK, datetime(2026, 3, 7, 12), "30 2 * * *", "02:30 does not exist on 03-08"),
     (NEW_YORK, datetime(2026, 10, 31, 12), "30 1 * * *", "01:30 occurs twice on 11-01"),
     (BERLIN, datetime(2026, 3, 29, 0), "*/15 2 * * *", "02:00-02:45 do not exist on 03-29"),
-    (BERLIN, datetime(2026, 10, 25, 2, 10, fold=1), "30 2 * * *", "start inside the repeated hour, after 02:30 CEST fired"),
+    (
+        BERLIN,
+        datetime(2026, 10, 25, 2, 10, fold=1),
+        "30 2 * * *",
+        "start inside the repeated hour, after 02:30 CEST fired",
+    ),
     (BERLIN, datetime(2026, 10, 25, 0), "0 * * * *", "hourly, fall back"),
 ]
 
@@ -36,7 +41,7 @@ def _show(times: list[datetime]) -> str:
 
 
 def _croniter(expr: str, start: datetime, n: int) -> list[datetime]:
-    import croniter  # noqa: PLC0415 - optional: only this comparison uses it
+    import croniter  # optional: only this comparison uses it
 
     it = croniter.croniter(expr, start)
     return [it.get_next(datetime) for _ in range(n)]
