@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -591,3 +592,24 @@ def test_a_master_woken_late_on_a_dst_day_still_fires_each_time_once(zone: str, 
     assert ran == expected and len(expected) >= 46
     assert all(started == t + 7 for t, started in sim.started)
     assert {o for _, o in sim.outcomes()} == {"fired"}
+
+
+DOCS = "docs/schedules.md"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Cron("* * * *"),
+        lambda: Cron("61 * * * *"),
+        lambda: Cron("@reboot"),
+        lambda: Cron("* * * * *", "Mars/Olympus"),
+        lambda: Overlap.parse("allow"),
+        lambda: Misfire.parse("catch_up(3)"),
+        lambda: sched(overrides={"parallel": 0}),
+    ],
+)
+def test_the_errors_quoted_in_the_docs_are_the_errors_given(make) -> None:
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) in (Path(__file__).parents[2] / DOCS).read_text().splitlines()
