@@ -412,7 +412,18 @@ def test_a_recorded_fire_time_never_fires_again() -> None:
         assert plan(s, State(utc(2026, 1, 1), last_fire=t), now).actions == ()
 
 
-def test_a_fire_time_at_or_before_since_is_not_the_schedule_s() -> None:
+def test_two_masters_planning_the_same_schedule_decide_the_same_fire_time() -> None:
+    # so the unique (schedule, fire_time) lets exactly one of their inserts through
+    s, state, t = sched(), State(utc(2026, 1, 1, 9, 30)), utc(2026, 1, 1, 10)
+    assert plan(s, state, t + 1).actions == plan(s, state, t + 30).actions == (Record(t, O.FIRED),)
+
+
+def test_a_clock_stepped_back_behind_the_last_fire_time_fires_nothing_until_after_it() -> None:
+    last = utc(2026, 1, 1, 10)
+    assert plan(sched(), State(utc(2026, 1, 1), last_fire=last), last - 1800) == Plan((), utc(2026, 1, 1, 11))
+
+
+def test_a_fire_time_at_or_before_since_does_not_belong_to_the_schedule() -> None:
     t = utc(2026, 1, 1, 10)
     assert plan(sched(), State(since=t), t + 5).actions == ()
 
