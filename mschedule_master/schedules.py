@@ -43,6 +43,8 @@ GRACE = 60.0
 MISSED_RECORDS = 100
 #: the planner looks at most this many due fire times back (the count of older ones stops here)
 MAX_SCAN = 100_000
+#: the largest N of queue(N), allow(N) and catch_up(N, ...): a policy never launches thousands of runs
+MAX_LIMIT = 1000
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _POLICY = re.compile(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*")
@@ -99,9 +101,13 @@ def _policy(text: object, field_name: str, forms: str) -> tuple[str, list[str]]:
 
 
 def _count(text: str, field_name: str, what: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ScheduleError(f"{field_name}: {what} must be a whole number >= 1, got {text!r}", field_name)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ScheduleError(f"{field_name}: {what} must be a whole number 1..{MAX_LIMIT}, got {text!r}", field_name)
     return int(text)
+
+
+def _bad_limit(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT
 
 
 def parse_duration(text: str, field_name: str = "duration") -> float:
@@ -131,8 +137,9 @@ class Overlap:
     def __post_init__(self) -> None:
         if self.policy not in ("skip", "queue", "allow"):
             raise ScheduleError(f"overlap must be one of {self.FORMS}, got {self.policy!r}", "overlap")
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ScheduleError(f"overlap: the limit must be a whole number >= 1, got {self.limit!r}", "overlap")
+        if _bad_limit(self.limit):
+            message = f"overlap: the limit must be a whole number 1..{MAX_LIMIT}, got {self.limit!r}"
+            raise ScheduleError(message, "overlap")
         if self.policy == "skip" and self.limit != 1:
             raise ScheduleError("overlap: skip takes no limit", "overlap")
 
@@ -179,8 +186,9 @@ class Misfire:
             if self.limit is not None or self.deadline is not None:
                 raise ScheduleError(f"misfire: {self.policy} takes no limit or deadline", "misfire")
             return
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ScheduleError(f"misfire: catch_up needs a limit N >= 1, got {self.limit!r}", "misfire")
+        if _bad_limit(self.limit):
+            message = f"misfire: catch_up needs a limit N in 1..{MAX_LIMIT}, got {self.limit!r}"
+            raise ScheduleError(message, "misfire")
         if isinstance(self.deadline, bool) or not isinstance(self.deadline, int | float) or not self.deadline > 0:
             raise ScheduleError(f"misfire: catch_up needs a deadline > 0 seconds, got {self.deadline!r}", "misfire")
 
@@ -323,6 +331,8 @@ Action = Record | StartQueued
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What :func:`plan` decided: the actions to carry out in order, and when to plan again."""
+
     actions: tuple[Action, ...] = ()
     wake: int | None = None  #: the next fire time: call plan() again then; None while paused
     missed_earlier: int = 0  #: missed fire times older than the MISSED records (counted up to MAX_SCAN)

@@ -326,15 +326,17 @@ def test_misfire_policies_parse(text: str, policy: str, limit: int | None, deadl
     [
         (Overlap, "skipp", "overlap must be one of skip, queue, queue(N), allow(N)"),
         (Overlap, "allow", "overlap must be one of"),  # allow needs its N
-        (Overlap, "allow(0)", ">= 1"),
-        (Overlap, "queue(-1)", ">= 1"),
-        (Overlap, "queue(two)", ">= 1"),
+        (Overlap, "allow(0)", "1..1000"),
+        (Overlap, "queue(-1)", "1..1000"),
+        (Overlap, "queue(two)", "1..1000"),
+        (Overlap, "queue(1001)", "1..1000"),
         (Overlap, "skip(2)", "overlap must be one of"),
         (Overlap, "", "overlap must be one of"),
         (Misfire, "run-once", "misfire must be one of skip, run_once, catch_up(N, DEADLINE)"),
         (Misfire, "catch_up", "misfire must be one of"),  # needs N and a deadline
         (Misfire, "catch_up(3)", "misfire must be one of"),
-        (Misfire, "catch_up(0, 1h)", ">= 1"),
+        (Misfire, "catch_up(0, 1h)", "1..1000"),
+        (Misfire, "catch_up(5000, 1h)", "1..1000"),
         (Misfire, "catch_up(3, 0s)", "duration > 0"),
         (Misfire, "catch_up(3, 1w)", "duration > 0"),
         (Misfire, "run_once(2)", "misfire must be one of"),
@@ -350,9 +352,10 @@ def test_a_bad_policy_is_refused_with_an_error_naming_its_field(cls, text: str, 
 @pytest.mark.parametrize(
     ("kwargs", "says"),
     [
-        ({"policy": "queue", "limit": 0}, ">= 1"),
+        ({"policy": "queue", "limit": 0}, "1..1000"),
+        ({"policy": "allow", "limit": 1001}, "1..1000"),
         ({"policy": "skip", "limit": 2}, "skip takes no limit"),
-        ({"policy": "allow", "limit": True}, ">= 1"),
+        ({"policy": "allow", "limit": True}, "1..1000"),
     ],
 )
 def test_an_overlap_built_directly_is_checked_too(kwargs: dict, says: str) -> None:
