@@ -194,7 +194,7 @@ class Misfire:
 
     @classmethod
     def parse(cls, text: str) -> Misfire:
-        """``skip``, ``run_once`` (the default), ``catch_up(N, DEADLINE)``; DEADLINE as ``90s``, ``30m``, ``6h``, ``2d``."""
+        """``skip``, ``run_once`` (the default) or ``catch_up(N, DEADLINE)``, DEADLINE as ``90s``, ``6h``, ``2d``."""
         name, args = _policy(text, "misfire", cls.FORMS)
         if name in ("skip", "run_once") and not args:
             return cls(name)
