@@ -32,7 +32,9 @@ def listening_pid_owns(pid: int, port: int) -> bool:
     against it. So match the listening socket's inode against the process's fds.
     """
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    # /proc/PID/net is the process's own network namespace (partition tests run brokers
+    # in namespaces of their own; /proc/net would be the test process's).
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             with open(table) as fh:
                 lines = fh.read().splitlines()[1:]
@@ -106,12 +108,14 @@ class Mosquitto:
         port: int | None = None,
         overrides: dict[str, str | list[str] | None] | None = None,
         name: str = "broker",
+        bind: str = "127.0.0.1",
     ) -> None:
         self.conf = Path(conf) if Path(conf).is_absolute() else CONF_DIR / conf
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self._may_move = port is None  # a port we picked may move until the first start
         self.name = name
+        self.bind = bind  #: the main listener's address ("0.0.0.0" for a namespaced host's every interface)
         self.overrides = dict(overrides or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / f"{name}.log"
@@ -125,7 +129,7 @@ class Mosquitto:
         data = self.workdir / f"{self.name}-data"
         data.mkdir(parents=True, exist_ok=True)
         base = {
-            "listener": f"{self.port} 127.0.0.1",
+            "listener": f"{self.port} {self.bind}",
             "persistence_location": f"{data}/",
             "log_dest": f"file {self.log_path}",
             "pid_file": None,

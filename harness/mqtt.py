@@ -21,6 +21,7 @@ class Collector:
 
     def __init__(self, url: str, topics: list[str], *, client_id: str | None = None) -> None:
         self.messages: list[Incoming] = []
+        self.arrivals: list[float] = []  #: time.monotonic() at each message's arrival (same order)
         self._cond = threading.Condition()
         self.transport = MqttTransport(
             url,
@@ -37,6 +38,7 @@ class Collector:
     def _on_message(self, msg: Incoming) -> None:
         with self._cond:
             self.messages.append(msg)
+            self.arrivals.append(time.monotonic())
             self._cond.notify_all()
 
     def __enter__(self) -> Collector:

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from harness.broker import CONF_DIR, BrokerError, Mosquitto, free_port
 from harness.mqtt import Collector
@@ -33,6 +35,8 @@ MONITOR_USER = "monitor"
 #: Read-only user at central for the harness's own bridge-state watcher. Brokers run
 #: with use_username_as_clientid, so two connections of one user kick each other out.
 WATCH_USER = "xdc-watch"
+
+T = TypeVar("T")
 
 RENDER = CONF_DIR / "render.py"
 MKPASSWD = CONF_DIR / "mkpasswd.sh"
@@ -110,16 +114,25 @@ class Xdc:
     """Central + edges. ``start()`` renders, starts every broker and waits for the bridges."""
 
     def __init__(self, workdir: Path, *, prefix: str, dcs: tuple[str, ...] = ("bj", "sh"),
-                 tls_dir: Path | None = None) -> None:
+                 tls_dir: Path | None = None, hosts: dict[str, Any] | None = None,
+                 central_host: str = "127.0.0.1") -> None:
         """``tls_dir``: holds ca.crt, server.crt and server.key (for 127.0.0.1); every
         listener and bridge then uses TLS as docs/deploy.md's "TLS" section says, and the
-        URLs are mqtts://. Clients find the CA through $SSL_CERT_FILE."""
+        URLs are mqtts://. Clients find the CA through $SSL_CERT_FILE.
+
+        ``hosts``: site name -> a :class:`harness.netns.Host` to run that site's broker on
+        (partition tests); central then listens on every interface of its host and the
+        edges reach it at ``central_host``."""
         self.workdir = Path(workdir)
         self.prefix = prefix
         self.dcs = tuple(dcs)
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         tls = self.tls_dir is not None
+        self.hosts = dict(hosts or {})
+        self.central_host = central_host
         self.central = Site(self.workdir, CENTRAL, tls=tls)
+        if CENTRAL in self.hosts:
+            self.central.broker.bind = "0.0.0.0"
         self.edges = {dc: Site(self.workdir, dc, tls=tls) for dc in self.dcs}
         self._watch: Collector | None = None
 
@@ -145,7 +158,7 @@ class Xdc:
             bridge_cred.write_text("".join(f"{u}:{c.password(u)}\n" for u in (bridge_user(dc), uplink_user(dc))))
             bridge_cred.chmod(0o600)
             run([sys.executable, RENDER, "edge", "--out", e.etc, "--prefix", self.prefix, "--dc", dc,
-                 "--central", f"127.0.0.1:{c.port}", "--credentials", bridge_cred, "--monitor", MONITOR_USER,
+                 "--central", f"{self.central_host}:{c.port}", "--credentials", bridge_cred, "--monitor", MONITOR_USER,
                  "--data-dir", e.dir / f"{dc}-data"])
         if self.tls_dir is not None:
             self._apply_tls()
@@ -197,6 +210,10 @@ class Xdc:
                     tls: bool | None = None) -> bool:
         """One MQTT v5 connect attempt (on ``port``, default: the user's listener; with TLS
         when the cluster uses it, unless ``tls`` says); True when the broker accepts it."""
+        return self.on(site, lambda: self._can_connect(site, user, password, port=port, tls=tls))
+
+    def _can_connect(self, site: str, user: str | None, password: str | None, *, port: int | None,
+                     tls: bool | None) -> bool:
         import paho.mqtt.client as paho
 
         result: list[bool] = []
@@ -241,13 +258,18 @@ class Xdc:
                 self.central.master_port = free_port()
         raise AssertionError("unreachable")
 
+    def on(self, site: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` where ``site``'s broker lives (its namespace, when it has one)."""
+        host = self.hosts.get(site)
+        return fn() if host is None else host.call(fn)
+
     def _start_once(self, timeout: float) -> Xdc:
         self.render()
-        self._start_site(self.central)
+        self.on(CENTRAL, lambda: self._start_site(self.central))
         self._watch = Collector(self.central.url(WATCH_USER), ["$SYS/broker/connection/+/state"])
-        self._watch.__enter__()
+        self.on(CENTRAL, self._watch.__enter__)
         for e in self.edges.values():
-            self._start_site(e)
+            self.on(e.name, lambda e=e: self._start_site(e))
         for dc in self.dcs:
             self.wait_bridge(dc, up=True, timeout=timeout)
         return self
@@ -268,7 +290,7 @@ class Xdc:
             self._watch = None
         for e in self.edges.values():
             e.broker.stop()
-        self.central.broker.stop()
+        self.central.broker.stop()  # signals and waits: works from any namespace
 
     def __enter__(self) -> Xdc:
         return self.start()
