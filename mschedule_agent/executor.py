@@ -7,7 +7,9 @@ an :class:`Outcome`. Nothing here touches MQTT or the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import selectors
@@ -64,6 +66,17 @@ class Outcome:
     finished_at: float
     pid: int | None = None
     error: str = ""
+    #: sha256 (hex) of the script file as written and executed; None when nothing was executed
+    script_sha256: str | None = None
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def interpreter(script: bytes, path: str) -> list[str]:
@@ -163,7 +176,10 @@ class Run:
             if self.spec.before_exec is not None:
                 self.spec.before_exec()
             path = self._write_script()
+            digest = file_sha256(path)  # read back: what the interpreter is about to read
             outcome = self._execute(path, started)
+            if self.pid is not None:
+                outcome = dataclasses.replace(outcome, script_sha256=digest)
         except Exception as e:
             log.exception("run of task_id=%s failed inside the agent", self.spec.task_id)
             empty = Captured(b"", 0, False)
