@@ -358,7 +358,8 @@ class Result:
 
     def __post_init__(self) -> None:
         _check_ids(id=self.id, agent_id=self.agent_id)
-        _check(self.script_sha256 is None or is_sha256(self.script_sha256), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
+        sha = self.script_sha256
+        _check(sha is None or is_sha256(sha), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
         _check(self.state in RESULT_STATES, "state", f"state must be one of {sorted(RESULT_STATES)}")
         # A count left at 0 (or absent, as in the design document's result) means "what is here".
         for name, data in (("output", self.output), ("stderr", self.stderr)):

@@ -179,7 +179,8 @@ async def run_job(request: web.Request) -> web.Response:
 
 async def job_runs(request: web.Request) -> web.Response:
     limit = _api.query_int(request, "limit", 100, 1, MAX_ROWS)
-    return _api.json_response({"job": request.match_info["name"], "runs": jobs_of(request).runs(request.match_info["name"], limit)})
+    name = request.match_info["name"]
+    return _api.json_response({"job": name, "runs": jobs_of(request).runs(name, limit)})
 
 
 async def footprint(request: web.Request) -> web.Response:
@@ -192,7 +193,8 @@ async def footprint(request: web.Request) -> web.Response:
     agents = jobs.footprint(name, version)
     succeeded = sorted(a for a, r in agents.items() if r["state"] == "SUCCEED")
     failed = sorted(a for a, r in agents.items() if r["state"] not in ("SUCCEED", "WAITING", "DISPATCHED", "RUNNING"))
-    return _api.json_response({"job": name, "version": version, "agents": agents, "succeeded": succeeded, "failed": failed})
+    doc = {"job": name, "version": version, "agents": agents, "succeeded": succeeded, "failed": failed}
+    return _api.json_response(doc)
 
 
 async def agent_history(request: web.Request) -> web.Response:
@@ -207,7 +209,8 @@ async def rerun_task(request: web.Request) -> web.Response:
     if not isinstance(failed, bool):
         raise _api.ApiError(400, "failed must be true or false", "failed")
     service = _api.service_of(request)
-    task, _ = jobs_of(request).rerun(request.match_info["task_id"], failed_only=failed, submitted_by=_author(request, body))
+    task_id = request.match_info["task_id"]
+    task, _ = jobs_of(request).rerun(task_id, failed_only=failed, submitted_by=_author(request, body))
     _api.audit(request, f"re-run of {request.match_info['task_id']}", task)
     return _task_created(service, task)
 

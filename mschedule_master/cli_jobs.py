@@ -131,7 +131,8 @@ def cmd_save(client: Client, args, console: Console) -> int:
     if args.json:
         return print_json(doc)
     if doc["created"]:
-        console.print(f"{doc['job']}: version {doc['version']} saved (sha256 {doc['script_sha256'][:12]})", markup=False)
+        sha = doc["script_sha256"][:12]
+        console.print(f"{doc['job']}: version {doc['version']} saved (sha256 {sha})", markup=False)
     else:
         console.print(f"{doc['job']}: unchanged, still version {doc['version']}", markup=False)
     return EXIT_OK

@@ -103,7 +103,9 @@ class JobService:
             raise InvalidRequest(str(e), e.field) from None
         return self._start(spec, job=name, version=v.version, submitted_by=submitted_by)
 
-    def rerun(self, task_id: str, *, failed_only: bool = False, submitted_by: str | None = None) -> tuple[models.Task, list[str]]:
+    def rerun(
+        self, task_id: str, *, failed_only: bool = False, submitted_by: str | None = None
+    ) -> tuple[models.Task, list[str]]:
         """A new task running ``task_id``'s script and limits again, on all its targets or
         (``failed_only``) on those that failed or did not run; linked by ``rerun_of``."""
         task = self.engine.store.get_task(task_id)

@@ -16,7 +16,9 @@ from .jobs import JobContent, JobSummary, Version
 from .models import NotFound
 from .store import Store
 
-_VERSION_COLS = "job, version, content_sha256, script_sha256, script, description, defaults, author, message, created_at"
+_VERSION_COLS = (
+    "job, version, content_sha256, script_sha256, script, description, defaults, author, message, created_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,8 @@ class JobStore:
                 return _version(row), False
             number = 1 if row is None else row[1] + 1
             if row is None:
-                c.execute("insert or ignore into jobs (name, default_version, created_at) values (?, null, ?)", (name, now))
+                c.execute("insert or ignore into jobs (name, default_version, created_at) values (?, null, ?)",
+                          (name, now))  # fmt: skip
             c.execute(
                 f"insert into job_versions ({_VERSION_COLS}) values (?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -67,7 +70,9 @@ class JobStore:
         """A version, or the job's default one. Raises NotFound naming the job or version."""
         if version is None:
             version = self.summary(name).effective_default
-        row = self._conn.execute(f"select {_VERSION_COLS} from job_versions where job=? and version=?", (name, version)).fetchone()
+        row = self._conn.execute(
+            f"select {_VERSION_COLS} from job_versions where job=? and version=?", (name, version)
+        ).fetchone()
         if row is None:
             self.summary(name)  # NotFound("job") first when the job itself is unknown
             raise NotFound("job version", f"{name}@{version}")
@@ -76,7 +81,8 @@ class JobStore:
     def versions(self, name: str) -> list[Version]:
         """Every version, newest first (scripts included)."""
         self.summary(name)
-        rows = self._conn.execute(f"select {_VERSION_COLS} from job_versions where job=? order by version desc", (name,))
+        sql = f"select {_VERSION_COLS} from job_versions where job=? order by version desc"
+        rows = self._conn.execute(sql, (name,))
         return [_version(r) for r in rows]
 
     def summary(self, name: str) -> JobSummary:
@@ -158,8 +164,8 @@ class JobStore:
         """agent id -> how the last run of ``name@version`` there ended (task, state, code)."""
         self.get(name, version)
         rows = self._conn.execute(
-            "select t.agent_id, t.task_id, t.state, t.code, t.script_sha256 from targets t join tasks k on k.id = t.task_id "
-            "where k.job=? and k.job_version=? order by k.created_at, k.rowid",
+            "select t.agent_id, t.task_id, t.state, t.code, t.script_sha256 from targets t "
+            "join tasks k on k.id = t.task_id where k.job=? and k.job_version=? order by k.created_at, k.rowid",
             (name, version),
         )
         return {r[0]: {"task_id": r[1], "state": r[2], "code": r[3], "reported_sha256": r[4]} for r in rows}

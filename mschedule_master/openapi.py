@@ -373,7 +373,8 @@ PATHS: dict[str, Any] = {
     "/api/v1/jobs": {
         "get": {
             "summary": "Every job with its latest and default version",
-            "responses": {"200": _json({"type": "object", "properties": {"jobs": {"type": "array", "items": _ref("JobSummary")}}}, "jobs"),
+            "responses": {"200": _json({"type": "object", "properties": {
+                              "jobs": {"type": "array", "items": _ref("JobSummary")}}}, "jobs"),
                           "401": _UNAUTH},
         }
     },
