@@ -730,4 +730,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As the package's module, not as __main__: cli_jobs imports this module's CliError.
+    from mschedule_master.cli import main as _main
+
+    sys.exit(_main())

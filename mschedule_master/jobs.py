@@ -144,7 +144,10 @@ def to_submit(fields: dict[str, Any], extra: dict[str, Any]) -> Submit:
     try:
         spec = protocol.from_payload(Submit, {**fields, **extra})
     except DecodeError as e:
-        raise JobError(e.message.removeprefix("invalid submit: "), e.field) from None
+        message = e.message.removeprefix("invalid submit: ")
+        if e.field and message.startswith(f"{e.field}: {e.field} "):  # "parallel: parallel must be ..."
+            message = message[len(e.field) + 2 :]
+        raise JobError(message, e.field) from None
     assert isinstance(spec, Submit)
     return spec
 
