@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import selectors
@@ -72,11 +71,24 @@ class Outcome:
 
 def file_sha256(path: str) -> str:
     """The sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
+    h = _new_sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _new_sha256():
+    """A sha256 from CPython's built-in implementation: ``hashlib`` would load OpenSSL's
+    libcrypto (``_hashlib``, MBs of RSS), which an agent keeps out (test_agent_footprint)."""
+    try:
+        from _sha2 import sha256  # CPython >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # CPython 3.11
+        except ImportError:  # another Python: the standard way
+            from hashlib import sha256
+    return sha256()
 
 
 def interpreter(script: bytes, path: str) -> list[str]:

@@ -30,9 +30,7 @@ DEFAULT_FIELDS = (
 )  # fmt: skip
 
 #: Target states a ``rerun --failed`` runs again: failed, or never run to the end.
-RERUN_STATES = frozenset(
-    {"FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED", "CANCELLED", "WAITING"}
-)
+RERUN_STATES = frozenset({"FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED", "CANCELLED"})
 
 #: Files in a jobs directory that are not job scripts.
 SIDE_SUFFIX = ".toml"
