@@ -516,6 +516,7 @@ class Agent:
             started_at=outcome.started_at,
             finished_at=outcome.finished_at,
             error=outcome.error,
+            script_sha256=outcome.script_sha256,
         )
         data = encode(result)
         try:

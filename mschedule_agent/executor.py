@@ -7,6 +7,7 @@ an :class:`Outcome`. Nothing here touches MQTT or the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -64,6 +65,30 @@ class Outcome:
     finished_at: float
     pid: int | None = None
     error: str = ""
+    #: sha256 (hex) of the script file as written and executed; None when nothing was executed
+    script_sha256: str | None = None
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    h = _new_sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _new_sha256():
+    """A sha256 from CPython's built-in implementation: ``hashlib`` would load OpenSSL's
+    libcrypto (``_hashlib``, MBs of RSS), which an agent keeps out (test_agent_footprint)."""
+    try:
+        from _sha2 import sha256  # CPython >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # CPython 3.11
+        except ImportError:  # another Python: the standard way
+            from hashlib import sha256
+    return sha256()
 
 
 def interpreter(script: bytes, path: str) -> list[str]:
@@ -163,7 +188,10 @@ class Run:
             if self.spec.before_exec is not None:
                 self.spec.before_exec()
             path = self._write_script()
+            digest = file_sha256(path)  # read back: what the interpreter is about to read
             outcome = self._execute(path, started)
+            if self.pid is not None:
+                outcome = dataclasses.replace(outcome, script_sha256=digest)
         except Exception as e:
             log.exception("run of task_id=%s failed inside the agent", self.spec.task_id)
             empty = Captured(b"", 0, False)

@@ -352,9 +352,14 @@ class Result:
     started_at: float | None = None
     finished_at: float | None = None
     error: str = ""  #: why the script could not run / was interrupted, when it applies
+    #: sha256 (hex) of the script file the agent wrote and executed; None when none ran
+    #: (or from an agent older than this field). The master compares it with the task's.
+    script_sha256: str | None = None
 
     def __post_init__(self) -> None:
         _check_ids(id=self.id, agent_id=self.agent_id)
+        sha = self.script_sha256
+        _check(sha is None or is_sha256(sha), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
         _check(self.state in RESULT_STATES, "state", f"state must be one of {sorted(RESULT_STATES)}")
         # A count left at 0 (or absent, as in the design document's result) means "what is here".
         for name, data in (("output", self.output), ("stderr", self.stderr)):
@@ -386,18 +391,33 @@ class Reject:
         _check(self.code in REJECT_CODES, "code", f"code must be one of {sorted(REJECT_CODES)}")
 
 
+_JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_job_name(name: str) -> bool:
+    """A job name: letters, digits, ``.``, ``_`` and ``-``, not starting with ``.`` or ``-``."""
+    return isinstance(name, str) and _JOB_NAME.match(name) is not None and "\n" not in name
+
+
+def is_sha256(text: str) -> bool:
+    return isinstance(text, str) and _SHA256.match(text) is not None and "\n" not in text
+
+
 @message("submit")
 class Submit:
     """User -> master on ``<prefix>/submit``: start a rollout.
 
-    Exactly one of ``script`` (base64 on the wire, as in the design document) and
-    ``script_text`` (plain text) is given. ``targets`` are selectors (see
+    Exactly one of ``script`` (base64 on the wire, as in the design document),
+    ``script_text`` (plain text) and ``job`` (a job saved on the master; ``version`` picks
+    one, else its default version) is given. With a job, the job's defaults fill the
+    fields left at their defaults here (``targets`` may then be empty). ``targets`` are selectors (see
     docs/protocol.md). The reply goes to the MQTT v5 response topic when the request
     has one, else to ``<prefix>/submit/reply/<request_id>``.
     """
 
     TYPE: ClassVar[str]
-    targets: list[str]
+    targets: list[str] = field(default_factory=list)  #: required unless ``job`` names a job with targets
     script: bytes | None = None
     script_text: str | None = None
     request_id: str | None = None
@@ -411,12 +431,20 @@ class Submit:
     cwd: str | None = None
     output_cap: int | None = None
     delivery_timeout: float | None = None  #: seconds for an agent to accept; None = master default
+    job: str | None = None  #: run this saved job instead of a script
+    version: int | None = None  #: the job's version; None = its default version
 
     def __post_init__(self) -> None:
-        _check((self.script is None) != (self.script_text is None), "script", "give exactly one of script, script_text")
-        _check(len(self.script_bytes) > 0, "script", "script is empty")
-        _check(len(self.script_bytes) <= MAX_SCRIPT_BYTES, "script", f"script exceeds {MAX_SCRIPT_BYTES} bytes")
-        _check(len(self.targets) > 0, "targets", "targets is empty")
+        given = sum(x is not None for x in (self.script, self.script_text, self.job))
+        _check(given == 1, "script", "give exactly one of script, script_text, job")
+        if self.job is None:
+            _check(self.version is None, "version", "version needs a job")
+            _check(len(self.script_bytes) > 0, "script", "script is empty")
+            _check(len(self.script_bytes) <= MAX_SCRIPT_BYTES, "script", f"script exceeds {MAX_SCRIPT_BYTES} bytes")
+            _check(len(self.targets) > 0, "targets", "targets is empty")
+        else:
+            _check(is_job_name(self.job), "job", "job must be a name of letters, digits, '.', '_' or '-' (at most 128)")
+            _check(self.version is None or self.version >= 1, "version", "version must be >= 1")
         _check(all(t.strip() for t in self.targets), "targets", "a target selector is empty")
         _check(self.request_id is None or _topic_level_ok(self.request_id), "request_id", "bad request_id")
         _check(self.timeout >= 0, "timeout", "timeout must be >= 0 (0 = no limit)")

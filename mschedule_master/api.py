@@ -294,7 +294,8 @@ async def get_task(request: web.Request) -> web.Response:
     service = service_of(request)
     max_output = query_int(request, "max_output", -1, 0, 2**40)
     task = with_hostnames(service, service.task(request.match_info["task_id"]))
-    return json_response(task_json(task, max_output=None if max_output < 0 else max_output))
+    doc = task_json(task, max_output=None if max_output < 0 else max_output)
+    return json_response({**doc, **api_jobs.task_links(service, task.id)})
 
 
 def with_hostnames(service: Service, task: Task) -> Task:
@@ -369,6 +370,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", get_openapi, auth=False),
     Route("GET", "/", index, auth=False),
 )
+
+from . import api_jobs  # noqa: E402  (its handlers use the helpers above)
+
+ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_jobs.ROUTES)
 
 
 # ------------------------------------------------------------------ middleware

@@ -7,6 +7,9 @@
     mschedule output TASK [AGENT] [--stderr]
     mschedule kill TASK
     mschedule tasks [--state S]
+    mschedule job save|list|show|history|diff|default|run|push|pull ...   (see cli_jobs.py)
+    mschedule rerun TASK [--failed]
+    mschedule history AGENT
 
 The master is ``--master URL`` or ``$MSCHEDULE_MASTER`` (default http://127.0.0.1:9900);
 the token is ``$MSCHEDULE_TOKEN``. Exit status: 0 success (for ``run``: the task ended
@@ -692,6 +695,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--json", action="store_true")
     t.set_defaults(fn=cmd_tasks)
+
+    from . import cli_jobs  # job, rerun, history (it imports this module's helpers)
+
+    cli_jobs.add_commands(sub)
     return p  # fmt: skip
 
 
@@ -723,4 +730,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As the package's module, not as __main__: cli_jobs imports this module's CliError.
+    from mschedule_master.cli import main as _main
+
+    sys.exit(_main())

@@ -13,6 +13,7 @@ Time comes in through ``clock`` (epoch seconds), so tests drive it by hand.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -52,6 +53,7 @@ class _Active:
     encoded: tuple[float, bytes] | None = None  #: (expires_at, the task message): one encode per window fill
     codes: dict[str, int | None] = field(default_factory=dict)  #: exit codes of the stored results, for the summary
     copies: dict[str, Publication] = field(default_factory=dict)  #: the last task copy sent to each unacked target
+    script_sha256: str | None = None  #: of task.script, computed at the first result that reports one
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +369,8 @@ class Engine:
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
-                actions = r.on_final(agent_id, TargetState(msg.state), now)
+                state, reason = self._checked_result(active, agent_id, msg)
+                actions = r.on_final(agent_id, state, now, reason)
                 self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
             self._result_ack(msg.id, agent_id, info.dc)
         else:
@@ -379,6 +382,24 @@ class Engine:
             reason = f"rejected ({msg.code}): {msg.reason}"
             self.store.require_sync()  # the agent will not say it again
             self._apply(active, r.on_final(agent_id, state, now, reason), now, touched={agent_id})
+
+    def _checked_result(self, active: _Active, agent_id: str, msg: Result) -> tuple[TargetState, str]:
+        """The result's state, or FAILED when the agent reports it executed another script
+        than the task's (its sha256 differs); an agent that reports none is not checked."""
+        if msg.script_sha256 is None:
+            return TargetState(msg.state), ""
+        self.store.record_script_sha256(msg.id, agent_id, msg.script_sha256)
+        if active.script_sha256 is None:
+            active.script_sha256 = hashlib.sha256(active.task.script).hexdigest()
+        if msg.script_sha256 == active.script_sha256:
+            return TargetState(msg.state), ""
+        log.warning(
+            "task %s: agent %s executed a script with sha256 %s, not the task's %s", msg.id, agent_id,
+            msg.script_sha256, active.script_sha256, extra={"task_id": msg.id, "agent_id": agent_id},
+        )  # fmt: skip
+        reason = (f"script mismatch: the agent executed sha256 {msg.script_sha256}, the task's script is "
+                  f"{active.script_sha256} (it reported {msg.state})")  # fmt: skip
+        return TargetState.FAILED, reason
 
     def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:
         """A message for a finished or unknown task, or from an agent that is no target."""

@@ -150,11 +150,79 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": _ref("Target"),
                 "description": "agent id -> target; present on GET /api/v1/tasks/{task_id}",
             },
+            "job": {"type": ["string", "null"], "description": "the job it ran (GET one task); null = a script"},
+            "job_version": {"type": ["integer", "null"]},
+            "script_sha256": {"type": ["string", "null"], "description": "sha256 of the script sent to the agents"},
+            "rerun_of": {"type": ["string", "null"], "description": "the task this one re-runs"},
+            "submitted_by": {"type": ["string", "null"]},
+            "reported_sha256": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "null"]},
+                "description": "agent id -> sha256 of the script the agent reported executing",
+            },
+        },
+    },
+    "JobSummary": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "latest": {"type": "integer"},
+            "default_version": {"type": "integer", "description": "the version a run takes when none is named"},
+            "pinned": {"type": "boolean", "description": "the default is pinned (else it is the latest)"},
+            "updated_at": {"type": "number"},
+            "author": {"type": "string", "description": "who saved the latest version"},
+        },
+    },
+    "JobVersion": {
+        "type": "object",
+        "description": "An immutable version of a job",
+        "properties": {
+            "job": {"type": "string"},
+            "version": {"type": "integer"},
+            "description": {"type": "string"},
+            "defaults": {"type": "object", "description": "submit fields a run takes unless it gives them"},
+            "content_sha256": {"type": "string", "description": "sha256 of the canonical content"},
+            "script_sha256": {"type": "string"},
+            "author": {"type": "string"},
+            "message": {"type": "string"},
+            "created_at": {"type": "number"},
+            "script": {"type": "string", "description": "on GET .../versions/{version} only"},
+            "script_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "created": {"type": "boolean", "description": "on a save: false when the content equals the latest"},
+        },
+    },
+    "JobSave": {
+        "type": "object",
+        "description": "Give exactly one of script (base64) and script_text.",
+        "additionalProperties": False,
+        "properties": {
+            "script": {"type": "string", "contentEncoding": "base64"},
+            "script_text": {"type": "string"},
+            "description": {"type": "string"},
+            "defaults": {"type": "object", "description": "any of: " + ", ".join(
+                ("targets", "name", "timeout", "parallel", "fail_rate", "fail_count", "on_abort", "env", "cwd",
+                 "output_cap", "delivery_timeout"))},
+            "author": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    },  # fmt: skip
+    "JobRun": {
+        "type": "object",
+        "description": "version (default: the job's default version), request_id, author, and any Submit field "
+        "but the script's: those override the version's defaults",
+        "properties": {
+            "version": {"type": ["integer", "null"]},
+            "request_id": {"type": ["string", "null"]},
+            "author": {"type": "string"},
+            "targets": {"type": "array", "items": {"type": "string"}},
         },
     },
 }
 
 _TASK_ID = _path_param("task_id", "task id")
+_JOB = _path_param("name", "job name")
+_VERSION = _path_param("version", "version number, 'latest' or 'default'")
 _AGENT_ID = _path_param("agent_id", "agent id")
 
 PATHS: dict[str, Any] = {
@@ -299,6 +367,108 @@ PATHS: dict[str, Any] = {
             "summary": "The web page",
             "security": [],
             "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        }
+    },
+    # ---------------------------------------------------------------- jobs (docs/jobs.md)
+    "/api/v1/jobs": {
+        "get": {
+            "summary": "Every job with its latest and default version",
+            "responses": {"200": _json({"type": "object", "properties": {
+                              "jobs": {"type": "array", "items": _ref("JobSummary")}}}, "jobs"),
+                          "401": _UNAUTH},
+        }
+    },
+    "/api/v1/jobs/{name}": {
+        "get": {
+            "summary": "A job and its versions, newest first (without scripts)",
+            "parameters": [_JOB],
+            "responses": {"200": _json({**_ref("JobSummary"), "description": "plus versions: [JobVersion]"}, "the job"),
+                          "401": _UNAUTH, "404": _err("unknown job")},
+        }
+    },
+    "/api/v1/jobs/{name}/versions": {
+        "post": {
+            "summary": "Save a version (creates the job); content equal to the latest version creates nothing",
+            "parameters": [_JOB],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSave")}}},
+            "responses": {"201": _json(_ref("JobVersion"), "a new version"),
+                          "200": _json(_ref("JobVersion"), "the latest version: the content is unchanged"),
+                          "400": _err("bad name, script or defaults"), "401": _UNAUTH, "413": _err("body too large")},
+        }
+    },
+    "/api/v1/jobs/{name}/versions/{version}": {
+        "get": {
+            "summary": "One version with its script",
+            "parameters": [_JOB, _VERSION],
+            "responses": {"200": _json(_ref("JobVersion"), "the version"), "400": _err("bad version"),
+                          "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/jobs/{name}/versions/{version}/footprint": {
+        "get": {
+            "summary": "On which agents this version's last run succeeded or failed",
+            "parameters": [_JOB, _VERSION],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "agents": {"type": "object", "description": "agent id -> {task_id, state, code, reported_sha256}"},
+                "succeeded": {"type": "array", "items": {"type": "string"}},
+                "failed": {"type": "array", "items": {"type": "string"}}}}, "the footprint"),
+                "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/jobs/{name}/diff": {
+        "get": {
+            "summary": "A unified diff between two versions (description, defaults, script)",
+            "parameters": [_JOB, _query("from", {"type": "string"}, "version (default: the one before to)"),
+                           _query("to", {"type": "string"}, "version (default: the latest)")],
+            "responses": {"200": _json({"type": "object", "properties": {"from": {"type": "integer"},
+                          "to": {"type": "integer"}, "diff": {"type": "string"}}}, "the diff"),
+                          "400": _err("bad version"), "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/jobs/{name}/default": {
+        "post": {
+            "summary": "Pin the default version ({\"version\": N}), or follow the latest again ({\"version\": null})",
+            "parameters": [_JOB],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"version": {"type": ["integer", "null"]}}}}}},
+            "responses": {"200": _json(_ref("JobSummary"), "the job"), "400": _err("bad version"),
+                          "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/jobs/{name}/run": {
+        "post": {
+            "summary": "Run a version: a task with the version's script and defaults, overridden by the body",
+            "parameters": [_JOB],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRun")}}},
+            "responses": {"201": _json(_ref("Task"), "the new task"), "400": _err("bad override, no targets"),
+                          "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/jobs/{name}/runs": {
+        "get": {
+            "summary": "The job's tasks, newest first: version, task, when, who, state, target counts",
+            "parameters": [_JOB, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows")],
+            "responses": {"200": _json({"type": "object", "properties": {"runs": {"type": "array",
+                          "items": {"type": "object"}}}}, "runs"), "401": _UNAUTH, "404": _err("unknown job")},
+        }
+    },
+    "/api/v1/agents/{agent_id}/history": {
+        "get": {
+            "summary": "What ran on an agent, newest first: task, job version, sha256 sent and reported, result",
+            "parameters": [_AGENT_ID, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows")],
+            "responses": {"200": _json({"type": "object", "properties": {"history": {"type": "array",
+                          "items": {"type": "object"}}}}, "history"), "401": _UNAUTH, "404": _err("unknown agent")},
+        }
+    },
+    "/api/v1/tasks/{task_id}/rerun": {
+        "post": {
+            "summary": "Re-run a task as it was, or ({\"failed\": true}) only its failed / not-run targets",
+            "parameters": [_TASK_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"failed": {"type": "boolean"}, "author": {"type": "string"}}}}}},
+            "responses": {"201": _json(_ref("Task"), "the new task (rerun_of names the first)"),
+                          "400": _err("nothing to re-run, task not ended"), "401": _UNAUTH,
+                          "404": _err("unknown task")},
         }
     },
 }  # fmt: skip

@@ -19,6 +19,7 @@ from mschedule_agent.transport import Incoming
 
 from . import models
 from .engine import Engine
+from .jobservice import JobService
 from .models import NotFound
 from .registry import Change, Registry
 from .states import TaskState
@@ -52,13 +53,14 @@ class MasterService:
         self.topics = topics
         self.clock = clock
         self.flush_interval = flush_interval
-        self.submissions = SubmitHandler(engine, topics)
+        self.jobs = JobService(engine=engine, clock=clock)
+        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ models.Service
     def submit(self, spec: Any) -> models.Task:
-        task, _targets = self.engine.submit(spec)
+        task, _targets = self.jobs.submit(spec)
         return task
 
     def kill(self, task_id: str) -> models.Task:

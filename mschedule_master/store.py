@@ -74,7 +74,38 @@ _SCHEMA = (
 #: ``migrations`` (a database made by an older master gets the ones it lacks; a database
 #: that names one this master does not know was made by a newer master and is refused).
 #: Add a change as a new ``(name, statements)`` entry at the end; never edit a landed one.
-_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = ()
+_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # Jobs (mschedule_master/jobstore.py): saved scripts with immutable versions, and which
+    # version each task ran (tasks.job/job_version/script_sha256; targets.script_sha256 is
+    # what the agent reported it executed). A task re-run from another names it in rerun_of.
+    (
+        "jobs-1",
+        (
+            """create table jobs (
+                name text primary key, default_version integer, created_at real not null)""",
+            """create table job_versions (
+                job text not null references jobs (name), version integer not null,
+                content_sha256 text not null, script_sha256 text not null, script blob not null,
+                description text not null, defaults text not null, author text not null,
+                message text not null, created_at real not null,
+                primary key (job, version))""",
+            """create trigger job_versions_immutable before update on job_versions
+                begin select raise(abort, 'a job version never changes'); end""",
+            """create trigger job_versions_kept before delete on job_versions
+                when exists (select 1 from tasks where job = old.job and job_version = old.version)
+                begin select raise(abort, 'a job version that a task ran is never deleted'); end""",
+            "alter table tasks add column job text",
+            "alter table tasks add column job_version integer",
+            "alter table tasks add column script_sha256 text",
+            "alter table tasks add column rerun_of text",
+            "alter table tasks add column submitted_by text",
+            "alter table targets add column script_sha256 text",
+            "create index tasks_job on tasks (job, job_version, created_at)",
+            "create index tasks_rerun on tasks (rerun_of) where rerun_of is not null",
+            "create index targets_agent on targets (agent_id)",
+        ),
+    ),
+)
 
 _SNAPSHOT_COLUMNS = (
     "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
@@ -235,7 +266,7 @@ class Store:
     def insert_task(self, task: models.Task, agent_ids: list[str], request_id: str | None = None) -> None:
         with self.db() as c:
             c.execute(
-                "insert into tasks values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     task.id, task.name, task.script, _dumps(task.targets_spec), task.timeout, _dumps(task.parallel),
                     _dumps(task.fail_rate), task.fail_count, task.on_abort, _dumps(task.env), task.cwd,
@@ -285,6 +316,11 @@ class Store:
                 return False
             self.require_sync()
             return True
+
+    def record_script_sha256(self, task_id: str, agent_id: str, sha256: str) -> None:
+        """What the agent reported it executed (see mschedule_master/jobstore.py)."""
+        with self.db() as c:
+            c.execute("update targets set script_sha256=? where task_id=? and agent_id=?", (sha256, task_id, agent_id))
 
     def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict) -> None:
         with self.db() as c:
@@ -386,6 +422,10 @@ class Store:
         return out
 
 
+_INSERT_TASK_COLS = (
+    "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, output_cap, "
+    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id"
+)
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
     "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Submit, SubmitReply, Topics
@@ -21,16 +22,19 @@ from mschedule_agent.transport import Incoming, Transport
 
 from . import models
 from .engine import Engine
-from .models import InvalidRequest
+from .models import InvalidRequest, NotFound
 from .states import TaskState
 
 log = logging.getLogger(__name__)
 
 
 class SubmitHandler:
-    def __init__(self, engine: Engine, topics: Topics) -> None:
+    def __init__(
+        self, engine: Engine, topics: Topics, *, submit: Callable[[Submit], tuple[models.Task, list[str]]] | None = None
+    ) -> None:
         self.engine = engine
         self.topics = topics
+        self._submit = submit or engine.submit  #: a job submit needs the master's JobService
 
     def handle(self, incoming: Incoming) -> None:
         """Called inside the engine's batch; the reply is published after the commit."""
@@ -42,10 +46,11 @@ class SubmitHandler:
             self._reply(incoming, SubmitReply(ok=False, request_id=request_id, error=str(e), field=e.field))
             return
         try:
-            task, targets = self.engine.submit(spec)
-        except InvalidRequest as e:
+            task, targets = self._submit(spec)
+        except (InvalidRequest, NotFound) as e:
             log.warning("refused a submission (request %s): %s", spec.request_id, e)
-            self._reply(incoming, SubmitReply(ok=False, request_id=spec.request_id, error=str(e), field=e.field))
+            field = e.field if isinstance(e, InvalidRequest) else "job"  # NotFound: an unknown job or version
+            self._reply(incoming, SubmitReply(ok=False, request_id=spec.request_id, error=str(e), field=field))
             return
         log.info("task %s submitted over MQTT (request %s)", task.id, spec.request_id, extra={"task_id": task.id})
         self._reply(incoming, SubmitReply(ok=True, request_id=spec.request_id, task_id=task.id, targets=targets))

@@ -230,6 +230,7 @@ _OVERRIDES: dict[tuple[type, str], st.SearchStrategy] = {
     (Submit, "fail_rate"): st.none() | st.just(-1.0) | st.floats(0, 1) | st.integers(0, 100).map(lambda n: f"{n}%"),
     (Submit, "fail_count"): st.integers(-1, 10**6),
     (Submit, "on_abort"): st.sampled_from(sorted(p.ON_ABORT)),
+    (Result, "script_sha256"): st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     (Result, "state"): st.sampled_from(sorted(p.RESULT_STATES)),
     (Reject, "code"): st.sampled_from(sorted(p.REJECT_CODES)),
     (Register, "state"): st.just("online"),
@@ -252,6 +253,7 @@ def messages(draw, cls: type):
         text = draw(st.text(min_size=1, max_size=40))
         use_text = draw(st.booleans())
         kwargs["script"], kwargs["script_text"] = (None, text) if use_text else (text.encode(), None)
+        kwargs["job"] = kwargs["version"] = None  # a job submit: test_submit_naming_a_job_*
     try:
         return cls(**kwargs)
     except ValueError:  # a semantic check refused this draw (e.g. capacity 0)
@@ -825,3 +827,38 @@ def test_the_master_subscribes_to_local_and_bridged_agents_and_submit():
     assert "mschedule/results/+" in subs and "mschedule/dc/+/results/+" in subs
     assert "mschedule/submit" in subs
     assert all(Topics().parse(s.replace("+", "x")) is not None for s in subs)
+
+
+# --------------------------------------------------------------------------- jobs (issue 12)
+
+
+def test_submit_naming_a_job_needs_no_script_nor_targets_and_round_trips():
+    msg = Submit(job="deploy.sh", version=2, request_id="r9")
+    assert decode(encode(msg)) == msg
+    assert decode(b'{"type": "submit", "payload": {"job": "deploy.sh"}}') == Submit(job="deploy.sh")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field_name"),
+    [
+        pytest.param({"job": "j", "script_text": "x", "targets": ["a"]}, "script", id="job and script"),
+        pytest.param({"targets": ["a"]}, "script", id="neither job nor script"),
+        pytest.param({"job": "../etc", "targets": ["a"]}, "job", id="bad job name"),
+        pytest.param({"job": "j", "version": 0}, "version", id="version 0"),
+        pytest.param({"script_text": "x", "targets": ["a"], "version": 1}, "version", id="version without job"),
+        pytest.param({"script_text": "x"}, "targets", id="a script still needs targets"),
+    ],
+)
+def test_a_bad_job_submit_names_its_field(payload, field_name):
+    with pytest.raises(DecodeError) as info:
+        decode(orjson.dumps({"type": "submit", "payload": payload}))
+    assert info.value.field == field_name
+
+
+def test_a_result_reports_the_sha256_of_the_script_it_ran():
+    digest = "a" * 64
+    r = Result(id="t", agent_id="a", state="SUCCEED", code=0, script_sha256=digest)
+    assert decode(encode(r)).script_sha256 == digest
+    with pytest.raises(ValueError) as info:
+        Result(id="t", agent_id="a", state="SUCCEED", code=0, script_sha256="A" * 64)
+    assert info.value.field == "script_sha256"

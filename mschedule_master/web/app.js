@@ -196,8 +196,10 @@ async function refresh() {
   try {
     if (state.route === "task") await loadTask(state.taskId);
     else if (state.route === "home") await Promise.all([loadAgents(), loadTasks()]);
+    else if (state.route === "jobs" || state.route === "job") await loadJobsView(); // jobs.js
   } catch (e) {
     if (e.status === 404 && state.route === "task") showNotFound(`Task ${state.taskId} not found.`);
+    if (e.status === 404 && state.route === "job") showNotFound(e.message);
   }
 }
 
@@ -332,6 +334,7 @@ async function loadTask(id) {
     ["finished", when(t.finished_at)],
   ];
   $("#task-meta").replaceChildren(...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+  $("#task-meta").append(...jobMeta(t)); // jobs.js: the job version it ran
   bar(t.counts, t.target_count, $("#task-bar"));
   $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
@@ -401,7 +404,7 @@ async function kill() {
 // ------------------------------------------------------------------ routing
 
 function show(id) {
-  for (const m of ["#home", "#task-page", "#not-found"]) $(m).hidden = m !== id;
+  for (const m of ["#home", "#task-page", "#jobs-page", "#job-page", "#not-found"]) $(m).hidden = m !== id;
 }
 
 function showNotFound(text) {
@@ -411,7 +414,9 @@ function showNotFound(text) {
 
 function route() {
   const m = location.hash.match(/^#\/task\/(.+)$/);
-  if (m) {
+  if (!m && jobsRoute()) {
+    // jobs.js: #/jobs, #/job/NAME[/VERSION]
+  } else if (m) {
     state.route = "task";
     state.taskId = decodeURIComponent(m[1]);
     state.fullOutput.clear();

@@ -224,3 +224,13 @@ def test_before_exec_failure_runs_nothing_and_reports_failed(run_script, tmp_pat
     o = run_script(f"touch {marker}".encode(), before_exec=before)
     assert (o.state, o.code, o.pid) == ("FAILED", None, None)
     assert "disk full" in o.error and not marker.exists()
+
+
+def test_file_sha256_is_the_sha256_of_the_file_without_loading_openssl(tmp_path):
+    import hashlib  # the test may; the agent must not (test_agent_footprint)
+
+    from mschedule_agent.executor import file_sha256
+
+    f = tmp_path / "s"
+    f.write_bytes(b"#!/bin/sh\necho hi\n" * 10_000)
+    assert file_sha256(str(f)) == hashlib.sha256(f.read_bytes()).hexdigest()

@@ -199,3 +199,50 @@ def test_task_list_shows_older_tasks_on_request(ui_fleet, page):
     page.click("#more-tasks")
     rows.nth(50).wait_for()
     assert 50 < rows.count() <= 100
+
+
+def test_jobs_view_lists_versions_shows_a_diff_runs_a_version_and_the_task_links_back(ui_fleet, page, artifacts_dir):
+    import json
+    import urllib.request
+    import uuid
+
+    name = f"page-{uuid.uuid4().hex[:6]}.sh"
+
+    def post(path: str, doc: dict) -> dict:
+        req = urllib.request.Request(ui_fleet.url + path, data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    post(f"/api/v1/jobs/{name}/versions", {"script_text": "echo page-v1\n", "description": "from the page test",
+                                           "defaults": {"targets": ["role=db"]}, "message": "first"})  # fmt: skip
+    post(f"/api/v1/jobs/{name}/versions", {"script_text": "echo page-v2\n", "description": "from the page test",
+                                           "defaults": {"targets": ["role=db"]}, "message": "second"})  # fmt: skip
+    earlier = post(f"/api/v1/jobs/{name}/run", {"version": 2})
+
+    page.goto(ui_fleet.url + "/#/jobs")
+    page.locator(f"#jobs tbody tr[data-job='{name}']").click()
+    page.wait_for_url(f"**/#/job/{name}")
+    page.locator("#job-versions tbody tr[data-version='1']").wait_for()
+    assert page.locator("#job-versions tbody tr").count() == 2
+    assert "default version 2" in page.locator("#job-default").inner_text()
+    diff = page.locator("#job-diff")
+    diff.locator("span.del", has_text="-echo page-v1").wait_for()
+    assert diff.locator("span.add", has_text="+echo page-v2").count() == 1
+    page.locator(f"#job-runs tbody tr[data-task='{earlier['id']}']").wait_for()
+    page.screenshot(path=str(artifacts_dir / "ui-job-page.png"), full_page=True)
+
+    page.locator("#job-versions tbody tr[data-version='1'] a").click()
+    page.locator("#job-script", has_text="echo page-v1").wait_for()
+    page.fill("#job-targets", "role=db")
+    page.click("#job-run")
+    page.wait_for_url("**/#/task/*")
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    assert "page-v1" in page.locator("#targets pre.output").inner_text()
+    link = page.locator("#task-job")
+    assert link.inner_text() == f"{name}@1"
+    link.click()
+    page.wait_for_url(f"**/#/job/{name}/1")
+    page.locator("#job-versions tbody tr.selected[data-version='1']").wait_for()
+    page.locator("#job-runs tbody tr[data-version='1']").wait_for()
+    assert page.locator("#job-runs tbody tr").count() == 2
