@@ -7,7 +7,8 @@ The state directory (``--state-dir``, created 0700) holds::
     ledger.sqlite3    every task id seen, its state, and the result outbox (+ -wal, -shm)
     run/              one private directory per running script, removed when it ends
 
-Exit codes: 0 after a clean shutdown, 2 for a bad setting, id file or ledger.
+Exit codes: 0 after a clean shutdown, 2 for a bad setting, id file or ledger. SIGTERM stops
+the agent within its scripts' kill grace + FAREWELL_WAIT (2 s) + ~1 s, broker or not.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 TICK = 0.25
 #: Seconds a clean shutdown waits for running scripts to be killed and reported.
 SHUTDOWN_WAIT = 60.0
+#: Seconds a shutdown waits for the broker to acknowledge the agent's "offline" status; past
+#: that (a broker gone or frozen) it disconnects asking for its last will instead. With
+#: SIGTERM, an agent is gone within: its scripts' kill grace (they are killed, their results
+#: kept in the outbox for the next start) + FAREWELL_WAIT + ~1 s, whatever the broker does.
+FAREWELL_WAIT = 2.0
 
 
 def client_id(agent_id: str) -> str:
@@ -118,7 +124,7 @@ def run(agent: Agent) -> None:
         log.info("shutting down")
         agent.shutdown(SHUTDOWN_WAIT)
         if transport.is_connected():
-            transport.stop(final=agent.farewell(), timeout=10.0)
+            transport.stop(final=agent.farewell(), timeout=FAREWELL_WAIT)
         else:  # nobody to say goodbye to; the last will covers a session we may have had
             transport.stop(timeout=1.0)
         agent.ledger.close()

@@ -282,9 +282,12 @@ class MqttTransport:
         return self._connected.is_set()
 
     def stop(self, *, final: Iterable[tuple[str, bytes, bool]] = (), timeout: float = 5.0) -> None:
-        """Publish ``final`` (topic, payload, retain) messages, wait for them, disconnect.
+        """Publish ``final`` (topic, payload, retain) messages, wait for them at most
+        ``timeout`` seconds in all, disconnect.
 
-        A clean DISCONNECT means the broker does not publish the last will.
+        A clean DISCONNECT means the broker does not publish the last will; so when a final
+        message was not acknowledged in time (the broker is slow or gone), the DISCONNECT
+        asks for the will (MQTT v5 reason 0x04): whoever reads our status learns we left.
         """
         self._stopping = True
         pubs = []
@@ -294,10 +297,13 @@ class MqttTransport:
             except Exception:
                 log.exception("final publish to %s failed", topic)
         deadline = time.monotonic() + timeout
-        for p in pubs:
-            p.wait(max(0.0, deadline - time.monotonic()))
+        delivered = all([p.wait(max(0.0, deadline - time.monotonic())) for p in pubs])
         try:
-            self._client.disconnect()
+            if delivered:
+                self._client.disconnect()
+            else:
+                log.warning("final messages not acknowledged within %.1f s; disconnecting with the last will", timeout)
+                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
             if self._network is not None:
                 self._disconnected.wait(max(0.1, deadline - time.monotonic()))
         finally:

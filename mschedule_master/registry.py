@@ -4,7 +4,9 @@ Agents are learned from their retained status (``register`` / ``offline``, the l
 also as their MQTT last will), their heartbeats, and the edge bridges' connection state
 (``$SYS/broker/connection/mschedule-bridge-<DC>/state``). An agent is *online* when its
 status says so, its datacenter's bridge is not down, and it was heard from within
-:data:`STALE_FACTOR` x its heartbeat interval. Every change of that verdict is returned
+:data:`STALE_FACTOR` x its heartbeat interval -- and, once its datacenter's bridge has been
+down, heard from since the cut began: a bridge coming back is no evidence that an agent
+behind it is still there (its next heartbeat is). Every change of that verdict is returned
 as a :class:`Change` for the engine to feed into the rollouts.
 
 No I/O and no clock: every method takes ``now``. ``dirty()`` lists agents to persist.
@@ -65,6 +67,7 @@ class Registry:
     def __init__(self) -> None:
         self._agents: dict[str, _Agent] = {}
         self._down_dcs: set[str] = set()
+        self._cut_at: dict[str, float] = {}  #: dc -> when its bridge last went down
         self._dirty: set[str] = set()
 
     # ------------------------------------------------------------------ reads
@@ -149,8 +152,9 @@ class Registry:
         dc = client_id[len(BRIDGE_CLIENT_PREFIX) :]
         if up:
             self._down_dcs.discard(dc)
-        else:
+        elif dc not in self._down_dcs:
             self._down_dcs.add(dc)
+            self._cut_at[dc] = now
         reason = f"bridge {dc} {'up' if up else 'down'}"
         changes = [self._reassess(a, now, reason) for a in self._agents.values() if a.dc == dc]
         return [c for c in changes if c is not None]
@@ -175,7 +179,10 @@ class Registry:
         return a
 
     def _fresh(self, a: _Agent, now: float) -> bool:
-        return a.last_seen is not None and now - a.last_seen <= STALE_FACTOR * a.heartbeat_interval
+        if a.last_seen is None or now - a.last_seen > STALE_FACTOR * a.heartbeat_interval:
+            return False
+        cut_at = self._cut_at.get(a.dc) if a.dc is not None else None
+        return cut_at is None or a.last_seen > cut_at  # heard from since its bridge's last cut
 
     def _reassess(self, a: _Agent, now: float, reason: str) -> Change | None:
         online = a.status_online and a.dc not in self._down_dcs and self._fresh(a, now)

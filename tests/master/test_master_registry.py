@@ -49,6 +49,20 @@ def test_a_bridge_down_takes_only_its_datacenters_agents_offline():
     assert r.on_bridge("some-other-bridge", False, 102.0) == []
 
 
+def test_a_bridge_back_up_is_no_evidence_for_its_agents_a_heartbeat_is():
+    r = Registry()
+    r.on_status(_reg("a1"), "bj", 100.0)
+    assert r.on_bridge("mschedule-bridge-bj", False, 101.0) == [Change("a1", False, "bridge bj down")]
+    assert r.on_bridge("mschedule-bridge-bj", True, 102.0) == []  # nothing heard since the cut
+    assert not r.is_online("a1")
+    assert r.on_heartbeat(_hb("a1", ts=102.5), "bj", 102.5, retained=False) == Change("a1", True, "heartbeat")
+    # A retained heartbeat from before the cut is no evidence either.
+    r.on_bridge("mschedule-bridge-bj", False, 103.0)
+    r.on_bridge("mschedule-bridge-bj", True, 104.0)
+    assert r.on_heartbeat(_hb("a1", ts=102.9), "bj", 104.1, retained=True) is None
+    assert not r.is_online("a1")
+
+
 def test_a_reloaded_fleet_keeps_online_agents_for_a_grace_and_persists_changes():
     r = Registry()
     r.on_status(_reg(), None, 100.0)
