@@ -246,7 +246,7 @@ class Store:
     def insert_task(self, task: models.Task, agent_ids: list[str], request_id: str | None = None) -> None:
         with self.db() as c:
             c.execute(
-                "insert into tasks values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     task.id, task.name, task.script, _dumps(task.targets_spec), task.timeout, _dumps(task.parallel),
                     _dumps(task.fail_rate), task.fail_count, task.on_abort, _dumps(task.env), task.cwd,
@@ -430,6 +430,11 @@ class Store:
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
     "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at"
+)
+#: named, so that migrations may add columns to tasks
+_INSERT_TASK_COLS = (
+    "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
+    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, request_id"
 )
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
