@@ -267,6 +267,8 @@ class Engine:
             heard_until = self.store.heard_until()
             self._deaf_at_start = max(0.0, now - heard_until) if heard_until is not None else 0.0
             self.store.set_heard_until(now)
+            if stored and self._deaf_at_start:
+                log.info("deadlines deferred by %.1f s: the master was not listening since its last run", self._deaf_at_start)
             for st in stored:
                 self.guarded(f"restore of task {st.task.id}", self._restore_one, st, now)
             self._announce_recent_ends(now)
