@@ -4,7 +4,8 @@ One asyncio loop owns all state. paho's network thread only appends each incomin
 message to an inbox and wakes the loop; the loop drains the inbox in batches, each
 applied in one SQLite transaction, after which the batch's publications go out and its
 messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
-staleness sweep.
+staleness sweep, and keeps the listening clock: deadlines run only while the master is
+connected and caught up with what its broker queued (docs/rollout.md, "The listening clock").
 
 Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and an MQTT
 client id (a retained status on ``<prefix>/master/status`` with a last will; a master
