@@ -13,6 +13,7 @@ Time comes in through ``clock`` (epoch seconds), so tests drive it by hand.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
@@ -39,6 +40,11 @@ REJECT_STATES = {"expired": TargetState.UNREACHABLE, "killed": TargetState.KILLE
 
 #: At start-up, summaries of tasks that ended this recently (seconds) are published again.
 SUMMARY_REPUBLISH_WINDOW = 3600.0
+
+#: Finished tasks whose rollouts stay loaded after a late report revised one of their
+#: targets: the next late reports of a big fan-out (thousands of UNREACHABLE targets whose
+#: acks were only late) find them in memory instead of reloading every target each time.
+REVIVED_KEPT = 8
 
 Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
 
@@ -93,6 +99,7 @@ class Engine:
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
         self._deaf_at_start = 0.0  #: set by restore(): time since the last run stopped listening
+        self._revived: collections.OrderedDict[str, _Active] = collections.OrderedDict()  #: see REVIVED_KEPT
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -432,6 +439,11 @@ class Engine:
         target = self.store.get_target(task_id, agent_id)
         if target is None or target.state not in TARGET_PROVISIONAL:
             return None
+        kept = self._revived.get(task_id)
+        if kept is not None:  # only this engine changes a finished task's targets: still current
+            self._revived.move_to_end(task_id)
+            self._active[task_id] = kept
+            return kept
         st = self.store.load_task(task_id)
         if st is None or not st.task.state.final:
             return None
@@ -441,6 +453,9 @@ class Engine:
         )  # fmt: skip
         codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
         active = self._active[task_id] = _Active(st.task, rollout, codes=codes)  # _apply drops it if it stays final
+        self._revived[task_id] = active
+        while len(self._revived) > REVIVED_KEPT:
+            self._revived.popitem(last=False)
         return active
 
     def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:

@@ -542,3 +542,18 @@ def test_a_datacenter_that_never_comes_back_still_ends_the_task_after_lost_max(t
     assert (target.state, target.reason) == (TargetState.LOST, "datacenter unreachable for more than lost_max 30s")
     assert rig.store.get_task(task_id).state is TaskState.FAILED
     rig.store.close()
+
+
+def test_late_reports_of_one_finished_task_load_its_targets_once(rig, monkeypatch):
+    for a in ("a1", "a2", "a3"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2", "a3"], parallel=3).task_id
+    rig.tick(11.5)  # all three UNREACHABLE: the task ends FAILED
+    loads = []
+    real = rig.store.load_task
+    monkeypatch.setattr(rig.store, "load_task", lambda tid: loads.append(tid) or real(tid))
+    for a in ("a1", "a2", "a3"):
+        _result(rig, task_id, a)
+    assert loads == [task_id]
+    task = rig.store.get_task(task_id)
+    assert (task.state, task.counts) == (TaskState.SUCCEED, {"SUCCEED": 3})
