@@ -419,7 +419,7 @@ class Engine:
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
-                reason = f"the agent could not run it: {msg.error}" if msg.error and msg.code is None else ""
+                reason = f"agent: {msg.error}" if msg.error else ""  # e.g. why the script could not start
                 actions = r.on_final(agent_id, TargetState(msg.state), now, reason)
                 self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
             self._result_ack(msg.id, agent_id, info.dc)

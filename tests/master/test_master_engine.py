@@ -480,7 +480,7 @@ def test_a_result_the_agent_could_not_start_carries_its_error_as_the_reason(rig)
     rig.from_agent("a1", P.Result(id=task_id, agent_id="a1", state="FAILED", code=None, error="cwd /x: No such file"))
     target = rig.store.get_target(task_id, "a1")
     assert (target.state, target.code, target.error) == (TargetState.FAILED, None, "cwd /x: No such file")
-    assert target.reason == "the agent could not run it: cwd /x: No such file"
+    assert target.reason == "agent: cwd /x: No such file"
 
 
 def test_a_restart_defers_every_deadline_by_the_time_the_master_was_not_listening(tmp_path, rig_factory):
