@@ -324,7 +324,8 @@ class Engine:
             for active in list(self._active.values()):
                 active.rollout.defer(seconds)
                 self._apply(active, [], now)
-        log.info("deadlines of %d task(s) deferred by %.1f s: the master could not hear", len(self._active), seconds)
+        if self._active:
+            log.info("deadlines of %d task(s) deferred by %.1f s: the master could not hear", len(self._active), seconds)
 
     def next_deadline(self) -> float | None:
         deadlines = [d for a in self._active.values() if (d := a.rollout.next_deadline()) is not None]
