@@ -427,14 +427,13 @@ class Store:
         return out
 
 
+_INSERT_TASK_COLS = (
+    "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, output_cap, "
+    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id"
+)
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
     "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at"
-)
-#: named, so that migrations may add columns to tasks
-_INSERT_TASK_COLS = (
-    "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
-    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, request_id"
 )
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "

@@ -139,8 +139,9 @@ def test_migrations_run_once_each_on_an_existing_database(tmp_path, monkeypatch)
     from mschedule_master import store as store_mod
 
     path = tmp_path / "s.db"
-    Store(str(path)).close()  # a database made before the migration existed
     landed = store_mod._MIGRATIONS
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", ())
+    Store(str(path)).close()  # a database made before any migration existed
     monkeypatch.setattr(store_mod, "_MIGRATIONS", (*landed, ("t-extra", ("alter table tasks add column extra text",))))
     Store(str(path)).close()
     Store(str(path)).close()  # a second open must not add the column again
@@ -148,4 +149,4 @@ def test_migrations_run_once_each_on_an_existing_database(tmp_path, monkeypatch)
         cols = [r[1] for r in c.execute("pragma table_info(tasks)")]
         names = [r[0] for r in c.execute("select name from migrations")]
     assert cols.count("extra") == 1
-    assert sorted(names) == sorted([name for name, _ in landed] + ["t-extra"])
+    assert sorted(names) == sorted([*(name for name, _ in landed), "t-extra"])
