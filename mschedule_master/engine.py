@@ -13,10 +13,10 @@ Time comes in through ``clock`` (epoch seconds), so tests drive it by hand.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -99,7 +99,7 @@ class Engine:
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
         self._deaf_at_start = 0.0  #: set by restore(): time since the last run stopped listening
-        self._revived: collections.OrderedDict[str, _Active] = collections.OrderedDict()  #: see REVIVED_KEPT
+        self._revived: OrderedDict[str, _Active] = OrderedDict()  #: see REVIVED_KEPT
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -434,6 +434,28 @@ class Engine:
             self.store.require_sync()  # the agent will not say it again
             self._apply(active, r.on_final(agent_id, state, now, reason), now, touched={agent_id})
 
+    def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:
+        """A message for a finished or unknown task, or from an agent that is no target."""
+        task_id = msg.id  # type: ignore[union-attr]
+        known = task_active or self.store.task_exists(task_id)
+        is_target = known and self.store.get_target(task_id, agent_id) is not None
+        if isinstance(msg, Result):
+            stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
+            kind = "late_result" if is_target else ("result_not_target" if known else "result_unknown_task")
+            self.store.add_event(now, kind, task_id, agent_id, {"state": msg.state, "code": msg.code, "stored": stored})
+            if kind != "late_result" or stored:
+                log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
+            self._result_ack(task_id, agent_id, dc)
+        else:
+            kind = f"late_{msg.TYPE}" if is_target else f"{msg.TYPE}_not_target" if known else f"{msg.TYPE}_unknown_task"
+            data = {"code": msg.code, "reason": msg.reason} if isinstance(msg, Reject) else {}
+            self.store.add_event(now, kind, task_id, agent_id, data)
+            if not is_target:
+                log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
+
+    def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
+        self.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
+
     def _revivable(self, task_id: str, agent_id: str) -> _Active | None:
         """A finished task whose target ``agent_id`` holds a provisional verdict (UNREACHABLE,
         LOST): its rollout, loaded again so that the agent's late report can revise it."""
@@ -458,28 +480,6 @@ class Engine:
         while len(self._revived) > REVIVED_KEPT:
             self._revived.popitem(last=False)
         return active
-
-    def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:
-        """A message for a finished or unknown task, or from an agent that is no target."""
-        task_id = msg.id  # type: ignore[union-attr]
-        known = task_active or self.store.task_exists(task_id)
-        is_target = known and self.store.get_target(task_id, agent_id) is not None
-        if isinstance(msg, Result):
-            stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
-            kind = "late_result" if is_target else ("result_not_target" if known else "result_unknown_task")
-            self.store.add_event(now, kind, task_id, agent_id, {"state": msg.state, "code": msg.code, "stored": stored})
-            if kind != "late_result" or stored:
-                log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
-            self._result_ack(task_id, agent_id, dc)
-        else:
-            kind = f"late_{msg.TYPE}" if is_target else f"{msg.TYPE}_not_target" if known else f"{msg.TYPE}_unknown_task"
-            data = {"code": msg.code, "reason": msg.reason} if isinstance(msg, Reject) else {}
-            self.store.add_event(now, kind, task_id, agent_id, data)
-            if not is_target:
-                log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
-
-    def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
-        self.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
 
     # ------------------------------------------------------------------ actions
     def _apply(
