@@ -317,11 +317,15 @@ def targets_table(task: dict[str, Any]) -> Table:
     for agent_id, t in sorted(task.get("targets", {}).items()):
         out = target_output(t, "stdout").decode("utf-8", "replace").strip().splitlines()
         first = out[0][:60] + (" …" if len(out) > 1 or len(out[0]) > 60 else "") if out else ""
+        if t.get("error"):
+            first = first or f"error: {t['error']}"
         if t.get("reason") and t["state"] != "SUCCEED":
             first = first or t["reason"]
         state = styled(t["state"])
         if t.get("agent_state") and t["agent_state"] != t["state"]:
             state += f" (agent: {styled(t['agent_state'])})"  # a late result after the master's verdict
+        if t.get("revised_from"):
+            state += f" (revised from {t['revised_from']} at {when(t.get('revised_at'))})"
         table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
                       duration(t.get("duration")), escape(first))  # fmt: skip
     return table
@@ -564,11 +568,13 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
         if t["state"] == "SUCCEED" and not all_output:
             continue
         out, err = target_output(t, "stdout"), target_output(t, "stderr")
-        if not (out or err) and (t["state"] == "CANCELLED" or not t.get("reason")):
+        if not (out or err) and (t["state"] == "CANCELLED" or not (t.get("reason") or t.get("error"))):
             continue
         console.rule(f"{escape(agent_id)}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
         if t.get("reason"):
             console.print(f"reason: {t['reason']}", markup=False, highlight=False)
+        if t.get("error"):
+            console.print(f"error: {t['error']}", markup=False, highlight=False)
         if out:
             console.print(out.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False)
         if err:
@@ -576,6 +582,9 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
     reason = f" ({task['reason']})" if task.get("reason") else ""
     console.print(f"task {task['id']} {styled(task['state'])}{escape(reason)}: {counts_text(task['counts'])}",
                   highlight=False)  # fmt: skip
+    if task.get("revised_at"):
+        console.print(f"verdict revised at {when(task['revised_at'])} by late reports from agents",
+                      markup=False, highlight=False)  # fmt: skip
     return status
 
 
@@ -588,7 +597,8 @@ def cmd_status(client: Client, args, console: Console) -> int:
                   f"timeout {task['timeout'] or 'none'}, on_abort {task['on_abort']}")  # fmt: skip
         console.print(f"task [bold]{task['id']}[/] {styled(task['state'])}"
                       f"{escape(' (' + task['reason'] + ')') if task.get('reason') else ''}", highlight=False)
-        console.print(f"created {when(task['created_at'])}, finished {when(task['finished_at'])}; "
+        revised = f", verdict revised {when(task['revised_at'])}" if task.get("revised_at") else ""
+        console.print(f"created {when(task['created_at'])}, finished {when(task['finished_at'])}{revised}; "
                       f"targets {escape(' '.join(task['targets_spec']))}; {limits}", markup=False, highlight=False)
         console.print(counts_text(task["counts"]), highlight=False)
         console.print(targets_table(task))  # fmt: skip
@@ -607,7 +617,9 @@ def cmd_output(client: Client, args, console: Console) -> int:
     task = client.get(f"/api/v1/tasks/{quote(args.task)}")
     for agent_id, t in sorted(task.get("targets", {}).items()):
         data = target_output(t, stream)
-        out.write(f"=== {agent_id} ({t['state']}, exit {exit_text(t)}) ===\n".encode())
+        error = f", error: {t['error']}" if t.get("error") else ""
+        revised = f", revised from {t['revised_from']}" if t.get("revised_from") else ""
+        out.write(f"=== {agent_id} ({t['state']}, exit {exit_text(t)}{error}{revised}) ===\n".encode())
         out.write(data if not data or data.endswith(b"\n") else data + b"\n")
     out.flush()
     return EXIT_OK

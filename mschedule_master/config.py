@@ -34,6 +34,7 @@ DEFAULT_DELIVERY_TIMEOUT = 60.0  #: seconds an agent has to accept a task
 DEFAULT_REDELIVER_INTERVAL = 5.0  #: re-publish an unacknowledged task this often
 DEFAULT_ACK_GRACE = 5.0  #: extra wait past a task's expiry before UNREACHABLE
 DEFAULT_LOST_GRACE = 60.0  #: agent offline this long mid-run -> LOST
+DEFAULT_LOST_MAX = 600.0  #: ... but while its datacenter's bridge is down, LOST only after this
 DEFAULT_KILL_RESEND = 5.0  #: re-send kill this often until the target reports
 DEFAULT_FLUSH_INTERVAL = 5.0  #: persist agents' last_seen this often
 
@@ -50,13 +51,14 @@ class Settings:
     redeliver_interval: float = DEFAULT_REDELIVER_INTERVAL
     ack_grace: float = DEFAULT_ACK_GRACE
     lost_grace: float = DEFAULT_LOST_GRACE
+    lost_max: float = DEFAULT_LOST_MAX
     kill_resend: float = DEFAULT_KILL_RESEND
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     log_level: str = "INFO"
     groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "kill_resend", "flush_interval"):
+        for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
@@ -139,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--redeliver-interval", dest="redeliver_interval", type=float, help="re-publish unacked tasks this often")
     p.add_argument("--ack-grace", dest="ack_grace", type=float, help="grace past expiry before UNREACHABLE")
     p.add_argument("--lost-grace", dest="lost_grace", type=float, help="seconds an agent may be offline mid-run before LOST")
+    p.add_argument("--lost-max", dest="lost_max", type=float,
+                   help="seconds a datacenter's bridge may be down before its agents' running targets are LOST")  # fmt: skip
     p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
     return p

@@ -4,7 +4,8 @@ One asyncio loop owns all state. paho's network thread only appends each incomin
 message to an inbox and wakes the loop; the loop drains the inbox in batches, each
 applied in one SQLite transaction, after which the batch's publications go out and its
 messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
-staleness sweep.
+staleness sweep, and keeps the listening clock: deadlines run only while the master is
+connected and caught up with what its broker queued (docs/rollout.md, "The listening clock").
 
 Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and an MQTT
 client id (a retained status on ``<prefix>/master/status`` with a last will; a master
@@ -35,6 +36,7 @@ from mschedule_agent.transport import Incoming, MqttTransport, TransportError, W
 from . import config
 from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError
+from .listening import ListeningClock
 from .registry import Registry
 from .rollout import Timing
 from .service import BRIDGE_STATE_TOPIC, MasterService
@@ -53,6 +55,12 @@ MAX_VERDICT_DEFER = 60.0
 TICK_MAX = 0.5
 #: How long to look for another master's retained status before connecting, at most.
 PROBE_SECONDS = 5.0
+#: Deaf spells shorter than this (seconds) count as listened: not worth moving every clock.
+DEFER_MIN = 1.0
+#: While listening, persist how far the listening clock got at most this often (seconds).
+HEARD_PERSIST_EVERY = 1.0
+#: Re-send the catch-up ping this often (seconds) while it has not come back.
+SYNC_RESEND = 5.0
 
 
 class _Formatter(logging.Formatter):
@@ -166,6 +174,12 @@ class Daemon:
         self._inbox_lock = threading.Lock()
         self._arrivals: collections.deque[float] = collections.deque()  #: monotonic arrival of each inbox entry
         self._behind_since: float | None = None
+        self._listening: ListeningClock | None = None
+        self._synced = False  #: our catch-up ping came back: what the broker queued before it is applied
+        self._sync_nonce = b""
+        self._sync_sent_at = 0.0
+        self._unsynced_since = time.time()
+        self._heard_saved = 0.0
         self._drain_scheduled = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -215,18 +229,19 @@ class Daemon:
         registry = Registry()
         registry.load(store.load_agents(), time.time())
         self._status_topic = status_topic = master_status_topic(self.topics)
-        subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, status_topic]
+        self._sync_topic = self.topics.master_probe(f"{self.instance}-sync")
+        subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, status_topic, self._sync_topic]
         transport = MqttTransport(
             s.broker,
             client_id=s.client_id,
             subscriptions=[(t, 1) for t in subscriptions],
             on_message=self._on_message,
-            on_connect=lambda _sp: self._publish_status(transport),
+            on_connect=lambda _sp: self._connected(transport),
             will=Will(status_topic, _status_payload("offline", self.instance, s.client_id), retain=True),
         )
         timing = Timing(
             delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
-            lost_grace=s.lost_grace, kill_resend=s.kill_resend,
+            lost_grace=s.lost_grace, lost_max=s.lost_max, kill_resend=s.kill_resend,
         )  # fmt: skip
         engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
         engine.subscribe(ProgressPublisher(transport, self.topics))
@@ -235,6 +250,8 @@ class Daemon:
         )
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
+        self._transport = transport
+        self._listening = ListeningClock(heard_until=store.heard_until() or time.time())
         return store, transport
 
     async def _shutdown(self, runner, transport: MqttTransport, store: Store) -> None:
@@ -277,6 +294,23 @@ class Daemon:
             raise error
         return True, result
 
+    def _connected(self, transport: MqttTransport) -> None:
+        """(paho's thread) Connected: say we are online, and catch up before judging anything."""
+        self._publish_status(transport)
+        self._synced = False
+        self._unsynced_since = time.time()
+        self._send_sync(transport)
+
+    def _send_sync(self, transport: MqttTransport) -> None:
+        """Ping ourselves: the broker queues it behind what it holds for our session, so its
+        return means the backlog is in (docs/rollout.md, "The listening clock")."""
+        self._sync_nonce = uuid.uuid4().hex.encode()
+        self._sync_sent_at = time.time()
+        try:
+            transport.publish(self._sync_topic, self._sync_nonce, qos=1)
+        except Exception:
+            log.warning("could not send the catch-up ping; will retry in %.0f s", SYNC_RESEND, exc_info=True)
+
     def _publish_status(self, transport: MqttTransport) -> None:
         payload = _status_payload("online", self.instance, self.settings.client_id)
         transport.publish(self._status_topic, payload, qos=1, retain=True)
@@ -308,7 +342,12 @@ class Daemon:
         for m in mine:
             self._check_takeover(m)
             m.ack()
-        batch = [m for m in batch if m.topic != self._status_topic]
+        synced = False
+        for m in batch:
+            if m.topic == self._sync_topic:
+                synced = synced or m.payload == self._sync_nonce
+                m.ack()
+        batch = [m for m in batch if m.topic not in (self._status_topic, self._sync_topic)]
         if batch:
             try:
                 self.service.handle_batch(batch)
@@ -316,6 +355,10 @@ class Daemon:
                 # Only the store can fail here (each message is guarded): memory and disk may
                 # now disagree, so stop; the broker re-delivers the un-acked batch to the next run.
                 self._fatal("could not apply a batch of %d message(s)", len(batch))
+                return
+        if synced and not self._synced:
+            self._synced = True
+            log.info("caught up with the broker: deadlines run again")
 
     def _check_takeover(self, msg: Incoming) -> None:
         other = _other_online(msg.payload, self.instance)
@@ -335,11 +378,48 @@ class Daemon:
             except TimeoutError:
                 pass
             try:
-                self.service.housekeeping(verdicts=not self._behind())
+                self.service.housekeeping(verdicts=self._hearing(time.time()))
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:
                 log.exception("housekeeping failed; will retry in %.1f s", TICK_MAX)
+
+    def _hearing(self, now: float) -> bool:
+        """Whether the master listens now (connected, caught up with its broker, not behind),
+        moving every deadline later by the deaf time that ends here. Verdicts wait otherwise."""
+        clock = self._listening
+        assert clock is not None
+        if clock.listening and not clock.observe(now):
+            log.warning(
+                "no timer pass for %.1f s (frozen, suspended, or the clock jumped): deadlines wait until "
+                "the broker's backlog is in", now - clock.heard_until,
+            )  # fmt: skip
+            self._synced = False
+            self._unsynced_since = now
+            self._send_sync(self._transport)
+        if not self._transport.is_connected() or not self._caught_up(now) or self._behind():
+            clock.deaf()
+            return False
+        deaf = clock.heard(now)
+        if deaf >= DEFER_MIN:
+            self.service.engine.defer(deaf)
+            self._heard_saved = now
+        elif now - self._heard_saved >= HEARD_PERSIST_EVERY:
+            self.service.engine.heard(now)
+            self._heard_saved = now
+        return True
+
+    def _caught_up(self, now: float) -> bool:
+        """Our catch-up ping came back (re-sent if it seems lost; waited for MAX_VERDICT_DEFER at most)."""
+        if self._synced:
+            return True
+        if now - self._unsynced_since >= MAX_VERDICT_DEFER:
+            log.warning("the catch-up ping did not come back within %.0f s; deadlines run again", MAX_VERDICT_DEFER)
+            self._synced = True
+            return True
+        if now - self._sync_sent_at >= SYNC_RESEND:
+            self._send_sync(self._transport)
+        return False
 
     def _behind(self) -> bool:
         """True while the inbox holds a message older than BACKLOG_AGE (for at most

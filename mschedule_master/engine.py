@@ -17,6 +17,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from . import models, targeting
 from .models import InvalidRequest, NotFound
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
-from .states import TargetState, TaskState
+from .states import TARGET_PROVISIONAL, TargetState, TaskState
 from .store import Store, StoredTask
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ REJECT_STATES = {"expired": TargetState.UNREACHABLE, "killed": TargetState.KILLE
 
 #: At start-up, summaries of tasks that ended this recently (seconds) are published again.
 SUMMARY_REPUBLISH_WINDOW = 3600.0
+
+#: Finished tasks whose rollouts stay loaded after a late report revised one of their
+#: targets: the next late reports of a big fan-out (thousands of UNREACHABLE targets whose
+#: acks were only late) find them in memory instead of reloading every target each time.
+REVIVED_KEPT = 8
 
 Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
 
@@ -94,6 +100,8 @@ class Engine:
         self._events: list[models.Event] = []
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
+        self._deaf_at_start = 0.0  #: set by restore(): time since the last run stopped listening
+        self._revived: OrderedDict[str, _Active] = OrderedDict()  #: see REVIVED_KEPT
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -257,10 +265,19 @@ class Engine:
         return task
 
     def restore(self) -> int:
-        """Reload unfinished tasks from the store and carry their rollouts on."""
+        """Reload unfinished tasks from the store and carry their rollouts on.
+
+        The time since the last run stopped listening (its last ``heard()``) does not count
+        against any deadline: every restored clock is deferred by it before it may run.
+        """
         stored = self.store.load_unfinished()
         with self.batch():
             now = self.clock()
+            heard_until = self.store.heard_until()
+            self._deaf_at_start = max(0.0, now - heard_until) if heard_until is not None else 0.0
+            self.store.set_heard_until(now)
+            if stored and self._deaf_at_start:
+                log.info("deadlines deferred by %.1f s: the master was not listening since its last run", self._deaf_at_start)
             for st in stored:
                 self.guarded(f"restore of task {st.task.id}", self._restore_one, st, now)
             self._announce_recent_ends(now)
@@ -278,10 +295,12 @@ class Engine:
             self.emit("task", task_id, data)
 
     def _restore_one(self, st: StoredTask, now: float) -> None:
+        killed = bool(self.store.events(st.task.id, kind="kill", limit=1))  # a revised abort must not pass for a kill
         rollout = Rollout.restore(
             st.task.id, _limits(st.task), targets=st.snapshots, task_state=st.task.state,
-            reason=st.task.reason, timing=self._timing(st.task),
+            reason=st.task.reason, timing=self._timing(st.task), killed=killed,
         )  # fmt: skip
+        rollout.defer(self._deaf_at_start)
         codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
         active = self._active[st.task.id] = _Active(st.task, rollout, codes=codes)
         log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
@@ -291,6 +310,25 @@ class Engine:
         return list(self._active)
 
     # ------------------------------------------------------------------ time
+    def heard(self, now: float) -> None:
+        """The master listened (connected and caught up) until ``now``: persisted, so that
+        the next start knows from when it was deaf."""
+        with self.batch():
+            self.store.set_heard_until(now)
+
+    def defer(self, seconds: float) -> None:
+        """The master could not hear for ``seconds``: every running clock waits as long."""
+        if seconds <= 0:
+            return
+        now = self.clock()
+        with self.batch():
+            self.store.set_heard_until(now)
+            for active in list(self._active.values()):
+                active.rollout.defer(seconds)
+                self._apply(active, [], now)
+        if self._active:
+            log.info("deadlines of %d task(s) deferred by %.1f s: the master could not hear", len(self._active), seconds)
+
     def next_deadline(self) -> float | None:
         deadlines = [d for a in self._active.values() if (d := a.rollout.next_deadline()) is not None]
         return min(deadlines, default=None)
@@ -316,8 +354,21 @@ class Engine:
                 if change.agent_id not in active.rollout.targets:
                     continue
                 r = active.rollout
-                actions = r.on_agent_online(change.agent_id, now) if change.online else r.on_agent_offline(change.agent_id, now)
+                if change.online:
+                    actions = r.on_agent_online(change.agent_id, now)
+                else:
+                    actions = r.on_agent_offline(change.agent_id, now, unheard=self.registry.is_unheard(change.agent_id))
                 self._apply(active, actions, now, touched={change.agent_id})
+
+    def datacenter_heard(self, agent_ids: list[str], heard: bool) -> None:
+        """A datacenter's bridge came back (``heard``) or went down: its agents' LOST clocks
+        run again or stop (up to lost_max)."""
+        now = self.clock()
+        wanted = set(agent_ids)
+        with self.batch():
+            for active in list(self._active.values()):
+                for agent_id in wanted & active.rollout.targets.keys():
+                    self._apply(active, active.rollout.on_agent_heard(agent_id, now, heard=heard), now, touched={agent_id})
 
     def agent_registered(self, agent_id: str) -> None:
         """An agent (re)connected: hand it again what it has not acknowledged, now rather
@@ -352,6 +403,8 @@ class Engine:
             )  # fmt: skip
         now = self.clock()
         active = self._active.get(msg.id)
+        if active is None and not (isinstance(msg, Reject) and msg.code == "expired"):  # that one only confirms
+            active = self._revivable(msg.id, agent_id)
         if active is None or agent_id not in active.rollout.targets:
             self._stray(msg, agent_id, info.dc, now, active is not None)
             return
@@ -370,6 +423,7 @@ class Engine:
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
                 state, reason = self._checked_result(active, agent_id, msg)
+                reason = reason or (f"agent: {msg.error}" if msg.error else "")  # e.g. why it could not start
                 actions = r.on_final(agent_id, state, now, reason)
                 self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
             self._result_ack(msg.id, agent_id, info.dc)
@@ -422,6 +476,31 @@ class Engine:
 
     def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
         self.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
+
+    def _revivable(self, task_id: str, agent_id: str) -> _Active | None:
+        """A finished task whose target ``agent_id`` holds a provisional verdict (UNREACHABLE,
+        LOST): its rollout, loaded again so that the agent's late report can revise it."""
+        target = self.store.get_target(task_id, agent_id)
+        if target is None or target.state not in TARGET_PROVISIONAL:
+            return None
+        kept = self._revived.get(task_id)
+        if kept is not None:  # only this engine changes a finished task's targets: still current
+            self._revived.move_to_end(task_id)
+            self._active[task_id] = kept
+            return kept
+        st = self.store.load_task(task_id)
+        if st is None or not st.task.state.final:
+            return None
+        rollout = Rollout.restore(
+            task_id, _limits(st.task), targets=st.snapshots, task_state=st.task.state, reason=st.task.reason,
+            timing=self._timing(st.task),
+        )  # fmt: skip
+        codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
+        active = self._active[task_id] = _Active(st.task, rollout, codes=codes)  # _apply drops it if it stays final
+        self._revived[task_id] = active
+        while len(self._revived) > REVIVED_KEPT:
+            self._revived.popitem(last=False)
+        return active
 
     # ------------------------------------------------------------------ actions
     def _apply(
@@ -488,9 +567,19 @@ class Engine:
 
     def _target_changed(self, active: _Active, action: TargetChanged, now: float, code: int | None) -> None:
         task_id = active.task.id
-        if action.reason:
-            self.store.set_target_reason(task_id, action.agent_id, action.reason)
-        data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
+        reason = action.reason
+        if action.revised:
+            reason = reason or f"revised: judged {action.old.value} before the agent's report came in"
+            self.store.set_target_revised(task_id, action.agent_id, action.old, now)
+            self.store.add_event(now, "revised", task_id, action.agent_id, {"old": action.old.value, "new": action.new.value})
+            self.store.require_sync()
+            log.warning(
+                "task %s: target %s revised from %s to %s by the agent's late report", task_id, action.agent_id,
+                action.old.value, action.new.value, extra={"task_id": task_id, "agent_id": action.agent_id},
+            )  # fmt: skip
+        if reason:
+            self.store.set_target_reason(task_id, action.agent_id, reason)
+        data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": reason}
         self.emit(
             "target",
             task_id,
@@ -500,6 +589,7 @@ class Engine:
                 "code": code,
                 "task_state": active.rollout.state.value,
                 "counts": _counts(active),
+                "revised": action.revised,
             },
         )
 
@@ -507,12 +597,19 @@ class Engine:
         task_id = active.task.id
         finished_at = now if action.new.final else None
         self.store.set_task_state(task_id, action.new, action.reason, finished_at)
-        self.store.add_event(now, "task", task_id, None, {"old": action.old.value, "new": action.new.value, "reason": action.reason})
+        event = {"old": action.old.value, "new": action.new.value, "reason": action.reason}
+        self.store.add_event(now, "task", task_id, None, event)
+        if action.revised:
+            self.store.set_task_revised(task_id, now)
+            self.store.add_event(now, "revised", task_id, None, event)
         log.info(
             "task %s: %s -> %s%s", task_id, action.old.value, action.new.value,
             f" ({action.reason})" if action.reason else "", extra={"task_id": task_id, "state": action.new.value},
         )  # fmt: skip
-        data: dict[str, Any] = {"state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active)}
+        data: dict[str, Any] = {
+            "state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active),
+            "revised": action.revised,
+        }  # fmt: skip
         if action.new.final:
             codes = active.codes
             targets = active.rollout.targets

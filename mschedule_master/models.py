@@ -53,6 +53,13 @@ class Target:
     #: when the master's verdict came first: a target judged UNREACHABLE or LOST whose
     #: agent had in fact accepted the task reports what really happened here.
     agent_state: str | None = None
+    #: why the agent could not start or finish the script (bad cwd, missing interpreter,
+    #: exec failure, ...), as it reported; None when it said nothing.
+    error: str | None = None
+    #: when a late report from the agent replaced a provisional verdict (UNREACHABLE, LOST),
+    #: and what that verdict was; None when the state was never revised.
+    revised_at: float | None = None
+    revised_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,9 @@ class Task:
     counts: dict[str, int]  #: TargetState value -> number of targets in it
     target_count: int
     targets: list[Target] | None = None  #: filled by get_task(), None in listings
+    #: when the task's state was last recomputed because a late report revised a target's
+    #: verdict (see docs/rollout.md "Provisional verdicts"); None if never.
+    revised_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

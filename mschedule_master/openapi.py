@@ -106,6 +106,20 @@ SCHEMAS: dict[str, Any] = {
                 "description": "the final state the agent reported; differs from state when a verdict "
                 "(UNREACHABLE, LOST) came before a late result",
             },
+            "error": {
+                "type": ["string", "null"],
+                "description": "why the agent could not start or finish the script (bad cwd, missing "
+                "interpreter, exec failure), as it reported it; null when it said nothing",
+            },
+            "revised_at": {
+                **_NUM,
+                "description": "when the agent's late report replaced a provisional verdict (revised_from)",
+            },
+            "revised_from": {
+                "type": ["string", "null"],
+                "enum": ["UNREACHABLE", "LOST", None],
+                "description": "the provisional verdict the agent's late report replaced",
+            },
             "dispatched_at": _NUM,
             "started_at": _NUM,
             "finished_at": _NUM,
@@ -131,6 +145,10 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string"},
             "created_at": {"type": "number"},
             "finished_at": _NUM,
+            "revised_at": {
+                **_NUM,
+                "description": "when a late report from an agent last revised this task's verdict; null if never",
+            },
             "script": {"type": "string", "description": "on GET /api/v1/tasks/{task_id} only"},
             "script_encoding": {"type": "string", "enum": ["utf-8", "base64"]},
             "targets_spec": {"type": "array", "items": {"type": "string"}},

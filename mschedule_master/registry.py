@@ -86,6 +86,14 @@ class Registry:
         a = self._agents.get(agent_id)
         return bool(a and a.online)
 
+    def is_unheard(self, agent_id: str) -> bool:
+        """True while the bridge of the agent's datacenter is down: the master cannot hear it."""
+        a = self._agents.get(agent_id)
+        return bool(a and a.dc is not None and a.dc in self._down_dcs)
+
+    def in_datacenter(self, dc: str) -> list[str]:
+        return [a.id for a in self._agents.values() if a.dc == dc]
+
     def __len__(self) -> int:
         return len(self._agents)
 

@@ -18,6 +18,8 @@ change names or signatures without updating both sides):
     actions = r.on_agent_online(agent_id, now)
     actions = r.kill(now, reason="killed by user")
     actions = r.tick(now)                # time-based: redeliver, expiry -> UNREACHABLE, LOST, kill resend
+    r.defer(seconds)                     # the master could not hear for this long: every clock waits as long
+    actions = r.on_agent_heard(agent_id, now, heard=False)   # its datacenter's bridge went down (True: up)
     r.next_deadline() -> float | None    # when tick() next has something to do
     r.state, r.reason, r.counts(), r.targets (dict agent_id -> TargetSnapshot, read-only use)
 
@@ -28,6 +30,7 @@ ADDED (optional to use):
                                  # also without a state change (acked, kill_requested,
                                  # last_sent_at, offline_since): persist r.targets[id] for each
     Rollout.restore(..., killed=None)   # True if the user had killed the task (else inferred)
+    r.on_agent_offline(agent_id, now, unheard=True)   # offline because its datacenter's bridge is down
     r.final, r.failures, r.active, r.window, r.aborted, r.killed
 
 PERSISTENCE: on TargetChanged store the whole snapshot ``r.targets[agent_id]`` (its
@@ -53,7 +56,7 @@ from fractions import Fraction
 
 from mschedule_agent.protocol import parse_percent
 
-from .states import TargetState, TaskState, check_target_transition
+from .states import TARGET_PROVISIONAL, TargetState, TaskState, check_target_transition
 
 _T = TargetState
 
@@ -154,13 +157,17 @@ class Timing:
     redeliver_max: float = 20.0  #: ... up to this (an interval smaller than redeliver_interval means none)
     ack_grace: float = 5.0  #: extra wait past expires_at before marking UNREACHABLE
     lost_grace: float = 60.0  #: agent offline this long while it runs our target -> LOST
+    #: ... but while its datacenter's bridge is down (the master cannot hear it) the LOST clock
+    #: stops; the target is LOST only once the bridge has been down this long (an upper bound,
+    #: so that a dead datacenter still ends the task). Never less than lost_grace.
+    lost_max: float = 600.0
     kill_resend: float = 5.0  #: re-send kill this often until the target reports
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "kill_resend"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("ack_grace", "lost_grace"):
+        for name in ("ack_grace", "lost_grace", "lost_max"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -181,6 +188,7 @@ class TargetSnapshot:
     kill_requested: bool = False
     kill_sent_at: float | None = None
     offline_since: float | None = None  #: set while the agent is offline
+    unheard_since: float | None = None  #: set while the agent's datacenter bridge is down
 
 
 # ------------------------------------------------------------------------ actions
@@ -204,21 +212,25 @@ class SendKill:
 
 @dataclass(frozen=True, slots=True)
 class TargetChanged:
-    """A target moved state: persist it (and tell watchers)."""
+    """A target moved state: persist it (and tell watchers). ``revised``: a late report from
+    the agent replaced a provisional verdict (``old`` is UNREACHABLE or LOST)."""
 
     agent_id: str
     old: TargetState
     new: TargetState
     reason: str = ""
+    revised: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class TaskChanged:
-    """The task moved state: persist it (and tell watchers). ``final`` ends the task."""
+    """The task moved state: persist it (and tell watchers). ``final`` ends the task.
+    ``revised``: the task had ended and a late report changed its verdict (or reopened it)."""
 
     old: TaskState
     new: TaskState
     reason: str = ""
+    revised: bool = False
 
     @property
     def final(self) -> bool:
@@ -228,6 +240,10 @@ class TaskChanged:
 Action = Dispatch | SendKill | TargetChanged | TaskChanged
 
 _ACTIVE = (_T.DISPATCHED, _T.RUNNING)
+#: Verdicts the master reached without hearing from the agent: a later report replaces them.
+PROVISIONAL = TARGET_PROVISIONAL
+#: Appended to an abort's reason once late reports have revised the failures behind it.
+ABORT_STANDS = "; the abort stands, though late reports revised its failures"
 _VALUES = {s: s.value for s in TargetState}  #: Enum.value is a slow descriptor; counts() runs per event
 
 
@@ -269,19 +285,22 @@ class Rollout:
         self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq))
         self.state = task_state
         self.reason = reason
-        if task_state.final:
-            return self
         least = limits.first_tripping(self._n)
         tripped = least is not None and self._failures >= least
+        if task_state.final:  # kept for a late report that revises a verdict
+            self.killed = task_state is TaskState.KILLED
+            self.aborted = task_state is TaskState.FAILED and (tripped or reason.startswith(("fail_count ", "fail_rate ")))
+            self._end_reason = reason.split(ABORT_STANDS)[0]
+            return self
+        cancelled = any(t.state is _T.CANCELLED for t in self._targets.values())
         if killed is None:
             killed = not tripped and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
         if killed:
             self.killed = True
             self._end_reason = reason or "killed by user"
-        elif tripped:
-            assert least is not None
+        elif tripped or cancelled:  # cancelled without a kill: an abort (its failures may since be revised)
             self.aborted = True
-            self._end_reason = limits.trip_reason(least, self._n) or reason
+            self._end_reason = (limits.trip_reason(least, self._n) if least is not None else None) or reason
         for t in self._targets.values():
             self._schedule(t)
         return self
@@ -296,6 +315,7 @@ class Rollout:
         self.reason = ""
         self.aborted = False
         self.killed = False
+        self.revised = False  #: the task had ended and a late report changed its verdict
         self._end_reason = ""  #: the abort or kill reason the task will end with
         self._targets: dict[str, TargetSnapshot] = {t.agent_id: t for t in targets}
         if len(self._targets) != len(targets):
@@ -397,21 +417,27 @@ class Rollout:
 
     def on_ack(self, agent_id: str, now: float) -> list[Action]:
         t = self._targets.get(agent_id)
+        if t is not None and t.state in PROVISIONAL:  # it did get the task: the verdict was wrong
+            return self._revise(t, _T.RUNNING if t.started_at is not None else _T.DISPATCHED, now, "")
         if t is None or t.state not in _ACTIVE:
             return []
-        changed = not t.acked or t.offline_since is not None
+        changed = not t.acked or t.offline_since is not None or t.unheard_since is not None
         t.acked = True
-        t.offline_since = None  # an ack proves the agent is alive
+        t.offline_since = t.unheard_since = None  # an ack proves the agent is alive
         if changed:
             self._touch(t)
         return []
 
     def on_started(self, agent_id: str, now: float) -> list[Action]:
         t = self._targets.get(agent_id)
+        if t is not None and t.state in PROVISIONAL:
+            if t.started_at is None:
+                t.started_at = now
+            return self._revise(t, _T.RUNNING, now, "")
         if t is None or t.state is not _T.DISPATCHED:
             return []
         t.acked = True
-        t.offline_since = None
+        t.offline_since = t.unheard_since = None
         t.started_at = now
         return [self._move(t, _T.RUNNING, "")]
 
@@ -419,6 +445,10 @@ class Rollout:
         if not state.final:
             raise ValueError(f"on_final needs a final state, got {state.value}")
         t = self._targets.get(agent_id)
+        if t is not None and t.state in PROVISIONAL:
+            if state in (_T.UNREACHABLE, _T.CANCELLED, t.state):
+                return []  # an "expired" reject only confirms UNREACHABLE
+            return self._revise(t, state, now, reason)
         if t is None or t.state not in _ACTIVE:
             return []
         if state is _T.UNREACHABLE and t.acked:
@@ -429,19 +459,48 @@ class Rollout:
             return []  # out of sequence (e.g. REJECTED after started): ignore
         return self._finish(t, state, now, reason)
 
-    def on_agent_offline(self, agent_id: str, now: float) -> list[Action]:
+    def on_agent_offline(self, agent_id: str, now: float, *, unheard: bool = False) -> list[Action]:
+        """``unheard``: offline because its datacenter's bridge is down (see on_agent_heard)."""
         t = self._targets.get(agent_id)
-        if t is None or t.state not in _ACTIVE or t.offline_since is not None:
+        if t is None or t.state not in _ACTIVE:
             return []
-        t.offline_since = now
-        self._touch(t)
+        if unheard and t.unheard_since is None:
+            t.unheard_since = now
+            self._touch(t)
+        if t.offline_since is None:
+            t.offline_since = now
+            self._touch(t)
         return []
 
     def on_agent_online(self, agent_id: str, now: float) -> list[Action]:
         t = self._targets.get(agent_id)
-        if t is None or t.offline_since is None:
+        if t is None or (t.offline_since is None and t.unheard_since is None):
             return []
-        t.offline_since = None
+        t.offline_since = t.unheard_since = None
+        self._touch(t)
+        return []
+
+    def on_agent_heard(self, agent_id: str, now: float, *, heard: bool) -> list[Action]:
+        """The agent's datacenter bridge came back (``heard``) or went down.
+
+        While it is down the target's LOST clock stops: it counts only offline time the
+        master could have heard the agent in. The bridge's outage itself ends the target as
+        LOST only after ``lost_max``. When the bridge is back, the offline time counted
+        before the outage stays counted and the clock runs on from ``now``.
+        """
+        t = self._targets.get(agent_id)
+        if t is None or t.state not in _ACTIVE:
+            return []
+        if not heard:
+            if t.unheard_since is None:
+                t.unheard_since = now
+                self._touch(t)
+            return []
+        if t.unheard_since is None:
+            return []
+        if t.offline_since is not None:
+            t.offline_since += max(0.0, now - max(t.unheard_since, t.offline_since))
+        t.unheard_since = None
         self._touch(t)
         return []
 
@@ -458,6 +517,30 @@ class Rollout:
             actions += self._tick_target(self._targets[agent_id], now)
         return actions
 
+    def defer(self, seconds: float) -> None:
+        """The master could not hear for ``seconds`` (down, frozen, disconnected, far behind):
+        every running clock of an active target -- delivery expiry, redelivery, LOST grace --
+        moves that much later, so deadlines count only time during which the master listened.
+        Persist ``pop_dirty()``; redelivered copies carry the moved ``expires_at``."""
+        if seconds <= 0 or self.final:
+            return
+        for agent_id in self._active:
+            t = self._targets[agent_id]
+            moved = False
+            if t.state is _T.DISPATCHED and not t.acked and t.expires_at is not None:
+                t.expires_at += seconds
+                if t.last_sent_at is not None:
+                    t.last_sent_at += seconds
+                moved = True
+            if t.offline_since is not None:
+                t.offline_since += seconds
+                moved = True
+            if t.unheard_since is not None:
+                t.unheard_since += seconds
+                moved = True
+            if moved:
+                self._touch(t)
+
     def _tick_target(self, t: TargetSnapshot, now: float) -> list[Action]:
         tm = self.timing
         if t.state not in _ACTIVE:
@@ -468,7 +551,11 @@ class Rollout:
             return self._finish(t, _T.UNREACHABLE, now, f"not accepted within delivery_timeout {tm.delivery_timeout:g}s")
         lost_at, redeliver_at = _lost_at(t, tm), _redeliver_at(t, tm)
         if lost_at is not None and now >= lost_at:
-            return self._finish(t, _T.LOST, now, f"agent offline for more than lost_grace {tm.lost_grace:g}s")
+            if t.unheard_since is not None:
+                why = f"datacenter unreachable for more than lost_max {max(tm.lost_max, tm.lost_grace):g}s"
+            else:
+                why = f"agent offline for more than lost_grace {tm.lost_grace:g}s"
+            return self._finish(t, _T.LOST, now, why)
         actions: list[Action] = []
         if t.kill_requested:
             if t.kill_sent_at is None or now >= t.kill_sent_at + tm.kill_resend:
@@ -497,12 +584,14 @@ class Rollout:
             self._pushes += 1
             heapq.heappush(self._heap, (due, self._pushes, t.agent_id))
 
-    def _move(self, t: TargetSnapshot, new: TargetState, reason: str) -> TargetChanged:
+    def _move(self, t: TargetSnapshot, new: TargetState, reason: str, *, revised: bool = False) -> TargetChanged:
         old = t.state
         check_target_transition(old, new)
         t.state = new
         self._counts[old] -= 1
         self._counts[new] += 1
+        if old.failure:  # only a revised verdict leaves a failure
+            self._failures -= 1
         if new.failure:
             self._failures += 1
         if new in _ACTIVE:
@@ -510,7 +599,30 @@ class Rollout:
         else:
             self._active.discard(t.agent_id)
         self._touch(t)
-        return TargetChanged(t.agent_id, old, new, reason)
+        return TargetChanged(t.agent_id, old, new, reason, revised)
+
+    def _revise(self, t: TargetSnapshot, new: TargetState, now: float, reason: str) -> list[Action]:
+        """A provisional verdict (UNREACHABLE, LOST) meets the agent's own report: take it.
+
+        The target counts as what the agent says from now on (a late SUCCEED is no failure
+        for the limits still to be decided; an active one takes a window slot again).
+        Decisions already taken stand: an abort is not undone, CANCELLED targets stay
+        cancelled, and a target revived in a rollout that kills its active targets (a kill,
+        or an abort with on_abort "kill") is sent a kill. A task that had ended gets its
+        verdict recomputed, or is reopened while the revived target runs.
+        """
+        t.acked = True
+        t.offline_since = t.unheard_since = None
+        t.finished_at = now if new.final else None
+        actions: list[Action] = [self._move(t, new, reason, revised=True)]
+        if new.active and (self.killed or (self.aborted and self.limits.on_abort == "kill")):
+            actions += self._kill_active(now)
+        elif new.failure and not self.aborted and not self.killed:
+            why = self.limits.trip_reason(self._failures, self._n)
+            if why is not None:
+                actions += self._abort(now, why)
+        actions += self._check_final(revised=True)
+        return actions
 
     def _finish(self, t: TargetSnapshot, state: TargetState, now: float, reason: str) -> list[Action]:
         t.finished_at = now
@@ -574,17 +686,34 @@ class Rollout:
             actions.append(Dispatch(t.agent_id, expires_at))
         return actions
 
-    def _check_final(self) -> list[Action]:
+    def _check_final(self, *, revised: bool = False) -> list[Action]:
+        """End the task once nothing is open. After a revision (``revised``), a task that had
+        ended is reopened (a target runs again) or gets its verdict recomputed."""
         c = self._counts
-        if self.final or c[_T.WAITING] + c[_T.DISPATCHED] + c[_T.RUNNING]:
+        if c[_T.WAITING] + c[_T.DISPATCHED] + c[_T.RUNNING]:
+            if self.final and revised:
+                self.revised = True
+                return [self._set_task(TaskState.RUNNING, "reopened: a target judged without hearing from its agent runs")]
             return []
+        if self.final and not revised:
+            return []
+        was_revised, self.revised = self.revised, self.revised or self.final
+        state, reason = self._verdict()
+        if self.final and (state, reason) == (self.state, self.reason):
+            self.revised = was_revised
+            return []
+        return [self._set_task(state, reason)]
+
+    def _verdict(self) -> tuple[TaskState, str]:
+        c = self._counts
         if self.killed:
-            return [self._set_task(TaskState.KILLED, self._end_reason)]
+            return TaskState.KILLED, self._end_reason
         if self.aborted:
-            return [self._set_task(TaskState.FAILED, self._end_reason)]
+            stands = self.revised and self.limits.trip_reason(self._failures, self._n) is None
+            return TaskState.FAILED, self._end_reason + (ABORT_STANDS if stands else "")
         if c[_T.SUCCEED] == self._n:
-            return [self._set_task(TaskState.SUCCEED, f"all {self._n} targets succeeded")]
-        return [self._set_task(TaskState.FAILED, self._failure_summary())]
+            return TaskState.SUCCEED, f"all {self._n} targets succeeded"
+        return TaskState.FAILED, self._failure_summary()
 
     def _failure_summary(self) -> str:
         bad = {s.value: n for s, n in self._counts.items() if n and s is not _T.SUCCEED}
@@ -595,7 +724,7 @@ class Rollout:
         old = self.state
         self.state = new
         self.reason = reason
-        return TaskChanged(old, new, reason)
+        return TaskChanged(old, new, reason, self.revised)
 
 
 # ---------------------------------------------------------------------- deadlines
@@ -609,6 +738,8 @@ def _lost_at(t: TargetSnapshot, tm: Timing) -> float | None:
     running = t.state is _T.RUNNING or (t.state is _T.DISPATCHED and t.acked)
     if not running or t.offline_since is None:
         return None
+    if t.unheard_since is not None:  # its datacenter's bridge is down: only the upper bound runs
+        return t.unheard_since + max(tm.lost_max, tm.lost_grace)
     return t.offline_since + tm.lost_grace
 
 

@@ -21,7 +21,7 @@ from . import models
 from .engine import Engine
 from .jobservice import JobService
 from .models import NotFound
-from .registry import Change, Registry
+from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
 from .states import TaskState
 from .store import Store
 from .submissions import SubmitHandler
@@ -202,6 +202,9 @@ class MasterService:
         log.info("bridge %s is %s", client_id, "up" if up else "down")
         for change in self.registry.on_bridge(client_id, up, self.clock()):
             self._agent_changed(change)
+        if client_id.startswith(BRIDGE_CLIENT_PREFIX):
+            dc = client_id[len(BRIDGE_CLIENT_PREFIX) :]
+            self.engine.datacenter_heard(self.registry.in_datacenter(dc), up)
 
     def _agent_changed(self, change: Change | None) -> None:
         if change is None:

@@ -1,7 +1,9 @@
 """Task and target states, and the transitions allowed between them.
 
 States are stored as their ``.value`` in SQLite and parsed back at the store boundary.
-Every change of a target's state goes through :func:`check_target_transition`.
+Every change of a target's state goes through :func:`check_target_transition`. Final states
+never change again, except the provisional ones (UNREACHABLE, LOST): a late report from the
+agent replaces them (docs/rollout.md, "Provisional verdicts").
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class TargetState(str, Enum):
     TIMEOUT = "TIMEOUT"  #: killed by the agent after the task's timeout
     KILLED = "KILLED"  #: killed on a user's or an abort's request
     INTERRUPTED = "INTERRUPTED"  #: the agent died while running it; never re-run
-    LOST = "LOST"  #: the agent went offline mid-run and did not come back in time
-    UNREACHABLE = "UNREACHABLE"  #: the agent did not accept the task before its expiry
+    LOST = "LOST"  #: the agent went offline mid-run and did not come back in time (provisional)
+    UNREACHABLE = "UNREACHABLE"  #: the agent did not accept the task before its expiry (provisional)
     REJECTED = "REJECTED"  #: the agent refused the task (bad script, too large, ...)
     CANCELLED = "CANCELLED"  #: never started: the rollout was aborted or killed first
 
@@ -88,6 +90,11 @@ TARGET_TRANSITIONS: dict[TargetState, frozenset[TargetState]] = {
 }
 for _s in TARGET_FINAL:
     TARGET_TRANSITIONS[_s] = frozenset()
+#: Provisional verdicts, reached without hearing from the agent: the agent's own later
+#: report (ack, started, result, reject) replaces them. The other final states are final.
+TARGET_PROVISIONAL = frozenset({_T.UNREACHABLE, _T.LOST})
+TARGET_TRANSITIONS[_T.UNREACHABLE] = frozenset({_T.DISPATCHED, _T.RUNNING} | (TARGET_FINAL - {_T.UNREACHABLE, _T.CANCELLED}))
+TARGET_TRANSITIONS[_T.LOST] = frozenset({_T.DISPATCHED, _T.RUNNING} | (TARGET_FINAL - {_T.LOST, _T.UNREACHABLE, _T.CANCELLED}))
 
 
 class TransitionError(ValueError):

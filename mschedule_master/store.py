@@ -105,11 +105,21 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "create index targets_agent on targets (agent_id)",
         ),
     ),
+    (
+        "verdicts-1",  # provisional verdicts revised by late reports; the listening clock
+        (
+            "alter table tasks add column revised_at real",
+            "alter table targets add column revised_at real",
+            "alter table targets add column revised_from text",
+            "alter table targets add column unheard_since real",
+            "create table if not exists listening (id integer primary key check (id = 1), heard_until real not null)",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (
     "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
-    "finished_at", "kill_requested", "kill_sent_at", "offline_since",
+    "finished_at", "kill_requested", "kill_sent_at", "offline_since", "unheard_since",
 )  # fmt: skip
 
 _SAVE_SNAPSHOT_SQL = (
@@ -298,6 +308,37 @@ class Store:
         with self.db() as c:
             c.execute("update targets set reason=? where task_id=? and agent_id=?", (reason, task_id, agent_id))
 
+    def set_target_revised(self, task_id: str, agent_id: str, old: TargetState, now: float) -> None:
+        """Record that a late report replaced the target's provisional verdict ``old``."""
+        with self.db() as c:
+            c.execute(
+                "update targets set revised_at=?, revised_from=coalesce(revised_from, ?) where task_id=? and agent_id=?",
+                (now, old.value, task_id, agent_id),
+            )
+
+    def set_task_revised(self, task_id: str, now: float) -> None:
+        with self.db() as c:
+            c.execute("update tasks set revised_at=? where id=?", (now, task_id))
+            self.require_sync()
+
+    def load_task(self, task_id: str) -> StoredTask | None:
+        """One task (finished or not) with its targets' snapshots, to carry on its rollout."""
+        task = self.get_task(task_id, with_targets=False)
+        if task is None:
+            return None
+        cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
+        rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
+        return StoredTask(task, [_snapshot(r) for r in rows])
+
+    def heard_until(self) -> float | None:
+        """The listening clock's persisted mark: time up to which deadlines have been accounted."""
+        row = self._conn.execute("select heard_until from listening where id=1").fetchone()
+        return row[0] if row else None
+
+    def set_heard_until(self, ts: float) -> None:
+        with self.db() as c:
+            c.execute("insert or replace into listening (id, heard_until) values (1, ?)", (ts,))
+
     def record_result(self, task_id: str, agent_id: str, result: protocol.Result, now: float) -> bool:
         """Store a target's result once. False when it was already stored (or no such target)."""
         with self.db() as c:
@@ -377,10 +418,9 @@ class Store:
     def load_unfinished(self) -> list[StoredTask]:
         out = []
         for task_id in self.unfinished_task_ids():
-            task = self.get_task(task_id, with_targets=False)
-            cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
-            rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
-            out.append(StoredTask(task, [_snapshot(r) for r in rows]))  # type: ignore[arg-type]
+            stored = self.load_task(task_id)
+            if stored is not None:
+                out.append(stored)
         return out
 
     def targets(self, task_id: str) -> list[models.Target]:
@@ -428,12 +468,13 @@ _INSERT_TASK_COLS = (
 )
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
-    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count"
+    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at"
 )
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
     "coalesce(t.run_started_at, t.started_at), coalesce(t.run_finished_at, t.finished_at), t.stdout, t.stderr, "
-    "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state"
+    "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state, "
+    "t.result_error, t.revised_at, t.revised_from"
 )
 
 
@@ -443,6 +484,7 @@ def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None)
         fail_rate=json.loads(r[6]) if r[6] is not None else None, fail_count=r[7], on_abort=r[8],
         env=json.loads(r[9]), cwd=r[10], output_cap=r[11], delivery_timeout=r[12], state=TaskState(r[13]),
         reason=r[14], created_at=r[15], finished_at=r[16], counts=counts, target_count=r[17], targets=targets,
+        revised_at=r[18],
     )  # fmt: skip
 
 
@@ -451,14 +493,15 @@ def _target(r: tuple) -> models.Target:
         task_id=r[0], agent_id=r[1], state=TargetState(r[2]), acked=bool(r[3]), code=r[4], signal=r[5],
         reason=r[6], dispatched_at=r[7], started_at=r[8], finished_at=r[9], stdout=r[10] or b"",
         stderr=r[11] or b"", stdout_bytes=r[12], stderr_bytes=r[13], stdout_truncated=bool(r[14]),
-        stderr_truncated=bool(r[15]), hostname=r[16], agent_state=r[17],
+        stderr_truncated=bool(r[15]), hostname=r[16], agent_state=r[17], error=r[18] or None, revised_at=r[19],
+        revised_from=r[20],
     )  # fmt: skip
 
 
 def _snapshot_values(s: TargetSnapshot) -> tuple:
     return (
         s.state.value, s.seq, int(s.acked), s.dispatched_at, s.last_sent_at, s.expires_at, s.started_at,
-        s.finished_at, int(s.kill_requested), s.kill_sent_at, s.offline_since,
+        s.finished_at, int(s.kill_requested), s.kill_sent_at, s.offline_since, s.unheard_since,
     )  # fmt: skip
 
 
@@ -466,5 +509,5 @@ def _snapshot(r: tuple) -> TargetSnapshot:
     return TargetSnapshot(
         agent_id=r[0], state=TargetState(r[1]), seq=r[2], acked=bool(r[3]), dispatched_at=r[4], last_sent_at=r[5],
         expires_at=r[6], started_at=r[7], finished_at=r[8], kill_requested=bool(r[9]), kill_sent_at=r[10],
-        offline_since=r[11],
+        offline_since=r[11], unheard_since=r[12],
     )  # fmt: skip

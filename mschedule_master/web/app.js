@@ -322,7 +322,7 @@ async function loadTask(id) {
   if (state.route !== "task" || state.taskId !== id) return;
   $("#task-id").textContent = t.id;
   $("#task-state").replaceWith(Object.assign(badge(t.state), { id: "task-state" }));
-  $("#task-reason").textContent = t.reason || "";
+  $("#task-reason").textContent = (t.reason || "") + (t.revised_at ? ` — verdict revised ${when(t.revised_at)}` : "");
   const meta = [
     ["targets", t.targets_spec.join(" ")],
     ["parallel", t.parallel],
@@ -356,6 +356,8 @@ function targetRows(x, closed) {
     h("td", {}, x.hostname || ""),
     h("td", {}, badge(x.state),
       x.agent_state && x.agent_state !== x.state ? h("div", { class: "muted small" }, "agent reported ", badge(x.agent_state)) : null,
+      x.revised_from ? h("div", { class: "muted small revised" }, `revised from ${x.revised_from} at ${when(x.revised_at)}`) : null,
+      x.error ? h("div", { class: "small error" }, `error: ${x.error}`) : null,
       x.reason ? h("div", { class: "muted small" }, x.reason) : null),
     h("td", { class: "mono exit" }, x.code === null ? "–" : x.signal ? `${x.code} (sig ${x.signal})` : String(x.code)),
     h("td", {}, when(x.started_at)),

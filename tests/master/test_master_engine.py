@@ -421,3 +421,139 @@ def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_
     assert writes == [["a1", "a2"]], "three messages, two targets, one write"
     assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING
     assert rig.store.get_target(task_id, "a2").acked
+
+
+# ------------------------------------------------------------------ provisional verdicts, the listening clock
+
+
+def test_an_ack_after_the_unreachable_verdict_revives_the_target_in_the_open_task(rig):
+    rig.register("a1")
+    rig.register("a2")
+    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+    _ack(rig, task_id, "a2")
+    rig.tick(11.5)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
+    _ack(rig, task_id, "a1")
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.acked, target.revised_from) == (TargetState.DISPATCHED, True, "UNREACHABLE")
+    _result(rig, task_id, "a1")
+    _result(rig, task_id, "a2")
+    task = rig.store.get_task(task_id)
+    assert (task.state, task.counts, task.revised_at) == (TaskState.SUCCEED, {"SUCCEED": 2}, None)
+
+
+def test_a_late_result_after_the_task_ended_revises_it_and_its_retained_summary(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.tick(11.5)
+    ((_, first),) = rig.sent("summary")
+    assert first.state == "FAILED" and first.targets == {"a1": {"state": "UNREACHABLE", "code": None}}
+    rig.tick(5)
+    _ack(rig, task_id, "a1")  # reopens the task while the script runs
+    assert rig.store.get_task(task_id).state is TaskState.RUNNING
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now))
+    _result(rig, task_id, "a1")
+    task = rig.store.get_task(task_id)
+    assert (task.state, task.counts, task.revised_at) == (TaskState.SUCCEED, {"SUCCEED": 1}, rig.clock.now)
+    (target,) = task.targets
+    assert (target.state, target.code, target.revised_from, target.revised_at) == (
+        TargetState.SUCCEED, 0, "UNREACHABLE", rig.clock.now)  # fmt: skip
+    ((topic, summary),) = rig.sent("summary")
+    assert topic == f"test/tasks/{task_id}/summary" and summary.state == "SUCCEED"
+    assert summary.targets == {"a1": {"state": "SUCCEED", "code": 0}}
+    kinds = [(e["agent_id"], e["data"]["old"], e["data"]["new"]) for e in rig.store.events(task_id, kind="revised")]
+    assert kinds == [("a1", "UNREACHABLE", "DISPATCHED"), (None, "FAILED", "RUNNING"), (None, "RUNNING", "SUCCEED")]
+
+
+def test_an_expired_reject_confirms_the_unreachable_verdict(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.tick(11.5)
+    rig.from_agent("a1", P.Reject(id=task_id, agent_id="a1", code="expired", reason="too late"))
+    assert rig.store.get_task(task_id).revised_at is None
+    assert [e["kind"] for e in rig.store.events(task_id) if e["kind"].startswith("late_")] == ["late_reject"]
+
+
+def test_a_result_the_agent_could_not_start_carries_its_error_as_the_reason(rig):
+    rig.register("a1")
+    task_id = rig.submit(["a1"]).task_id
+    rig.from_agent("a1", P.Result(id=task_id, agent_id="a1", state="FAILED", code=None, error="cwd /x: No such file"))
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.code, target.error) == (TargetState.FAILED, None, "cwd /x: No such file")
+    assert target.reason == "agent: cwd /x: No such file"
+
+
+def test_a_restart_defers_every_deadline_by_the_time_the_master_was_not_listening(tmp_path, rig_factory):
+    db = tmp_path / "m.db"
+    first = rig_factory(db)
+    first.register("a1")
+    first.service.flush_agents()
+    task_id = first.submit(["a1"]).task_id  # expires at +10, UNREACHABLE at +11
+    first.engine.heard(first.clock.now + 1)  # the daemon's last listening mark
+    first.store.close()
+
+    second = rig_factory(db)
+    second.clock.now = first.clock.now + 70  # down for 69 s after it last listened
+    second.registry.load(second.store.load_agents(), second.clock.now)
+    assert second.engine.restore() == 1
+    assert second.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    second.tick(9.5)  # 10.5 s of listening time since the submit
+    assert second.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    (topic, copy), *_ = second.sent("task")
+    assert copy.expires_at == first.clock.now + 10 + 69, "redelivered copies carry the moved expiry"
+    second.tick(1.0)
+    assert second.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
+    second.store.close()
+
+
+def test_a_bridge_down_stops_the_lost_clock_of_its_agents_until_lost_max(tmp_path, rig_factory):
+    from mschedule_master.rollout import Timing
+
+    rig = rig_factory(tmp_path / "m.db")
+    rig.engine.timing = Timing(delivery_timeout=10, redeliver_interval=2, ack_grace=1, lost_grace=5, lost_max=30)
+    rig.register("a1", dc="bj")
+    task_id = rig.submit(["a1"]).task_id
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now), dc="bj")
+    rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"0"))
+    rig.tick(20)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING, "lost_grace 5 does not run unheard"
+    rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"1"))
+    rig.tick(4.9)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING
+    rig.tick(0.2)  # 5 s offline and heard: LOST
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.reason) == (TargetState.LOST, "agent offline for more than lost_grace 5s")
+    rig.store.close()
+
+
+def test_a_datacenter_that_never_comes_back_still_ends_the_task_after_lost_max(tmp_path, rig_factory):
+    from mschedule_master.rollout import Timing
+
+    rig = rig_factory(tmp_path / "m.db")
+    rig.engine.timing = Timing(delivery_timeout=10, redeliver_interval=2, ack_grace=1, lost_grace=5, lost_max=30)
+    rig.register("a1", dc="bj")
+    task_id = rig.submit(["a1"]).task_id
+    rig.from_agent("a1", P.Started(id=task_id, agent_id="a1", started_at=rig.clock.now), dc="bj")
+    rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"0"))
+    rig.tick(29.9)
+    assert rig.store.get_target(task_id, "a1").state is TargetState.RUNNING
+    rig.tick(0.2)
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.reason) == (TargetState.LOST, "datacenter unreachable for more than lost_max 30s")
+    assert rig.store.get_task(task_id).state is TaskState.FAILED
+    rig.store.close()
+
+
+def test_late_reports_of_one_finished_task_load_its_targets_once(rig, monkeypatch):
+    for a in ("a1", "a2", "a3"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2", "a3"], parallel=3).task_id
+    rig.tick(11.5)  # all three UNREACHABLE: the task ends FAILED
+    loads = []
+    real = rig.store.load_task
+    monkeypatch.setattr(rig.store, "load_task", lambda tid: loads.append(tid) or real(tid))
+    for a in ("a1", "a2", "a3"):
+        _result(rig, task_id, a)
+    assert loads == [task_id]
+    task = rig.store.get_task(task_id)
+    assert (task.state, task.counts) == (TaskState.SUCCEED, {"SUCCEED": 3})

@@ -47,7 +47,7 @@ def test_an_offline_target_becomes_unreachable_and_never_runs_when_it_returns(br
         assert fleet.task(task_id)["targets"][agent_id]["state"] == "UNREACHABLE"
 
 
-def test_an_agent_killed_mid_run_becomes_lost_and_its_late_report_changes_nothing(broker, prefix, tmp_path):
+def test_an_agent_killed_mid_run_becomes_lost_and_its_late_report_revises_the_verdict(broker, prefix, tmp_path):
     pidfile = tmp_path / "script.pid"
     with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags={"lost_grace": 2}) as fleet:
         agent = fleet.agents[0]
@@ -61,12 +61,14 @@ def test_an_agent_killed_mid_run_becomes_lost_and_its_late_report_changes_nothin
             offset = len(agent.log())
             agent.start()
             agent.wait_online(20, after=offset)
-            # The restarted agent reports the interrupted run; the master stores it, acks it,
-            # and leaves the verdict alone.
-            wait_until(lambda: _events(fleet.master.db, "late_result"), 20, what="the INTERRUPTED report")
-            ((_t, _a, data),) = _events(fleet.master.db, "late_result")
-            assert '"INTERRUPTED"' in data and '"stored":true' in data
-            assert fleet.task(task_id)["targets"][agent_id]["state"] == "LOST"
+            # The restarted agent reports the interrupted run: LOST was provisional, the
+            # agent's report replaces it, and the finished task says it was revised.
+            wait_until(lambda: _events(fleet.master.db, "revised"), 20, what="the INTERRUPTED report")
+            target = fleet.task(task_id)["targets"][agent_id]
+            assert (target["state"], target["revised_from"]) == ("INTERRUPTED", "LOST")
+            task = fleet.task(task_id)
+            assert (task["state"], task["counts"]) == ("FAILED", {"INTERRUPTED": 1})
+            assert task["revised_at"] is not None
         finally:
             if pidfile.exists():
                 try:

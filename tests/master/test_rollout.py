@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mschedule_master.rollout import (
+    ABORT_STANDS,
+    PROVISIONAL,
     Dispatch,
     Limits,
     Rollout,
@@ -41,22 +43,26 @@ class Run:
         self.task = TaskState.WAITING
         self.actions: list = []
         self.max_active = 0
+        self.revived: set[str] = set()  #: targets a late report made active again (beyond the window)
 
     def do(self, actions: list) -> list:
         for a in actions:
             if isinstance(a, TargetChanged):
                 assert self.mirror[a.agent_id] == a.old
                 check_target_transition(a.old, a.new)
+                assert a.revised == (a.old in PROVISIONAL), "only a provisional verdict is revised"
                 self.mirror[a.agent_id] = a.new
+                if a.revised and a.new.active:
+                    self.revived.add(a.agent_id)
             elif isinstance(a, TaskChanged):
-                assert a.old == self.task and a.new != a.old
-                assert not self.task.final, "a final task never changes again"
+                assert a.old == self.task and (a.new != a.old or a.revised)
+                assert not self.task.final or a.revised, "a final task changes again only on a revision"
                 self.task = a.new
             elif isinstance(a, Dispatch) and not a.redeliver:
                 assert self.mirror[a.agent_id] == T.DISPATCHED, "persist DISPATCHED before publishing"
         active = sum(1 for s in self.mirror.values() if s.active)
         self.max_active = max(self.max_active, active)
-        assert active <= self.r.window
+        assert active <= self.r.window + len(self.revived)
         assert self.r.state == self.task
         assert self.r.counts() == {s.value: list(self.mirror.values()).count(s) for s in TargetState}
         assert self.r.counts(nonzero=True) == {k: n for k, n in self.r.counts().items() if n}
@@ -867,3 +873,218 @@ def test_resume_gives_a_dispatch_stored_without_expiry_a_fresh_one_instead_of_wa
     assert r.next_deadline() == 120, "out for 100 s already: the back-off gap is at its cap (20)"
     r.tick(132)
     assert r.targets["a00"].state == T.UNREACHABLE
+
+
+# ------------------------------------------------------------------------ provisional verdicts
+
+
+def _judged(state: TargetState, n: int = 2) -> Run:
+    """a00 judged ``state`` (UNREACHABLE: never acked; LOST: started, then offline) with a01 still active."""
+    run = Run(n, parallel=n)
+    run.start(0)
+    if state is T.LOST:
+        run.do(run.r.on_started("a00", 1))
+        run.do(run.r.on_agent_offline("a00", 2))
+        run.do(run.r.on_ack("a01", 1))
+        run.tick(22)
+    else:
+        run.do(run.r.on_ack("a01", 1))
+        run.tick(32)
+    assert run.mirror["a00"] == state and run.r.failures == 1
+    return run
+
+
+@pytest.mark.parametrize(
+    ("verdict", "event", "state", "failures"),
+    [
+        (T.UNREACHABLE, ("ack",), T.DISPATCHED, 0),
+        (T.UNREACHABLE, ("started",), T.RUNNING, 0),
+        (T.UNREACHABLE, ("final", T.SUCCEED), T.SUCCEED, 0),
+        (T.UNREACHABLE, ("final", T.FAILED), T.FAILED, 1),
+        (T.UNREACHABLE, ("final", T.REJECTED), T.REJECTED, 1),
+        (T.UNREACHABLE, ("final", T.UNREACHABLE), T.UNREACHABLE, 1),  # an "expired" reject confirms it
+        (T.LOST, ("ack",), T.RUNNING, 0),  # it had started: an ack proves it still holds the run
+        (T.LOST, ("started",), T.RUNNING, 0),
+        (T.LOST, ("final", T.SUCCEED), T.SUCCEED, 0),
+        (T.LOST, ("final", T.INTERRUPTED), T.INTERRUPTED, 1),
+        (T.LOST, ("final", T.TIMEOUT), T.TIMEOUT, 1),
+    ],
+)
+def test_a_late_report_replaces_a_provisional_verdict_with_what_the_agent_says(verdict, event, state, failures):
+    run = _judged(verdict)
+    if event[0] == "final":
+        actions = run.final("a00", event[1], 40)
+    else:
+        actions = run.do(getattr(run.r, f"on_{event[0]}")("a00", 40))
+    assert run.mirror["a00"] == state
+    assert run.r.failures == failures
+    changed = only(actions, TargetChanged)
+    assert all(c.revised for c in changed) and len(changed) == (state != verdict)
+    assert run.task == TaskState.RUNNING  # a01 is still running
+    if state.active:
+        assert run.r.targets["a00"].acked and run.r.next_deadline() is None, "no expiry, no LOST clock"
+
+
+def test_a_late_succeed_no_longer_counts_against_the_limits_still_to_be_decided():
+    run = Run(3, parallel=1, fail_count=1)
+    run.start(0)
+    run.tick(32)  # a00 UNREACHABLE: 1 failure, a01 dispatched
+    run.final("a00", T.SUCCEED, 33)  # it had run after all
+    assert run.r.failures == 0
+    run.final("a01", T.FAILED, 34)  # 1 failure: not > 1
+    assert not run.r.aborted and run.mirror["a02"] == T.DISPATCHED
+    run.final("a02", T.SUCCEED, 35)
+    assert run.task == TaskState.FAILED and run.r.reason == "1 of 3 targets did not succeed: FAILED 1"
+
+
+@pytest.mark.parametrize(
+    ("late", "task", "reason"),
+    [
+        (T.SUCCEED, TaskState.SUCCEED, "all 1 targets succeeded"),
+        (T.FAILED, TaskState.FAILED, "1 of 1 targets did not succeed: FAILED 1"),
+    ],
+)
+def test_a_late_result_after_the_task_ended_recomputes_its_verdict(late, task, reason):
+    run = Run(1)
+    run.start(0)
+    run.tick(32)
+    assert run.task == TaskState.FAILED
+    (changed,) = only(run.final("a00", late, 50), TaskChanged)
+    assert changed == TaskChanged(TaskState.FAILED, task, reason, revised=True)
+    assert run.r.revised and run.r.next_deadline() is None
+
+
+def test_a_late_ack_after_the_task_ended_reopens_it_until_the_result():
+    run = Run(1)
+    run.start(0)
+    run.tick(32)
+    (reopened,) = only(run.do(run.r.on_ack("a00", 50)), TaskChanged)
+    assert (reopened.old, reopened.new, reopened.revised) == (TaskState.FAILED, TaskState.RUNNING, True)
+    run.do(run.r.on_started("a00", 51))
+    run.do(run.r.on_agent_offline("a00", 52))
+    assert run.r.next_deadline() == 72, "the reopened target has its LOST clock again"
+    (ended,) = only(run.final("a00", T.SUCCEED, 60), TaskChanged)
+    assert ended == TaskChanged(TaskState.RUNNING, TaskState.SUCCEED, "all 1 targets succeeded", revised=True)
+
+
+def test_an_abort_on_a_verdict_since_revised_stands_and_says_so():
+    run = Run(3, parallel=1, fail_count=0)
+    run.start(0)
+    run.tick(32)  # a00 UNREACHABLE -> abort: a01, a02 CANCELLED
+    assert run.task == TaskState.FAILED and run.r.reason == "fail_count 0 exceeded: 1 failure"
+    (changed,) = only(run.final("a00", T.SUCCEED, 40), TaskChanged)
+    assert changed.new == TaskState.FAILED and changed.revised
+    assert changed.reason == "fail_count 0 exceeded: 1 failure" + ABORT_STANDS
+    assert run.mirror == {"a00": T.SUCCEED, "a01": T.CANCELLED, "a02": T.CANCELLED}
+
+
+@pytest.mark.parametrize("how", ["kill", "abort"])
+def test_a_target_revived_in_a_rollout_that_kills_its_active_targets_is_sent_a_kill(how):
+    run = Run(2, parallel=2, fail_count=0 if how == "abort" else -1)
+    run.start(0)
+    run.do(run.r.on_started("a01", 1))
+    if how == "kill":
+        run.do(run.r.kill(5))
+        run.final("a01", T.KILLED, 6)
+    run.tick(32)  # a00 UNREACHABLE (CANCELLED if killed: no revision then)
+    if how == "kill":
+        assert run.mirror["a00"] == T.CANCELLED
+        assert run.do(run.r.on_ack("a00", 40)) == []
+        return
+    assert run.r.aborted
+    actions = run.do(run.r.on_started("a00", 40))
+    assert SendKill("a00") in actions and run.mirror["a00"] == T.RUNNING
+
+
+def test_a_revision_of_a_restored_finished_task_recomputes_it():
+    targets = [TargetSnapshot("a00", T.UNREACHABLE, seq=0), TargetSnapshot("a01", T.SUCCEED, seq=1)]
+    reason = "1 of 2 targets did not succeed: UNREACHABLE 1"
+    r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.FAILED, reason=reason, timing=TIMING)
+    (changed,) = only(r.on_final("a00", T.SUCCEED, 100), TaskChanged)
+    assert changed == TaskChanged(TaskState.FAILED, TaskState.SUCCEED, "all 2 targets succeeded", revised=True)
+
+
+def test_a_restored_abort_whose_failures_were_revised_is_still_an_abort():
+    targets = [
+        TargetSnapshot("a00", T.SUCCEED, seq=0),  # UNREACHABLE at the abort, revised since
+        TargetSnapshot("a01", T.RUNNING, seq=1, acked=True),
+        TargetSnapshot("a02", T.CANCELLED, seq=2),
+    ]
+    r = Rollout.restore("t1", Limits(parallel=2, fail_count=0, on_abort="drain"), targets=targets,
+                        task_state=TaskState.RUNNING, timing=TIMING, killed=False)  # fmt: skip
+    assert r.aborted and not r.killed
+    r.resume(100)
+    (ended,) = only(r.on_final("a01", T.SUCCEED, 101), TaskChanged)
+    assert ended.new == TaskState.FAILED and ended.reason.startswith("fail_count 0 exceeded")
+
+
+# ------------------------------------------------------------------------ the listening clock
+
+
+@pytest.mark.parametrize(
+    ("setup", "deaf", "due_before", "due_after"),
+    [
+        ("unacked", 10, 5, 20),  # expiry 32 -> 42; the copy due at 5 backs off (out for 10 s: gap 10)
+        ("offline", 10, 22, 32),  # LOST at 22 -> 32
+        ("acked", 10, None, None),  # no clock runs: nothing moves
+    ],
+)
+def test_defer_moves_every_running_clock_by_the_time_the_master_could_not_hear(setup, deaf, due_before, due_after):
+    run = Run(1)
+    run.start(0)
+    if setup != "unacked":
+        run.do(run.r.on_started("a00", 1))
+    if setup == "offline":
+        run.do(run.r.on_agent_offline("a00", 2))
+    assert run.r.next_deadline() == due_before
+    run.r.pop_dirty()
+    run.r.defer(deaf)
+    assert run.r.next_deadline() == due_after
+    assert (run.r.pop_dirty() == ["a00"]) == (setup != "acked"), "moved clocks must be persisted"
+
+
+def test_a_deferred_unacked_dispatch_expires_later_and_is_redelivered_with_the_moved_expiry():
+    run = Run(1)
+    run.start(0)
+    run.r.defer(10)
+    assert run.tick(32) == [Dispatch("a00", 40.0, redeliver=True)] and run.mirror["a00"] == T.DISPATCHED
+    run.tick(41.99)
+    assert run.mirror["a00"] == T.DISPATCHED
+    run.tick(42)
+    assert run.mirror["a00"] == T.UNREACHABLE
+
+
+LOST_MAX = dataclasses.replace(TIMING, lost_max=100)
+
+
+@pytest.mark.parametrize(
+    ("offline_at", "bridge_down_at", "bridge_up_at", "lost_at"),
+    [
+        (2, None, None, 22),  # plain offline: lost_grace 20
+        (2, 2, None, 102),  # the bridge never comes back: lost_max 100 from its outage
+        (2, 2, 50, 70),  # back at 50: the whole grace counts from then
+        (2, 10, 50, 62),  # 8 s counted before the outage, 12 after it
+        (30, 10, 50, 70),  # offline during the outage (the registry's doing): counted from 50
+    ],
+)
+def test_the_lost_clock_stops_while_the_agents_datacenter_cannot_be_heard(offline_at, bridge_down_at, bridge_up_at, lost_at):
+    run = Run(1, timing=LOST_MAX)
+    run.start(0)
+    run.do(run.r.on_started("a00", 1))
+    events = [(offline_at, "offline")]
+    if bridge_down_at is not None:
+        events.append((bridge_down_at, "down"))
+    if bridge_up_at is not None:
+        events.append((bridge_up_at, "up"))
+    for at, what in sorted(events):
+        if what == "offline":
+            run.do(run.r.on_agent_offline("a00", at, unheard=bridge_down_at is not None and bridge_down_at <= at and (bridge_up_at is None or at < bridge_up_at)))
+        else:
+            run.do(run.r.on_agent_heard("a00", at, heard=what == "up"))
+    assert run.r.next_deadline() == lost_at
+    run.tick(lost_at - 0.01)
+    assert run.mirror["a00"] == T.RUNNING
+    run.tick(lost_at)
+    assert run.mirror["a00"] == T.LOST
+    if bridge_down_at is not None and bridge_up_at is None:
+        assert "lost_max 100s" in only(run.actions, TargetChanged)[-1].reason

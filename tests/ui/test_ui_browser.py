@@ -138,6 +138,22 @@ def test_bad_submission_shows_the_field(ui_fleet, page):
     assert "#/task/" not in page.url
 
 
+def test_a_target_that_could_not_start_shows_the_agents_reason(ui_fleet, page):
+    import json
+    import urllib.request
+
+    missing = "/nonexistent/mschedule-page-cwd"
+    body = json.dumps({"targets": ["role=db"], "script_text": "echo never", "cwd": missing}).encode()
+    req = urllib.request.Request(ui_fleet.url + "/api/v1/tasks", data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        task_id = json.loads(r.read())["id"]
+    page.goto(f"{ui_fleet.url}/#/task/{task_id}")
+    page.locator("#task-state[data-state=FAILED]").wait_for(timeout=60_000)
+    row = page.locator("#targets tbody tr").first
+    assert missing in row.locator(".error").inner_text()
+
+
 def test_page_asks_for_the_token_when_the_master_needs_one(broker, tmp_path, page):
     import uuid
 

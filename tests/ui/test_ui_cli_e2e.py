@@ -54,6 +54,23 @@ def test_run_failing_script_exits_1_and_prints_failed_output(ui_fleet):
     assert "FAILED" in out.splitlines()[-1]
 
 
+def test_a_script_that_could_not_start_shows_the_agents_reason_in_the_api_run_status_and_output(ui_fleet):
+    missing = "/nonexistent/mschedule-cwd"
+    p = mschedule(ui_fleet, "run", "-t", "role=db", "--cwd", missing, "--json", "-c", "echo never")
+    assert p.returncode == 1, p.stderr
+    task = json.loads(p.stdout)
+    (target,) = task["targets"].values()
+    assert target["state"] == "FAILED" and target["code"] is None
+    assert target["error"] and missing in target["error"], target  # the agent's own words
+    assert target["error"] in target["reason"]
+
+    run_out, _ = text(mschedule(ui_fleet, "run", "-t", "role=db", "--cwd", missing, "-c", "echo never"))
+    status_out, _ = text(mschedule(ui_fleet, "status", task["id"]))
+    output_out, _ = text(mschedule(ui_fleet, "output", task["id"]))
+    for out in (run_out, status_out, output_out):
+        assert missing in out, out
+
+
 def test_run_json_and_status_output_tasks(ui_fleet):
     p = mschedule(ui_fleet, "run", "-t", "role=db", "--json", "--timeout", "30", "-c", "printf 'a\\nb\\n'")
     assert p.returncode == 0, p.stderr

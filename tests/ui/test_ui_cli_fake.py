@@ -324,3 +324,19 @@ def test_wrong_master_urls_are_one_line_errors(tmp_path, broker, capsys):
         server.shutdown()
         server.server_close()
         t.join(10)
+
+
+def test_a_revised_verdict_shows_in_the_table_and_the_summary_with_when(capsys):
+    from rich.console import Console
+
+    target = {"state": "SUCCEED", "code": 0, "signal": None, "reason": "revised: judged UNREACHABLE before ...",
+              "output": "hi\n", "output_encoding": "utf-8", "stderr": "", "stderr_encoding": "utf-8",
+              "revised_from": "UNREACHABLE", "revised_at": 1_800_000_000.0, "duration": 0.1, "hostname": "h1"}  # fmt: skip
+    task = {"id": "t1", "state": "SUCCEED", "reason": "all 1 targets succeeded", "counts": {"SUCCEED": 1},
+            "targets": {"a1": target}, "revised_at": 1_800_000_000.0}  # fmt: skip
+    console = Console(width=250, force_terminal=False)
+    assert cli.finish(task, console, False) == 0
+    out = capsys.readouterr().out
+    when = cli.when(1_800_000_000.0)
+    assert f"SUCCEED (revised from UNREACHABLE at {when})" in out
+    assert f"verdict revised at {when}" in out
