@@ -130,7 +130,10 @@ def test_a_bridge_going_down_takes_its_agents_offline_and_up_lets_heartbeats_ret
     rig.register("a2")
     rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"0"))
     assert not rig.registry.is_online("a1") and rig.registry.is_online("a2")
+    rig.clock.advance(0.5)
     rig.feed(rig.incoming("$SYS/broker/connection/mschedule-bridge-bj/state", b"1"))
+    assert not rig.registry.is_online("a1")  # the bridge's word alone is no evidence
+    rig.clock.advance(0.5)
     hb = P.Heartbeat(id="a1", hostname="a1", ip=[], ts=rig.clock.now, interval=1.0)
     rig.feed(rig.incoming("test/dc/bj/agents/a1/heartbeat", hb))
     assert rig.registry.is_online("a1")

@@ -112,7 +112,6 @@ def test_a_rollout_over_a_flapping_link_ends_with_every_target_once(pfleet):
     _expect_all_once(pfleet, task_id, pfleet.wait_task(task_id, 120))
 
 
-@pytest.mark.xfail(strict=True, reason="late reports do not revise LOST yet (issue 10)")
 def test_a_cut_longer_than_lost_grace_while_scripts_succeed_ends_with_the_truth(pfleet, tmp_path):
     gate = tmp_path / "gate"
     task_id = pfleet.submit(["all"], _gated(gate), parallel=N_AGENTS)
@@ -132,7 +131,6 @@ def test_a_cut_longer_than_lost_grace_while_scripts_succeed_ends_with_the_truth(
     _expect_all_once(pfleet, task_id, summary)
 
 
-@pytest.mark.xfail(strict=True, reason="no KILL_PENDING yet: LOST + kill ends KILLED while scripts run")
 def test_a_kill_during_a_long_cut_is_delivered_after_the_heal_and_never_reported_killed_while_running(pfleet,
                                                                                                       tmp_path):
     pids = tmp_path / "pids"
