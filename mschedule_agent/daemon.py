@@ -28,7 +28,7 @@ from .executor import Executor
 from .hostinfo import collect
 from .identity import load_or_create_id
 from .ledger import Ledger
-from .transport import MqttTransport, NetworkLoop
+from .transport import BrokerURL, MqttTransport, NetworkLoop
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AgentError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
-    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), agent.settings.broker, agent.settings.state_dir)
+    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), BrokerURL.parse(agent.settings.broker), agent.settings.state_dir)
     run(agent)
     return 0
 

@@ -115,6 +115,7 @@ class BrokerURL:
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
+        """Raises ValueError, whose message never holds the password."""
         if "://" not in url:
             url = "mqtt://" + url
         u = urllib.parse.urlsplit(url)
@@ -122,11 +123,11 @@ class BrokerURL:
             raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, not {u.scheme!r}")
         tls = u.scheme in ("mqtts", "ssl")
         if not u.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact_url(url)!r} has no host")
         try:
             port = u.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ValueError(f"broker URL {url!r} has a bad port") from e
+        except ValueError:
+            raise ValueError(f"broker URL {redact_url(url)!r} has a bad port") from None
         user = urllib.parse.unquote(u.username) if u.username else None
         pw = urllib.parse.unquote(u.password) if u.password else None
         return cls(u.hostname, port, tls, user, pw)
@@ -134,6 +135,16 @@ class BrokerURL:
     def __str__(self) -> str:  # never prints the password
         auth = f"{self.username}@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    scheme, sep, rest = url.rpartition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostport}{slash}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,10 +355,14 @@ class MqttTransport:
         ca_file: str | None = None,
         manual_ack: bool = True,
         network: NetworkLoop | None = None,
+        retain_as_published: Iterable[str] = (),
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
+        #: Subscriptions whose messages keep the retain flag they were published with (MQTT v5),
+        #: not only those replayed at subscription: a receiver can tell retained publications.
+        self._retain_as_published = frozenset(retain_as_published)
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -534,7 +549,10 @@ class MqttTransport:
         self._disconnected.clear()
         self.connect_count += 1
         if self.subscriptions:
-            client.subscribe([(t, q) for t, q in self.subscriptions])
+            rap = self._retain_as_published
+            client.subscribe(
+                [(t, paho.SubscribeOptions(qos=q, retainAsPublished=True) if t in rap else q) for t, q in self.subscriptions]
+            )
         self._connected.set()
         log.info("connected to %s as %s (session present: %s)", self.url, self.client_id, flags.session_present)
         if self._on_connect is not None:

@@ -74,7 +74,10 @@ _SCHEMA = (
 #: ``migrations`` (a database made by an older master gets the ones it lacks; a database
 #: that names one this master does not know was made by a newer master and is refused).
 #: Add a change as a new ``(name, statements)`` entry at the end; never edit a landed one.
-_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = ()
+_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # What each request_id asked for (Submit.digest()): a re-used id with another request is refused.
+    ("request-digest-1", ("create table if not exists request_digests (request_id text primary key, digest text not null)",)),
+)
 
 _SNAPSHOT_COLUMNS = (
     "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
@@ -232,8 +235,12 @@ class Store:
         ]  # fmt: skip
 
     # ------------------------------------------------------------------ tasks
-    def insert_task(self, task: models.Task, agent_ids: list[str], request_id: str | None = None) -> None:
+    def insert_task(
+        self, task: models.Task, agent_ids: list[str], request_id: str | None = None, digest: str | None = None
+    ) -> None:
         with self.db() as c:
+            if request_id is not None and digest is not None:
+                c.execute("insert into request_digests (request_id, digest) values (?,?)", (request_id, digest))
             c.execute(
                 "insert into tasks values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -305,6 +312,11 @@ class Store:
     # ------------------------------------------------------------------ reads
     def task_for_request(self, request_id: str) -> str | None:
         row = self._conn.execute("select id from tasks where request_id=?", (request_id,)).fetchone()
+        return row[0] if row else None
+
+    def request_digest(self, request_id: str) -> str | None:
+        """What ``request_id`` asked for (None: unknown, or a task from before digests were kept)."""
+        row = self._conn.execute("select digest from request_digests where request_id=?", (request_id,)).fetchone()
         return row[0] if row else None
 
     def task_exists(self, task_id: str) -> bool:
