@@ -137,6 +137,11 @@ class BrokerURL:
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
+def _retain_as_published(qos: int) -> paho.SubscribeOptions:
+    opts = paho.SubscribeOptions
+    return opts(qos=qos, retainAsPublished=True, retainHandling=opts.RETAIN_SEND_IF_NEW_SUB)
+
+
 def redact_url(url: str) -> str:
     """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
     scheme, sep, rest = url.rpartition("://")
@@ -361,7 +366,9 @@ class MqttTransport:
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         #: Subscriptions whose messages keep the retain flag they were published with (MQTT v5),
-        #: not only those replayed at subscription: a receiver can tell retained publications.
+        #: so a receiver can tell a retained publication however it arrives; their retained
+        #: message is replayed only to a new subscription, not again at each reconnect of a
+        #: persistent session (which also receives it from its queue).
         self._retain_as_published = frozenset(retain_as_published)
         self._on_message = on_message
         self._on_connect = on_connect
@@ -551,7 +558,7 @@ class MqttTransport:
         if self.subscriptions:
             rap = self._retain_as_published
             client.subscribe(
-                [(t, paho.SubscribeOptions(qos=q, retainAsPublished=True) if t in rap else q) for t, q in self.subscriptions]
+                [(t, _retain_as_published(q) if t in rap else q) for t, q in self.subscriptions]
             )
         self._connected.set()
         log.info("connected to %s as %s (session present: %s)", self.url, self.client_id, flags.session_present)
