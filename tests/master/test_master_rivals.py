@@ -114,3 +114,33 @@ def test_neither_daemon_logs_the_broker_password_or_the_token(broker, prefix, tm
     finally:
         agent.stop()
         master.stop()
+
+
+def test_the_cli_never_shows_a_password_given_in_the_master_url(tmp_path):
+    env = {**os.environ, "MSCHEDULE_TOKEN": "t0ken-s3cret"}
+    p = subprocess.run(
+        [sys.executable, "-m", "mschedule_master.cli", "--master", f"http://me:s3cret-pw@127.0.0.1:{free_port()}", "tasks"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert p.returncode == 3
+    assert "cannot reach the master at http://me:***@127.0.0.1" in p.stderr
+    assert "s3cret" not in p.stderr + p.stdout
+
+
+def test_a_request_id_reused_with_a_different_request_gets_409_over_http(broker, prefix, tmp_path):
+    import urllib.error
+
+    from harness.fleet import Fleet
+
+    with Fleet(tmp_path, broker.url, prefix, agents=1) as fleet:
+        body = {"targets": ["all"], "script_text": "true", "request_id": "same-id"}
+        first = fleet.http("POST", "/api/v1/tasks", body)
+        assert fleet.http("POST", "/api/v1/tasks", body)["id"] == first["id"]
+        try:
+            fleet.http("POST", "/api/v1/tasks", {**body, "script_text": "rm -rf /tmp/nothing"})
+            raise AssertionError("a different request under the same request_id was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 409
+            doc = orjson.loads(e.read())
+            assert doc["field"] == "request_id" and first["id"] in doc["error"]
+        assert len(fleet.http("GET", "/api/v1/tasks")["tasks"]) == 1
