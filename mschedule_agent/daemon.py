@@ -12,6 +12,7 @@ Exit codes: 0 after a clean shutdown, 2 for a bad setting, id file or ledger.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,14 +22,14 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import config
+from . import config, memory
 from .agent import Agent
 from .errors import AgentError, ConfigError, IdentityError, LedgerError
 from .executor import Executor
 from .hostinfo import collect
 from .identity import load_or_create_id
 from .ledger import Ledger
-from .transport import BrokerURL, MqttTransport, NetworkLoop
+from .transport import BrokerURL, Incoming, MqttTransport, NetworkLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ def client_id(agent_id: str) -> str:
     return f"mschedule-agent-{agent_id}"
 
 
+def _handle(agent: Agent, msg: Incoming) -> None:
+    memory.heap.note(len(msg.payload))  # trimmed by the main loop once it is handled
+    agent.handle(msg)
+
+
 def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttTransport:
     """The agent's MQTT connection: persistent session, manual acks, delayed retained will."""
     s = agent.settings
@@ -49,7 +55,7 @@ def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttT
         s.broker,
         client_id=client_id(agent.id),
         subscriptions=agent.subscriptions(),
-        on_message=agent.handle,
+        on_message=functools.partial(_handle, agent),
         on_connect=agent.on_connect,
         will=agent.will(),
         clean_start=False,
@@ -109,6 +115,7 @@ def run(agent: Agent) -> None:
     try:
         while not stop.is_set():
             agent.tick(time.time())
+            memory.heap.tick()
             stop.wait(TICK)
     finally:
         log.info("shutting down")
@@ -131,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    memory.map_large_blocks()
     try:
         agent = build(settings)
     except IdentityError as e:

@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mschedule_agent import protocol
+from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
@@ -224,6 +224,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ inbox (paho thread -> loop)
     def _on_message(self, incoming: Incoming) -> None:
+        memory.heap.note(len(incoming.payload))  # trimmed by the timer once the batch is applied
         with self._inbox_lock:
             self._inbox.append(incoming)
             self._arrivals.append(time.monotonic())
@@ -281,6 +282,7 @@ class Daemon:
             except TimeoutError:
                 pass
             self._guard.tick()
+            memory.heap.tick()
             try:
                 self.service.housekeeping(verdicts=not self._behind())
             except sqlite3.Error:

@@ -97,6 +97,11 @@ class StoredTask:
     snapshots: list[TargetSnapshot]
 
 
+#: Largest write-ahead log kept between transactions (bytes); SQLite's auto-checkpoint
+#: alone never shrinks the file.
+WAL_LIMIT = 16 * 1024 * 1024
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -109,6 +114,7 @@ class Store:
             self._conn.execute("pragma journal_mode=wal")
             self._conn.execute(f"pragma synchronous={synchronous}")
             self._conn.execute("pragma busy_timeout=10000")
+            self._conn.execute(f"pragma journal_size_limit={WAL_LIMIT}")
             self._depth = 0
             self._savepoint = ""  #: "" none, "pending" (opened at the first write), "open"
             self._sync_needed = False
@@ -152,6 +158,19 @@ class Store:
         if self._sync_needed:
             self._sync_needed = False
             self._sync_wal()
+        self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """A write-ahead log grown past WAL_LIMIT (a batch of large outputs) is checkpointed
+        into the database and truncated at once, not left to sit on disk at its peak."""
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > WAL_LIMIT:
+            busy, _, _ = self._conn.execute("pragma wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                log.warning("could not truncate the write-ahead log of %s (%d bytes); will retry", self.path, size)
 
     def require_sync(self) -> None:
         """The current transaction must be on disk (not just in the OS) when db() returns."""

@@ -144,3 +144,21 @@ def _fields(obj):
     import dataclasses
 
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def test_a_batch_of_large_outputs_leaves_no_large_write_ahead_log(rig):
+    import os
+
+    from mschedule_master.store import WAL_LIMIT
+
+    for a in ("a1", "a2", "a3", "a4"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2", "a3", "a4"], parallel=4).task_id
+    out = b"o" * (4 * 1024 * 1024)
+    results = [
+        rig.incoming(f"test/results/{a}", P.Result(id=task_id, agent_id=a, state="SUCCEED", code=0, output=out, stderr=out))
+        for a in ("a1", "a2", "a3", "a4")
+    ]
+    rig.feed(*results)  # 32 MiB in one transaction
+    assert os.path.getsize(rig.store.path + "-wal") <= WAL_LIMIT
+    assert rig.store.get_target(task_id, "a4").stdout == out
