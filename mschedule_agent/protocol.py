@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import math
 import re
 import types
@@ -462,6 +461,8 @@ class Submit:
         """sha256 (hex) of the request in a canonical form: every field but ``request_id``,
         defaults written out, the script as bytes whichever way it came. Two requests with
         one digest ask for the same thing."""
+        import hashlib  # here: the agent never needs it (hashlib costs its RSS 1.4-5 MB)
+
         doc = to_payload(self)
         doc.update(request_id=None, script=_b64(self.script_bytes), script_text=None)
         return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
