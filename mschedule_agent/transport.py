@@ -144,12 +144,11 @@ def _retain_as_published(qos: int) -> paho.SubscribeOptions:
 
 def redact_url(url: str) -> str:
     """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
-    scheme, sep, rest = url.rpartition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hostport = netloc.rpartition("@")
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    userinfo, at, hostport = rest.rpartition("@")  # a broker URL has no path: the last '@' ends it
     if not at or ":" not in userinfo:
         return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostport}{slash}{path}"
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostport}"
 
 
 @dataclass(frozen=True, slots=True)

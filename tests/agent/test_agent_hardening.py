@@ -63,3 +63,27 @@ def test_an_agent_gives_back_the_memory_of_a_15_mb_message(broker, prefix, tmp_p
         assert after - before < 15, (before, after)  # was +64 MB (25 -> 89)
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("mqtt://me:pw@host:1883", "mqtt://me:***@host:1883"),
+        ("mqtts://me:p@ss:w/rd@host", "mqtts://me:***@host"),
+        ("mqtt://me@host:1883", "mqtt://me@host:1883"),
+        ("host:1883", "host:1883"),
+    ],
+)
+def test_a_broker_url_is_shown_without_its_password(url, shown):
+    from mschedule_agent.transport import redact_url
+
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", ["mqtt://me:s3cret@host:port", "mqtt://me:s3cret@:1883"])
+def test_a_bad_broker_url_error_never_holds_its_password(url):
+    from mschedule_agent.transport import BrokerURL
+
+    with pytest.raises(ValueError) as e:
+        BrokerURL.parse(url)
+    assert "s3cret" not in str(e.value) and "me:***@" in str(e.value)
