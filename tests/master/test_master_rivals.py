@@ -144,3 +144,25 @@ def test_a_request_id_reused_with_a_different_request_gets_409_over_http(broker,
             doc = orjson.loads(e.read())
             assert doc["field"] == "request_id" and first["id"] in doc["error"]
         assert len(fleet.http("GET", "/api/v1/tasks")["tasks"]) == 1
+
+
+def test_of_two_live_masters_the_older_yields_with_2_and_the_newer_runs_on(broker, prefix, tmp_path):
+    import signal
+
+    older = start_master(tmp_path / "m1", broker.url, prefix)
+    newer = None
+    try:
+        os.killpg(older.pid, signal.SIGSTOP)  # frozen: it cannot answer the newer one's challenge
+        try:
+            newer = start_master(tmp_path / "m2", broker.url, prefix)
+            assert "did not answer a challenge" in newer.log()
+        finally:
+            os.killpg(older.pid, signal.SIGCONT)
+        wait_until(lambda: not older.running(), 30, what="the older master to yield")
+        assert older.proc.returncode == 2 and "yielding to it" in older.log()
+        time.sleep(1)
+        assert newer.running() and "yielding" not in newer.log()
+    finally:
+        older.stop()
+        if newer is not None:
+            assert newer.stop() == 0
