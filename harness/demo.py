@@ -41,9 +41,9 @@ DEMO_PREFIX = "mschedule"
 
 #: The three demo agents' labels.
 DEMO_AGENTS: tuple[dict[str, str], ...] = (
-    {"role": "web", "dc": "bj"},
-    {"role": "web", "dc": "sh"},
-    {"role": "db", "dc": "bj"},
+    {"role": "web", "zone": "bj"},
+    {"role": "web", "zone": "sh"},
+    {"role": "db", "zone": "bj"},
 )
 
 SAMPLE_SCRIPT = "uname -a; uptime"

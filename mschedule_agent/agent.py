@@ -331,7 +331,9 @@ class Agent:
         task_id = e.msg_id
         code = reject_code(e)
         log.warning("bad task message (task_id=%s, code=%s): %s", task_id, code, e)
-        if task_id is not None:
+        if task_id is None:  # unreadable: still tell the publisher it was refused
+            self._reject(None, code, str(e)[:500])
+        else:
             known = self._known(task_id)
             if known is not None:
                 log.warning("task_id=%s is already known (%s); not rejecting it", task_id, known.state.value)
@@ -547,7 +549,7 @@ class Agent:
             )
         )
 
-    def _reject(self, task_id: str, code: str, reason: str) -> None:
+    def _reject(self, task_id: str | None, code: str, reason: str) -> None:
         self._publish(self._results_topic, encode(Reject(id=task_id, agent_id=self.id, code=code, reason=reason)))
 
     def _publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Any:

@@ -55,6 +55,11 @@ class Settings:
         _require(0 <= self.output_cap <= MAX_OUTPUT_CAP, "output_cap", f"must be between 0 and {MAX_OUTPUT_CAP}")
         _require(self.resend > 0, "resend", "must be > 0")
         _require(self.hostinfo_refresh > 0, "hostinfo_refresh", "must be > 0")
+        _require(
+            "dc" not in self.labels, "label dc",
+            "an agent's datacenter is the one its messages arrive from (the bridge of its edge broker), "
+            "never a label it gives itself: remove the dc label",
+        )  # fmt: skip
         try:
             BrokerURL.parse(self.broker)
             Topics(self.topic_prefix)

@@ -13,6 +13,7 @@ the agent within its scripts' kill grace + FAREWELL_WAIT (2 s) + ~1 s, broker or
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,14 +27,14 @@ from .paho_import import import_paho
 
 import_paho(defer_unused=True)  # first, before anything imports paho: keeps ssl & co. out of an idle agent
 
-from . import config  # noqa: E402
+from . import config, memory  # noqa: E402
 from .agent import Agent  # noqa: E402
 from .errors import AgentError, ConfigError, IdentityError, LedgerError  # noqa: E402
 from .executor import Executor  # noqa: E402
 from .hostinfo import collect  # noqa: E402
 from .identity import load_or_create_id  # noqa: E402
 from .ledger import Ledger  # noqa: E402
-from .transport import MqttTransport, NetworkLoop  # noqa: E402
+from .transport import BrokerURL, Incoming, MqttTransport, NetworkLoop  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ def client_id(agent_id: str) -> str:
     return f"mschedule-agent-{agent_id}"
 
 
+def _handle(agent: Agent, msg: Incoming) -> None:
+    memory.heap.note(len(msg.payload))  # trimmed by the main loop once it is handled
+    agent.handle(msg)
+
+
 def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttTransport:
     """The agent's MQTT connection: persistent session, manual acks, delayed retained will."""
     s = agent.settings
@@ -59,7 +65,7 @@ def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttT
         s.broker,
         client_id=client_id(agent.id),
         subscriptions=agent.subscriptions(),
-        on_message=agent.handle,
+        on_message=functools.partial(_handle, agent),
         on_connect=agent.on_connect,
         will=agent.will(),
         clean_start=False,
@@ -119,6 +125,7 @@ def run(agent: Agent) -> None:
     try:
         while not stop.is_set():
             agent.tick(time.time())
+            memory.heap.tick()
             stop.wait(TICK)
     finally:
         log.info("shutting down")
@@ -141,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    memory.map_large_blocks()
     try:
         agent = build(settings)
     except IdentityError as e:
@@ -150,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AgentError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
-    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), agent.settings.broker, agent.settings.state_dir)
+    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), BrokerURL.parse(agent.settings.broker), agent.settings.state_dir)
     run(agent)
     return 0
 

@@ -166,6 +166,20 @@ def _topic_level_ok(value: str) -> bool:
     return isinstance(value, str) and bool(value) and not any(c in value for c in "/+#\x00") and len(value) <= 128
 
 
+def _check_env_cwd(env: dict[str, str], cwd: str | None) -> None:
+    """What the kernel cannot take (a NUL, a name with '=') is refused before anything runs."""
+    for k, v in env.items():
+        _check(bool(k) and "=" not in k, "env", f"env name {k!r} must be non-empty, without '='")
+        _check("\x00" not in k + v, "env", f"env {k!r} contains a NUL byte")
+    _check(cwd is None or "\x00" not in cwd, "cwd", "cwd contains a NUL byte")
+
+
+def _readable_id(payload: Any) -> str | None:
+    """``payload["id"]`` when it can name a topic level (a receiver may answer with it)."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and _topic_level_ok(value) else None
+
+
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson can write
 
 
@@ -271,7 +285,7 @@ class Task:
             "output_cap",
             f"output_cap must be between 0 and {MAX_OUTPUT_CAP}",
         )
-        _check(all("\x00" not in k + v and "=" not in k and k for k, v in self.env.items()), "env", "bad env entry")
+        _check_env_cwd(self.env, self.cwd)
 
 
 @message("kill")
@@ -379,10 +393,13 @@ class Result:
 
 @message("reject")
 class Reject:
-    """Agent -> master on ``<prefix>/results/<id>``: the task was refused and will not run."""
+    """Agent -> master on ``<prefix>/results/<id>``: the task was refused and will not run.
+
+    ``id`` is None when the message was unreadable (not JSON, no usable id): the publisher
+    still learns that the agent refused something."""
 
     TYPE: ClassVar[str]
-    id: str
+    id: str | None  #: None: the message could not be read far enough to name its task
     agent_id: str
     code: str  #: one of REJECT_CODES
     reason: str
@@ -460,12 +477,23 @@ class Submit:
         _check(
             self.delivery_timeout is None or self.delivery_timeout > 0, "delivery_timeout", "delivery_timeout must be > 0"
         )
+        _check_env_cwd(self.env, self.cwd)
 
     @property
     def script_bytes(self) -> bytes:
         if self.script is not None:
             return self.script
         return (self.script_text or "").encode()
+
+    def digest(self) -> str:
+        """sha256 (hex) of the request in a canonical form: every field but ``request_id``,
+        defaults written out, the script as bytes whichever way it came. Two requests with
+        one digest ask for the same thing."""
+        import hashlib  # here: the agent never needs it (hashlib costs its RSS 1.4-5 MB)
+
+        doc = to_payload(self)
+        doc.update(request_id=None, script=_b64(self.script_bytes), script_text=None)
+        return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def validate_parallel(value: int | str) -> None:
@@ -554,6 +582,38 @@ class MasterStatus:
         _check(self.state in ("online", "offline"), "state", "state must be 'online' or 'offline'")
 
 
+@message("master_challenge")
+class MasterChallenge:
+    """Master -> masters on ``<prefix>/master/challenge``: whoever is online, prove it.
+
+    A retained ``online`` status may be stale (a broker restored from an old snapshot):
+    only an answer carrying this fresh ``nonce`` proves that its master is alive.
+    """
+
+    TYPE: ClassVar[str]
+    nonce: str  #: random per challenge
+    instance: str  #: the asking master's instance; answers go to ``<prefix>/master/probe/<instance>``
+
+    def __post_init__(self) -> None:
+        _check_ids(nonce=self.nonce, instance=self.instance)
+
+
+@message("master_answer")
+class MasterAnswer:
+    """Master -> the challenger on ``<prefix>/master/probe/<instance>``: alive, with its nonce."""
+
+    TYPE: ClassVar[str]
+    nonce: str  #: the challenge's nonce
+    instance: str  #: the answering master's instance
+    client_id: str
+    pid: int
+    host: str
+    started_at: float  #: when the answering master started (the older master yields)
+
+    def __post_init__(self) -> None:
+        _check_ids(nonce=self.nonce, instance=self.instance)
+
+
 Message = Union[
     Register,
     Offline,
@@ -570,6 +630,8 @@ Message = Union[
     Progress,
     Summary,
     MasterStatus,
+    MasterChallenge,
+    MasterAnswer,
 ]
 
 # --------------------------------------------------------------------------- encode / decode
@@ -697,7 +759,7 @@ _UPGRADES: dict[type, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
 def from_payload(cls: type, payload: Any, data: bytes = b"") -> Message:
     """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API)."""
     type_name = getattr(cls, "TYPE", cls.__name__)
-    msg_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+    msg_id = _readable_id(payload)
     if not isinstance(payload, dict):
         raise DecodeError("payload must be a JSON object", data, msg_type=type_name, field="payload")
     s = _schema(cls)
@@ -729,7 +791,7 @@ def decode(data: bytes) -> Message:
         raise DecodeError("message must be a JSON object", data)
     type_name = doc.get("type")
     payload = doc.get("payload")
-    msg_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+    msg_id = _readable_id(payload)
     if not isinstance(type_name, str):
         raise DecodeError("message has no 'type'", data, field="type", msg_id=msg_id)
     version = doc.get("v", PROTOCOL_VERSION)  # the design document's envelope has no version: v1
@@ -742,6 +804,18 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise DecodeError(f"unknown message type {type_name!r}", data, field="type", msg_type=type_name, msg_id=msg_id)
     return from_payload(cls, payload, data)
+
+
+def peek(data: bytes, name: str) -> str | None:
+    """The string ``payload.<name>`` of a message that may not decode, when it is readable
+    (any JSON orjson accepts; anything else, e.g. nesting deeper than its limit, is None)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    payload = doc.get("payload") if isinstance(doc, dict) else None
+    value = payload.get(name) if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def decode_as(data: bytes, *classes: type) -> Message:
@@ -817,6 +891,10 @@ class Topics:
 
     def master_status(self) -> str:
         return f"{self.prefix}/master/status"
+
+    def master_challenge(self) -> str:
+        """Where a master asks whoever claims to be online to prove it (``master_challenge``)."""
+        return f"{self.prefix}/master/challenge"
 
     def master_probe(self, instance: str) -> str:
         """A master's start-up probe pings itself here to know the retained status has arrived."""

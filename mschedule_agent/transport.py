@@ -70,6 +70,7 @@ class BrokerURL:
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
+        """Raises ValueError, whose message never holds the password."""
         if "://" not in url:
             url = "mqtt://" + url
         u = urllib.parse.urlsplit(url)
@@ -77,11 +78,11 @@ class BrokerURL:
             raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, not {u.scheme!r}")
         tls = u.scheme in ("mqtts", "ssl")
         if not u.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact_url(url)!r} has no host")
         try:
             port = u.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ValueError(f"broker URL {url!r} has a bad port") from e
+        except ValueError:
+            raise ValueError(f"broker URL {redact_url(url)!r} has a bad port") from None
         user = urllib.parse.unquote(u.username) if u.username else None
         pw = urllib.parse.unquote(u.password) if u.password else None
         return cls(u.hostname, port, tls, user, pw)
@@ -89,6 +90,20 @@ class BrokerURL:
     def __str__(self) -> str:  # never prints the password
         auth = f"{self.username}@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def _retain_as_published(qos: int) -> paho.SubscribeOptions:
+    opts = paho.SubscribeOptions
+    return opts(qos=qos, retainAsPublished=True, retainHandling=opts.RETAIN_SEND_IF_NEW_SUB)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    userinfo, at, hostport = rest.rpartition("@")  # a broker URL has no path: the last '@' ends it
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostport}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +183,16 @@ class MqttTransport:
         ca_file: str | None = None,
         manual_ack: bool = True,
         network: NetworkLoop | None = None,
+        retain_as_published: Iterable[str] = (),
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
+        #: Subscriptions whose messages keep the retain flag they were published with (MQTT v5),
+        #: so a receiver can tell a retained publication however it arrives; their retained
+        #: message is replayed only to a new subscription, not again at each reconnect of a
+        #: persistent session (which also receives it from its queue).
+        self._retain_as_published = frozenset(retain_as_published)
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -372,7 +393,10 @@ class MqttTransport:
         self.connect_count += 1
         self._subscribed.clear()
         if self.subscriptions:
-            self._sub_mid = client.subscribe([(t, q) for t, q in self.subscriptions])[1]
+            rap = self._retain_as_published
+            self._sub_mid = client.subscribe(
+                [(t, _retain_as_published(q) if t in rap else q) for t, q in self.subscriptions]
+            )[1]
         else:
             self._subscribed.set()
         self._connected.set()

@@ -28,7 +28,7 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
 from . import openapi, sse
-from .models import Agent, InvalidRequest, NotFound, Service, Target, Task
+from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task
 from .states import TaskState
 
 log = logging.getLogger(__name__)
@@ -395,6 +395,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(e.status, e.message, e.field)
     except NotFound as e:
         return _error(404, str(e), e.what)
+    except RequestConflict as e:
+        return _error(409, str(e), e.field)
     except InvalidRequest as e:
         return _error(400, str(e), e.field)
     except web.HTTPRequestEntityTooLarge:

@@ -86,11 +86,23 @@ class Reply:
         return json.loads(self.body)
 
 
+def _without_password(url: str) -> str:
+    """``url`` with the password of a ``user:password@`` part replaced by ``***``."""
+    try:
+        u = urllib.parse.urlsplit(url)
+        if u.password is None:
+            return url
+        return urllib.parse.urlunsplit(u._replace(netloc=f"{u.username}:***@{u.netloc.rpartition('@')[2]}"))
+    except ValueError:
+        return "<the master URL>"
+
+
 class Client:
     """The master's HTTP API over urllib; turns every failure into a CliError."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         self.base = base_url.rstrip("/")
+        self.shown = _without_password(self.base)  #: what error messages show
         self.token = token
         self.timeout = timeout
 
@@ -103,7 +115,7 @@ class Client:
         try:
             req = urllib.request.Request(url, data=data, method=method)
         except ValueError:
-            raise CliError(f"bad master URL {self.base!r} (expected like {DEFAULT_MASTER})") from None
+            raise CliError(f"bad master URL {self.shown!r} (expected like {DEFAULT_MASTER})") from None
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if self.token:
@@ -116,7 +128,7 @@ class Client:
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e) or type(e).__name__
             raise CliError(
-                f"cannot reach the master at {self.base} ({reason}); is mschedule-master running? "
+                f"cannot reach the master at {self.shown} ({reason}); is mschedule-master running? "
                 "(set --master or MSCHEDULE_MASTER)",
                 EXIT_UNREACHABLE,
             ) from None
@@ -126,7 +138,7 @@ class Client:
             with self.open(method, path, **kw) as resp:
                 return Reply(resp.status, dict(resp.headers), resp.read())
         except (OSError, http.client.HTTPException) as e:  # the connection broke mid-answer
-            raise CliError(f"lost the connection to the master at {self.base} ({e})", EXIT_UNREACHABLE) from None
+            raise CliError(f"lost the connection to the master at {self.shown} ({e})", EXIT_UNREACHABLE) from None
 
     def get(self, path: str, **query) -> Any:
         return self._json(self.request("GET", path, query=query))
@@ -139,7 +151,7 @@ class Client:
             return reply.json()
         except ValueError:
             raise CliError(
-                f"{self.base} answered something that is not mschedule's JSON; is --master right?", EXIT_UNREACHABLE
+                f"{self.shown} answered something that is not mschedule's JSON; is --master right?", EXIT_UNREACHABLE
             ) from None
 
     def _http_error(self, e: urllib.error.HTTPError) -> CliError:
@@ -148,7 +160,7 @@ class Client:
             message, field = doc.get("error") or e.reason, doc.get("field")
         except (ValueError, AttributeError, OSError, http.client.HTTPException):
             return CliError(
-                f"{self.base} answered HTTP {e.code} {e.reason}, not mschedule's JSON; is --master right?",
+                f"{self.shown} answered HTTP {e.code} {e.reason}, not mschedule's JSON; is --master right?",
                 EXIT_UNREACHABLE,
             )
         if e.code == 401:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mschedule_agent.protocol import DEFAULT_PREFIX
+from mschedule_agent.transport import BrokerURL
 
 from .errors import ConfigError
 
@@ -66,6 +67,10 @@ class Settings:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}", "log_level")
         if self.http != "off":
             parse_hostport(self.http)
+        try:
+            BrokerURL.parse(self.broker)  # its messages never hold the password
+        except ValueError as e:
+            raise ConfigError(str(e), "broker") from None
         if not isinstance(self.groups, dict) or not all(
             isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self.groups.values()
         ):

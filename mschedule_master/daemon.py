@@ -7,10 +7,11 @@ messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
 staleness sweep, and keeps the listening clock: deadlines run only while the master is
 connected and caught up with what its broker queued (docs/rollout.md, "The listening clock").
 
-Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and an MQTT
-client id (a retained status on ``<prefix>/master/status`` with a last will; a master
-that finds another one online there refuses to start, and one that sees another take
-over its client id exits). Both refusals exit with status 2.
+Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and a broker
+and prefix (a retained status on ``<prefix>/master/status`` with a last will, checked by a
+challenge that only a live master can answer: see :mod:`.rivals`). Exit statuses
+(docs/deploy.md): 0 stopped, 1 failed (a supervisor should restart it), 2 refused (bad
+settings, another live master: restarting would not help).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import threading
@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mschedule_agent import protocol
+from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
@@ -38,6 +38,7 @@ from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .listening import ListeningClock
 from .registry import Registry
+from .rivals import RivalGuard, find_live_rival, status_payload
 from .rollout import Timing
 from .service import BRIDGE_STATE_TOPIC, MasterService
 from .store import Store
@@ -53,8 +54,6 @@ BACKLOG_AGE = 0.5
 MAX_VERDICT_DEFER = 60.0
 #: The timer wakes at least this often (seconds).
 TICK_MAX = 0.5
-#: How long to look for another master's retained status before connecting, at most.
-PROBE_SECONDS = 5.0
 #: Deaf spells shorter than this (seconds) count as listened: not worth moving every clock.
 DEFER_MIN = 1.0
 #: While listening, persist how far the listening clock got at most this often (seconds).
@@ -100,76 +99,12 @@ def acquire_lock(db: str):
     return f
 
 
-def master_status_topic(topics: Topics) -> str:
-    return topics.master_status()
-
-
-def _status_payload(state: str, instance: str, client_id: str) -> bytes:
-    return protocol.encode(
-        protocol.MasterStatus(state, instance, client_id, os.getpid(), socket.gethostname(), time.time())
-    )
-
-
-def _other_online(payload: bytes, instance: str) -> protocol.MasterStatus | None:
-    """The status of another master that says it is online, or None (also for junk)."""
-    try:
-        status = protocol.decode_as(payload, protocol.MasterStatus)
-    except protocol.DecodeError:
-        return None
-    if status.state == "online" and status.instance != instance:
-        return status
-    return None
-
-
-def probe_other_master(settings: config.Settings, topics: Topics, instance: str) -> protocol.MasterStatus | None:
-    """The retained status of another master online on this broker and prefix, if any.
-
-    Retained messages arrive right after a subscription; a ping published after it comes
-    back after them, so its arrival ends the wait.
-    """
-    found: list[bytes] = []
-    pinged = threading.Event()
-    status_topic = master_status_topic(topics)
-    ping_topic = topics.master_probe(instance)
-
-    def on_message(msg: Incoming) -> None:
-        if msg.topic == ping_topic:
-            pinged.set()
-        else:
-            found.append(msg.payload)
-
-    probe = MqttTransport(
-        settings.broker,
-        client_id=f"{settings.client_id}-probe-{instance[:8]}",
-        subscriptions=[(status_topic, 1), (ping_topic, 1)],
-        on_message=on_message,
-        on_connect=lambda _sp: probe.publish(ping_topic, b"ping", qos=1),
-        clean_start=True,
-        session_expiry=0,
-        manual_ack=False,
-    )
-    try:
-        probe.start(connect_timeout=10)
-    except TransportError as e:
-        log.warning("could not look for another master (%s); carrying on", e)
-        return None
-    try:
-        if not pinged.wait(PROBE_SECONDS):
-            log.warning("no answer from the broker within %.0f s while looking for another master", PROBE_SECONDS)
-    finally:
-        probe.stop(timeout=1)
-    for payload in found:
-        other = _other_online(payload, instance)
-        if other is not None:
-            return other
-    return None
-
-
 class Daemon:
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.instance = uuid.uuid4().hex
+        self.started_at = time.time()
         self._inbox: collections.deque[Incoming] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._arrivals: collections.deque[float] = collections.deque()  #: monotonic arrival of each inbox entry
@@ -183,7 +118,7 @@ class Daemon:
         self._drain_scheduled = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.exit_code = 0
+        self.exit_code = EXIT_STOPPED
 
     async def run(self) -> int:
         s = self.settings
@@ -192,16 +127,16 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
 
-        finished, other = await self._unless_stopped(probe_other_master, s, self.topics, self.instance)
+        finished, other = await self._unless_stopped(find_live_rival, s, self.topics, self.instance)
         if not finished:
             log.info("stopped before the broker could be reached")
-            return 0
+            return EXIT_STOPPED
         if other is not None:
             log.error(
-                "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix; "
-                "refusing to start", other.client_id, other.pid, other.host,
+                "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix and "
+                "answered a challenge; refusing to start", other.client_id, other.pid, other.host,
             )  # fmt: skip
-            return 2
+            return EXIT_REFUSED
 
         store, transport = self._build()
         runner = None
@@ -228,17 +163,23 @@ class Daemon:
         store = Store(s.db)
         registry = Registry()
         registry.load(store.load_agents(), time.time())
-        self._status_topic = status_topic = master_status_topic(self.topics)
+        self._status_topic = status_topic = self.topics.master_status()
         self._sync_topic = self.topics.master_probe(f"{self.instance}-sync")
-        subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, status_topic, self._sync_topic]
+        rival_topics = [status_topic, self.topics.master_challenge(), self.topics.master_probe(self.instance)]
+        subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, *rival_topics, self._sync_topic]
         transport = MqttTransport(
             s.broker,
             client_id=s.client_id,
             subscriptions=[(t, 1) for t in subscriptions],
             on_message=self._on_message,
             on_connect=lambda _sp: self._connected(transport),
-            will=Will(status_topic, _status_payload("offline", self.instance, s.client_id), retain=True),
+            will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),
+            retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live
         )
+        self._guard = RivalGuard(
+            transport=transport, topics=self.topics, instance=self.instance, client_id=s.client_id,
+            started_at=self.started_at, republish=lambda: self._publish_status(transport), yield_to=self._yield,
+        )  # fmt: skip
         timing = Timing(
             delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
             lost_grace=s.lost_grace, lost_max=s.lost_max, kill_resend=s.kill_resend,
@@ -264,7 +205,7 @@ class Daemon:
             self.service.flush_agents()
         except Exception:
             log.exception("could not save the last messages and agents; the broker will re-deliver them")
-        offline = _status_payload("offline", self.instance, self.settings.client_id)
+        offline = status_payload("offline", self.instance, self.settings.client_id)
         final = [(self._status_topic, offline, True)] if transport.is_connected() else []
         await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
         store.close()
@@ -312,11 +253,12 @@ class Daemon:
             log.warning("could not send the catch-up ping; will retry in %.0f s", SYNC_RESEND, exc_info=True)
 
     def _publish_status(self, transport: MqttTransport) -> None:
-        payload = _status_payload("online", self.instance, self.settings.client_id)
+        payload = status_payload("online", self.instance, self.settings.client_id)
         transport.publish(self._status_topic, payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------ inbox (paho thread -> loop)
     def _on_message(self, incoming: Incoming) -> None:
+        memory.heap.note(len(incoming.payload))  # trimmed by the timer once the batch is applied
         with self._inbox_lock:
             self._inbox.append(incoming)
             self._arrivals.append(time.monotonic())
@@ -338,16 +280,23 @@ class Daemon:
         if more:
             assert self._loop is not None
             self._loop.call_soon(self._drain)
-        mine = [m for m in batch if m.topic == self._status_topic]
-        for m in mine:
-            self._check_takeover(m)
-            m.ack()
         synced = False
+        rest = []
         for m in batch:
-            if m.topic == self._sync_topic:
+            if m.topic == self._sync_topic:  # our own catch-up ping (the listening clock)
                 synced = synced or m.payload == self._sync_nonce
                 m.ack()
-        batch = [m for m in batch if m.topic not in (self._status_topic, self._sync_topic)]
+                continue
+            try:
+                handled = self._guard.handle(m)
+            except Exception:
+                log.exception("could not handle a message on %s; ignored", m.topic)
+                handled = True
+            if handled:
+                m.ack()
+            else:
+                rest.append(m)
+        batch = rest
         if batch:
             try:
                 self.service.handle_batch(batch)
@@ -360,13 +309,11 @@ class Daemon:
             self._synced = True
             log.info("caught up with the broker: deadlines run again")
 
-    def _check_takeover(self, msg: Incoming) -> None:
-        other = _other_online(msg.payload, self.instance)
-        if other is not None:
-            log.error("another mschedule-master (pid %s on %s) took over this client id; exiting", other.pid, other.host)
-            self.exit_code = 2
-            assert self._stop is not None
-            self._stop.set()
+    def _yield(self, _other: protocol.MasterAnswer) -> None:
+        """A live master started after this one shares this broker and prefix: exit 2."""
+        self.exit_code = EXIT_REFUSED
+        assert self._stop is not None
+        self._stop.set()
 
     async def _timer(self) -> None:
         assert self._stop is not None
@@ -377,6 +324,8 @@ class Daemon:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
                 pass
+            self._guard.tick()
+            memory.heap.tick()
             try:
                 self.service.housekeeping(verdicts=self._hearing(time.time()))
             except sqlite3.Error:
@@ -437,37 +386,46 @@ class Daemon:
 
     def _fatal(self, message: str, *args: object) -> None:
         log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)
-        self.exit_code = 1
+        self.exit_code = EXIT_FAILED
         assert self._stop is not None
         self._stop.set()
+
+
+#: Exit statuses (docs/deploy.md). A supervisor restarts on FAILED, never on REFUSED.
+EXIT_STOPPED = 0  #: stopped by SIGTERM/SIGINT
+EXIT_FAILED = 1  #: could not run (database, broker, a failed batch): a restart resumes from the database
+EXIT_REFUSED = 2  #: bad settings, or another live master: a restart would not help
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load(argv)
-    except ConfigError as e:
+        if settings.http_address is not None:  # before the broker or the database is touched
+            from . import api
+
+            api.check_bind(*settings.http_address, settings.token)
+    except (ConfigError, ValueError) as e:  # api.InsecureBind is a ValueError
         print(f"mschedule-master: {e}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     setup_logging(settings.log_level)
     try:
         lock = acquire_lock(settings.db)
     except AlreadyRunning as e:
         log.error("%s", e)
-        return 2
+        return EXIT_REFUSED
     except OSError as e:
         log.error("cannot use the database %s: %s", settings.db, e)
-        return 1
+        return EXIT_FAILED
     try:
         return asyncio.run(Daemon(settings).run())
     except (MasterError, TransportError) as e:
         log.error("cannot run: %s", e)
-        return 1
-    except Exception as e:  # e.g. the HTTP API refusing an insecure address
+        return EXIT_FAILED
+    except Exception as e:
         log.error("cannot run: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-        return 1
+        return EXIT_FAILED
     finally:
         lock.close()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,7 @@ from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
 from mschedule_agent.transport import Incoming, Publication, Transport
 
 from . import models, targeting
-from .models import InvalidRequest, NotFound
+from .models import InvalidRequest, NotFound, RequestConflict
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
 from .states import TARGET_PROVISIONAL, TargetState, TaskState
@@ -211,11 +211,15 @@ class Engine:
     def submit(self, spec: protocol.Submit) -> tuple[models.Task, list[str]]:
         """Resolve, store and start a task. Raises InvalidRequest.
 
-        A request id seen before answers with that task instead of starting another.
+        A request id seen before answers with that task instead of starting another, if
+        the request is the same (else RequestConflict).
         """
+        digest = spec.digest() if spec.request_id else None
         if spec.request_id:
             existing = self.store.task_for_request(spec.request_id)
             if existing is not None:
+                if self.store.request_digest(spec.request_id) not in (None, digest):
+                    raise RequestConflict(spec.request_id, existing)
                 task = self.store.get_task(existing, with_targets=False)
                 assert task is not None
                 return task, [t.agent_id for t in self.store.targets(existing)]
@@ -236,7 +240,7 @@ class Engine:
             counts={TargetState.WAITING.value: len(agent_ids)}, target_count=len(agent_ids),
         )  # fmt: skip
         with self.batch():
-            self.store.insert_task(task, agent_ids, spec.request_id)
+            self.store.insert_task(task, agent_ids, spec.request_id, digest)
             self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
             rollout = Rollout(task_id, agent_ids, _limits(task), timing=self._timing(task), now=now)
             active = self._active[task_id] = _Active(task, rollout)

@@ -118,6 +118,18 @@ class InvalidRequest(ServiceError):
         self.field = field
 
 
+class RequestConflict(InvalidRequest):
+    """A ``request_id`` already names a task made from a different request (HTTP 409)."""
+
+    def __init__(self, request_id: str, task_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different request (task {task_id}); "
+            "use a new request_id", field="request_id",
+        )  # fmt: skip
+        self.request_id = request_id
+        self.task_id = task_id
+
+
 class Service(Protocol):
     """What the HTTP API (and so the CLI and web page) calls. Every method must be called
     on the master's asyncio loop thread (aiohttp handlers are). Methods are synchronous

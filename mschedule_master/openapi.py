@@ -261,6 +261,7 @@ PATHS: dict[str, Any] = {
                 "201": {"description": "the new task id", "content": {"text/plain": {"schema": {"type": "string"}}}},
                 "400": _err("bad JSON, bad limits, unknown targets"),
                 "401": _UNAUTH,
+                "409": _err("request_id already used for a different request"),
                 "413": _err("body too large"),
             },
         }
@@ -296,6 +297,7 @@ PATHS: dict[str, Any] = {
                 "201": _json(_ref("Task"), "the new task"),
                 "400": _err("bad JSON, bad limits, unknown targets"),
                 "401": _UNAUTH,
+                "409": _err("request_id already used for a different request"),
                 "413": _err("body too large"),
             },
         },

@@ -25,6 +25,7 @@ from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
 from .states import TaskState
 from .store import Store
 from .submissions import SubmitHandler
+from .targeting import has_label
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class MasterService:
             out = [a for a in out if a.online == online]
         if label is not None:
             key, _, value = label.partition("=")
-            out = [a for a in out if a.labels.get(key) == value]
+            out = [a for a in out if has_label(a, key, value)]
         if hostname is not None:
             out = [a for a in out if fnmatch.fnmatchcase(a.hostname, hostname)]
         return sorted(out, key=lambda a: a.id)

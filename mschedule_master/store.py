@@ -115,6 +115,8 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "create table if not exists listening (id integer primary key check (id = 1), heard_until real not null)",
         ),
     ),
+    # What each request_id asked for (Submit.digest()): a re-used id with another request is refused.
+    ("request-digest-1", ("create table if not exists request_digests (request_id text primary key, digest text not null)",)),
 )
 
 _SNAPSHOT_COLUMNS = (
@@ -135,6 +137,11 @@ class StoredTask:
     snapshots: list[TargetSnapshot]
 
 
+#: Largest write-ahead log kept between transactions (bytes); SQLite's auto-checkpoint
+#: alone never shrinks the file.
+WAL_LIMIT = 16 * 1024 * 1024
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -147,6 +154,7 @@ class Store:
             self._conn.execute("pragma journal_mode=wal")
             self._conn.execute(f"pragma synchronous={synchronous}")
             self._conn.execute("pragma busy_timeout=10000")
+            self._conn.execute(f"pragma journal_size_limit={WAL_LIMIT}")
             self._depth = 0
             self._savepoint = ""  #: "" none, "pending" (opened at the first write), "open"
             self._sync_needed = False
@@ -190,6 +198,19 @@ class Store:
         if self._sync_needed:
             self._sync_needed = False
             self._sync_wal()
+        self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """A write-ahead log grown past WAL_LIMIT (a batch of large outputs) is checkpointed
+        into the database and truncated at once, not left to sit on disk at its peak."""
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > WAL_LIMIT:
+            busy, _, _ = self._conn.execute("pragma wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                log.warning("could not truncate the write-ahead log of %s (%d bytes); will retry", self.path, size)
 
     def require_sync(self) -> None:
         """The current transaction must be on disk (not just in the OS) when db() returns."""
@@ -273,8 +294,12 @@ class Store:
         ]  # fmt: skip
 
     # ------------------------------------------------------------------ tasks
-    def insert_task(self, task: models.Task, agent_ids: list[str], request_id: str | None = None) -> None:
+    def insert_task(
+        self, task: models.Task, agent_ids: list[str], request_id: str | None = None, digest: str | None = None
+    ) -> None:
         with self.db() as c:
+            if request_id is not None and digest is not None:
+                c.execute("insert into request_digests (request_id, digest) values (?,?)", (request_id, digest))
             c.execute(
                 f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -382,6 +407,11 @@ class Store:
     # ------------------------------------------------------------------ reads
     def task_for_request(self, request_id: str) -> str | None:
         row = self._conn.execute("select id from tasks where request_id=?", (request_id,)).fetchone()
+        return row[0] if row else None
+
+    def request_digest(self, request_id: str) -> str | None:
+        """What ``request_id`` asked for (None: unknown, or a task from before digests were kept)."""
+        row = self._conn.execute("select digest from request_digests where request_id=?", (request_id,)).fetchone()
         return row[0] if row else None
 
     def task_exists(self, task_id: str) -> bool:

@@ -2,9 +2,11 @@
 
 * :class:`SubmitHandler`: a ``submit`` on ``<prefix>/submit`` creates a task; the
   ``submit_reply`` goes to the request's MQTT v5 response topic (with its correlation
-  data) when it has one, else to ``<prefix>/submit/reply/<request_id>``. A repeated
-  request id (a QoS-1 redelivery, or a user pressing enter twice) gets the first task's
-  reply again instead of a second task.
+  data) when it has one under ``<prefix>/submit/reply/`` (a request naming any other is
+  refused), else to ``<prefix>/submit/reply/<request_id>``. A repeated request id (a QoS-1
+  redelivery, or a user pressing enter twice) gets the first task's reply again instead
+  of a second task; the same id with a different request is refused. A retained submit
+  is never run: it is refused and cleared.
 * :class:`ProgressPublisher`: one ``progress`` on ``<prefix>/tasks/<task_id>/progress``
   per target change, and a retained ``summary`` on ``<prefix>/tasks/<task_id>/summary``
   when the task ends.
@@ -12,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -35,15 +36,22 @@ class SubmitHandler:
         self.engine = engine
         self.topics = topics
         self._submit = submit or engine.submit  #: a job submit needs the master's JobService
+        self.reply_prefix = f"{topics.prefix}/submit/reply/"
 
     def handle(self, incoming: Incoming) -> None:
         """Called inside the engine's batch; the reply is published after the commit."""
+        if not incoming.payload:
+            return  # a retained submit being cleared (by this master or its publisher)
+        if incoming.response_topic is not None and not self._reply_topic_ok(incoming.response_topic):
+            self._refuse(incoming, f"the response topic must be under {self.reply_prefix}", "response_topic")
+            return
+        if incoming.retain:
+            self._refuse_retained(incoming)
+            return
         try:
             spec = protocol.decode_as(incoming.payload, Submit)
         except protocol.DecodeError as e:
-            request_id = _raw_request_id(incoming.payload)
-            log.warning("refused a submission (request %s): %s", request_id, e)
-            self._reply(incoming, SubmitReply(ok=False, request_id=request_id, error=str(e), field=e.field))
+            self._refuse(incoming, str(e), e.field)
             return
         try:
             task, targets = self._submit(spec)
@@ -55,23 +63,47 @@ class SubmitHandler:
         log.info("task %s submitted over MQTT (request %s)", task.id, spec.request_id, extra={"task_id": task.id})
         self._reply(incoming, SubmitReply(ok=True, request_id=spec.request_id, task_id=task.id, targets=targets))
 
+    def _refuse(self, incoming: Incoming, error: str, field: str | None) -> None:
+        request_id = _raw_request_id(incoming.payload)
+        log.warning("refused a submission (request %s): %s", request_id, error)
+        self._reply(incoming, SubmitReply(ok=False, request_id=request_id, error=error, field=field))
+
+    def _refuse_retained(self, incoming: Incoming) -> None:
+        """A retained submit would run again at every master restart: never run it, and
+        clear it from the broker so that nobody else receives it either."""
+        self._refuse(
+            incoming,
+            "a retained submit is never run (the broker would hand it to every restart of the master): "
+            "publish it without retain; the retained message was cleared",
+            "retain",
+        )
+        self.engine.transport.publish(self.topics.submit(), b"", qos=1, retain=True)
+
+    def _reply_topic_ok(self, topic: str) -> bool:
+        rest = topic.removeprefix(self.reply_prefix)
+        return rest != topic and bool(rest) and not any(c in rest for c in "+#\x00") and len(topic) <= 65535
+
     def _reply(self, incoming: Incoming, reply: SubmitReply) -> None:
+        """To the request's response topic (only under ``<prefix>/submit/reply/``), else to
+        ``<prefix>/submit/reply/<request_id>``; a response topic elsewhere gets nothing."""
         if incoming.response_topic:
-            self.engine.publish(incoming.response_topic, reply, correlation_data=incoming.correlation_data)
-        elif reply.request_id and protocol._topic_level_ok(reply.request_id):
+            if self._reply_topic_ok(incoming.response_topic):
+                self.engine.publish(incoming.response_topic, reply, correlation_data=incoming.correlation_data)
+                return
+            log.warning(
+                "a submission names the response topic %r, outside %s: nothing is published there",
+                incoming.response_topic[:200], self.reply_prefix,
+            )  # fmt: skip
+        if reply.request_id and protocol._topic_level_ok(reply.request_id):
             self.engine.publish(self.topics.submit_reply(reply.request_id), reply)
         else:
-            log.warning("submission has neither a response topic nor a request_id: nobody to answer")
+            log.warning("submission has neither a usable response topic nor a request_id: nobody to answer")
 
 
 def _raw_request_id(data: bytes) -> str | None:
     """The request id of a submission that failed to decode, when it is readable."""
-    try:
-        doc = json.loads(data)
-        rid = doc["payload"]["request_id"]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-        return None
-    return rid if isinstance(rid, str) and protocol._topic_level_ok(rid) else None
+    rid = protocol.peek(data, "request_id")
+    return rid if rid is not None and protocol._topic_level_ok(rid) else None
 
 
 class ProgressPublisher:

@@ -4,7 +4,8 @@ Grammar of one selector (surrounding blanks ignored, none inside)::
 
     all           every ONLINE agent
     @name         a group from the master's config: a list of selectors (may name other groups)
-    key=value     ONLINE agents with label key=value (exact value); dc=NAME also matches an agent whose dc is NAME
+    key=value     ONLINE agents with label key=value (exact value); dc=NAME: the agents whose messages
+                  arrive from datacenter NAME (the bridge topology), never a label an agent gives itself
     web-*         ONLINE agents whose hostname matches the glob (fnmatch; has * ? or [)
     name          the agent with this id, or the agents with this exact hostname -- even offline
 
@@ -52,7 +53,7 @@ class InvalidSelector(UnknownSelector):
 class SelectorKind(str, Enum):
     ALL = "all"  #: every online agent
     GROUP = "group"  #: @name
-    LABEL = "label"  #: key=value (dc=NAME also matches Agent.dc)
+    LABEL = "label"  #: key=value (dc=NAME matches Agent.dc only)
     GLOB = "glob"  #: hostname glob, online agents only
     NAME = "name"  #: exact agent id or hostname, offline agents included
 
@@ -149,7 +150,7 @@ class _Resolver:
         if sel.kind is SelectorKind.GLOB:
             return [a for a in self.agents if fnmatchcase(a.hostname, sel.value)]
         if sel.kind is SelectorKind.LABEL:
-            return [a for a in self.agents if _has_label(a, sel.key, sel.value)]
+            return [a for a in self.agents if has_label(a, sel.key, sel.value)]
         return self.group(sel, path)
 
     def group(self, sel: Selector, path: tuple[str, ...]) -> list[Agent]:
@@ -172,7 +173,9 @@ class _Resolver:
         return online or list(found.values())  # all offline: returned so that top() can say so
 
 
-def _has_label(agent: Agent, key: str, value: str) -> bool:
-    if agent.labels.get(key) == value:
-        return True
-    return key == "dc" and agent.dc == value
+def has_label(agent: Agent, key: str, value: str) -> bool:
+    """``key=value`` names ``agent``. ``dc`` is where its messages come from (Agent.dc, set
+    by the topic they arrive on), never its own label: an agent cannot claim a datacenter."""
+    if key == "dc":
+        return agent.dc == value
+    return agent.labels.get(key) == value

@@ -90,6 +90,10 @@ EXAMPLES: dict[str, p.Message] = {
     "master_status": p.MasterStatus(
         state="online", instance="i1", client_id="mschedule-master", pid=42, host="central-1", at=1700000006.0
     ),
+    "master_challenge": p.MasterChallenge(nonce="n1", instance="i2"),
+    "master_answer": p.MasterAnswer(
+        nonce="n1", instance="i1", client_id="mschedule-master", pid=42, host="central-1", started_at=1700000000.0
+    ),
 }
 
 

@@ -67,7 +67,9 @@ mosquitto_passwd -U "$tmp/hashed"
 keep_others "$passwd_file" > "$tmp/passwd"
 cat "$tmp/hashed" >> "$tmp/passwd"
 
-# Rewrite in place: the files keep their owner and mode (e.g. root:mosquitto 0640).
+# Rewrite in place: the files keep their owner and mode (e.g. root:mosquitto 0640), except
+# that the plain credentials are never left readable by group or others.
+chmod go-rwx "$creds_file"
 cat "$tmp/creds" > "$creds_file"
 cat "$tmp/passwd" > "$passwd_file"
 echo "$passwd_file: $(wc -l < "$tmp/new") user(s) set; plain credentials in $creds_file"

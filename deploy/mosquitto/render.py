@@ -137,7 +137,8 @@ def write(out: Path, files: dict[str, str], *, secret: set[str] = frozenset()) -
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640 if name in secret else 0o644)
+        tmp.unlink(missing_ok=True)  # a leftover keeps its own mode through O_CREAT: never reuse it
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640 if name in secret else 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

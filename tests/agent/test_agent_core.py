@@ -156,30 +156,34 @@ def _task_doc(**payload):
 B64 = base64.b64encode(b"true").decode()
 
 BAD_INPUTS = [
-    # (case, payload, expected reject code or None when no id can be read)
-    ("malformed json", b'{"type": "task", "payload": {"id": "x1"', None),
-    ("not an object", b"[1, 2]", None),
-    ("bad base64", _task_doc(id="x2", script="%%%not-base64"), "bad_script"),
-    ("unknown type", orjson.dumps({"type": "frobnicate", "payload": {"id": "x3"}}), "bad_message"),
-    ("missing script", _task_doc(id="x4"), "bad_script"),
-    ("missing id", _task_doc(script=B64), None),
-    ("wrong field type", _task_doc(id="x5", script=B64, timeout="soon"), "bad_message"),
-    ("unknown field", _task_doc(id="x6", script=B64, colour="red"), "bad_message"),
-    ("empty script", _task_doc(id="x7", script=""), "bad_script"),
-    ("oversize script", _task_doc(id="x8", script=base64.b64encode(b"#" * (MAX_SCRIPT_BYTES + 1)).decode()), "too_large"),
-    ("bad id", _task_doc(id="a/b", script=B64), "bad_message"),
+    # (case, payload, expected reject code, the reject's id: None when no id can be read)
+    ("malformed json", b'{"type": "task", "payload": {"id": "x1"', "bad_message", None),
+    ("not an object", b"[1, 2]", "bad_message", None),
+    ("empty", b"", "bad_message", None),
+    ("not utf-8", b"\xff\xfe", "bad_message", None),
+    ("deeply nested", b'{"type": "task", "payload": {"id": "x9", "env": ' + b"[" * 5000 + b"]" * 5000 + b"}}", "bad_message", None),
+    ("nested in env", _task_doc(id="x10", script=B64, env={"a": [[[[]]]]}), "bad_message", "x10"),
+    ("bad base64", _task_doc(id="x2", script="%%%not-base64"), "bad_script", "x2"),
+    ("unknown type", orjson.dumps({"type": "frobnicate", "payload": {"id": "x3"}}), "bad_message", "x3"),
+    ("missing script", _task_doc(id="x4"), "bad_script", "x4"),
+    ("missing id", _task_doc(script=B64), "bad_message", None),
+    ("wrong field type", _task_doc(id="x5", script=B64, timeout="soon"), "bad_message", "x5"),
+    ("unknown field", _task_doc(id="x6", script=B64, colour="red"), "bad_message", "x6"),
+    ("empty script", _task_doc(id="x7", script=""), "bad_script", "x7"),
+    ("oversize script", _task_doc(id="x8", script=base64.b64encode(b"#" * (MAX_SCRIPT_BYTES + 1)).decode()), "too_large", "x8"),
+    ("bad id", _task_doc(id="a/b", script=B64), "bad_message", None),
+    ("nul in cwd", _task_doc(id="x11", script=B64, cwd="/tmp\x00/x"), "bad_message", "x11"),
+    ("nul in env", _task_doc(id="x12", script=B64, env={"A": "1\x002"}), "bad_message", "x12"),
 ]
 
 
-@pytest.mark.parametrize("case,payload,code", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_task_input_is_rejected_when_the_id_is_readable_and_the_agent_carries_on(core, case, payload, code):
+@pytest.mark.parametrize("case,payload,code,task_id", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_task_input_is_always_rejected_and_the_agent_carries_on(core, case, payload, code, task_id):
     core.deliver(core.topics.tasks(AGENT_ID), payload)
     msgs = core.sent()
     assert core.acks == [core.topics.tasks(AGENT_ID)]
-    if code is None:
-        assert msgs == []
-    else:
-        assert len(msgs) == 1 and isinstance(msgs[0], Reject) and msgs[0].code == code and msgs[0].reason
+    assert len(msgs) == 1 and isinstance(msgs[0], Reject) and msgs[0].code == code and msgs[0].reason
+    assert msgs[0].id == task_id
     assert core.ledger.count() == 0 and core.executor.runs == []
     core.send_task("good")
     assert [r.spec.task_id for r in core.executor.runs] == ["good"]

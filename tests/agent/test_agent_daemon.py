@@ -81,7 +81,7 @@ def killpg_quietly(pgid: int | None) -> None:
 
 @pytest.fixture
 def agent(tmp_path, broker, prefix):
-    a = start_agent(tmp_path / "agent", broker.url, prefix, labels={"role": "web", "dc": "bj"})
+    a = start_agent(tmp_path / "agent", broker.url, prefix, labels={"role": "web", "zone": "bj"})
     yield a
     a.stop()
 
@@ -97,7 +97,7 @@ def test_registers_heartbeats_and_goes_offline_cleanly_on_sigterm(agent, watch, 
     (reg,) = watch.wait_for(is_(Register, aid), timeout=10)
     r = msg_of(reg)
     assert reg.retain and reg.topic == topics.status(aid)
-    assert r.labels == {"role": "web", "dc": "bj"} and r.capacity == 1 and r.hostname and r.version
+    assert r.labels == {"role": "web", "zone": "bj"} and r.capacity == 1 and r.hostname and r.version
     beats = watch.wait_for(is_(Heartbeat, aid), timeout=10, count=2)
     assert msg_of(beats[-1]).ts > msg_of(beats[0]).ts and beats[-1].topic == topics.heartbeat(aid)
     assert agent.stop() == 0

@@ -175,11 +175,11 @@ def test_usable_ipv4_filters_as_the_design_document_does():
 
 def test_settings_precedence_is_file_then_environment_then_flags(tmp_path):
     f = tmp_path / "agent.toml"
-    f.write_text('heartbeat = 7\nmax_tasks = 3\ntopic_prefix = "file"\nbroker = "mqtt://file:1"\n[labels]\nrole = "db"\ndc = "bj"\n')
-    env = {"MSCHEDULE_AGENT_MAX_TASKS": "4", "MSCHEDULE_AGENT_TOPIC_PREFIX": "env", "MSCHEDULE_AGENT_LABELS": "dc=sh"}
+    f.write_text('heartbeat = 7\nmax_tasks = 3\ntopic_prefix = "file"\nbroker = "mqtt://file:1"\n[labels]\nrole = "db"\nzone = "bj"\n')
+    env = {"MSCHEDULE_AGENT_MAX_TASKS": "4", "MSCHEDULE_AGENT_TOPIC_PREFIX": "env", "MSCHEDULE_AGENT_LABELS": "zone=sh"}
     s = config.load(["--config", str(f), "--topic-prefix", "flag", "--label", "role=web"], env=env)
     assert (s.heartbeat, s.max_tasks, s.topic_prefix, s.broker) == (7.0, 4, "flag", "mqtt://file:1")
-    assert s.labels == {"role": "web", "dc": "sh"}
+    assert s.labels == {"role": "web", "zone": "sh"}
 
 
 def test_settings_defaults_and_id_path(tmp_path):

@@ -182,8 +182,8 @@ def test_bad_submissions_are_answered_with_the_error_and_field(rig, payload, fie
 def test_a_submission_with_a_response_topic_is_answered_there_with_its_correlation_data(rig):
     rig.register("a1")
     payload = b'{"type":"submit","payload":{"targets":["a1"],"script_text":"true"}}'
-    rig.feed(_submit_incoming(rig, payload, response_topic="me/reply", correlation_data=b"c1"))
-    (p,) = [p for p in rig.transport.take() if p.topic == "me/reply"]
+    rig.feed(_submit_incoming(rig, payload, response_topic="test/submit/reply/me", correlation_data=b"c1"))
+    (p,) = [p for p in rig.transport.take() if p.topic == "test/submit/reply/me"]
     reply = P.decode(p.payload)
     assert p.correlation_data == b"c1" and reply.ok and reply.targets == ["a1"]
     assert rig.store.get_task(reply.task_id).state is TaskState.RUNNING

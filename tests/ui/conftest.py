@@ -261,7 +261,7 @@ def serve_api():
 @pytest.fixture(scope="session")
 def ui_fleet(broker, tmp_path_factory):
     """A real master (HTTP on a free loopback port) and the demo's three agents
-    (role=web dc=bj, role=web dc=sh, role=db dc=bj) on the session broker."""
+    (role=web zone=bj, role=web zone=sh, role=db zone=bj) on the session broker."""
     from harness.demo import start_demo_fleet
 
     prefix = f"ui{uuid.uuid4().hex[:8]}/mschedule"

@@ -29,7 +29,7 @@ def test_agents_lists_the_fleet_with_labels(ui_fleet):
     ids = {a.agent_id for a in ui_fleet.agents}
     assert {a["id"] for a in agents} == ids
     assert all(a["online"] for a in agents)
-    assert sorted(f"{a['labels']['role']}/{a['labels']['dc']}" for a in agents) == ["db/bj", "web/bj", "web/sh"]
+    assert sorted(f"{a['labels']['role']}/{a['labels']['zone']}" for a in agents) == ["db/bj", "web/bj", "web/sh"]
 
     out, _ = text(mschedule(ui_fleet, "agents"))
     assert "3 agents" in out and "role=db" in out and out.count("online") >= 3
