@@ -58,5 +58,5 @@ def test_publications_and_pubacks_wait_for_the_commit(rig):
     # a subscriber runs after the commit: the result must already be readable then
     rig.engine.subscribe(lambda e: seen.append(rig.store.get_target(task_id, "a1").code))
     rig.from_agent("a1", protocol.Result(id=task_id, agent_id="a1", state="SUCCEED", code=0))
-    assert rig.acked == [f"test/results/a1"]
+    assert rig.acked == ["test/results/a1"]
     assert seen and all(code == 0 for code in seen)
