@@ -328,7 +328,8 @@ class Daemon:
     async def _timer(self) -> None:
         assert self._stop is not None
         while not self._stop.is_set():
-            deadline = self.service.engine.next_deadline()
+            deadlines = (self.service.engine.next_deadline(), self.service.schedules.next_wake())
+            deadline = min((d for d in deadlines if d is not None), default=None)
             delay = TICK_MAX if deadline is None else min(TICK_MAX, max(0.01, deadline - time.time()))
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -336,6 +337,7 @@ class Daemon:
                 pass
             try:
                 self.service.housekeeping(verdicts=not self._behind())
+                self.service.schedules.tick()
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:

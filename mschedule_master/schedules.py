@@ -74,6 +74,9 @@ class Outcome(str, Enum):
     MISSED = "missed"  #: missed while the master was down; not run, by the misfire policy
     SKIPPED_OVERLAP = "skipped-overlap"  #: not run: earlier runs were still going (overlap policy)
     QUEUED = "queued"  #: waits for earlier runs to end (overlap ``queue``); becomes FIRED when it starts
+    #: due to run, but no run could be created (the job, its version or its targets are gone);
+    #: the record's error says why. Set by the integration, never by the planner.
+    NOT_STARTED = "not-started"
 
     @property
     def starts(self) -> bool:
@@ -82,7 +85,7 @@ class Outcome(str, Enum):
 
 
 #: the only change of a recorded outcome: a queued fire time starts
-OUTCOME_TRANSITIONS = {Outcome.QUEUED: frozenset({Outcome.FIRED})}
+OUTCOME_TRANSITIONS = {Outcome.QUEUED: frozenset({Outcome.FIRED, Outcome.NOT_STARTED})}
 
 
 def check_outcome_transition(old: Outcome, new: Outcome) -> None:
