@@ -34,6 +34,12 @@ def at(ts: int | None, tz: str) -> str:
     return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def job_ref(doc: dict[str, Any]) -> str:
+    """``backup@3``, or ``backup@default`` for a schedule that follows the job's default."""
+    version = doc["version"]
+    return f"{doc['job']}@{version}" if isinstance(version, int) else f"{doc['job']}{version}"
+
+
 def _path(name: str, tail: str = "") -> str:
     return f"/api/v1/schedules/{quote(name)}{tail}"
 
@@ -54,7 +60,7 @@ def cmd_add(client: Client, args, console: Console) -> int:
 
 
 def _summary(doc: dict[str, Any]) -> str:
-    return (f"{doc['job']}@{doc['version']} on '{doc['cron']}' in {doc['tz']}, overlap {doc['overlap']}, "
+    return (f"{job_ref(doc)} on '{doc['cron']}' in {doc['tz']}, overlap {doc['overlap']}, "
             f"misfire {doc['misfire']}")  # fmt: skip
 
 
@@ -67,7 +73,7 @@ def cmd_list(client: Client, args, console: Console) -> int:
         table.add_column(col)
     for d in found:
         state = "[yellow]paused[/]" if d["paused"] else "active"
-        table.add_row(escape(d["name"]), escape(f"{d['job']}@{d['version']}"), escape(d["cron"]), d["tz"],
+        table.add_row(escape(d["name"]), escape(job_ref(d)), escape(d["cron"]), d["tz"],
                       d["overlap"], d["misfire"], state, at(d["next_fire"], d["tz"]))  # fmt: skip
     console.print(table)
     return EXIT_OK

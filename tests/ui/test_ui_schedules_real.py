@@ -113,7 +113,7 @@ def test_the_cli_adds_lists_shows_previews_pauses_and_removes(ui_fleet):
     p = mschedule(ui_fleet, "schedule", "next", name, "-n", "2")
     assert p.returncode == 0 and p.stdout.count(b"UTC") == 2
     p = mschedule(ui_fleet, "schedule", "show", name)
-    assert p.returncode == 0 and b"last runs" in p.stdout and f"{j}@@default".encode() in p.stdout
+    assert p.returncode == 0 and b"last runs" in p.stdout and f"{j}@default ".encode() in p.stdout
     assert ok_json(ui_fleet, "schedule", "pause", name)["paused"]
     p = mschedule(ui_fleet, "schedule", "resume", name)
     assert p.returncode == 0 and b"resumed" in p.stdout and b"next fire time" in p.stdout
