@@ -18,6 +18,7 @@ Runs on the master's event-loop thread.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +27,17 @@ from . import models
 from .engine import Engine
 from .jobservice import JobService
 from .models import InvalidRequest, NotFound
-from .schedules import DEFAULT_VERSION, Outcome, Plan, Record, Schedule, ScheduleError, StartQueued, next_fire_times, plan
+from .schedules import (
+    DEFAULT_VERSION, Outcome, Plan, Record, Schedule, ScheduleError, StartQueued, next_fire_times, plan,
+)  # fmt: skip
 from .schedulestore import ScheduleExists, ScheduleStore, StoredSchedule
 
 log = logging.getLogger(__name__)
 
 #: Longest preview of fire times.
 MAX_PREVIEW = 1000
+#: A schedule whose planning failed (not the database: that stops the master) is tried again after this (seconds).
+RETRY_AFTER = 5.0
 
 
 class Scheduler:
@@ -109,9 +114,11 @@ class Scheduler:
                     self.plan_one(name, now)
                 except NotFound:
                     self._wake.pop(name, None)  # removed meanwhile
+                except sqlite3.Error:
+                    raise  # the daemon stops: memory and disk may disagree (as for a batch of messages)
                 except Exception:
-                    self._dirty.add(name)
-                    log.exception("planning schedule %s failed; will retry at the next tick", name)
+                    self._wake[name] = int(now + RETRY_AFTER)
+                    log.exception("planning schedule %s failed; will retry in %.0f s", name, RETRY_AFTER)
 
     def plan_one(self, name: str, now: float) -> Plan:
         """Plan one schedule and carry the plan out, in one transaction."""

@@ -74,8 +74,9 @@ class Outcome(str, Enum):
     MISSED = "missed"  #: missed while the master was down; not run, by the misfire policy
     SKIPPED_OVERLAP = "skipped-overlap"  #: not run: earlier runs were still going (overlap policy)
     QUEUED = "queued"  #: waits for earlier runs to end (overlap ``queue``); becomes FIRED when it starts
-    #: due to run, but no run could be created (the job, its version or its targets are gone);
-    #: the record's error says why. Set by the integration, never by the planner.
+    #: due to run, but no run could be created (the job version or its targets are gone); the
+    #: record's error says why. Set by the integration in the transaction that decided the fire
+    #: time (so no one ever sees it fired first), never by the planner.
     NOT_STARTED = "not-started"
 
     @property
@@ -85,7 +86,7 @@ class Outcome(str, Enum):
 
 
 #: the only change of a recorded outcome: a queued fire time starts
-OUTCOME_TRANSITIONS = {Outcome.QUEUED: frozenset({Outcome.FIRED, Outcome.NOT_STARTED})}
+OUTCOME_TRANSITIONS = {Outcome.QUEUED: frozenset({Outcome.FIRED})}
 
 
 def check_outcome_transition(old: Outcome, new: Outcome) -> None:

@@ -18,7 +18,9 @@ from .schedules import DEFAULT_VERSION, Misfire, Outcome, Overlap, Schedule, Sta
 from .states import TASK_FINAL
 from .store import Store
 
-_COLS = "name, job, version, cron, tz, overlap, misfire, paused, overrides, since, created_at, created_by, missed_earlier"
+_COLS = (
+    "name, job, version, cron, tz, overlap, misfire, paused, overrides, since, created_at, created_by, missed_earlier"
+)
 _FINAL = tuple(s.value for s in TASK_FINAL)
 
 
@@ -127,7 +129,9 @@ class ScheduleStore:
             )
             return cur.rowcount == 1
 
-    def change_outcome(self, name: str, fire_time: int, old: Outcome, new: Outcome, *, error: str | None = None) -> bool:
+    def change_outcome(
+        self, name: str, fire_time: int, old: Outcome, new: Outcome, *, error: str | None = None
+    ) -> bool:
         """Compare-and-set of a record's outcome. False when it no longer is ``old``."""
         check_outcome_transition(old, new)
         with self.store.db() as c:
@@ -139,11 +143,14 @@ class ScheduleStore:
 
     def set_task(self, name: str, fire_time: int, task_id: str) -> None:
         with self.store.db() as c:
-            c.execute("update schedule_fires set task_id=? where schedule=? and fire_time=?", (task_id, name, fire_time))
+            c.execute(
+                "update schedule_fires set task_id=? where schedule=? and fire_time=?", (task_id, name, fire_time)
+            )
             self.store.require_sync()
 
     def not_started(self, name: str, fire_time: int, error: str) -> None:
-        """A due run that could not be created: say why on its record."""
+        """A due run that could not be created: say why on its record. Only in the
+        transaction that recorded (or started) the fire time, before it commits."""
         with self.store.db() as c:
             c.execute(
                 "update schedule_fires set outcome=?, error=? where schedule=? and fire_time=?",
@@ -166,7 +173,9 @@ class ScheduleStore:
         return [dict(zip(keys, r)) for r in rows]
 
     def outcome_counts(self, name: str) -> dict[str, int]:
-        rows = self._conn.execute("select outcome, count(*) from schedule_fires where schedule=? group by outcome", (name,))
+        rows = self._conn.execute(
+            "select outcome, count(*) from schedule_fires where schedule=? group by outcome", (name,)
+        )
         return dict(rows.fetchall())
 
 

@@ -5,6 +5,10 @@ two masters on one database are two cores over one file."""
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from mschedule_agent import protocol as P
 from mschedule_master.schedules import Misfire, Overlap, Schedule
 
@@ -34,7 +38,8 @@ def _records(rig, name="nightly") -> list[tuple[int, str]]:
 
 
 def _tasks_of(store, name="nightly") -> list[str]:
-    rows = store._conn.execute("select id from tasks where submitted_by=? order by created_at, rowid", (f"schedule:{name}",))
+    sql = "select id from tasks where submitted_by=? order by created_at, rowid"
+    rows = store._conn.execute(sql, (f"schedule:{name}",))
     return [r[0] for r in rows]
 
 
@@ -204,3 +209,49 @@ def test_removing_a_schedule_stops_it_and_forgets_its_records(rig):
     rig.service.schedules.remove("nightly")
     _at(rig, FIRST + MIN)
     assert len(_tasks_of(rig.store)) == 1 and rig.service.schedules.list() == []
+
+
+def test_a_schedule_whose_planning_fails_is_retried_later_not_at_every_tick(rig, monkeypatch, caplog):
+    _setup(rig)
+    calls = []
+
+    def broken(*args, **kw):
+        calls.append(args)
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr("mschedule_master.scheduler.plan", broken)
+    _at(rig, FIRST)
+    _at(rig, FIRST + 1)
+    assert len(calls) == 1 and "will retry in 5 s" in caplog.text
+    assert rig.service.schedules.next_wake() == FIRST + 5
+    monkeypatch.undo()
+    _at(rig, FIRST + 5)
+    assert _records(rig) == [(FIRST, "fired")]
+
+
+def test_the_record_and_its_task_are_one_transaction_a_failure_between_them_leaves_neither(rig, monkeypatch):
+    _setup(rig)
+
+    def disk_full(*args, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr("mschedule_master.schedulestore.ScheduleStore.set_task", disk_full)
+    rig.clock.now = FIRST
+    with pytest.raises(sqlite3.OperationalError):  # the daemon stops on it; a restart resumes
+        rig.service.schedules.tick()
+    assert _records(rig) == [] and _tasks_of(rig.store) == []
+    n = rig.store._conn.execute("select count(*) from tasks").fetchone()[0]
+    assert n == 0
+
+
+def test_a_queued_fire_time_whose_run_cannot_start_is_recorded_not_started(rig):
+    _setup(rig, overlap=Overlap.parse("queue(1)"))
+    _at(rig, FIRST)
+    _at(rig, FIRST + MIN)
+    assert _records(rig) == [(FIRST, "fired"), (FIRST + MIN, "queued")]
+    rig.service.jobs.save("backup", b"#!/bin/sh\necho v2\n", defaults={"targets": ["gone-host"]})
+    rig.clock.now = FIRST + MIN + 5
+    _finish(rig, _tasks_of(rig.store)[0])
+    rig.service.schedules.tick()
+    (run,) = [r for r in rig.service.schedules.runs("nightly") if r["fire_time"] == FIRST + MIN]
+    assert run["outcome"] == "not-started" and "gone-host" in run["error"] and run["task_id"] is None

@@ -45,7 +45,8 @@ def unique(stem: str) -> str:
 
 def job(fleet, script: str = "#!/bin/sh\necho scheduled\n", targets=("role=db",)) -> str:
     name = unique("job")
-    status, _ = call(fleet, "POST", f"/api/v1/jobs/{name}/versions", {"script_text": script, "defaults": {"targets": list(targets)}})
+    body = {"script_text": script, "defaults": {"targets": list(targets)}}
+    status, _ = call(fleet, "POST", f"/api/v1/jobs/{name}/versions", body)
     assert status == 201
     return name
 
@@ -125,7 +126,7 @@ def test_the_cli_adds_lists_shows_previews_pauses_and_removes(ui_fleet):
 
 def test_the_cli_refuses_a_bad_policy_with_a_clear_message(ui_fleet):
     j = job(ui_fleet)
-    p = mschedule(ui_fleet, "schedule", "add", unique("bad"), "--job", j, "--cron", "* * * * *", "--overlap", "sometimes")
+    p = mschedule(ui_fleet, "schedule", "add", unique("bad"), "--job", j, "--cron", "* * * * *", "--overlap", "never")
     assert p.returncode == 2 and b"overlap must be one of skip, queue, queue(N), allow(N)" in p.stderr
     assert b"Traceback" not in p.stderr
 
