@@ -25,6 +25,7 @@ from typing import Any
 
 from . import models
 from .engine import Engine
+from .jobs import JobError, build_submit
 from .jobservice import JobService
 from .models import InvalidRequest, NotFound
 from .schedules import (
@@ -53,9 +54,11 @@ class Scheduler:
     # ------------------------------------------------------------------ operations
     def add(self, s: Schedule, *, created_by: str) -> StoredSchedule:
         """Store a new schedule (its job must exist). Raises InvalidRequest."""
-        self.jobs.summary(s.job)  # NotFound("job") for a typo, now rather than at fire time
-        if s.version != DEFAULT_VERSION:
-            self.jobs.get(s.job, int(s.version))
+        version = self.jobs.get(s.job, None if s.version == DEFAULT_VERSION else int(s.version))  # NotFound now
+        try:  # a run of today's version must be possible (e.g. targets given somewhere), as at fire time
+            build_submit(version, _overrides(s))
+        except JobError as e:
+            raise InvalidRequest(str(e), e.field) from None
         try:
             stored = self.store.add(s, now=self.clock(), created_by=created_by)
         except ScheduleExists as e:
@@ -152,9 +155,8 @@ class Scheduler:
     def _start(self, s: Schedule, fire_time: int, outcome: Outcome) -> None:
         """Create the run of a fire time just recorded (in the same transaction)."""
         version = None if s.version == DEFAULT_VERSION else int(s.version)
-        overrides = {k: v for k, v in s.overrides.items() if k not in ("job", "version")}
         try:
-            task, _ = self.jobs.run(s.job, version, overrides, submitted_by=f"schedule:{s.name}")
+            task, _ = self.jobs.run(s.job, version, _overrides(s), submitted_by=f"schedule:{s.name}")
         except (InvalidRequest, NotFound, ScheduleError) as e:  # raised before the engine writes anything
             self.store.not_started(s.name, fire_time, str(e))
             log.warning("schedule %s: the run of fire time %d could not start: %s", s.name, fire_time, e)
@@ -171,3 +173,8 @@ class Scheduler:
             name = self.store.schedule_of_task(event.task_id)
             if name is not None:
                 self._dirty.add(name)
+
+
+def _overrides(s: Schedule) -> dict[str, Any]:
+    """The schedule's run settings over the job version's defaults (never the job or version)."""
+    return {k: v for k, v in s.overrides.items() if k not in ("job", "version")}

@@ -255,3 +255,19 @@ def test_a_queued_fire_time_whose_run_cannot_start_is_recorded_not_started(rig):
     rig.service.schedules.tick()
     (run,) = [r for r in rig.service.schedules.runs("nightly") if r["fire_time"] == FIRST + MIN]
     assert run["outcome"] == "not-started" and "gone-host" in run["error"] and run["task_id"] is None
+
+
+def test_adding_a_schedule_that_could_not_run_today_is_refused_naming_the_setting(rig):
+    from mschedule_master.models import InvalidRequest, NotFound
+
+    rig.service.jobs.save("bare", b"#!/bin/sh\necho hi\n")  # no default targets
+    with pytest.raises(InvalidRequest, match="no default targets") as e:
+        rig.service.schedules.add(Schedule("s1", job="bare", cron="@daily"), created_by="test")
+    assert e.value.field == "targets"
+    with pytest.raises(NotFound, match="job 'nope'"):
+        rig.service.schedules.add(Schedule("s2", job="nope", cron="@daily"), created_by="test")
+    with pytest.raises(NotFound, match="bare@4"):
+        rig.service.schedules.add(Schedule("s3", job="bare", version=4, cron="@daily", overrides={"targets": ["all"]}),
+                                  created_by="test")  # fmt: skip
+    rig.service.schedules.add(Schedule("s4", job="bare", cron="@daily", overrides={"targets": ["all"]}), created_by="t")
+    assert [st.schedule.name for st in rig.service.schedules.list()] == ["s4"]
