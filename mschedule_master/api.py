@@ -379,6 +379,10 @@ from . import api_jobs  # noqa: E402  (its handlers use the helpers above)
 
 ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_jobs.ROUTES)
 
+from . import api_schedules  # noqa: E402  (its handlers use the helpers above)
+
+ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_schedules.ROUTES)
+
 
 # ------------------------------------------------------------------ middleware
 

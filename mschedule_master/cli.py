@@ -8,6 +8,7 @@
     mschedule kill TASK
     mschedule tasks [--state S]
     mschedule job save|list|show|history|diff|default|run|push|pull ...   (see cli_jobs.py)
+    mschedule schedule add|list|show|pause|resume|rm|next ...             (see cli_schedules.py)
     mschedule rerun TASK [--failed]
     mschedule history AGENT
 
@@ -723,6 +724,9 @@ def parser() -> argparse.ArgumentParser:
     from . import cli_jobs  # job, rerun, history (it imports this module's helpers)
 
     cli_jobs.add_commands(sub)
+    from . import cli_schedules  # schedule add|list|show|pause|resume|rm|next
+
+    cli_schedules.add_commands(sub)
     return p  # fmt: skip
 
 

@@ -318,7 +318,8 @@ class Daemon:
     async def _timer(self) -> None:
         assert self._stop is not None
         while not self._stop.is_set():
-            deadline = self.service.engine.next_deadline()
+            deadlines = (self.service.engine.next_deadline(), self.service.schedules.next_wake())
+            deadline = min((d for d in deadlines if d is not None), default=None)
             delay = TICK_MAX if deadline is None else min(TICK_MAX, max(0.01, deadline - time.time()))
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -327,7 +328,10 @@ class Daemon:
             self._guard.tick()
             memory.heap.tick()
             try:
-                self.service.housekeeping(verdicts=self._hearing(time.time()))
+                hearing = self._hearing(time.time())
+                self.service.housekeeping(verdicts=hearing)
+                if hearing:  # like verdicts: a run's overlap is judged only on a caught-up view of it
+                    self.service.schedules.tick()
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:

@@ -494,6 +494,128 @@ PATHS: dict[str, Any] = {
 }  # fmt: skip
 
 
+# ---------------------------------------------------------------- schedules (docs/schedules.md)
+_OUTCOMES = ["fired", "caught-up", "missed", "skipped-overlap", "queued", "not-started"]
+SCHEMAS.update({
+    "Schedule": {
+        "type": "object",
+        "description": "A job at a version on a cron expression in a time zone, with its policies",
+        "properties": {
+            "name": {"type": "string"},
+            "job": {"type": "string"},
+            "version": {"type": ["integer", "string"], "description": "a pinned version, or @default (at fire time)"},
+            "cron": {"type": "string", "description": "5 fields, or @hourly @daily @midnight @weekly @monthly @yearly"},
+            "tz": {"type": "string", "description": "IANA time zone (default UTC)"},
+            "overlap": {"type": "string", "description": "skip, queue(N) or allow(N)"},
+            "misfire": {"type": "string", "description": "skip, run_once or catch_up(N, DEADLINE)"},
+            "paused": {"type": "boolean"},
+            "overrides": {"type": "object", "description": "run settings over the job version's defaults"},
+            "since": {"type": "number", "description": "created or last resumed at"},
+            "created_at": {"type": "number"},
+            "created_by": {"type": "string"},
+            "missed_earlier": {"type": "integer", "description": "missed fire times counted, not recorded one by one"},
+            "next_fire": {"type": ["integer", "null"], "description": "the next fire time (null while paused)"},
+            "next": {"type": "array", "items": {"type": "integer"}, "description": "GET one: the next 5 fire times"},
+            "runs": {"type": "array", "items": _ref("ScheduleRun"), "description": "GET one: the last 20 records"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "GET one: outcome -> how many"},
+        },
+    },
+    "ScheduleCreate": {
+        "type": "object",
+        "required": ["name", "job", "cron"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "job": {"type": "string", "description": "JOB or JOB@V"},
+            "version": {"type": ["integer", "string", "null"], "description": "or in job as JOB@V"},
+            "cron": {"type": "string"},
+            "tz": {"type": "string"},
+            "overlap": {"type": "string"},
+            "misfire": {"type": "string"},
+            "paused": {"type": "boolean"},
+            "overrides": {"type": "object"},
+            "author": {"type": "string"},
+        },
+    },
+    "ScheduleRun": {
+        "type": "object",
+        "description": "A decided fire time and what happened to it",
+        "properties": {
+            "fire_time": {"type": "integer", "description": "epoch seconds"},
+            "outcome": {"type": "string", "enum": _OUTCOMES},
+            "recorded_at": {"type": "number"},
+            "task_id": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"], "description": "not-started: why no run could be created"},
+            "task_state": {"type": ["string", "null"], "enum": [*TASK_STATES, None]},
+            "finished_at": _NUM,
+        },
+    },
+})  # fmt: skip
+
+_SCHEDULE = _path_param("name", "schedule name")
+_ONE_SCHEDULE = _json(_ref("Schedule"), "the schedule")
+_NO_SCHEDULE = _err("unknown schedule")
+PATHS.update({
+    "/api/v1/schedules": {
+        "get": {
+            "summary": "Every schedule, by name",
+            "responses": {"200": _json({"type": "object", "properties": {"schedules": {"type": "array",
+                          "items": _ref("Schedule")}}}, "schedules"), "401": _UNAUTH},
+        },
+        "post": {
+            "summary": "Add a schedule (its job, and a pinned version, must exist)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ScheduleCreate")}}},
+            "responses": {"201": _ONE_SCHEDULE, "400": _err("bad field (named), or the name is taken"),
+                          "401": _UNAUTH, "404": _err("unknown job or version")},
+        },
+    },
+    "/api/v1/schedules/{name}": {
+        "get": {
+            "summary": "A schedule, its next 5 fire times, its last 20 records and the count of each outcome",
+            "parameters": [_SCHEDULE],
+            "responses": {"200": _ONE_SCHEDULE, "401": _UNAUTH, "404": _NO_SCHEDULE},
+        },
+        "delete": {
+            "summary": "Remove a schedule and its records (its tasks stay)",
+            "parameters": [_SCHEDULE],
+            "responses": {"200": _json({"type": "object"}, "removed"), "401": _UNAUTH, "404": _NO_SCHEDULE},
+        },
+    },
+    "/api/v1/schedules/{name}/pause": {
+        "post": {
+            "summary": "Pause: no fire time is planned or recorded until resumed",
+            "parameters": [_SCHEDULE],
+            "responses": {"200": _ONE_SCHEDULE, "401": _UNAUTH, "404": _NO_SCHEDULE},
+        }
+    },
+    "/api/v1/schedules/{name}/resume": {
+        "post": {
+            "summary": "Resume from now: the fire times during the pause are neither run nor recorded",
+            "parameters": [_SCHEDULE],
+            "responses": {"200": _ONE_SCHEDULE, "401": _UNAUTH, "404": _NO_SCHEDULE},
+        }
+    },
+    "/api/v1/schedules/{name}/next": {
+        "get": {
+            "summary": "The next n fire times (epoch seconds), paused or not",
+            "parameters": [_SCHEDULE, _query("n", {"type": "integer", "minimum": 1, "maximum": 1000}, "how many")],
+            "responses": {"200": _json({"type": "object", "properties": {"next": {"type": "array",
+                          "items": {"type": "integer"}}}}, "fire times"), "400": _err("bad n"), "401": _UNAUTH,
+                          "404": _NO_SCHEDULE},
+        }
+    },
+    "/api/v1/schedules/{name}/runs": {
+        "get": {
+            "summary": "The schedule's records, newest fire time first, with their tasks' states",
+            "parameters": [_SCHEDULE, _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows")],
+            "responses": {"200": _json({"type": "object", "properties": {"runs": {"type": "array",
+                          "items": _ref("ScheduleRun")}}}, "records"), "401": _UNAUTH, "404": _NO_SCHEDULE},
+        }
+    },
+})  # fmt: skip
+
+
 _FORBIDDEN = _err("without a token: a Host that is not loopback, or a cross-origin browser request")
 _NOT_JSON = _err("the body is not Content-Type: application/json")
 

@@ -74,6 +74,10 @@ class Outcome(str, Enum):
     MISSED = "missed"  #: missed while the master was down; not run, by the misfire policy
     SKIPPED_OVERLAP = "skipped-overlap"  #: not run: earlier runs were still going (overlap policy)
     QUEUED = "queued"  #: waits for earlier runs to end (overlap ``queue``); becomes FIRED when it starts
+    #: due to run, but no run could be created (the job version or its targets are gone); the
+    #: record's error says why. Set by the integration in the transaction that decided the fire
+    #: time (so no one ever sees it fired first), never by the planner.
+    NOT_STARTED = "not-started"
 
     @property
     def starts(self) -> bool:

@@ -22,6 +22,7 @@ from .engine import Engine
 from .jobservice import JobService
 from .models import NotFound
 from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
+from .scheduler import Scheduler
 from .states import TaskState
 from .store import Store
 from .submissions import SubmitHandler
@@ -56,6 +57,7 @@ class MasterService:
         self.flush_interval = flush_interval
         self.jobs = JobService(engine=engine, clock=clock)
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
+        self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 

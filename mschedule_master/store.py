@@ -117,6 +117,25 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     # What each request_id asked for (Submit.digest()): a re-used id with another request is refused.
     ("request-digest-1", ("create table if not exists request_digests (request_id text primary key, digest text not null)",)),
+    # Schedules (mschedule_master/schedulestore.py, docs/schedules.md): a job on a cron, and
+    # every decided fire time with its outcome. (schedule, fire_time) is the primary key, so
+    # a fire time is decided once however many masters or restarts plan it.
+    (
+        "schedules-1",
+        (
+            """create table schedules (
+                name text primary key, job text not null, version text not null, cron text not null,
+                tz text not null, overlap text not null, misfire text not null, paused integer not null,
+                overrides text not null, since real not null, created_at real not null,
+                created_by text not null, missed_earlier integer not null default 0)""",
+            """create table schedule_fires (
+                schedule text not null, fire_time integer not null, outcome text not null,
+                recorded_at real not null, task_id text, error text,
+                primary key (schedule, fire_time))""",
+            "create index schedule_fires_task on schedule_fires (task_id) where task_id is not null",
+            "create index schedule_fires_outcome on schedule_fires (schedule, outcome)",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (

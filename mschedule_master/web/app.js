@@ -197,9 +197,11 @@ async function refresh() {
     if (state.route === "task") await loadTask(state.taskId);
     else if (state.route === "home") await Promise.all([loadAgents(), loadTasks()]);
     else if (state.route === "jobs" || state.route === "job") await loadJobsView(); // jobs.js
+    else if (state.route === "schedules") await loadSchedulesView(); // schedules.js
   } catch (e) {
     if (e.status === 404 && state.route === "task") showNotFound(`Task ${state.taskId} not found.`);
     if (e.status === 404 && state.route === "job") showNotFound(e.message);
+    if (e.status === 404 && state.route === "schedules") showNotFound(e.message);
   }
 }
 
@@ -406,7 +408,7 @@ async function kill() {
 // ------------------------------------------------------------------ routing
 
 function show(id) {
-  for (const m of ["#home", "#task-page", "#jobs-page", "#job-page", "#not-found"]) $(m).hidden = m !== id;
+  for (const m of ["#home", "#task-page", "#jobs-page", "#job-page", "#schedules-page", "#not-found"]) $(m).hidden = m !== id;
 }
 
 function showNotFound(text) {
@@ -416,8 +418,8 @@ function showNotFound(text) {
 
 function route() {
   const m = location.hash.match(/^#\/task\/(.+)$/);
-  if (!m && jobsRoute()) {
-    // jobs.js: #/jobs, #/job/NAME[/VERSION]
+  if (!m && (jobsRoute() || schedulesRoute())) {
+    // jobs.js: #/jobs, #/job/NAME[/VERSION]; schedules.js: #/schedules, #/schedule/NAME
   } else if (m) {
     state.route = "task";
     state.taskId = decodeURIComponent(m[1]);

@@ -262,3 +262,50 @@ def test_jobs_view_lists_versions_shows_a_diff_runs_a_version_and_the_task_links
     page.locator("#job-versions tbody tr.selected[data-version='1']").wait_for()
     page.locator("#job-runs tbody tr[data-version='1']").wait_for()
     assert page.locator("#job-runs tbody tr").count() == 2
+
+
+def test_schedules_view_lists_pauses_resumes_and_shows_fire_times_and_runs_with_outcomes(ui_fleet, page, artifacts_dir):
+    import json
+    import time
+    import urllib.request
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    job, minutely, berlin = f"page-sched-{tag}.sh", f"minutely-{tag}", f"berlin-{tag}"
+
+    def post(path: str, doc: dict) -> dict:
+        req = urllib.request.Request(ui_fleet.url + path, data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    post(f"/api/v1/jobs/{job}/versions", {"script_text": "echo scheduled-from-page\n", "defaults": {"targets": ["role=db"]}})
+    first = post("/api/v1/schedules", {"name": minutely, "job": job, "cron": "* * * * *"})["next_fire"]
+    post("/api/v1/schedules", {"name": berlin, "job": f"{job}@1", "cron": "30 2 * * *", "tz": "Europe/Berlin"})
+
+    page.goto(ui_fleet.url + "/#/schedules")
+    row = page.locator(f"#schedules tbody tr[data-schedule='{berlin}']")
+    row.wait_for()
+    assert "30 2 * * *" in row.inner_text() and "Europe/Berlin" in row.inner_text()
+    assert " 02:30 " in row.locator("td.next-fire").inner_text()  # on the zone's own clock (01:30 UTC or 00:30 UTC)
+    row.locator("button.toggle", has_text="pause").click()
+    row.locator("td.schedule-state", has_text="paused").wait_for()
+    assert row.locator("td.next-fire").inner_text() == "–"
+    row.locator("button.toggle", has_text="resume").click()
+    row.locator("td.schedule-state", has_text="active").wait_for()
+
+    page.locator(f"#schedules tbody tr[data-schedule='{minutely}']").click()
+    page.wait_for_url(f"**/#/schedule/{minutely}")
+    page.locator("#schedule-card").wait_for()
+    assert page.locator("#schedule-next li").count() == 5
+    assert page.locator("#schedule-name").inner_text() == minutely
+    # the master's own clock fires the minutely schedule; the page shows it with its task
+    fired = page.locator(f"#schedule-runs tbody tr[data-fire='{first}'][data-outcome='fired']")
+    fired.wait_for(timeout=int((first - time.time() + 40) * 1000))
+    fired.locator("span.badge[data-state='SUCCEED']").wait_for(timeout=60_000)
+    page.screenshot(path=str(artifacts_dir / "ui-schedules-page.png"), full_page=True)
+    post(f"/api/v1/schedules/{minutely}/pause", {})
+    fired.locator("a").click()
+    page.wait_for_url("**/#/task/*")
+    page.locator("#task-state[data-state=SUCCEED]").wait_for()
+    assert "scheduled-from-page" in page.locator("#targets pre.output").inner_text()
