@@ -551,14 +551,16 @@ class Rollout:
             return self._finish(t, _T.UNREACHABLE, now, f"not accepted within delivery_timeout {tm.delivery_timeout:g}s")
         lost_at, redeliver_at = _lost_at(t, tm), _redeliver_at(t, tm)
         if lost_at is not None and now >= lost_at:
-            if t.unheard_since is not None:
+            if t.kill_requested:
+                why = f"kill not confirmed: agent unreachable for more than lost_max {max(tm.lost_max, tm.lost_grace):g}s"
+            elif t.unheard_since is not None:
                 why = f"datacenter unreachable for more than lost_max {max(tm.lost_max, tm.lost_grace):g}s"
             else:
                 why = f"agent offline for more than lost_grace {tm.lost_grace:g}s"
             return self._finish(t, _T.LOST, now, why)
         actions: list[Action] = []
         if t.kill_requested:
-            if t.kill_sent_at is None or now >= t.kill_sent_at + tm.kill_resend:
+            if t.kill_sent_at is None or now >= _kill_resend_at(t, tm):
                 t.kill_sent_at = now
                 actions.append(SendKill(t.agent_id))
         elif redeliver_at is not None and now >= redeliver_at:
@@ -738,6 +740,8 @@ def _lost_at(t: TargetSnapshot, tm: Timing) -> float | None:
     running = t.state is _T.RUNNING or (t.state is _T.DISPATCHED and t.acked)
     if not running or t.offline_since is None:
         return None
+    if t.kill_requested:  # a kill is owed: keep delivering it (KILL_PENDING) up to the upper bound
+        return (t.unheard_since if t.unheard_since is not None else t.offline_since) + max(tm.lost_max, tm.lost_grace)
     if t.unheard_since is not None:  # its datacenter's bridge is down: only the upper bound runs
         return t.unheard_since + max(tm.lost_max, tm.lost_grace)
     return t.offline_since + tm.lost_grace
@@ -773,7 +777,18 @@ def _deadline(t: TargetSnapshot, tm: Timing) -> float | None:
         if at is not None:
             times.append(at)
     if t.kill_requested:
-        times.append((t.kill_sent_at if t.kill_sent_at is not None else -math.inf) + tm.kill_resend)
+        times.append(_kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf)
     finite = [x for x in times if x != math.inf]
     return min(finite) if finite else None
 
+
+def _kill_resend_at(t: TargetSnapshot, tm: Timing) -> float:
+    """When an owed kill goes out again: every ``kill_resend`` while the agent is online;
+    while it is unreachable, after as long as it has been (kill_resend, 2x, 4x ...), at
+    most ``redeliver_max`` apart, so a long cut does not pile kills up behind it."""
+    assert t.kill_sent_at is not None
+    gap = tm.kill_resend
+    if t.offline_since is not None:
+        cap = max(tm.kill_resend, tm.redeliver_max)
+        gap = min(max(tm.kill_resend, t.kill_sent_at - t.offline_since), cap)
+    return t.kill_sent_at + gap

@@ -407,16 +407,44 @@ def test_a_killed_unacked_dispatch_that_expires_is_cancelled_not_unreachable():
     assert run.task == TaskState.KILLED
 
 
-def test_a_killed_running_target_whose_agent_stays_offline_becomes_lost():
+def test_a_kill_owed_to_an_offline_agent_stays_pending_and_is_resent_with_back_off_up_to_lost_max():
+    """KILL_PENDING: the target stays RUNNING with its kill owed (the task is not KILLED while
+    its script may still run), re-sent after as long as the agent has been away (at most
+    redeliver_max apart), until lost_max gives up on it."""
     run = Run(1)
     run.start(0)
     run.do(run.r.on_started("a00", 1))
     run.do(run.r.on_agent_offline("a00", 2))
+    assert only(run.do(run.r.kill(3)), SendKill) == [SendKill("a00")]
+    sent = []
+    now = 3.0
+    while now < 601.9:
+        now = run.r.next_deadline()
+        assert now is not None
+        if now >= 602:
+            break
+        if only(run.tick(now), SendKill):
+            sent.append(now)
+    assert sent[:5] == [7, 12, 22, 42, 62] and all(b - a == 20 for a, b in zip(sent[4:], sent[5:]))
+    assert run.mirror["a00"] == T.RUNNING and run.task == TaskState.RUNNING
+    (lost,) = only(run.tick(602), TargetChanged)
+    assert run.mirror["a00"] == T.LOST and "kill not confirmed" in lost.reason
+    assert run.task == TaskState.KILLED
+
+
+def test_a_kill_owed_to_an_agent_that_comes_back_ends_with_what_the_agent_reports():
+    run = Run(2, parallel=2)
+    run.start(0)
+    for a in ("a00", "a01"):
+        run.do(run.r.on_started(a, 1))
+        run.do(run.r.on_agent_offline(a, 2))
     run.do(run.r.kill(3))
-    run.tick(21.9)
-    assert run.mirror["a00"] == T.RUNNING
-    run.tick(22)
-    assert run.mirror["a00"] == T.LOST
+    run.tick(100)  # well past lost_grace (20): still owed, not LOST
+    assert run.mirror == {"a00": T.RUNNING, "a01": T.RUNNING} and run.task == TaskState.RUNNING
+    run.do(run.r.on_agent_online("a00", 101))
+    run.final("a00", T.KILLED, 101.5)
+    assert run.task == TaskState.RUNNING  # a01's kill is still owed
+    run.final("a01", T.SUCCEED, 102)  # it finished before the kill landed
     assert run.task == TaskState.KILLED
 
 
