@@ -27,7 +27,7 @@ from aiohttp import web
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import openapi, sse
+from . import openapi, probes, sse
 from .models import Agent, InvalidRequest, NotFound, Service, Target, Task
 from .states import TaskState
 
@@ -368,6 +368,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/events", sse.events),
     Route("GET", "/api/v1/openapi.json", get_openapi, auth=False),
     Route("GET", "/", index, auth=False),
+    Route("GET", "/healthz", probes.healthz, auth=False),
+    Route("GET", "/readyz", probes.readyz, auth=False),
+    Route("GET", "/metrics", probes.metrics),
 )
 
 
@@ -461,12 +464,14 @@ def _token_ok(request: web.Request, token: str) -> bool:
 # ------------------------------------------------------------------ app
 
 
-def create_app(service: Service, *, token: str | None = None) -> web.Application:
+def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | None = None) -> web.Application:
     middlewares = [errors_middleware, auth_middleware, browser_guard_middleware]
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[SERVICE_KEY] = service
     if token:
         app[TOKEN_KEY] = token
+    if ops is not None:
+        app[probes.OPS_KEY] = ops
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
@@ -494,14 +499,16 @@ def check_bind(host: str, port: int, token: str | None) -> None:
         )
 
 
-async def start_http(service: Service, host: str, port: int, *, token: str | None = None) -> web.AppRunner:
+async def start_http(
+    service: Service, host: str, port: int, *, token: str | None = None, ops: probes.Ops | None = None
+) -> web.AppRunner:
     """Serve the API on ``host:port``; return the runner (``await runner.cleanup()`` stops it).
 
     Raises InsecureBind for a non-loopback host without a token: this API runs code on
     every machine of the fleet.
     """
     check_bind(host, port, token)
-    runner = web.AppRunner(create_app(service, token=token), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(create_app(service, token=token, ops=ops), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

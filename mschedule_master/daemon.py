@@ -34,6 +34,8 @@ from mschedule_agent.transport import Incoming, MqttTransport, TransportError, W
 
 from . import config
 from .engine import Engine
+from .metrics import Metrics
+from .probes import READY_BACKLOG, Ops
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .registry import Registry
 from .rollout import Timing
@@ -195,7 +197,7 @@ class Daemon:
             if s.http_address is not None:  # first: a bad address or port fails before we connect
                 from . import api
 
-                runner = await api.start_http(self.service, *s.http_address, token=s.token)
+                runner = await api.start_http(self.service, *s.http_address, token=s.token, ops=self.ops)
             connected, _ = await self._unless_stopped(transport.start)
             if not connected:
                 log.info("stopped before the broker could be reached")
@@ -228,8 +230,16 @@ class Daemon:
             delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
             lost_grace=s.lost_grace, kill_resend=s.kill_resend,
         )  # fmt: skip
-        engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
-        engine.subscribe(ProgressPublisher(transport, self.topics))
+        metrics = Metrics()
+        store.on_commit = metrics.committed
+        counted = metrics.counting(transport)
+        engine = Engine(
+            store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
+            metrics=metrics,
+        )  # fmt: skip
+        engine.subscribe(ProgressPublisher(counted, self.topics))
+        metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
+        self.ops = Ops(metrics, {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check})
         self.service = MasterService(
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
         )
@@ -355,11 +365,21 @@ class Daemon:
             log.info("inbox %.1f s behind: deferring expiry and staleness verdicts", now - oldest)
         return now - self._behind_since < MAX_VERDICT_DEFER
 
+    def _inbox_check(self) -> str | None:
+        with self._inbox_lock:
+            oldest = self._arrivals[0] if self._arrivals else None
+        age = 0.0 if oldest is None else time.monotonic() - oldest
+        return None if age < READY_BACKLOG else f"inbox {age:.0f} s behind ({len(self._inbox)} message(s))"
+
     def _fatal(self, message: str, *args: object) -> None:
         log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)
         self.exit_code = 1
         assert self._stop is not None
         self._stop.set()
+
+
+def _broker_check(transport: MqttTransport) -> str | None:
+    return None if transport.is_connected() else f"not connected to the broker {transport.url}"
 
 
 def main(argv: list[str] | None = None) -> int:

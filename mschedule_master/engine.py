@@ -27,6 +27,7 @@ from mschedule_agent.transport import Incoming, Publication, Transport
 
 from . import models, targeting
 from .models import InvalidRequest, NotFound
+from .metrics import Metrics
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
 from .states import TargetState, TaskState
@@ -76,6 +77,7 @@ class Engine:
         groups: dict[str, list[str]] | None = None,
         clock: Callable[[], float] = time.time,
         resolver: Resolver = targeting.resolve,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -85,6 +87,7 @@ class Engine:
         self.groups = dict(groups or {})
         self.clock = clock
         self._resolve = resolver
+        self.metrics = metrics or Metrics(process=False)
         self._active: dict[str, _Active] = {}
         self._depth = 0
         self._outbox: list[_Out] = []
@@ -367,8 +370,11 @@ class Engine:
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
+                self.metrics.result_stored(r.targets[agent_id].dispatched_at, now)
                 actions = r.on_final(agent_id, TargetState(msg.state), now)
                 self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
+            else:
+                self.metrics.duplicate_result()
             self._result_ack(msg.id, agent_id, info.dc)
         else:
             state = REJECT_STATES.get(msg.code, TargetState.REJECTED)
@@ -377,6 +383,7 @@ class Engine:
                 extra={"agent_id": agent_id, "task_id": msg.id},
             )  # fmt: skip
             reason = f"rejected ({msg.code}): {msg.reason}"
+            self.metrics.rejected(msg.code)
             self.store.require_sync()  # the agent will not say it again
             self._apply(active, r.on_final(agent_id, state, now, reason), now, touched={agent_id})
 
@@ -387,6 +394,8 @@ class Engine:
         is_target = known and self.store.get_target(task_id, agent_id) is not None
         if isinstance(msg, Result):
             stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
+            if is_target and not stored:
+                self.metrics.duplicate_result()
             kind = "late_result" if is_target else ("result_not_target" if known else "result_unknown_task")
             self.store.add_event(now, kind, task_id, agent_id, {"state": msg.state, "code": msg.code, "stored": stored})
             if kind != "late_result" or stored:
@@ -462,6 +471,7 @@ class Engine:
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)
         self._outbox.append(_Out(topic, active.encoded[1], copy_of=(active, action.agent_id)))
+        self.metrics.dispatched(t.created_at, self.clock(), redeliver=action.redeliver)
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
 
@@ -470,6 +480,8 @@ class Engine:
         if action.reason:
             self.store.set_target_reason(task_id, action.agent_id, action.reason)
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
+        if action.new.final:
+            self.metrics.target_finished(action.new.value)
         self.emit(
             "target",
             task_id,

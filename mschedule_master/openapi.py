@@ -301,6 +301,33 @@ PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
         }
     },
+    "/healthz": {
+        "get": {
+            "summary": "Liveness: the master's process and event loop answer",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, '{"status": "ok"}')},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: broker connected, database writable, inbox caught up",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}, '{"ready": true, "checks": {"broker": "ok", ...}}'),
+                "503": _json({"type": "object"}, "not ready: each failing check says why"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text exposition format)",
+            "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}},
+                "401": _UNAUTH,
+                "404": _err("this master serves no metrics"),
+            },
+        }
+    },
 }  # fmt: skip
 
 

@@ -107,6 +107,8 @@ class MasterService:
 
     def handle_batch(self, batch: Iterable[Incoming]) -> None:
         """Apply a batch of messages in one transaction; PUBACK them after the commit."""
+        batch = list(batch)
+        self.engine.metrics.received(len(batch))
         with self.engine.batch():
             for incoming in batch:
                 self.engine.guarded(f"message on {incoming.topic}", self._route, incoming)

@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,7 @@ class Store:
             self._sync_needed = False
             self._wal_fd: int | None = None
             self.syncs = 0  #: fsyncs of the write-ahead log so far
+            self.on_commit: Callable[[float], None] | None = None  #: gets each commit's seconds (metrics)
             self._migrate()
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {path}: {e}") from e
@@ -145,10 +147,13 @@ class Store:
             self._conn.execute("rollback")
             raise
         self._depth = 0
+        started = time.perf_counter()
         self._conn.execute("commit")
         if self._sync_needed:
             self._sync_needed = False
             self._sync_wal()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     def require_sync(self) -> None:
         """The current transaction must be on disk (not just in the OS) when db() returns."""
@@ -371,6 +376,21 @@ class Store:
         """agent id -> {state, code}: the summary of a task's targets, without their output."""
         rows = self._conn.execute("select agent_id, state, code from targets where task_id=? order by rowid", (task_id,))
         return {r[0]: {"state": r[1], "code": r[2]} for r in rows}
+
+    def task_state_counts(self) -> dict[str, int]:
+        """Task state -> how many tasks the database holds in it (for metrics)."""
+        return dict(self._conn.execute("select state, count(*) from tasks group by state").fetchall())
+
+    def check_writable(self) -> str | None:
+        """None when the database takes a write lock now, else why not (for /readyz)."""
+        if self._depth:
+            return None  # inside a transaction: it holds the lock already
+        try:
+            self._conn.execute("begin immediate")
+            self._conn.execute("rollback")
+        except sqlite3.Error as e:
+            return f"database not writable: {e}"
+        return None
 
     def _counts(self, task_ids: list[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

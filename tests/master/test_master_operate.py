@@ -1,0 +1,92 @@
+"""Running the master for months: /metrics, /healthz and /readyz of a real master process
+on a real broker, with real agents."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.fleet import Fleet, start_master
+from harness.procs import wait_until
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def scrape(base: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, parsed by prometheus_client's own parser."""
+    status, body, ctype = get(base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def fleet(broker, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
+    with Fleet(tmp_path, broker.url, prefix, agents=2) as f:
+        yield f
+
+
+def test_metrics_parse_and_their_counters_move_with_a_real_rollout(fleet):
+    base = fleet.master.http_url
+    before = scrape(base)
+    assert value(before, "mschedule_agents_online", dc="") == 2 and value(before, "mschedule_agents_known", dc="") == 2
+    assert value(before, "process_resident_memory_bytes") > 0
+    task_id = fleet.submit(["all"], "echo hi; exit $MSCHEDULE_TEST_AGENT", parallel=2)
+    assert fleet.wait_task(task_id)["state"] == "FAILED"
+    after = scrape(base)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("mschedule_targets_finished_total", state="SUCCEED") == 1
+    assert moved("mschedule_targets_finished_total", state="FAILED") == 1
+    assert moved("mschedule_submit_to_dispatch_seconds_count") == 2
+    assert moved("mschedule_dispatch_to_result_seconds_count") == 2
+    assert moved("mschedule_mqtt_messages_received_total") >= 7  # submit, 2 x (ack, started, result)
+    assert moved("mschedule_mqtt_messages_published_total") >= 5  # reply, 2 tasks, 2 result_acks, summary
+    assert moved("mschedule_store_commit_seconds_count") >= 3
+    assert value(after, "mschedule_tasks", state="FAILED") == 1
+    assert value(after, "mschedule_inbox_depth") == 0
+
+
+def test_healthz_and_readyz_need_no_token(fleet):
+    status, body, _ = get(fleet.master.http_url + "/healthz")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, body, _ = get(fleet.master.http_url + "/readyz")
+    assert status == 200 and json.loads(body) == {"ready": True, "checks": {"broker": "ok", "store": "ok", "inbox": "ok"}}
+
+
+def test_readyz_is_unready_while_the_broker_is_down_and_ready_when_it_returns(own_broker, tmp_path, prefix):
+    master = start_master(tmp_path / "master", own_broker.url, prefix)
+    try:
+        url = master.http_url + "/readyz"
+        assert get(url)[0] == 200
+        own_broker.stop()
+        wait_until(lambda: get(url)[0] == 503, timeout=20, what="readyz to go unready")
+        doc = json.loads(get(url)[1])
+        assert doc["ready"] is False and doc["checks"]["broker"].startswith("not connected") and doc["checks"]["store"] == "ok"
+        assert get(master.http_url + "/healthz")[0] == 200  # alive all along: no restart wanted
+        own_broker.start()
+        wait_until(lambda: get(url)[0] == 200, timeout=30, what="readyz to be ready again")
+    finally:
+        master.stop()
