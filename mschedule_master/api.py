@@ -101,11 +101,15 @@ def clip(data: bytes, limit: int | None) -> tuple[bytes, bool]:
     return tail, True
 
 
-def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
+def target_json(t: Target, *, max_output: int | None = None, outputs: bool = True) -> dict[str, Any]:
     """One target; ``max_output`` keeps only the last N bytes of each stream
-    (``output_clipped``/``stderr_clipped`` say so; the output route has it all)."""
-    stdout, out_clipped = clip(t.stdout, max_output)
-    stderr, err_clipped = clip(t.stderr, max_output)
+    (``output_clipped``/``stderr_clipped`` say so; the output route has it all).
+    ``outputs=False``: the streams were not read; empty and "clipped" when there was any."""
+    if outputs:
+        stdout, out_clipped = clip(t.stdout, max_output)
+        stderr, err_clipped = clip(t.stderr, max_output)
+    else:
+        stdout, out_clipped, stderr, err_clipped = b"", t.stdout_bytes > 0, b"", t.stderr_bytes > 0
     out, out_enc = encode_output(stdout)
     err, err_enc = encode_output(stderr)
     duration = None
@@ -137,7 +141,7 @@ def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
     }
 
 
-def task_json(t: Task, *, with_script: bool = True, max_output: int | None = None) -> dict[str, Any]:
+def task_json(t: Task, *, with_script: bool = True, max_output: int | None = None, outputs: bool = True) -> dict[str, Any]:
     """The task; listings leave out the script (up to 4 MiB each)."""
     doc: dict[str, Any] = {
         "id": t.id,
@@ -162,7 +166,7 @@ def task_json(t: Task, *, with_script: bool = True, max_output: int | None = Non
     if with_script:
         doc["script"], doc["script_encoding"] = encode_output(t.script)
     if t.targets is not None:
-        doc["targets"] = {x.agent_id: target_json(x, max_output=max_output) for x in t.targets}
+        doc["targets"] = {x.agent_id: target_json(x, max_output=max_output, outputs=outputs) for x in t.targets}
     return doc
 
 
@@ -284,17 +288,31 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise ApiError(400, f"state must be one of {names}", "state") from None
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 10**9)
-    tasks = service_of(request).tasks(state=state, limit=limit, offset=offset)
+    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
     docs = [task_json(t, with_script=False) for t in tasks]
     return json_response({"tasks": docs, "limit": limit, "offset": offset, "next_offset": next_offset})
 
 
 async def get_task(request: web.Request) -> web.Response:
+    """The task with its targets' states; their stdout and stderr only when asked for
+    (``outputs=1``, or ``max_output=N`` with N > 0): a poll reads no output bytes."""
     service = service_of(request)
     max_output = query_int(request, "max_output", -1, 0, 2**40)
-    task = with_hostnames(service, service.task(request.match_info["task_id"]))
-    return json_response(task_json(task, max_output=None if max_output < 0 else max_output))
+    outputs = query_bool(request, "outputs")
+    if outputs is None:
+        outputs = max_output > 0
+    task = await read(service, "task", request.match_info["task_id"], outputs=outputs)
+    task = with_hostnames(service, task)  # on the loop: the registry lives there
+    return json_response(task_json(task, max_output=None if max_output < 0 else max_output, outputs=outputs))
+
+
+async def read(service: Service, name: str, *args: Any, **kw: Any) -> Any:
+    """``service.<name>(...)``, in a reader thread when the service offers one."""
+    off_loop = getattr(service, "read_off_loop", None)
+    if off_loop is not None:
+        return await off_loop(name, *args, **kw)
+    return getattr(service, name)(*args, **kw)
 
 
 def with_hostnames(service: Service, task: Task) -> Task:
@@ -310,7 +328,7 @@ async def get_output(request: web.Request) -> web.Response:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "stream must be stdout or stderr", "stream")
-    target = service_of(request).output(request.match_info["task_id"], request.match_info["agent_id"])
+    target = await read(service_of(request), "output", request.match_info["task_id"], request.match_info["agent_id"])
     data = target.stdout if stream == "stdout" else target.stderr
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
     total = target.stdout_bytes if stream == "stdout" else target.stderr_bytes

@@ -243,8 +243,11 @@ PATHS: dict[str, Any] = {
             "summary": "One task with its limits, counts and targets (state, exit code, timings, output)",
             "parameters": [
                 _TASK_ID,
+                _query("outputs", {"type": "boolean"},
+                       "include the targets' stdout and stderr (default: no, unless max_output > 0; a poll "
+                       "of counts and states reads no output; one target's is at .../output)"),
                 _query("max_output", {"type": "integer", "minimum": 0},
-                       "keep only the last N bytes of each target's stdout and stderr (default: all)"),
+                       "with outputs: keep only the last N bytes of each target's stdout and stderr (default: all)"),
             ],
             "responses": {"200": _json(_ref("Task"), "the task"), "401": _UNAUTH, "404": _err("unknown task")},
         }

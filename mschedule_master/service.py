@@ -20,6 +20,7 @@ from mschedule_agent.transport import Incoming
 from . import models
 from .engine import Engine
 from .models import NotFound
+from .reads import Reads
 from .registry import Change, Registry
 from .states import TaskState
 from .store import Store
@@ -45,6 +46,7 @@ class MasterService:
         topics: Topics,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 5.0,
+        reads: Reads | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -52,6 +54,7 @@ class MasterService:
         self.topics = topics
         self.clock = clock
         self.flush_interval = flush_interval
+        self.reads = reads
         self.submissions = SubmitHandler(engine, topics)
         self._last_flush = 0.0
         self._last_sweep = 0.0
@@ -84,19 +87,21 @@ class MasterService:
         return a
 
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        return self.store.list_tasks(state=state, limit=limit, offset=offset)
+        return _tasks(self.store, state=state, limit=limit, offset=offset)
 
-    def task(self, task_id: str) -> models.Task:
-        t = self.store.get_task(task_id)
-        if t is None:
-            raise NotFound("task", task_id)
-        return t
+    def task(self, task_id: str, *, outputs: bool = True) -> models.Task:
+        return _task(self.store, task_id, outputs=outputs)
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
-        t = self.store.get_target(task_id, agent_id)
-        if t is None:
-            raise NotFound("target", f"{task_id}/{agent_id}")
-        return t
+        return _output(self.store, task_id, agent_id)
+
+    async def read_off_loop(self, name: str, *args: Any, **kw: Any) -> Any:
+        """``tasks``, ``task`` or ``output`` read in a reader thread (see :mod:`reads`), so a
+        big read never holds up the loop that ingests MQTT; on the loop without readers."""
+        fn = _READS[name]
+        if self.reads is None:
+            return fn(self.store, *args, **kw)
+        return await self.reads.run(fn, *args, **kw)
 
     def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
         return self.engine.subscribe(callback)
@@ -212,3 +217,25 @@ class MasterService:
         )  # fmt: skip
         self.store.add_event(self.clock(), "agent_online" if change.online else "agent_offline", None, change.agent_id, {"reason": change.reason})
         self.engine.agent_changed(change)
+
+
+# ------------------------------------------------------------------ reads (any thread, any store)
+def _tasks(store: Store, **kw: Any) -> list[models.Task]:
+    return store.list_tasks(**kw)
+
+
+def _task(store: Store, task_id: str, *, outputs: bool = True) -> models.Task:
+    t = store.get_task(task_id, outputs=outputs)
+    if t is None:
+        raise NotFound("task", task_id)
+    return t
+
+
+def _output(store: Store, task_id: str, agent_id: str) -> models.Target:
+    t = store.get_target(task_id, agent_id)
+    if t is None:
+        raise NotFound("target", f"{task_id}/{agent_id}")
+    return t
+
+
+_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output}
