@@ -36,6 +36,8 @@ from . import config
 from .engine import Engine
 from .metrics import Metrics
 from .probes import READY_BACKLOG, Ops
+from .reads import Reads
+from .retention import Policy, Retention
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .registry import Registry
 from .rollout import Timing
@@ -239,10 +241,17 @@ class Daemon:
         )  # fmt: skip
         engine.subscribe(ProgressPublisher(counted, self.topics))
         metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
+        self.retention = Retention(
+            store=store, policy=Policy(s.retention_days, s.output_retention_days), active_ids=engine.active_ids,
+            clear_summary=lambda task_id: counted.publish(self.topics.task_summary(task_id), b"", qos=1, retain=True),
+            metrics=metrics,
+        )  # fmt: skip
         self.ops = Ops(metrics, {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check})
+        self.reads = Reads(s.db)
         self.service = MasterService(
-            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
-        )
+            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
+            reads=self.reads,
+        )  # fmt: skip
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
         return store, transport
@@ -260,6 +269,7 @@ class Daemon:
         offline = _status_payload("offline", self.instance, self.settings.client_id)
         final = [(self._status_topic, offline, True)] if transport.is_connected() else []
         await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
+        self.reads.close()
         store.close()
 
     async def _unless_stopped(self, fn, *args):
@@ -345,7 +355,10 @@ class Daemon:
             except TimeoutError:
                 pass
             try:
-                self.service.housekeeping(verdicts=not self._behind())
+                behind = self._behind()
+                self.service.housekeeping(verdicts=not behind)
+                if not behind:
+                    self.retention.tick(time.time())
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:

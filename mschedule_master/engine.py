@@ -211,7 +211,7 @@ class Engine:
             if existing is not None:
                 task = self.store.get_task(existing, with_targets=False)
                 assert task is not None
-                return task, [t.agent_id for t in self.store.targets(existing)]
+                return task, list(self.store.target_states(existing))  # ids only: no output read
         try:
             agent_ids = list(dict.fromkeys(self._resolve(list(spec.targets), self.registry.agents(), self.groups)))
         except ValueError as e:  # targeting.UnknownSelector and its kin

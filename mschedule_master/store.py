@@ -75,7 +75,19 @@ _SCHEMA = (
 #: ``migrations`` (a database made by an older master gets the ones it lacks; a database
 #: that names one this master does not know was made by a newer master and is refused).
 #: Add a change as a new ``(name, statements)`` entry at the end; never edit a landed one.
-_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = ()
+_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # retention.py: outputs may expire before their task; find expired tasks and events by age.
+    # auto_vacuum=incremental takes effect at once only in a new database (Store.__init__ sets it
+    # before anything is written); an older one switches at its next VACUUM (README "Operating").
+    (
+        "retention-1",
+        (
+            "create table if not exists outputs_expired (task_id text primary key)",
+            "create index if not exists tasks_finished on tasks (finished_at) where finished_at is not null",
+            "create index if not exists events_ts on events (ts)",
+        ),
+    ),
+)
 
 _SNAPSHOT_COLUMNS = (
     "state", "seq", "acked", "dispatched_at", "last_sent_at", "expires_at", "started_at",
@@ -104,6 +116,7 @@ class Store:
         self.path = path
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._conn.execute("pragma auto_vacuum=incremental")  # a new database only: before WAL, before tables
             self._conn.execute("pragma journal_mode=wal")
             self._conn.execute(f"pragma synchronous={synchronous}")
             self._conn.execute("pragma busy_timeout=10000")
@@ -315,12 +328,14 @@ class Store:
     def task_exists(self, task_id: str) -> bool:
         return self._conn.execute("select 1 from tasks where id=?", (task_id,)).fetchone() is not None
 
-    def get_task(self, task_id: str, *, with_targets: bool = True) -> models.Task | None:
+    def get_task(self, task_id: str, *, with_targets: bool = True, outputs: bool = True) -> models.Task | None:
+        """The task; with its targets unless ``with_targets=False``, their stdout and stderr
+        only with ``outputs`` (a poll of a 2,000-target task reads no output bytes)."""
         row = self._conn.execute(f"select {_TASK_COLS} from tasks where id=?", (task_id,)).fetchone()
         if row is None:
             return None
         counts = self._counts([task_id]).get(task_id, {})
-        targets = self.targets(task_id) if with_targets else None
+        targets = self.targets(task_id, outputs=outputs) if with_targets else None
         return _task(row, counts, targets)
 
     def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
@@ -352,9 +367,10 @@ class Store:
             out.append(StoredTask(task, [_snapshot(r) for r in rows]))  # type: ignore[arg-type]
         return out
 
-    def targets(self, task_id: str) -> list[models.Target]:
+    def targets(self, task_id: str, *, outputs: bool = True) -> list[models.Target]:
+        """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
         rows = self._conn.execute(
-            f"select {_TARGET_COLS} from targets t left join agents a on a.id = t.agent_id "
+            f"select {_TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT} from targets t left join agents a on a.id = t.agent_id "
             "where t.task_id=? order by t.rowid",
             (task_id,),
         )
@@ -380,6 +396,14 @@ class Store:
     def task_state_counts(self) -> dict[str, int]:
         """Task state -> how many tasks the database holds in it (for metrics)."""
         return dict(self._conn.execute("select state, count(*) from tasks group by state").fetchall())
+
+    def incremental_vacuum(self, pages: int) -> int:
+        """Hand up to ``pages`` free pages back to the file system (``auto_vacuum=incremental``
+        databases; a no-op otherwise). Returns how many were free before."""
+        free = self._conn.execute("pragma freelist_count").fetchone()[0]
+        if free and not self._depth:
+            self._conn.executescript(f"pragma incremental_vacuum({int(pages)});")  # execute() frees one page only
+        return free
 
     def check_writable(self) -> str | None:
         """None when the database takes a write lock now, else why not (for /readyz)."""
@@ -415,6 +439,9 @@ _TARGET_COLS = (
     "coalesce(t.run_started_at, t.started_at), coalesce(t.run_finished_at, t.finished_at), t.stdout, t.stderr, "
     "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state"
 )
+#: The same columns with NULL for the two output blobs: SQLite never reads their pages.
+_TARGET_COLS_NO_OUTPUT = _TARGET_COLS.replace("t.stdout, t.stderr,", "NULL, NULL,")
+assert _TARGET_COLS_NO_OUTPUT != _TARGET_COLS
 
 
 def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None) -> models.Task:
