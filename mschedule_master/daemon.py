@@ -396,6 +396,11 @@ def _broker_check(transport: MqttTransport) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["backup"]:  # mschedule-master backup PATH: see backup.py
+        from . import backup
+
+        return backup.main(argv[1:])
     try:
         settings = config.load(argv)
     except ConfigError as e:
