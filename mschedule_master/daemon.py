@@ -59,23 +59,10 @@ TICK_MAX = 0.5
 PROBE_SECONDS = 5.0
 
 
-class _Formatter(logging.Formatter):
-    """``time level logger: message key=value...`` for the ids passed as ``extra``."""
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from . import logs
 
-    FIELDS = ("task_id", "agent_id", "state")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in self.FIELDS if getattr(record, k, None) is not None]
-        return f"{line} {' '.join(extras)}" if extras else line
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logs.setup(level, fmt)
 
 
 def acquire_lock(db: str):
@@ -406,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mschedule-master: {e}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         lock = acquire_lock(settings.db)
     except AlreadyRunning as e:

@@ -482,6 +482,12 @@ class Engine:
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": action.reason}
         if action.new.final:
             self.metrics.target_finished(action.new.value)
+            t = active.rollout.targets.get(action.agent_id)
+            took = now - t.dispatched_at if t is not None and t.dispatched_at is not None else None
+            log.info(
+                "task %s: target %s %s%s", task_id, action.agent_id, action.new.value, f" ({action.reason})" if action.reason else "",
+                extra={"task_id": task_id, "agent_id": action.agent_id, "state": action.new.value, "duration": took},
+            )  # fmt: skip
         self.emit(
             "target",
             task_id,
@@ -501,7 +507,8 @@ class Engine:
         self.store.add_event(now, "task", task_id, None, {"old": action.old.value, "new": action.new.value, "reason": action.reason})
         log.info(
             "task %s: %s -> %s%s", task_id, action.old.value, action.new.value,
-            f" ({action.reason})" if action.reason else "", extra={"task_id": task_id, "state": action.new.value},
+            f" ({action.reason})" if action.reason else "",
+            extra={"task_id": task_id, "state": action.new.value, "duration": now - active.task.created_at if action.new.final else None},
         )  # fmt: skip
         data: dict[str, Any] = {"state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active)}
         if action.new.final:

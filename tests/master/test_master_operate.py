@@ -90,3 +90,30 @@ def test_readyz_is_unready_while_the_broker_is_down_and_ready_when_it_returns(ow
         wait_until(lambda: get(url)[0] == 200, timeout=30, what="readyz to be ready again")
     finally:
         master.stop()
+
+
+def test_json_logs_are_one_object_per_line_with_stable_fields(broker, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
+    with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags={"log_format": "json"}) as fleet:
+        task_id = fleet.submit(["all"], "exit 3")
+        assert fleet.wait_task(task_id)["state"] == "FAILED"
+        agent_id = fleet.agent_ids[0]
+        wait_until(lambda: f'"task_id": "{task_id}", "state": "FAILED", "duration"' in fleet.master.log(), what="the end")
+        lines = [json.loads(line) for line in fleet.master.log().splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "msg"} <= set(doc) for doc in lines)
+    target = [d for d in lines if d.get("task_id") == task_id and d.get("agent_id") == agent_id and d.get("state") == "FAILED"]
+    task = [d for d in lines if d.get("task_id") == task_id and "agent_id" not in d and d.get("state") == "FAILED"]
+    assert len(target) == 1 and target[0]["duration"] >= 0
+    assert len(task) == 1 and task[0]["duration"] >= 0 and task[0]["msg"].startswith(f"task {task_id}: RUNNING -> FAILED")
+
+
+def test_text_logs_carry_the_same_fields_as_key_value_pairs():
+    import logging
+
+    from mschedule_master.logs import JsonFormatter, KeyValueFormatter
+
+    record = logging.LogRecord("mschedule_master.engine", logging.INFO, __file__, 1, "task %s ended", ("t1",), None)
+    record.task_id, record.state, record.duration = "t1", "SUCCEED", 1.23456
+    assert KeyValueFormatter().format(record).endswith("task t1 ended task_id=t1 state=SUCCEED duration=1.235")
+    doc = json.loads(JsonFormatter().format(record))
+    assert (doc["msg"], doc["task_id"], doc["state"], doc["duration"], doc["level"]) == ("task t1 ended", "t1", "SUCCEED", 1.23456, "INFO")
