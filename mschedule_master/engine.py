@@ -95,6 +95,9 @@ class Engine:
         self._events: list[models.Event] = []
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
+        #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
+        self._guarding: dict[str, _Active] | None = None
+        self._guard_targets: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -139,6 +142,7 @@ class Engine:
         events only, log, and carry on with the rest of the batch."""
         mark = (len(self._outbox), len(self._events), len(self._acks))
         self.store.savepoint_begin()
+        self._guarding, self._guard_targets = {}, {}
         try:
             fn(*args)
         except Exception:
@@ -147,8 +151,44 @@ class Engine:
             del self._events[mark[1] :]
             del self._acks[mark[2] :]
             log.exception("failed to handle %s; skipped", what)
+            touched, self._guarding = self._guarding, None
+            for active in touched.values():
+                self._rebuild(active)
         else:
             self.store.savepoint_release()
+        finally:
+            self._guarding = None
+
+    def _guard(self, active: _Active) -> None:
+        """``active``'s rollout is about to change: rebuilt from the store if the guarded call fails."""
+        if self._guarding is not None:
+            self._guarding[active.task.id] = active
+
+    def _rebuild(self, active: _Active) -> None:
+        """After a failed guarded call: rebuild ``active``'s rollout from the store (which the
+        rollback returned to before the call), keeping in memory only the targets earlier
+        messages of the batch changed and the failed call did not touch (they are persisted
+        at the commit). Memory then says what the database will say."""
+        task_id = active.task.id
+        failed = set(active.rollout.pop_dirty()) | self._guard_targets.get(task_id, set())
+        pending = self._snaps.pop(task_id, None)
+        earlier = (pending[1] - failed) if pending else set()
+        stored = self.store.load_stored(task_id)
+        if stored is None or stored.task.state.final:
+            self._active.pop(task_id, None)
+            return
+        memory = active.rollout.targets
+        snapshots = [replace(memory[s.agent_id]) if s.agent_id in earlier else s for s in stored.snapshots]
+        rollout = Rollout.restore(
+            task_id, _limits(active.task), targets=snapshots, task_state=stored.task.state, reason=stored.task.reason,
+            timing=self._timing(active.task),
+        )  # fmt: skip
+        codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
+        rebuilt = self._active[task_id] = _Active(active.task, rollout, codes=codes, copies=active.copies)
+        if earlier:
+            self._snaps[task_id] = (rollout, earlier)
+        log.warning("task %s: rollout rebuilt from the database after a failed handler", task_id, extra={"task_id": task_id})
+        self._apply(rebuilt, rollout.resume(self.clock()), self.clock())
 
     def after_commit_ack(self, incoming: Incoming) -> None:
         """PUBACK ``incoming`` once the current batch is committed."""
@@ -306,6 +346,7 @@ class Engine:
                 self.guarded(f"tick of task {active.task.id}", self._tick_one, active, now)
 
     def _tick_one(self, active: _Active, now: float) -> None:
+        self._guard(active)
         self._apply(active, active.rollout.tick(now), now)
 
     # ------------------------------------------------------------------ agents
@@ -317,6 +358,7 @@ class Engine:
                 if change.agent_id not in active.rollout.targets:
                     continue
                 r = active.rollout
+                self._guard(active)
                 actions = r.on_agent_online(change.agent_id, now) if change.online else r.on_agent_offline(change.agent_id, now)
                 self._apply(active, actions, now, touched={change.agent_id})
 
@@ -329,6 +371,7 @@ class Engine:
                 t = active.rollout.targets.get(agent_id)
                 if t is None or not t.state.active:
                     continue
+                self._guard(active)
                 if t.kill_requested:
                     self._apply(active, [SendKill(agent_id)], now)
                 elif not t.acked and t.expires_at is not None and now < t.expires_at:
@@ -357,6 +400,7 @@ class Engine:
             self._stray(msg, agent_id, info.dc, now, active is not None)
             return
         r = active.rollout
+        self._guard(active)
         active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
             target = r.targets[agent_id]
@@ -442,6 +486,9 @@ class Engine:
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
         touched.update(active.rollout.pop_dirty())
+        if touched and self._guarding is not None:
+            self._guarding[task_id] = active
+            self._guard_targets.setdefault(task_id, set()).update(touched)
         if touched:
             pending = self._snaps.get(task_id)
             if pending is None:

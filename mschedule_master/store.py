@@ -367,6 +367,15 @@ class Store:
             out.append(StoredTask(task, [_snapshot(r) for r in rows]))  # type: ignore[arg-type]
         return out
 
+    def load_stored(self, task_id: str) -> StoredTask | None:
+        """One task's record and its targets' snapshots, as :meth:`load_unfinished` reads them."""
+        task = self.get_task(task_id, with_targets=False)
+        if task is None:
+            return None
+        cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
+        rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
+        return StoredTask(task, [_snapshot(r) for r in rows])
+
     def targets(self, task_id: str, *, outputs: bool = True) -> list[models.Target]:
         """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
         rows = self._conn.execute(
