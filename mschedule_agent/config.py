@@ -47,6 +47,7 @@ class Settings:
     keep_ids: float = DEFAULT_KEEP_IDS
     ca_file: str | None = None  #: CA bundle for mqtts://
     log_level: str = "INFO"
+    metrics: str | None = None  #: "HOST:PORT" to serve Prometheus metrics on; off by default
 
     def __post_init__(self) -> None:
         _require(self.heartbeat > 0, "heartbeat", "must be > 0")
@@ -55,6 +56,9 @@ class Settings:
         _require(0 <= self.output_cap <= MAX_OUTPUT_CAP, "output_cap", f"must be between 0 and {MAX_OUTPUT_CAP}")
         _require(self.resend > 0, "resend", "must be > 0")
         _require(self.hostinfo_refresh > 0, "hostinfo_refresh", "must be > 0")
+        if self.metrics is not None:
+            host, _, port = self.metrics.rpartition(":")
+            _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "metrics", "must be HOST:PORT")
         try:
             BrokerURL.parse(self.broker)
             Topics(self.topic_prefix)
@@ -157,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     add("--resend", type=float, metavar="S", help=f"seconds between result re-sends until acked (default {DEFAULT_RESEND:g})")
     add("--ca-file", help="CA bundle for mqtts://")
     add("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     return p
 
 
