@@ -117,3 +117,34 @@ def test_text_logs_carry_the_same_fields_as_key_value_pairs():
     assert KeyValueFormatter().format(record).endswith("task t1 ended task_id=t1 state=SUCCEED duration=1.235")
     doc = json.loads(JsonFormatter().format(record))
     assert (doc["msg"], doc["task_id"], doc["state"], doc["duration"], doc["level"]) == ("task t1 ended", "t1", "SUCCEED", 1.23456, "INFO")
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist():
+    import re
+    from pathlib import Path
+
+    from mschedule_agent.metrics import AgentCollector
+    from mschedule_master.metrics import Metrics
+
+    doc = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/mschedule.json").read_text())
+    used = {m for p in doc["panels"] for t in p["targets"] for m in re.findall(r"\b((?:mschedule|process)_\w+)", t["expr"])}
+    m = Metrics()
+    from types import SimpleNamespace
+
+    m.watch(agents=lambda: [SimpleNamespace(dc="bj", online=True)], task_states=lambda: {"SUCCEED": 1}, inbox_depth=lambda: 0)
+    for hook in (lambda: m.target_finished("SUCCEED"), lambda: m.rejected("busy"), lambda: m.deleted("tasks", 1)):
+        hook()  # labelled series exist once used
+
+    class Idle:
+        finished: dict = {}
+
+        def queued_count(self):
+            return 0
+
+        running_ids = outbox_ids = list
+
+    text = m.render().decode() + "".join(
+        f"{s.name} {s.value}\n" for f in AgentCollector(Idle()).collect() for s in f.samples  # type: ignore[arg-type]
+    )
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert used and used <= served, used - served
