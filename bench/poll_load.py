@@ -5,7 +5,8 @@
 
 A master whose database holds a finished task of ``--targets`` targets with ``--output-kib``
 KiB of stdout each; ``--clients`` threads poll it as the CLI does
-(``GET /api/v1/tasks/{id}?max_output=0``, back to back); meanwhile one real agent runs
+(``GET /api/v1/tasks/{id}?max_output=0``, back to back; ``--query targets=0`` for the
+counts-only poll the CLI uses now); meanwhile one real agent runs
 ``--tasks`` one-target ``true`` tasks one after the other, each timed from its MQTT
 submission to its retained summary. Prints JSON: that result latency (p50/p95/max ms) with
 and without the pollers, and the polls' own latency and count.
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             _result_latencies(client, prefix, 3)  # warm up
             quiet = _result_latencies(client, prefix, args.tasks)
             stop, polls, errors = threading.Event(), [], []
-            url = f"{master.http_url}/api/v1/tasks/big?max_output=0"
+            url = f"{master.http_url}/api/v1/tasks/big?{args.query}"
             threads = [threading.Thread(target=_poller, args=(url, stop, polls, errors), daemon=True) for _ in range(args.clients)]
             polling_since = time.monotonic()
             for t in threads:
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             "targets": args.targets,
             "output_kib": args.output_kib,
             "clients": args.clients,
+            "poll": f"GET /api/v1/tasks/big?{args.query}",
             "result_latency_ms_quiet": _ms(quiet),
             "result_latency_ms_polled": _ms(loaded),
             "poll_latency_ms": _ms(polls),
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=2000)
     p.add_argument("--output-kib", type=int, default=32)
     p.add_argument("--tasks", type=int, default=30, help="one-target tasks timed, quiet and polled")
+    p.add_argument("--query", default="max_output=0", help="the poll's query (targets=0: counts only, as the CLI now polls)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mschedule-poll-") as d:
         print(json.dumps(run(args, Path(d)), indent=2))

@@ -429,7 +429,7 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
         while True:
             try:
                 try:
-                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", max_output=0)  # counts only: cheap
+                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", targets=0)  # counts only: cheap
                     if task["state"] in TASK_FINAL:
                         task = client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
                 except CliError as e:

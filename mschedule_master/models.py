@@ -127,8 +127,8 @@ class Service(Protocol):
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
         """Newest first, without targets."""
 
-    def task(self, task_id: str, *, outputs: bool = True) -> Task:
-        """With targets (and their output unless ``outputs=False``)."""
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True) -> Task:
+        """With targets (and their output unless ``outputs=False``); counts only without ``targets``."""
 
     def output(self, task_id: str, agent_id: str) -> Target: ...
 

@@ -246,6 +246,8 @@ PATHS: dict[str, Any] = {
                 _query("outputs", {"type": "boolean"},
                        "include the targets' stdout and stderr (default: no, unless max_output > 0; a poll "
                        "of counts and states reads no output; one target's is at .../output)"),
+                _query("targets", {"type": "boolean"},
+                       "include the targets (default: yes); targets=0 gives the task and its counts only"),
                 _query("max_output", {"type": "integer", "minimum": 0},
                        "with outputs: keep only the last N bytes of each target's stdout and stderr (default: all)"),
             ],

@@ -75,6 +75,10 @@ class Reads:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self.call(fn, *args, **kw))
 
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a reader thread, without a store: e.g. rendering a big reply."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         with self._lock:

@@ -89,8 +89,8 @@ class MasterService:
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
         return _tasks(self.store, state=state, limit=limit, offset=offset)
 
-    def task(self, task_id: str, *, outputs: bool = True) -> models.Task:
-        return _task(self.store, task_id, outputs=outputs)
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True) -> models.Task:
+        return _task(self.store, task_id, outputs=outputs, targets=targets)
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
         return _output(self.store, task_id, agent_id)
@@ -102,6 +102,10 @@ class MasterService:
         if self.reads is None:
             return fn(self.store, *args, **kw)
         return await self.reads.run(fn, *args, **kw)
+
+    async def render_off_loop(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (e.g. a big reply's JSON) in a reader thread; on the loop without readers."""
+        return fn() if self.reads is None else await self.reads.offload(fn)
 
     def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
         return self.engine.subscribe(callback)
@@ -224,8 +228,8 @@ def _tasks(store: Store, **kw: Any) -> list[models.Task]:
     return store.list_tasks(**kw)
 
 
-def _task(store: Store, task_id: str, *, outputs: bool = True) -> models.Task:
-    t = store.get_task(task_id, outputs=outputs)
+def _task(store: Store, task_id: str, *, outputs: bool = True, targets: bool = True) -> models.Task:
+    t = store.get_task(task_id, with_targets=targets, outputs=outputs)
     if t is None:
         raise NotFound("task", task_id)
     return t

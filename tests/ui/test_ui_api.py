@@ -500,6 +500,8 @@ def test_task_detail_max_output_keeps_the_tail(fake_service):
             assert t["output"] == "0123456789" and not t["output_clipped"]
             t = (await (await c.get(f"/api/v1/tasks/{task_id}")).json())["targets"]["web1"]
             assert (t["output"], t["output_clipped"], t["output_bytes"], t["state"]) == ("", True, 10, "SUCCEED")
+            doc = await (await c.get(f"/api/v1/tasks/{task_id}?targets=0")).json()
+            assert "targets" not in doc and doc["counts"] == {"SUCCEED": 1} and doc["target_count"] == 1
             r = await c.get(f"/api/v1/tasks/{task_id}?max_output=-3")
             assert r.status == 400 and (await r.json())["field"] == "max_output"
 
