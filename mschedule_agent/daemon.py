@@ -142,8 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), agent.settings.broker, agent.settings.state_dir)
     if settings.metrics:
-        from .metrics import serve  # only now: prometheus_client would cost an idle agent's RSS
-
+        try:
+            from .metrics import serve  # only now: prometheus_client would cost an idle agent's RSS
+        except ImportError as e:
+            log.error("--metrics needs prometheus-client (pip install prometheus-client): %s", e)
+            return 2
         try:
             serve(agent, settings.metrics)
         except OSError as e:
