@@ -119,7 +119,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             quiet = _result_latencies(client, prefix, args.tasks)
             stop, polls, errors = threading.Event(), [], []
             url = f"{master.http_url}/api/v1/tasks/big?{args.query}"
-            threads = [threading.Thread(target=_poller, args=(url, stop, polls, errors), daemon=True) for _ in range(args.clients)]
+            threads = [
+                threading.Thread(target=_poller, args=(url, stop, polls, errors), daemon=True)
+                for _ in range(args.clients)
+            ]
             polling_since = time.monotonic()
             for t in threads:
                 t.start()
@@ -160,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=2000)
     p.add_argument("--output-kib", type=int, default=32)
     p.add_argument("--tasks", type=int, default=30, help="one-target tasks timed, quiet and polled")
-    p.add_argument("--query", default="max_output=0", help="the poll's query (targets=0: counts only, as the CLI now polls)")
+    p.add_argument(
+        "--query", default="max_output=0", help="the poll's query (targets=0: counts only, as the CLI now polls)"
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mschedule-poll-") as d:
         print(json.dumps(run(args, Path(d)), indent=2))

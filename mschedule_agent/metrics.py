@@ -34,15 +34,23 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         a = self.agent
         finished = dict(a.finished)
-        run = CounterMetricFamily("mschedule_agent_tasks_finished", "Tasks this agent ran to an end, by state", labels=["state"])
+        run = CounterMetricFamily(
+            "mschedule_agent_tasks_finished", "Tasks this agent ran to an end, by state", labels=["state"]
+        )
         for state, n in sorted(finished.items()):
             run.add_metric([state], n)
         yield run
         failed = sum(n for state, n in finished.items() if state != "SUCCEED")
-        yield CounterMetricFamily("mschedule_agent_tasks_failed", "Tasks that ended in any state but SUCCEED", value=failed)
-        yield GaugeMetricFamily("mschedule_agent_queue_length", "Accepted tasks waiting for a free slot", value=a.queued_count())
+        yield CounterMetricFamily(
+            "mschedule_agent_tasks_failed", "Tasks that ended in any state but SUCCEED", value=failed
+        )
+        yield GaugeMetricFamily(
+            "mschedule_agent_queue_length", "Accepted tasks waiting for a free slot", value=a.queued_count()
+        )
         yield GaugeMetricFamily("mschedule_agent_running", "Scripts running now", value=len(a.running_ids()))
-        yield GaugeMetricFamily("mschedule_agent_outbox", "Results waiting for the master's result_ack", value=len(a.outbox_ids()))
+        yield GaugeMetricFamily(
+            "mschedule_agent_outbox", "Results waiting for the master's result_ack", value=len(a.outbox_ids())
+        )
 
 
 def serve(agent: Agent, address: str) -> CollectorRegistry:

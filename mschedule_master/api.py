@@ -141,7 +141,9 @@ def target_json(t: Target, *, max_output: int | None = None, outputs: bool = Tru
     }
 
 
-def task_json(t: Task, *, with_script: bool = True, max_output: int | None = None, outputs: bool = True) -> dict[str, Any]:
+def task_json(
+    t: Task, *, with_script: bool = True, max_output: int | None = None, outputs: bool = True
+) -> dict[str, Any]:
     """The task; listings leave out the script (up to 4 MiB each)."""
     doc: dict[str, Any] = {
         "id": t.id,

@@ -71,7 +71,8 @@ class Settings:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number of days >= 0 (0 = keep), not {value!r}", name)
         if self.log_format not in LOG_FORMATS:
-            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}", "log_format")
+            formats = ", ".join(LOG_FORMATS)
+            raise ConfigError(f"log_format must be one of {formats}, not {self.log_format!r}", "log_format")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}", "log_level")
         if self.http != "off":
@@ -153,9 +154,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lost-grace", dest="lost_grace", type=float, help="seconds an agent may be offline mid-run before LOST")
     p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
-    p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value fields, default) or json")
+    p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value, default) or json")
     p.add_argument("--retention-days", dest="retention_days", type=float,
-                   help=f"delete finished tasks this many days after they ended; 0 = never (default {DEFAULT_RETENTION_DAYS:g})")
+                   help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")
     p.add_argument("--output-retention-days", dest="output_retention_days", type=float,
                    help="drop targets' outputs sooner than their task (default: with the task)")
     return p

@@ -34,12 +34,12 @@ from mschedule_agent.transport import Incoming, MqttTransport, TransportError, W
 
 from . import config
 from .engine import Engine
+from .errors import AlreadyRunning, ConfigError, MasterError
 from .metrics import Metrics
 from .probes import READY_BACKLOG, Ops
 from .reads import Reads
-from .retention import Policy, Retention
-from .errors import AlreadyRunning, ConfigError, MasterError
 from .registry import Registry
+from .retention import Policy, Retention
 from .rollout import Timing
 from .service import BRIDGE_STATE_TOPIC, MasterService
 from .store import Store
@@ -233,7 +233,8 @@ class Daemon:
             clear_summary=lambda task_id: counted.publish(self.topics.task_summary(task_id), b"", qos=1, retain=True),
             metrics=metrics,
         )  # fmt: skip
-        self.ops = Ops(metrics, {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check})
+        checks = {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check}
+        self.ops = Ops(metrics, checks)
         self.reads = Reads(s.db)
         self.service = MasterService(
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
@@ -379,7 +380,7 @@ class Daemon:
 
 
 def _broker_check(transport: MqttTransport) -> str | None:
-    return None if transport.is_connected() else f"not connected to the broker {transport.url}"
+    return None if transport.is_connected() else "not connected to the broker"  # no URL: /readyz needs no token
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
 from mschedule_agent.transport import Incoming, Publication, Transport
 
 from . import models, targeting
-from .models import InvalidRequest, NotFound
 from .metrics import Metrics
+from .models import InvalidRequest, NotFound
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
 from .states import TargetState, TaskState
@@ -187,8 +187,9 @@ class Engine:
         rebuilt = self._active[task_id] = _Active(active.task, rollout, codes=codes, copies=active.copies)
         if earlier:
             self._snaps[task_id] = (rollout, earlier)
-        log.warning("task %s: rollout rebuilt from the database after a failed handler", task_id, extra={"task_id": task_id})
-        self._apply(rebuilt, rollout.resume(self.clock()), self.clock())
+        log.warning("task %s: rollout rebuilt from the database", task_id, extra={"task_id": task_id})
+        now = self.clock()
+        self._apply(rebuilt, rollout.resume(now), now)
 
     def after_commit_ack(self, incoming: Incoming) -> None:
         """PUBACK ``incoming`` once the current batch is committed."""
@@ -532,7 +533,8 @@ class Engine:
             t = active.rollout.targets.get(action.agent_id)
             took = now - t.dispatched_at if t is not None and t.dispatched_at is not None else None
             log.info(
-                "task %s: target %s %s%s", task_id, action.agent_id, action.new.value, f" ({action.reason})" if action.reason else "",
+                "task %s: target %s %s%s", task_id, action.agent_id, action.new.value,
+                f" ({action.reason})" if action.reason else "",
                 extra={"task_id": task_id, "agent_id": action.agent_id, "state": action.new.value, "duration": took},
             )  # fmt: skip
         self.emit(
@@ -555,7 +557,10 @@ class Engine:
         log.info(
             "task %s: %s -> %s%s", task_id, action.old.value, action.new.value,
             f" ({action.reason})" if action.reason else "",
-            extra={"task_id": task_id, "state": action.new.value, "duration": now - active.task.created_at if action.new.final else None},
+            extra={
+                "task_id": task_id, "state": action.new.value,
+                "duration": now - active.task.created_at if action.new.final else None,
+            },
         )  # fmt: skip
         data: dict[str, Any] = {"state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active)}
         if action.new.final:

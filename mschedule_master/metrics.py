@@ -58,13 +58,23 @@ class Metrics:
             "mschedule_dispatch_to_result_seconds", "From a target's dispatch to its stored result",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.redeliveries = Counter("mschedule_redeliveries_total", "Task copies published again to unacked targets", registry=r)
-        self.duplicate_results = Counter(
-            "mschedule_duplicate_results_total", "Results dropped because the target's result was already stored", registry=r
+        self.redeliveries = Counter(
+            "mschedule_redeliveries_total", "Task copies published again to unacked targets", registry=r
         )
-        self.rejects = Counter("mschedule_rejects_total", "Tasks agents refused, by reject code", ["reason"], registry=r)
-        self.messages_in = Counter("mschedule_mqtt_messages_received_total", "MQTT messages the master applied", registry=r)
-        self.messages_out = Counter("mschedule_mqtt_messages_published_total", "MQTT messages the master published", registry=r)
+        self.duplicate_results = Counter(
+            "mschedule_duplicate_results_total",
+            "Results dropped because the target's result was already stored",
+            registry=r,
+        )
+        self.rejects = Counter(
+            "mschedule_rejects_total", "Tasks agents refused, by reject code", ["reason"], registry=r
+        )
+        self.messages_in = Counter(
+            "mschedule_mqtt_messages_received_total", "MQTT messages the master applied", registry=r
+        )
+        self.messages_out = Counter(
+            "mschedule_mqtt_messages_published_total", "MQTT messages the master published", registry=r
+        )
         self.commit = Histogram(
             "mschedule_store_commit_seconds", "SQLite commit time (with the WAL fsync when one is needed)",
             buckets=COMMIT_BUCKETS, registry=r,
@@ -118,7 +128,11 @@ class Metrics:
     ) -> None:
         """Sources read at each scrape (on the master's loop thread, as the API runs)."""
         s = self._state
-        s.agents, s.task_states, s.inbox_depth = agents or s.agents, task_states or s.task_states, inbox_depth or s.inbox_depth
+        s.agents, s.task_states, s.inbox_depth = (
+            agents or s.agents,
+            task_states or s.task_states,
+            inbox_depth or s.inbox_depth,
+        )
 
     def render(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
@@ -158,7 +172,9 @@ class _StateCollector(Collector):
                 tasks.add_metric([state], n)
             yield tasks
         if self.inbox_depth is not None:
-            yield GaugeMetricFamily("mschedule_inbox_depth", "MQTT messages received, not yet applied", value=self.inbox_depth())
+            yield GaugeMetricFamily(
+                "mschedule_inbox_depth", "MQTT messages received, not yet applied", value=self.inbox_depth()
+            )
 
 
 class _CountingTransport:

@@ -378,8 +378,9 @@ class Store:
 
     def targets(self, task_id: str, *, outputs: bool = True) -> list[models.Target]:
         """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
+        cols = _TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT
         rows = self._conn.execute(
-            f"select {_TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT} from targets t left join agents a on a.id = t.agent_id "
+            f"select {cols} from targets t left join agents a on a.id = t.agent_id "
             "where t.task_id=? order by t.rowid",
             (task_id,),
         )

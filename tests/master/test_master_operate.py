@@ -73,7 +73,10 @@ def test_healthz_and_readyz_need_no_token(fleet):
     status, body, _ = get(fleet.master.http_url + "/healthz")
     assert status == 200 and json.loads(body) == {"status": "ok"}
     status, body, _ = get(fleet.master.http_url + "/readyz")
-    assert status == 200 and json.loads(body) == {"ready": True, "checks": {"broker": "ok", "store": "ok", "inbox": "ok"}}
+    assert status == 200 and json.loads(body) == {
+        "ready": True,
+        "checks": {"broker": "ok", "store": "ok", "inbox": "ok"},
+    }
 
 
 def test_readyz_is_unready_while_the_broker_is_down_and_ready_when_it_returns(own_broker, tmp_path, prefix):
@@ -84,7 +87,11 @@ def test_readyz_is_unready_while_the_broker_is_down_and_ready_when_it_returns(ow
         own_broker.stop()
         wait_until(lambda: get(url)[0] == 503, timeout=20, what="readyz to go unready")
         doc = json.loads(get(url)[1])
-        assert doc["ready"] is False and doc["checks"]["broker"].startswith("not connected") and doc["checks"]["store"] == "ok"
+        assert (
+            doc["ready"] is False
+            and doc["checks"]["broker"].startswith("not connected")
+            and doc["checks"]["store"] == "ok"
+        )
         assert get(master.http_url + "/healthz")[0] == 200  # alive all along: no restart wanted
         own_broker.start()
         wait_until(lambda: get(url)[0] == 200, timeout=30, what="readyz to be ready again")
@@ -98,13 +105,19 @@ def test_json_logs_are_one_object_per_line_with_stable_fields(broker, tmp_path):
         task_id = fleet.submit(["all"], "exit 3")
         assert fleet.wait_task(task_id)["state"] == "FAILED"
         agent_id = fleet.agent_ids[0]
-        wait_until(lambda: f'"task_id": "{task_id}", "state": "FAILED", "duration"' in fleet.master.log(), what="the end")
+        wait_until(
+            lambda: f'"task_id": "{task_id}", "state": "FAILED", "duration"' in fleet.master.log(), what="the end"
+        )
         lines = [json.loads(line) for line in fleet.master.log().splitlines() if line.strip()]
     assert all({"ts", "level", "logger", "msg"} <= set(doc) for doc in lines)
-    target = [d for d in lines if d.get("task_id") == task_id and d.get("agent_id") == agent_id and d.get("state") == "FAILED"]
+    target = [
+        d for d in lines if d.get("task_id") == task_id and d.get("agent_id") == agent_id and d.get("state") == "FAILED"
+    ]
     task = [d for d in lines if d.get("task_id") == task_id and "agent_id" not in d and d.get("state") == "FAILED"]
     assert len(target) == 1 and target[0]["duration"] >= 0
-    assert len(task) == 1 and task[0]["duration"] >= 0 and task[0]["msg"].startswith(f"task {task_id}: RUNNING -> FAILED")
+    assert (
+        len(task) == 1 and task[0]["duration"] >= 0 and task[0]["msg"].startswith(f"task {task_id}: RUNNING -> FAILED")
+    )
 
 
 def test_text_logs_carry_the_same_fields_as_key_value_pairs():
@@ -116,7 +129,13 @@ def test_text_logs_carry_the_same_fields_as_key_value_pairs():
     record.task_id, record.state, record.duration = "t1", "SUCCEED", 1.23456
     assert KeyValueFormatter().format(record).endswith("task t1 ended task_id=t1 state=SUCCEED duration=1.235")
     doc = json.loads(JsonFormatter().format(record))
-    assert (doc["msg"], doc["task_id"], doc["state"], doc["duration"], doc["level"]) == ("task t1 ended", "t1", "SUCCEED", 1.23456, "INFO")
+    assert (doc["msg"], doc["task_id"], doc["state"], doc["duration"], doc["level"]) == (
+        "task t1 ended",
+        "t1",
+        "SUCCEED",
+        1.23456,
+        "INFO",
+    )
 
 
 def test_the_grafana_dashboard_uses_only_metrics_that_exist():
@@ -127,16 +146,23 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
     from mschedule_master.metrics import Metrics
 
     doc = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/mschedule.json").read_text())
-    used = {m for p in doc["panels"] for t in p["targets"] for m in re.findall(r"\b((?:mschedule|process)_\w+)", t["expr"])}
+    used = {
+        m for p in doc["panels"] for t in p["targets"] for m in re.findall(r"\b((?:mschedule|process)_\w+)", t["expr"])
+    }
     m = Metrics()
     from types import SimpleNamespace
 
-    m.watch(agents=lambda: [SimpleNamespace(dc="bj", online=True)], task_states=lambda: {"SUCCEED": 1}, inbox_depth=lambda: 0)
+    m.watch(
+        agents=lambda: [SimpleNamespace(dc="bj", online=True)],
+        task_states=lambda: {"SUCCEED": 1},
+        inbox_depth=lambda: 0,
+    )
     for hook in (lambda: m.target_finished("SUCCEED"), lambda: m.rejected("busy"), lambda: m.deleted("tasks", 1)):
         hook()  # labelled series exist once used
 
     class Idle:
-        finished: dict = {}
+        def __init__(self) -> None:
+            self.finished = {"FAILED": 1}
 
         def queued_count(self):
             return 0
@@ -144,7 +170,9 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
         running_ids = outbox_ids = list
 
     text = m.render().decode() + "".join(
-        f"{s.name} {s.value}\n" for f in AgentCollector(Idle()).collect() for s in f.samples  # type: ignore[arg-type]
+        f"{s.name} {s.value}\n"
+        for f in AgentCollector(Idle()).collect()
+        for s in f.samples  # type: ignore[arg-type]
     )
     served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert used and used <= served, used - served
