@@ -153,7 +153,11 @@ class Engine:
             log.exception("failed to handle %s; skipped", what)
             touched, self._guarding = self._guarding, None
             for active in touched.values():
-                self._rebuild(active)
+                try:
+                    self._rebuild(active)
+                except Exception:  # e.g. the same bug again: leave the task to the next start
+                    self._active.pop(active.task.id, None)
+                    log.exception("task %s: cannot rebuild its rollout; it resumes at the next start", active.task.id)
         else:
             self.store.savepoint_release()
         finally:

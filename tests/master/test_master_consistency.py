@@ -52,3 +52,24 @@ def test_a_handler_failing_after_the_rollout_changed_leaves_memory_as_the_databa
     task = rig.store.get_task(task_id)
     assert task.state is TaskState.FAILED and task.counts == {"FAILED": 1, "SUCCEED": 2}
     assert task_id not in rig.engine._active
+
+
+def test_a_rollout_that_cannot_be_rebuilt_is_left_to_the_next_start_and_the_batch_goes_on(rig, monkeypatch):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    broken = rig.submit(["a1"]).task_id
+    fine = rig.submit(["a2"]).task_id
+
+    def boom(*_a, **_kw):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(rig.engine, "_target_changed", boom)
+    monkeypatch.setattr(rig.store, "load_stored", boom)
+    t = rig.topics.results
+    rig.feed(
+        rig.incoming(t("a1"), P.Result(id=broken, agent_id="a1", state="SUCCEED", code=0)),
+        rig.incoming(t("a2"), P.Ack(id=fine, agent_id="a2", at=rig.clock.now)),
+    )
+    assert broken not in rig.engine._active and fine in rig.engine._active
+    assert rig.store.get_task(broken).state is TaskState.RUNNING  # as stored: a restart resumes it
+    assert broken in [s.task.id for s in rig.store.load_unfinished()] and rig.store.get_target(fine, "a2").acked
