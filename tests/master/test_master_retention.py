@@ -4,6 +4,8 @@ unfinished is touched."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mschedule_agent import protocol as P
@@ -98,3 +100,35 @@ def test_freed_pages_are_handed_back(rig):
         pass
     assert _rows(rig, "pragma auto_vacuum") == [(2,)]  # incremental: set before the first table
     assert size() < before - 400  # 2 MB of 4 KiB pages back to the file system
+
+
+def test_a_real_master_expires_finished_tasks_and_clears_their_retained_summaries(broker, tmp_path):
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from harness.fleet import Fleet
+    from harness.mqtt import Collector
+    from harness.procs import wait_until
+
+    def status(fleet, task_id):
+        try:
+            with urllib.request.urlopen(f"{fleet.master.http_url}/api/v1/tasks/{task_id}", timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code
+
+    prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
+    with Fleet(tmp_path, broker.url, prefix, agents=1, master_flags={"retention_days": 3 / DAY}) as fleet:
+        done = fleet.submit(["all"], "echo hi")
+        assert fleet.wait_task(done)["state"] == "SUCCEED"
+        slow = fleet.submit(["all"], "sleep 6")
+        summary = f"{prefix}/tasks/{done}/summary"
+        fleet.client.wait_for(lambda m: m.topic == summary and m.payload == b"", 20)
+        wait_until(lambda: status(fleet, done) == 404, timeout=10, what="the expired task to go")
+        assert status(fleet, slow) == 200  # running: never a candidate, however short the retention
+        with Collector(broker.url, [summary]) as late:  # a new subscriber gets no retained summary
+            time.sleep(0.5)
+            assert [m for m in late.messages if m.payload] == []
+        assert fleet.wait_task(slow, timeout=30)["state"] == "SUCCEED"
