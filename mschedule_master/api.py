@@ -305,7 +305,9 @@ async def get_task(request: web.Request) -> web.Response:
     outputs = query_bool(request, "outputs")
     if outputs is None:
         outputs = max_output > 0
-    kw = {"outputs": outputs} if query_bool(request, "targets") is not False else {"outputs": False, "targets": False}
+    kw: dict[str, Any] = {"outputs": outputs, "tail": max_output if outputs and max_output >= 0 else None}
+    if query_bool(request, "targets") is False:
+        kw = {"outputs": False, "targets": False}
     task = await read(service, "task", request.match_info["task_id"], **kw)
     task = with_hostnames(service, task)  # on the loop: the registry lives there
     limit = None if max_output < 0 else max_output

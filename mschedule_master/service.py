@@ -89,8 +89,8 @@ class MasterService:
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
         return _tasks(self.store, state=state, limit=limit, offset=offset)
 
-    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True) -> models.Task:
-        return _task(self.store, task_id, outputs=outputs, targets=targets)
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> models.Task:
+        return _task(self.store, task_id, outputs=outputs, targets=targets, tail=tail)
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
         return _output(self.store, task_id, agent_id)
@@ -228,8 +228,10 @@ def _tasks(store: Store, **kw: Any) -> list[models.Task]:
     return store.list_tasks(**kw)
 
 
-def _task(store: Store, task_id: str, *, outputs: bool = True, targets: bool = True) -> models.Task:
-    t = store.get_task(task_id, with_targets=targets, outputs=outputs)
+def _task(
+    store: Store, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None
+) -> models.Task:
+    t = store.get_task(task_id, with_targets=targets, outputs=outputs, tail=tail)
     if t is None:
         raise NotFound("task", task_id)
     return t

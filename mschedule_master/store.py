@@ -328,14 +328,17 @@ class Store:
     def task_exists(self, task_id: str) -> bool:
         return self._conn.execute("select 1 from tasks where id=?", (task_id,)).fetchone() is not None
 
-    def get_task(self, task_id: str, *, with_targets: bool = True, outputs: bool = True) -> models.Task | None:
+    def get_task(
+        self, task_id: str, *, with_targets: bool = True, outputs: bool = True, tail: int | None = None
+    ) -> models.Task | None:
         """The task; with its targets unless ``with_targets=False``, their stdout and stderr
-        only with ``outputs`` (a poll of a 2,000-target task reads no output bytes)."""
+        only with ``outputs`` (a poll of a 2,000-target task reads no output bytes), only the
+        last ``tail`` + 1 bytes of each with ``tail`` (one more than shown: it tells a cut)."""
         row = self._conn.execute(f"select {_TASK_COLS} from tasks where id=?", (task_id,)).fetchone()
         if row is None:
             return None
         counts = self._counts([task_id]).get(task_id, {})
-        targets = self.targets(task_id, outputs=outputs) if with_targets else None
+        targets = self.targets(task_id, outputs=outputs, tail=tail) if with_targets else None
         return _task(row, counts, targets)
 
     def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
@@ -376,9 +379,12 @@ class Store:
         rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
         return StoredTask(task, [_snapshot(r) for r in rows])
 
-    def targets(self, task_id: str, *, outputs: bool = True) -> list[models.Target]:
+    def targets(self, task_id: str, *, outputs: bool = True, tail: int | None = None) -> list[models.Target]:
         """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
         cols = _TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT
+        if outputs and tail is not None:
+            n = int(tail) + 1
+            cols = _TARGET_COLS.replace("t.stdout, t.stderr,", f"substr(t.stdout, -{n}), substr(t.stderr, -{n}),")
         rows = self._conn.execute(
             f"select {cols} from targets t left join agents a on a.id = t.agent_id "
             "where t.task_id=? order by t.rowid",

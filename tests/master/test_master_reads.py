@@ -76,3 +76,11 @@ def test_reads_run_in_reader_threads_on_read_only_connections(big_db):
             asyncio.run(reads.run(lambda store: store.set_target_reason("big", "agent-0000", "nope")))
     finally:
         reads.close()
+
+
+def test_a_tail_read_brings_one_byte_more_than_shown_so_a_cut_is_still_seen(big_db):
+    _, store = big_db
+    task = store.get_task("big", tail=100)
+    assert {(t.stdout, t.stderr) for t in task.targets} == {(OUTPUT[-101:], b"e" * 101)}
+    short = store.get_task("big", tail=2000)
+    assert {len(t.stderr) for t in short.targets} == {1024}  # shorter than the tail: all of it

@@ -118,7 +118,7 @@ class FakeService:
             out = [t for t in out if t.state == state]
         return out[offset : offset + limit]
 
-    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True) -> Task:
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
         try:
             task = self.task_by_id[task_id]
         except KeyError:
