@@ -28,6 +28,7 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
 from . import openapi, probes, sse
+from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, Service, Target, Task
 from .states import TaskState
 
@@ -44,6 +45,7 @@ MAX_PAGE = 500
 
 SERVICE_KEY = sse.SERVICE_KEY
 TOKEN_KEY = web.AppKey("token", str)
+COALESCE_KEY = web.AppKey("coalesce", Coalescer)
 
 
 class InsecureBind(ValueError):
@@ -308,11 +310,15 @@ async def get_task(request: web.Request) -> web.Response:
     kw: dict[str, Any] = {"outputs": outputs, "tail": max_output if outputs and max_output >= 0 else None}
     if query_bool(request, "targets") is False:
         kw = {"outputs": False, "targets": False}
-    task = await read(service, "task", request.match_info["task_id"], **kw)
-    task = with_hostnames(service, task)  # on the loop: the registry lives there
-    limit = None if max_output < 0 else max_output
-    body = await render(service, lambda: dumps(task_json(task, max_output=limit, outputs=outputs)))
-    return web.json_response(text=body)
+    task_id, limit = request.match_info["task_id"], None if max_output < 0 else max_output
+
+    async def answer() -> str:
+        task = await read(service, "task", task_id, **kw)
+        task = with_hostnames(service, task)  # on the loop: the registry lives there
+        return await render(service, lambda: dumps(task_json(task, max_output=limit, outputs=outputs)))
+
+    query = (tuple(sorted(kw.items())), limit, outputs)
+    return web.json_response(text=await request.app[COALESCE_KEY].get(task_id, query, answer))
 
 
 async def render(service: Service, fn: Callable[[], str]) -> str:
@@ -505,6 +511,7 @@ def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | 
         app[TOKEN_KEY] = token
     if ops is not None:
         app[probes.OPS_KEY] = ops
+    app[COALESCE_KEY] = Coalescer(service.subscribe)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_static("/static/", WEB_DIR, append_version=False)

@@ -84,3 +84,44 @@ def test_a_tail_read_brings_one_byte_more_than_shown_so_a_cut_is_still_seen(big_
     assert {(t.stdout, t.stderr) for t in task.targets} == {(OUTPUT[-101:], b"e" * 101)}
     short = store.get_task("big", tail=2000)
     assert {len(t.stderr) for t in short.targets} == {1024}  # shorter than the tail: all of it
+
+
+def test_identical_reads_in_flight_share_one_answer_until_the_task_changes():
+    from types import SimpleNamespace
+
+    from mschedule_master.coalesce import Coalescer
+
+    subscribers: list = []
+
+    def subscribe(cb):
+        subscribers.append(cb)
+        return lambda: subscribers.remove(cb)
+
+    async def go():
+        co, made = Coalescer(subscribe), []
+        gate = asyncio.Event()
+
+        async def make():
+            n = len(made)
+            made.append(n)
+            await gate.wait()
+            return f"answer {n}"
+
+        async def settle():
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+        first = [asyncio.ensure_future(co.get("t1", "q", make)) for _ in range(3)]
+        other = asyncio.ensure_future(co.get("t2", "q", make))  # another task: its own read
+        await settle()
+        assert len(made) == 2 and len(subscribers) == 1
+        for cb in list(subscribers):
+            cb(SimpleNamespace(task_id="t1"))  # t1 changed: later reads must not join the old one
+        after = asyncio.ensure_future(co.get("t1", "q", make))
+        await settle()
+        gate.set()
+        answers = await asyncio.gather(*first, other, after)
+        assert made == [0, 1, 2] and answers == ["answer 0"] * 3 + ["answer 1", "answer 2"]
+        assert subscribers == []  # listens only while something is in flight
+
+    asyncio.run(go())
