@@ -30,9 +30,9 @@ from pathlib import Path
 
 import orjson
 
-from harness.agentproc import start_agent
-from harness.broker import Mosquitto
-from harness.fleet import start_master
+from harness.agentproc import AgentProc, agent_argv
+from harness.broker import Mosquitto, free_port
+from harness.fleet import MasterProc, master_argv
 from harness.mqtt import Collector
 
 #: Run with the measured code on the path: writes a finished big task into a new database.
@@ -99,20 +99,28 @@ def _poller(url: str, stop: threading.Event, latencies: list[float], errors: lis
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
-    env = dict(os.environ)
-    if args.code:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.code).resolve()), env.get("PYTHONPATH", "")])
+    # `python -m` puts the working directory first on sys.path: every process starts in `code`
+    code = Path(args.code).resolve() if args.code else Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+    probe = "import mschedule_master; print(mschedule_master.__file__)"
+    code_path = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=code, capture_output=True, text=True, check=True
+    )  # fmt: skip
     (workdir / "master").mkdir(parents=True)
     subprocess.run(
         [sys.executable, "-c", POPULATE, str(workdir / "master" / "master.db"), str(args.targets), str(args.output_kib)],
-        env=env, check=True, timeout=600,
+        env=env, cwd=code, check=True, timeout=600,
     )  # fmt: skip
     prefix = f"poll{uuid.uuid4().hex[:6]}/mschedule"
     broker = Mosquitto(workdir / "broker").start()
     master = agent = None
     try:
-        master = start_master(workdir / "master", broker.url, prefix, env=env)
-        agent = start_agent(workdir / "agent", broker.url, prefix, env=env)
+        master = _start_master(workdir / "master", broker.url, prefix, env, code)
+        agent = AgentProc(
+            [sys.executable, "-m", "mschedule_agent", *agent_argv(workdir / "agent", broker.url, prefix)],
+            workdir=workdir / "agent", log_path=workdir / "agent" / "agent.log", env=env, cwd=code,
+        ).start()  # fmt: skip
+        agent.wait_online(60)
         topics = [f"{prefix}/tasks/+/summary", f"{prefix}/submit/reply/+"]
         with Collector(broker.url, topics) as client:
             _result_latencies(client, prefix, 3)  # warm up
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 t.join(70)
         return {
             "code": args.code or "this checkout",
+            "code_path": code_path.stdout.strip(),
             "targets": args.targets,
             "output_kib": args.output_kib,
             "clients": args.clients,
@@ -154,6 +163,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         if master is not None:
             master.stop()
         broker.stop()
+
+
+def _start_master(workdir: Path, broker_url: str, prefix: str, env: dict, code: Path) -> MasterProc:
+    address = f"127.0.0.1:{free_port()}"
+    flags = master_argv(workdir, broker_url, prefix, http=address, client_id=f"poll-{uuid.uuid4().hex[:8]}")
+    master = MasterProc(
+        [sys.executable, "-m", "mschedule_master", *flags], workdir=workdir, db=workdir / "master.db",
+        http_url=f"http://{address}", log_path=workdir / "master.log", env=env, cwd=code,
+    )  # fmt: skip
+    master.start()
+    master.wait_ready(60)
+    return master
 
 
 def main(argv: list[str] | None = None) -> int:
