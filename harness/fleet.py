@@ -223,8 +223,8 @@ class Fleet:
             return orjson.loads(r.read())
 
     def task(self, task_id: str) -> dict:
-        """The task with its targets, as the HTTP API shows it."""
-        return self.http("GET", f"/api/v1/tasks/{task_id}")
+        """The task with its targets (and their output), as the HTTP API shows it."""
+        return self.http("GET", f"/api/v1/tasks/{task_id}?outputs=1")
 
     def kill(self, task_id: str) -> dict:
         return self.http("POST", f"/api/v1/tasks/{task_id}/kill")

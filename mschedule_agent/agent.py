@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +104,7 @@ class Agent:
         # they change only here (finish, tombstone, result_ack, prune), so a tick never
         # queries the ledger to find them (the query was 9-17 % of a 2,500-agent worker).
         self._outbox: dict[str, None] = dict.fromkeys(ledger.outbox_ids(limit=-1))
+        self.finished: Counter[str] = Counter()  #: tasks run to an end, by final state (for metrics)
         self._stopping = False
         self._resend_all = False
         self._online_logged = False
@@ -531,6 +532,7 @@ class Agent:
             with self._lock:
                 self._running.pop(task_id, None)
         log.info("task_id=%s finished: %s code=%s", task_id, outcome.state, outcome.code)
+        self.finished[getattr(outcome.state, "value", str(outcome.state))] += 1
         self._send_result(task_id, data, self._now())
         self._start_queued()
 

@@ -47,6 +47,7 @@ class Settings:
     keep_ids: float = DEFAULT_KEEP_IDS
     ca_file: str | None = None  #: CA bundle for mqtts://
     log_level: str = "INFO"
+    metrics: str | None = None  #: "HOST:PORT" to serve Prometheus metrics on; off by default
 
     def __post_init__(self) -> None:
         _require(self.heartbeat > 0, "heartbeat", "must be > 0")
@@ -60,6 +61,9 @@ class Settings:
             "an agent's datacenter is the one its messages arrive from (the bridge of its edge broker), "
             "never a label it gives itself: remove the dc label",
         )  # fmt: skip
+        if self.metrics is not None:
+            host, _, port = self.metrics.rpartition(":")
+            _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "metrics", "must be HOST:PORT")
         try:
             BrokerURL.parse(self.broker)
             Topics(self.topic_prefix)
@@ -162,6 +166,7 @@ def parser() -> argparse.ArgumentParser:
     add("--resend", type=float, metavar="S", help=f"seconds between result re-sends until acked (default {DEFAULT_RESEND:g})")
     add("--ca-file", help="CA bundle for mqtts://")
     add("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     return p
 
 

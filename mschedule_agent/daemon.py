@@ -159,6 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", e)
         return 2
     log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), BrokerURL.parse(agent.settings.broker), agent.settings.state_dir)
+    if settings.metrics:
+        try:
+            from .metrics import serve  # only now: prometheus_client would cost an idle agent's RSS
+        except ImportError as e:
+            log.error("--metrics needs prometheus-client (pip install 'mschedule[metrics]'): %s", e)
+            return 2
+        try:
+            serve(agent, settings.metrics)
+        except OSError as e:
+            log.error("cannot serve metrics on %s: %s", settings.metrics, e)
+            return 2
     run(agent)
     return 0
 

@@ -7,7 +7,12 @@ One SQLite file in the state directory (WAL, ``synchronous=FULL``). The rules it
   records it when it starts at once, else just before the exec -- so a crash can never
   lead to a second run: RUNNING at start-up means INTERRUPTED;
 * a finished task's result sits in the outbox (``result`` not null, ``result_acked`` 0)
-  until the master's ``result_ack``; then the output is dropped, the id kept for dedup.
+  until the master's ``result_ack``; then the output is dropped, the id kept for dedup;
+* finished ids are pruned after ``keep_ids`` (30 days, :meth:`Ledger.prune`, hourly): the
+  de-dup window. A task can be re-delivered only until its ``expires_at`` (the master's
+  delivery timeout, a minute by default); after that the agent refuses it as ``expired``
+  whether or not it still knows the id, so the window need only outlast that (it does, by
+  far; it also bounds how long an unacknowledged result is re-sent).
 """
 
 from __future__ import annotations

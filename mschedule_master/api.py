@@ -27,7 +27,8 @@ from aiohttp import web
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import openapi, sse
+from . import openapi, probes, sse
+from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task
 from .states import TaskState
 
@@ -44,6 +45,7 @@ MAX_PAGE = 500
 
 SERVICE_KEY = sse.SERVICE_KEY
 TOKEN_KEY = web.AppKey("token", str)
+COALESCE_KEY = web.AppKey("coalesce", Coalescer)
 
 
 class InsecureBind(ValueError):
@@ -101,11 +103,15 @@ def clip(data: bytes, limit: int | None) -> tuple[bytes, bool]:
     return tail, True
 
 
-def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
+def target_json(t: Target, *, max_output: int | None = None, outputs: bool = True) -> dict[str, Any]:
     """One target; ``max_output`` keeps only the last N bytes of each stream
-    (``output_clipped``/``stderr_clipped`` say so; the output route has it all)."""
-    stdout, out_clipped = clip(t.stdout, max_output)
-    stderr, err_clipped = clip(t.stderr, max_output)
+    (``output_clipped``/``stderr_clipped`` say so; the output route has it all).
+    ``outputs=False``: the streams were not read; empty and "clipped" when there was any."""
+    if outputs:
+        stdout, out_clipped = clip(t.stdout, max_output)
+        stderr, err_clipped = clip(t.stderr, max_output)
+    else:
+        stdout, out_clipped, stderr, err_clipped = b"", t.stdout_bytes > 0, b"", t.stderr_bytes > 0
     out, out_enc = encode_output(stdout)
     err, err_enc = encode_output(stderr)
     duration = None
@@ -140,7 +146,9 @@ def target_json(t: Target, *, max_output: int | None = None) -> dict[str, Any]:
     }
 
 
-def task_json(t: Task, *, with_script: bool = True, max_output: int | None = None) -> dict[str, Any]:
+def task_json(
+    t: Task, *, with_script: bool = True, max_output: int | None = None, outputs: bool = True
+) -> dict[str, Any]:
     """The task; listings leave out the script (up to 4 MiB each)."""
     doc: dict[str, Any] = {
         "id": t.id,
@@ -166,7 +174,7 @@ def task_json(t: Task, *, with_script: bool = True, max_output: int | None = Non
     if with_script:
         doc["script"], doc["script_encoding"] = encode_output(t.script)
     if t.targets is not None:
-        doc["targets"] = {x.agent_id: target_json(x, max_output=max_output) for x in t.targets}
+        doc["targets"] = {x.agent_id: target_json(x, max_output=max_output, outputs=outputs) for x in t.targets}
     return doc
 
 
@@ -288,18 +296,49 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise ApiError(400, f"state must be one of {names}", "state") from None
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 10**9)
-    tasks = service_of(request).tasks(state=state, limit=limit, offset=offset)
+    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
     docs = [task_json(t, with_script=False) for t in tasks]
     return json_response({"tasks": docs, "limit": limit, "offset": offset, "next_offset": next_offset})
 
 
 async def get_task(request: web.Request) -> web.Response:
+    """The task with its targets' states; their stdout and stderr only when asked for
+    (``outputs=1``, or ``max_output=N`` with N > 0): a poll reads no output bytes.
+    ``targets=0``: the task and its counts only (the CLI's progress poll)."""
     service = service_of(request)
     max_output = query_int(request, "max_output", -1, 0, 2**40)
-    task = with_hostnames(service, service.task(request.match_info["task_id"]))
-    doc = task_json(task, max_output=None if max_output < 0 else max_output)
-    return json_response({**doc, **api_jobs.task_links(service, task.id)})
+    outputs = query_bool(request, "outputs")
+    if outputs is None:
+        outputs = max_output > 0
+    kw: dict[str, Any] = {"outputs": outputs, "tail": max_output if outputs and max_output >= 0 else None}
+    if query_bool(request, "targets") is False:
+        kw = {"outputs": False, "targets": False}
+    task_id, limit = request.match_info["task_id"], None if max_output < 0 else max_output
+
+    async def answer() -> str:
+        task = await read(service, "task", task_id, **kw)
+        task = with_hostnames(service, task)  # on the loop: the registry lives there
+        links = api_jobs.task_links(service, task.id)  # on the loop: so does the store's connection
+        return await render(service, lambda: dumps({**task_json(task, max_output=limit, outputs=outputs), **links}))
+
+    query = (tuple(sorted(kw.items())), limit, outputs)
+    return web.json_response(text=await request.app[COALESCE_KEY].get(task_id, query, answer))
+
+
+async def render(service: Service, fn: Callable[[], str]) -> str:
+    """``fn()`` in a reader thread when the service offers one: 2,000 targets' JSON is
+    tens of milliseconds the loop would otherwise not ingest MQTT for."""
+    off_loop = getattr(service, "render_off_loop", None)
+    return await off_loop(fn) if off_loop is not None else fn()
+
+
+async def read(service: Service, name: str, *args: Any, **kw: Any) -> Any:
+    """``service.<name>(...)``, in a reader thread when the service offers one."""
+    off_loop = getattr(service, "read_off_loop", None)
+    if off_loop is not None:
+        return await off_loop(name, *args, **kw)
+    return getattr(service, name)(*args, **kw)
 
 
 def with_hostnames(service: Service, task: Task) -> Task:
@@ -315,7 +354,7 @@ async def get_output(request: web.Request) -> web.Response:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "stream must be stdout or stderr", "stream")
-    target = service_of(request).output(request.match_info["task_id"], request.match_info["agent_id"])
+    target = await read(service_of(request), "output", request.match_info["task_id"], request.match_info["agent_id"])
     data = target.stdout if stream == "stdout" else target.stderr
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
     total = target.stdout_bytes if stream == "stdout" else target.stderr_bytes
@@ -373,6 +412,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/events", sse.events),
     Route("GET", "/api/v1/openapi.json", get_openapi, auth=False),
     Route("GET", "/", index, auth=False),
+    Route("GET", "/healthz", probes.healthz, auth=False),
+    Route("GET", "/readyz", probes.readyz, auth=False),
+    Route("GET", "/metrics", probes.metrics),
 )
 
 from . import api_jobs  # noqa: E402  (its handlers use the helpers above)
@@ -476,12 +518,15 @@ def _token_ok(request: web.Request, token: str) -> bool:
 # ------------------------------------------------------------------ app
 
 
-def create_app(service: Service, *, token: str | None = None) -> web.Application:
+def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | None = None) -> web.Application:
     middlewares = [errors_middleware, auth_middleware, browser_guard_middleware]
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[SERVICE_KEY] = service
     if token:
         app[TOKEN_KEY] = token
+    if ops is not None:
+        app[probes.OPS_KEY] = ops
+    app[COALESCE_KEY] = Coalescer(service.subscribe)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
@@ -509,14 +554,16 @@ def check_bind(host: str, port: int, token: str | None) -> None:
         )
 
 
-async def start_http(service: Service, host: str, port: int, *, token: str | None = None) -> web.AppRunner:
+async def start_http(
+    service: Service, host: str, port: int, *, token: str | None = None, ops: probes.Ops | None = None
+) -> web.AppRunner:
     """Serve the API on ``host:port``; return the runner (``await runner.cleanup()`` stops it).
 
     Raises InsecureBind for a non-loopback host without a token: this API runs code on
     every machine of the fleet.
     """
     check_bind(host, port, token)
-    runner = web.AppRunner(create_app(service, token=token), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(create_app(service, token=token, ops=ops), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -449,9 +449,9 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
         while True:
             try:
                 try:
-                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", max_output=0)  # counts only: cheap
+                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", targets=0)  # counts only: cheap
                     if task["state"] in TASK_FINAL:
-                        task = client.get(f"/api/v1/tasks/{quote(task_id)}")
+                        task = client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
                 except CliError as e:
                     # A master restart loses nothing: keep following for a while.
                     if e.status != EXIT_UNREACHABLE or time.monotonic() - reached > UNREACHABLE_PATIENCE:
@@ -602,7 +602,7 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
 
 
 def cmd_status(client: Client, args, console: Console) -> int:
-    task = client.get(f"/api/v1/tasks/{quote(args.task)}")
+    task = client.get(f"/api/v1/tasks/{quote(args.task)}", outputs=1)
     if args.json:
         print(json.dumps(task, indent=2))
     else:
@@ -627,7 +627,7 @@ def cmd_output(client: Client, args, console: Console) -> int:
         out.write(reply.body)
         out.flush()
         return EXIT_OK
-    task = client.get(f"/api/v1/tasks/{quote(args.task)}")
+    task = client.get(f"/api/v1/tasks/{quote(args.task)}", outputs=1)
     for agent_id, t in sorted(task.get("targets", {}).items()):
         data = target_output(t, stream)
         error = f", error: {t['error']}" if t.get("error") else ""

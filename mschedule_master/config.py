@@ -38,6 +38,9 @@ DEFAULT_LOST_GRACE = 60.0  #: agent offline this long mid-run -> LOST
 DEFAULT_LOST_MAX = 600.0  #: ... but while its datacenter's bridge is down, LOST only after this
 DEFAULT_KILL_RESEND = 5.0  #: re-send kill this often until the target reports
 DEFAULT_FLUSH_INTERVAL = 5.0  #: persist agents' last_seen this often
+DEFAULT_RETENTION_DAYS = 30.0  #: finished tasks are deleted this long after they ended (0 = never)
+DEFAULT_OUTPUT_RETENTION_DAYS = 0.0  #: their outputs sooner, when set (0 = with the task)
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +60,22 @@ class Settings:
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     log_level: str = "INFO"
     groups: dict[str, list[str]] = field(default_factory=dict)
+    retention_days: float = DEFAULT_RETENTION_DAYS
+    output_retention_days: float = DEFAULT_OUTPUT_RETENTION_DAYS
+    log_format: str = "text"  #: "text" (key=value fields) or "json" (one object per line)
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
+        for name in ("retention_days", "output_retention_days"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number of days >= 0 (0 = keep), not {value!r}", name)
+        if self.log_format not in LOG_FORMATS:
+            formats = ", ".join(LOG_FORMATS)
+            raise ConfigError(f"log_format must be one of {formats}, not {self.log_format!r}", "log_format")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}", "log_level")
         if self.http != "off":
@@ -150,6 +163,11 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a datacenter's bridge may be down before its agents' running targets are LOST")  # fmt: skip
     p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value, default) or json")
+    p.add_argument("--retention-days", dest="retention_days", type=float,
+                   help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")
+    p.add_argument("--output-retention-days", dest="output_retention_days", type=float,
+                   help="drop targets' outputs sooner than their task (default: with the task)")
     return p
 
 

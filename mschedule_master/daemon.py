@@ -37,7 +37,11 @@ from . import config
 from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .listening import ListeningClock
+from .metrics import Metrics
+from .probes import READY_BACKLOG, Ops
+from .reads import Reads
 from .registry import Registry
+from .retention import Policy, Retention
 from .rivals import RivalGuard, find_live_rival, status_payload
 from .rollout import Timing
 from .service import BRIDGE_STATE_TOPIC, MasterService
@@ -62,23 +66,10 @@ HEARD_PERSIST_EVERY = 1.0
 SYNC_RESEND = 5.0
 
 
-class _Formatter(logging.Formatter):
-    """``time level logger: message key=value...`` for the ids passed as ``extra``."""
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from . import logs
 
-    FIELDS = ("task_id", "agent_id", "state")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in self.FIELDS if getattr(record, k, None) is not None]
-        return f"{line} {' '.join(extras)}" if extras else line
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logs.setup(level, fmt)
 
 
 def acquire_lock(db: str):
@@ -144,7 +135,7 @@ class Daemon:
             if s.http_address is not None:  # first: a bad address or port fails before we connect
                 from . import api
 
-                runner = await api.start_http(self.service, *s.http_address, token=s.token)
+                runner = await api.start_http(self.service, *s.http_address, token=s.token, ops=self.ops)
             connected, _ = await self._unless_stopped(transport.start)
             if not connected:
                 log.info("stopped before the broker could be reached")
@@ -184,11 +175,27 @@ class Daemon:
             delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
             lost_grace=s.lost_grace, lost_max=s.lost_max, kill_resend=s.kill_resend,
         )  # fmt: skip
-        engine = Engine(store=store, transport=transport, topics=self.topics, registry=registry, timing=timing, groups=s.groups)
-        engine.subscribe(ProgressPublisher(transport, self.topics))
+        metrics = Metrics()
+        store.on_commit = metrics.committed
+        counted = metrics.counting(transport)
+        engine = Engine(
+            store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
+            metrics=metrics,
+        )  # fmt: skip
+        engine.subscribe(ProgressPublisher(counted, self.topics))
+        metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
+        self.retention = Retention(
+            store=store, policy=Policy(s.retention_days, s.output_retention_days), active_ids=engine.active_ids,
+            clear_summary=lambda task_id: counted.publish(self.topics.task_summary(task_id), b"", qos=1, retain=True),
+            metrics=metrics,
+        )  # fmt: skip
+        checks = {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check}
+        self.ops = Ops(metrics, checks)
+        self.reads = Reads(s.db)
         self.service = MasterService(
-            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval
-        )
+            engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
+            reads=self.reads,
+        )  # fmt: skip
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
         self._transport = transport
@@ -208,6 +215,7 @@ class Daemon:
         offline = status_payload("offline", self.instance, self.settings.client_id)
         final = [(self._status_topic, offline, True)] if transport.is_connected() else []
         await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
+        self.reads.close()
         store.close()
 
     async def _unless_stopped(self, fn, *args):
@@ -332,6 +340,8 @@ class Daemon:
                 self.service.housekeeping(verdicts=hearing)
                 if hearing:  # like verdicts: a run's overlap is judged only on a caught-up view of it
                     self.service.schedules.tick()
+                if not self._behind():
+                    self.retention.tick(time.time())
             except sqlite3.Error:
                 self._fatal("the database failed during housekeeping")
             except Exception:
@@ -388,6 +398,12 @@ class Daemon:
             log.info("inbox %.1f s behind: deferring expiry and staleness verdicts", now - oldest)
         return now - self._behind_since < MAX_VERDICT_DEFER
 
+    def _inbox_check(self) -> str | None:
+        with self._inbox_lock:
+            oldest = self._arrivals[0] if self._arrivals else None
+        age = 0.0 if oldest is None else time.monotonic() - oldest
+        return None if age < READY_BACKLOG else f"inbox {age:.0f} s behind ({len(self._inbox)} message(s))"
+
     def _fatal(self, message: str, *args: object) -> None:
         log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)
         self.exit_code = EXIT_FAILED
@@ -401,7 +417,16 @@ EXIT_FAILED = 1  #: could not run (database, broker, a failed batch): a restart 
 EXIT_REFUSED = 2  #: bad settings, or another live master: a restart would not help
 
 
+def _broker_check(transport: MqttTransport) -> str | None:
+    return None if transport.is_connected() else "not connected to the broker"  # no URL: /readyz needs no token
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["backup"]:  # mschedule-master backup PATH: see backup.py
+        from . import backup
+
+        return backup.main(argv[1:])
     try:
         settings = config.load(argv)
         if settings.http_address is not None:  # before the broker or the database is touched
@@ -411,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:  # api.InsecureBind is a ValueError
         print(f"mschedule-master: {e}", file=sys.stderr)
         return EXIT_REFUSED
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         lock = acquire_lock(settings.db)
     except AlreadyRunning as e:

@@ -28,6 +28,7 @@ from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
 from mschedule_agent.transport import Incoming, Publication, Transport
 
 from . import models, targeting
+from .metrics import Metrics
 from .models import InvalidRequest, NotFound, RequestConflict
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
@@ -84,6 +85,7 @@ class Engine:
         groups: dict[str, list[str]] | None = None,
         clock: Callable[[], float] = time.time,
         resolver: Resolver = targeting.resolve,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -93,6 +95,7 @@ class Engine:
         self.groups = dict(groups or {})
         self.clock = clock
         self._resolve = resolver
+        self.metrics = metrics or Metrics(process=False)
         self._active: dict[str, _Active] = {}
         self._depth = 0
         self._outbox: list[_Out] = []
@@ -102,6 +105,9 @@ class Engine:
         self._subscribers: list[Callable[[models.Event], None]] = []
         self._deaf_at_start = 0.0  #: set by restore(): time since the last run stopped listening
         self._revived: OrderedDict[str, _Active] = OrderedDict()  #: see REVIVED_KEPT
+        #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
+        self._guarding: dict[str, _Active] | None = None
+        self._guard_targets: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -146,6 +152,7 @@ class Engine:
         events only, log, and carry on with the rest of the batch."""
         mark = (len(self._outbox), len(self._events), len(self._acks))
         self.store.savepoint_begin()
+        self._guarding, self._guard_targets = {}, {}
         try:
             fn(*args)
         except Exception:
@@ -154,8 +161,49 @@ class Engine:
             del self._events[mark[1] :]
             del self._acks[mark[2] :]
             log.exception("failed to handle %s; skipped", what)
+            touched, self._guarding = self._guarding, None
+            for active in touched.values():
+                try:
+                    self._rebuild(active)
+                except Exception:  # e.g. the same bug again: leave the task to the next start
+                    self._active.pop(active.task.id, None)
+                    log.exception("task %s: cannot rebuild its rollout; it resumes at the next start", active.task.id)
         else:
             self.store.savepoint_release()
+        finally:
+            self._guarding = None
+
+    def _guard(self, active: _Active) -> None:
+        """``active``'s rollout is about to change: rebuilt from the store if the guarded call fails."""
+        if self._guarding is not None:
+            self._guarding[active.task.id] = active
+
+    def _rebuild(self, active: _Active) -> None:
+        """After a failed guarded call: rebuild ``active``'s rollout from the store (which the
+        rollback returned to before the call), keeping in memory only the targets earlier
+        messages of the batch changed and the failed call did not touch (they are persisted
+        at the commit). Memory then says what the database will say."""
+        task_id = active.task.id
+        failed = set(active.rollout.pop_dirty()) | self._guard_targets.get(task_id, set())
+        pending = self._snaps.pop(task_id, None)
+        earlier = (pending[1] - failed) if pending else set()
+        stored = self.store.load_stored(task_id)
+        if stored is None or stored.task.state.final:
+            self._active.pop(task_id, None)
+            return
+        memory = active.rollout.targets
+        snapshots = [replace(memory[s.agent_id]) if s.agent_id in earlier else s for s in stored.snapshots]
+        rollout = Rollout.restore(
+            task_id, _limits(active.task), targets=snapshots, task_state=stored.task.state, reason=stored.task.reason,
+            timing=self._timing(active.task),
+        )  # fmt: skip
+        codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
+        rebuilt = self._active[task_id] = _Active(active.task, rollout, codes=codes, copies=active.copies)
+        if earlier:
+            self._snaps[task_id] = (rollout, earlier)
+        log.warning("task %s: rollout rebuilt from the database", task_id, extra={"task_id": task_id})
+        now = self.clock()
+        self._apply(rebuilt, rollout.resume(now), now)
 
     def after_commit_ack(self, incoming: Incoming) -> None:
         """PUBACK ``incoming`` once the current batch is committed."""
@@ -222,7 +270,7 @@ class Engine:
                     raise RequestConflict(spec.request_id, existing)
                 task = self.store.get_task(existing, with_targets=False)
                 assert task is not None
-                return task, [t.agent_id for t in self.store.targets(existing)]
+                return task, list(self.store.target_states(existing))  # ids only: no output read
         try:
             agent_ids = list(dict.fromkeys(self._resolve(list(spec.targets), self.registry.agents(), self.groups)))
         except ValueError as e:  # targeting.UnknownSelector and its kin
@@ -347,6 +395,7 @@ class Engine:
                 self.guarded(f"tick of task {active.task.id}", self._tick_one, active, now)
 
     def _tick_one(self, active: _Active, now: float) -> None:
+        self._guard(active)
         self._apply(active, active.rollout.tick(now), now)
 
     # ------------------------------------------------------------------ agents
@@ -358,6 +407,7 @@ class Engine:
                 if change.agent_id not in active.rollout.targets:
                     continue
                 r = active.rollout
+                self._guard(active)
                 if change.online:
                     actions = r.on_agent_online(change.agent_id, now)
                 else:
@@ -383,6 +433,7 @@ class Engine:
                 t = active.rollout.targets.get(agent_id)
                 if t is None or not t.state.active:
                     continue
+                self._guard(active)
                 if t.kill_requested:
                     self._apply(active, [SendKill(agent_id)], now)
                 elif not t.acked and t.expires_at is not None and now < t.expires_at:
@@ -413,6 +464,7 @@ class Engine:
             self._stray(msg, agent_id, info.dc, now, active is not None)
             return
         r = active.rollout
+        self._guard(active)
         active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
             target = r.targets[agent_id]
@@ -426,10 +478,13 @@ class Engine:
             self._apply(active, r.on_started(agent_id, now), now, touched={agent_id})
         elif isinstance(msg, Result):
             if self.store.record_result(msg.id, agent_id, msg, now):
+                self.metrics.result_stored(r.targets[agent_id].dispatched_at, now)
                 state, reason = self._checked_result(active, agent_id, msg)
                 reason = reason or (f"agent: {msg.error}" if msg.error else "")  # e.g. why it could not start
                 actions = r.on_final(agent_id, state, now, reason)
                 self._apply(active, actions, now, touched={agent_id}, code=(agent_id, msg.code))
+            else:
+                self.metrics.duplicate_result()
             self._result_ack(msg.id, agent_id, info.dc)
         else:
             state = REJECT_STATES.get(msg.code, TargetState.REJECTED)
@@ -438,6 +493,7 @@ class Engine:
                 extra={"agent_id": agent_id, "task_id": msg.id},
             )  # fmt: skip
             reason = f"rejected ({msg.code}): {msg.reason}"
+            self.metrics.rejected(msg.code)
             self.store.require_sync()  # the agent will not say it again
             self._apply(active, r.on_final(agent_id, state, now, reason), now, touched={agent_id})
 
@@ -466,6 +522,8 @@ class Engine:
         is_target = known and self.store.get_target(task_id, agent_id) is not None
         if isinstance(msg, Result):
             stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
+            if is_target and not stored:
+                self.metrics.duplicate_result()
             kind = "late_result" if is_target else ("result_not_target" if known else "result_unknown_task")
             self.store.add_event(now, kind, task_id, agent_id, {"state": msg.state, "code": msg.code, "stored": stored})
             if kind != "late_result" or stored:
@@ -537,6 +595,9 @@ class Engine:
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
         touched.update(active.rollout.pop_dirty())
+        if touched and self._guarding is not None:
+            self._guarding[task_id] = active
+            self._guard_targets.setdefault(task_id, set()).update(touched)
         if touched:
             pending = self._snaps.get(task_id)
             if pending is None:
@@ -566,6 +627,7 @@ class Engine:
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)
         self._outbox.append(_Out(topic, active.encoded[1], copy_of=(active, action.agent_id)))
+        self.metrics.dispatched(t.created_at, self.clock(), redeliver=action.redeliver)
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
 
@@ -584,6 +646,15 @@ class Engine:
         if reason:
             self.store.set_target_reason(task_id, action.agent_id, reason)
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": reason}
+        if action.new.final:
+            self.metrics.target_finished(action.new.value)
+            t = active.rollout.targets.get(action.agent_id)
+            took = now - t.dispatched_at if t is not None and t.dispatched_at is not None else None
+            log.info(
+                "task %s: target %s %s%s", task_id, action.agent_id, action.new.value,
+                f" ({reason})" if reason else "",
+                extra={"task_id": task_id, "agent_id": action.agent_id, "state": action.new.value, "duration": took},
+            )  # fmt: skip
         self.emit(
             "target",
             task_id,
@@ -608,7 +679,11 @@ class Engine:
             self.store.add_event(now, "revised", task_id, None, event)
         log.info(
             "task %s: %s -> %s%s", task_id, action.old.value, action.new.value,
-            f" ({action.reason})" if action.reason else "", extra={"task_id": task_id, "state": action.new.value},
+            f" ({action.reason})" if action.reason else "",
+            extra={
+                "task_id": task_id, "state": action.new.value,
+                "duration": now - active.task.created_at if action.new.final else None,
+            },
         )  # fmt: skip
         data: dict[str, Any] = {
             "state": action.new.value, "old": action.old.value, "reason": action.reason, "counts": _counts(active),

@@ -149,8 +149,9 @@ class Service(Protocol):
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
         """Newest first, without targets."""
 
-    def task(self, task_id: str) -> Task:
-        """With targets (and their output)."""
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
+        """With targets (and their output unless ``outputs=False``, its last ``tail`` + 1 bytes
+        with ``tail``); counts only without ``targets``."""
 
     def output(self, task_id: str, agent_id: str) -> Target: ...
 

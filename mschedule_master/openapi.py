@@ -331,8 +331,13 @@ PATHS: dict[str, Any] = {
             "summary": "One task with its limits, counts and targets (state, exit code, timings, output)",
             "parameters": [
                 _TASK_ID,
+                _query("outputs", {"type": "boolean"},
+                       "include the targets' stdout and stderr (default: no, unless max_output > 0; a poll "
+                       "of counts and states reads no output; one target's is at .../output)"),
+                _query("targets", {"type": "boolean"},
+                       "include the targets (default: yes); targets=0 gives the task and its counts only"),
                 _query("max_output", {"type": "integer", "minimum": 0},
-                       "keep only the last N bytes of each target's stdout and stderr (default: all)"),
+                       "with outputs: keep only the last N bytes of each target's stdout and stderr (default: all)"),
             ],
             "responses": {"200": _json(_ref("Task"), "the task"), "401": _UNAUTH, "404": _err("unknown task")},
         }
@@ -489,6 +494,33 @@ PATHS: dict[str, Any] = {
             "responses": {"201": _json(_ref("Task"), "the new task (rerun_of names the first)"),
                           "400": _err("nothing to re-run, task not ended"), "401": _UNAUTH,
                           "404": _err("unknown task")},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "Liveness: the master's process and event loop answer",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, '{"status": "ok"}')},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: broker connected, database writable, inbox caught up",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}, '{"ready": true, "checks": {"broker": "ok", ...}}'),
+                "503": _json({"type": "object"}, "not ready: each failing check says why"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text exposition format)",
+            "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}},
+                "401": _UNAUTH,
+                "404": _err("this master serves no metrics"),
+            },
         }
     },
 }  # fmt: skip

@@ -21,6 +21,7 @@ from . import models
 from .engine import Engine
 from .jobservice import JobService
 from .models import NotFound
+from .reads import Reads
 from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
 from .scheduler import Scheduler
 from .states import TaskState
@@ -48,6 +49,7 @@ class MasterService:
         topics: Topics,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 5.0,
+        reads: Reads | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -55,6 +57,7 @@ class MasterService:
         self.topics = topics
         self.clock = clock
         self.flush_interval = flush_interval
+        self.reads = reads
         self.jobs = JobService(engine=engine, clock=clock)
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
@@ -89,19 +92,25 @@ class MasterService:
         return a
 
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        return self.store.list_tasks(state=state, limit=limit, offset=offset)
+        return _tasks(self.store, state=state, limit=limit, offset=offset)
 
-    def task(self, task_id: str) -> models.Task:
-        t = self.store.get_task(task_id)
-        if t is None:
-            raise NotFound("task", task_id)
-        return t
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> models.Task:
+        return _task(self.store, task_id, outputs=outputs, targets=targets, tail=tail)
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
-        t = self.store.get_target(task_id, agent_id)
-        if t is None:
-            raise NotFound("target", f"{task_id}/{agent_id}")
-        return t
+        return _output(self.store, task_id, agent_id)
+
+    async def read_off_loop(self, name: str, *args: Any, **kw: Any) -> Any:
+        """``tasks``, ``task`` or ``output`` read in a reader thread (see :mod:`reads`), so a
+        big read never holds up the loop that ingests MQTT; on the loop without readers."""
+        fn = _READS[name]
+        if self.reads is None:
+            return fn(self.store, *args, **kw)
+        return await self.reads.run(fn, *args, **kw)
+
+    async def render_off_loop(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (e.g. a big reply's JSON) in a reader thread; on the loop without readers."""
+        return fn() if self.reads is None else await self.reads.offload(fn)
 
     def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
         return self.engine.subscribe(callback)
@@ -112,6 +121,8 @@ class MasterService:
 
     def handle_batch(self, batch: Iterable[Incoming]) -> None:
         """Apply a batch of messages in one transaction; PUBACK them after the commit."""
+        batch = list(batch)
+        self.engine.metrics.received(len(batch))
         with self.engine.batch():
             for incoming in batch:
                 self.engine.guarded(f"message on {incoming.topic}", self._route, incoming)
@@ -218,3 +229,27 @@ class MasterService:
         )  # fmt: skip
         self.store.add_event(self.clock(), "agent_online" if change.online else "agent_offline", None, change.agent_id, {"reason": change.reason})
         self.engine.agent_changed(change)
+
+
+# ------------------------------------------------------------------ reads (any thread, any store)
+def _tasks(store: Store, **kw: Any) -> list[models.Task]:
+    return store.list_tasks(**kw)
+
+
+def _task(
+    store: Store, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None
+) -> models.Task:
+    t = store.get_task(task_id, with_targets=targets, outputs=outputs, tail=tail)
+    if t is None:
+        raise NotFound("task", task_id)
+    return t
+
+
+def _output(store: Store, task_id: str, agent_id: str) -> models.Target:
+    t = store.get_target(task_id, agent_id)
+    if t is None:
+        raise NotFound("target", f"{task_id}/{agent_id}")
+    return t
+
+
+_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output}

@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,17 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "create index schedule_fires_outcome on schedule_fires (schedule, outcome)",
         ),
     ),
+    # retention.py: outputs may expire before their task; find expired tasks and events by age.
+    # auto_vacuum=incremental takes effect at once only in a new database (Store.__init__ sets it
+    # before anything is written); an older one switches at its next VACUUM (README "Operating").
+    (
+        "retention-1",
+        (
+            "create table if not exists outputs_expired (task_id text primary key)",
+            "create index if not exists tasks_finished on tasks (finished_at) where finished_at is not null",
+            "create index if not exists events_ts on events (ts)",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (
@@ -170,6 +182,7 @@ class Store:
         self.path = path
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._conn.execute("pragma auto_vacuum=incremental")  # a new database only: before WAL, before tables
             self._conn.execute("pragma journal_mode=wal")
             self._conn.execute(f"pragma synchronous={synchronous}")
             self._conn.execute("pragma busy_timeout=10000")
@@ -179,6 +192,7 @@ class Store:
             self._sync_needed = False
             self._wal_fd: int | None = None
             self.syncs = 0  #: fsyncs of the write-ahead log so far
+            self.on_commit: Callable[[float], None] | None = None  #: gets each commit's seconds (metrics)
             self._migrate()
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {path}: {e}") from e
@@ -213,10 +227,13 @@ class Store:
             self._conn.execute("rollback")
             raise
         self._depth = 0
+        started = time.perf_counter()
         self._conn.execute("commit")
         if self._sync_needed:
             self._sync_needed = False
             self._sync_wal()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         self._bound_wal()
 
     def _bound_wal(self) -> None:
@@ -436,12 +453,17 @@ class Store:
     def task_exists(self, task_id: str) -> bool:
         return self._conn.execute("select 1 from tasks where id=?", (task_id,)).fetchone() is not None
 
-    def get_task(self, task_id: str, *, with_targets: bool = True) -> models.Task | None:
+    def get_task(
+        self, task_id: str, *, with_targets: bool = True, outputs: bool = True, tail: int | None = None
+    ) -> models.Task | None:
+        """The task; with its targets unless ``with_targets=False``, their stdout and stderr
+        only with ``outputs`` (a poll of a 2,000-target task reads no output bytes), only the
+        last ``tail`` + 1 bytes of each with ``tail`` (one more than shown: it tells a cut)."""
         row = self._conn.execute(f"select {_TASK_COLS} from tasks where id=?", (task_id,)).fetchone()
         if row is None:
             return None
         counts = self._counts([task_id]).get(task_id, {})
-        targets = self.targets(task_id) if with_targets else None
+        targets = self.targets(task_id, outputs=outputs, tail=tail) if with_targets else None
         return _task(row, counts, targets)
 
     def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
@@ -472,9 +494,23 @@ class Store:
                 out.append(stored)
         return out
 
-    def targets(self, task_id: str) -> list[models.Target]:
+    def load_stored(self, task_id: str) -> StoredTask | None:
+        """One task's record and its targets' snapshots, as :meth:`load_unfinished` reads them."""
+        task = self.get_task(task_id, with_targets=False)
+        if task is None:
+            return None
+        cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
+        rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
+        return StoredTask(task, [_snapshot(r) for r in rows])
+
+    def targets(self, task_id: str, *, outputs: bool = True, tail: int | None = None) -> list[models.Target]:
+        """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
+        cols = _TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT
+        if outputs and tail is not None:
+            n = int(tail) + 1
+            cols = _TARGET_COLS.replace("t.stdout, t.stderr,", f"substr(t.stdout, -{n}), substr(t.stderr, -{n}),")
         rows = self._conn.execute(
-            f"select {_TARGET_COLS} from targets t left join agents a on a.id = t.agent_id "
+            f"select {cols} from targets t left join agents a on a.id = t.agent_id "
             "where t.task_id=? order by t.rowid",
             (task_id,),
         )
@@ -496,6 +532,29 @@ class Store:
         """agent id -> {state, code}: the summary of a task's targets, without their output."""
         rows = self._conn.execute("select agent_id, state, code from targets where task_id=? order by rowid", (task_id,))
         return {r[0]: {"state": r[1], "code": r[2]} for r in rows}
+
+    def task_state_counts(self) -> dict[str, int]:
+        """Task state -> how many tasks the database holds in it (for metrics)."""
+        return dict(self._conn.execute("select state, count(*) from tasks group by state").fetchall())
+
+    def incremental_vacuum(self, pages: int) -> int:
+        """Hand up to ``pages`` free pages back to the file system (``auto_vacuum=incremental``
+        databases; a no-op otherwise). Returns how many were free before."""
+        free = self._conn.execute("pragma freelist_count").fetchone()[0]
+        if free and not self._depth:
+            self._conn.executescript(f"pragma incremental_vacuum({int(pages)});")  # execute() frees one page only
+        return free
+
+    def check_writable(self) -> str | None:
+        """None when the database takes a write lock now, else why not (for /readyz)."""
+        if self._depth:
+            return None  # inside a transaction: it holds the lock already
+        try:
+            self._conn.execute("begin immediate")
+            self._conn.execute("rollback")
+        except sqlite3.Error as e:
+            return f"database not writable: {e}"
+        return None
 
     def _counts(self, task_ids: list[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -525,6 +584,9 @@ _TARGET_COLS = (
     "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state, "
     "t.result_error, t.revised_at, t.revised_from"
 )
+#: The same columns with NULL for the two output blobs: SQLite never reads their pages.
+_TARGET_COLS_NO_OUTPUT = _TARGET_COLS.replace("t.stdout, t.stderr,", "NULL, NULL,")
+assert _TARGET_COLS_NO_OUTPUT != _TARGET_COLS
 
 
 def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None) -> models.Task:

@@ -15,7 +15,8 @@ from harness.broker import free_port
 from mschedule_agent.transport import MqttTransport, TransportError
 
 #: Modules an idle mqtt:// agent must not load (each costs 1.4-5 MB of RSS).
-HEAVY = ("ssl", "_ssl", "hashlib", "_hashlib", "urllib.request", "http.client", "email", "tenacity", "tomllib")
+HEAVY = ("ssl", "_ssl", "hashlib", "_hashlib", "urllib.request", "http.client", "email", "tenacity", "tomllib",
+         "prometheus_client")  # fmt: skip
 
 _PROBE = r"""
 import sys, threading, uuid, orjson

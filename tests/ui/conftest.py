@@ -118,12 +118,12 @@ class FakeService:
             out = [t for t in out if t.state == state]
         return out[offset : offset + limit]
 
-    def task(self, task_id: str) -> Task:
+    def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
         try:
             task = self.task_by_id[task_id]
         except KeyError:
             raise NotFound("task", task_id) from None
-        return replace(task, targets=list(self.targets[task_id].values()))
+        return replace(task, targets=list(self.targets[task_id].values()) if targets else None)
 
     def output(self, task_id: str, agent_id: str) -> Target:
         self.task(task_id)

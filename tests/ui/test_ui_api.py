@@ -252,7 +252,7 @@ def test_task_detail_has_targets_keyed_by_agent_with_output(fake_service):
                                     stdout_bytes=7, started_at=10.0, finished_at=12.5)  # fmt: skip
             fake_service.set_target(task_id, "web2", TargetState.FAILED, code=3, stdout=b"\xff\xfe",
                                     stderr=b"boom\n", stdout_bytes=2, stderr_bytes=5)  # fmt: skip
-            doc = await (await c.get(f"/api/v1/tasks/{task_id}")).json()
+            doc = await (await c.get(f"/api/v1/tasks/{task_id}?outputs=1")).json()
             assert doc["timeout"] == 9 and doc["counts"] == {"SUCCEED": 1, "FAILED": 1}
             web1, web2 = doc["targets"]["web1"], doc["targets"]["web2"]
             assert web1["state"] == "SUCCEED" and web1["code"] == 0 and web1["duration"] == 2.5
@@ -496,8 +496,12 @@ def test_task_detail_max_output_keeps_the_tail(fake_service):
             assert (t["output"], t["output_clipped"], t["stderr"], t["stderr_clipped"]) == ("6789", True, "ab", False)
             t = (await (await c.get(f"/api/v1/tasks/{task_id}?max_output=0")).json())["targets"]["web1"]
             assert t["output"] == "" and t["output_bytes"] == 10
-            t = (await (await c.get(f"/api/v1/tasks/{task_id}")).json())["targets"]["web1"]
+            t = (await (await c.get(f"/api/v1/tasks/{task_id}?outputs=1")).json())["targets"]["web1"]
             assert t["output"] == "0123456789" and not t["output_clipped"]
+            t = (await (await c.get(f"/api/v1/tasks/{task_id}")).json())["targets"]["web1"]
+            assert (t["output"], t["output_clipped"], t["output_bytes"], t["state"]) == ("", True, 10, "SUCCEED")
+            doc = await (await c.get(f"/api/v1/tasks/{task_id}?targets=0")).json()
+            assert "targets" not in doc and doc["counts"] == {"SUCCEED": 1} and doc["target_count"] == 1
             r = await c.get(f"/api/v1/tasks/{task_id}?max_output=-3")
             assert r.status == 400 and (await r.json())["field"] == "max_output"
 

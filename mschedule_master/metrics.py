@@ -1,0 +1,191 @@
+"""The master's Prometheus metrics (the official ``prometheus-client``), served at ``/metrics``.
+
+The engine, store and service call one-line hooks (``metrics.redelivered()``); only this
+module knows Prometheus. Each :class:`Metrics` has its own ``CollectorRegistry`` (no
+process-wide singleton: tests run several masters in one process). Gauges that describe
+state rather than events (agents, tasks by state, the inbox) are read at scrape time from
+the sources the daemon hands to :meth:`Metrics.watch`.
+
+Names follow the Prometheus conventions: ``mschedule_`` prefix, ``_total`` counters, base
+units (``_seconds``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from mschedule_agent.protocol import REJECT_CODES
+
+#: Latency buckets (seconds) from a loopback fleet to a slow cross-datacenter bridge.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+#: SQLite commits: an fsync of the write-ahead log is a few milliseconds.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Counters and histograms the master's code bumps, plus scrape-time gauges."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        if process:  # process_* (CPU, RSS, open fds) and python_* (version, GC)
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.targets_finished = Counter(
+            "mschedule_targets_finished_total", "Targets that reached a final state, by state", ["state"], registry=r
+        )
+        self.submit_to_dispatch = Histogram(
+            "mschedule_submit_to_dispatch_seconds", "From a task's creation to a target's first dispatch",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.dispatch_to_result = Histogram(
+            "mschedule_dispatch_to_result_seconds", "From a target's dispatch to its stored result",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.redeliveries = Counter(
+            "mschedule_redeliveries_total", "Task copies published again to unacked targets", registry=r
+        )
+        self.duplicate_results = Counter(
+            "mschedule_duplicate_results_total",
+            "Results dropped because the target's result was already stored",
+            registry=r,
+        )
+        self.rejects = Counter(
+            "mschedule_rejects_total", "Tasks agents refused, by reject code", ["reason"], registry=r
+        )
+        self.messages_in = Counter(
+            "mschedule_mqtt_messages_received_total", "MQTT messages the master applied", registry=r
+        )
+        self.messages_out = Counter(
+            "mschedule_mqtt_messages_published_total", "MQTT messages the master published", registry=r
+        )
+        self.commit = Histogram(
+            "mschedule_store_commit_seconds", "SQLite commit time (with the WAL fsync when one is needed)",
+            buckets=COMMIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.retention_deleted = Counter(
+            "mschedule_retention_deleted_total", "Expired records deleted by retention, by kind", ["kind"], registry=r
+        )
+        self._state = _StateCollector()
+        r.register(self._state)
+
+    # ------------------------------------------------------------------ hooks (one line each at the call site)
+    def dispatched(self, created_at: float, now: float, *, redeliver: bool) -> None:
+        if redeliver:
+            self.redeliveries.inc()
+        else:
+            self.submit_to_dispatch.observe(max(0.0, now - created_at))
+
+    def result_stored(self, dispatched_at: float | None, now: float) -> None:
+        if dispatched_at is not None:
+            self.dispatch_to_result.observe(max(0.0, now - dispatched_at))
+
+    def duplicate_result(self) -> None:
+        self.duplicate_results.inc()
+
+    def rejected(self, code: str) -> None:
+        self.rejects.labels(code if code in REJECT_CODES else "other").inc()
+
+    def target_finished(self, state: str) -> None:
+        self.targets_finished.labels(state).inc()
+
+    def received(self, n: int = 1) -> None:
+        self.messages_in.inc(n)
+
+    def published(self, n: int = 1) -> None:
+        self.messages_out.inc(n)
+
+    def committed(self, seconds: float) -> None:
+        self.commit.observe(seconds)
+
+    def deleted(self, kind: str, n: int) -> None:
+        if n:
+            self.retention_deleted.labels(kind).inc(n)
+
+    # ------------------------------------------------------------------ scrape-time state
+    def watch(
+        self,
+        *,
+        agents: Callable[[], Iterable[Any]] | None = None,
+        task_states: Callable[[], dict[str, int]] | None = None,
+        inbox_depth: Callable[[], int] | None = None,
+    ) -> None:
+        """Sources read at each scrape (on the master's loop thread, as the API runs)."""
+        s = self._state
+        s.agents, s.task_states, s.inbox_depth = (
+            agents or s.agents,
+            task_states or s.task_states,
+            inbox_depth or s.inbox_depth,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    def counting(self, transport: Any) -> Any:
+        """``transport`` with every publish counted in ``mschedule_mqtt_messages_published_total``."""
+        return _CountingTransport(transport, self)
+
+
+class _StateCollector(Collector):
+    def __init__(self) -> None:
+        self.agents: Callable[[], Iterable[Any]] | None = None
+        self.task_states: Callable[[], dict[str, int]] | None = None
+        self.inbox_depth: Callable[[], int] | None = None
+
+    def describe(self) -> list:
+        return []  # values only at collect(): nothing to check for name clashes up front
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.agents is not None:
+            known = GaugeMetricFamily("mschedule_agents_known", "Agents the master knows, by datacenter", labels=["dc"])
+            online = GaugeMetricFamily("mschedule_agents_online", "Agents online, by datacenter", labels=["dc"])
+            by_dc: dict[str, list[int]] = {}
+            for a in self.agents():
+                n = by_dc.setdefault(a.dc or "", [0, 0])
+                n[0] += 1
+                n[1] += int(a.online)
+            for dc, (k, o) in sorted(by_dc.items()):
+                known.add_metric([dc], k)
+                online.add_metric([dc], o)
+            yield known
+            yield online
+        if self.task_states is not None:
+            tasks = GaugeMetricFamily("mschedule_tasks", "Tasks in the database, by state", labels=["state"])
+            for state, n in sorted(self.task_states().items()):
+                tasks.add_metric([state], n)
+            yield tasks
+        if self.inbox_depth is not None:
+            yield GaugeMetricFamily(
+                "mschedule_inbox_depth", "MQTT messages received, not yet applied", value=self.inbox_depth()
+            )
+
+
+class _CountingTransport:
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def publish(self, *args: Any, **kw: Any) -> Any:
+        pub = self._inner.publish(*args, **kw)
+        self._metrics.published()
+        return pub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
