@@ -35,7 +35,7 @@ def call(fleet, method: str, path: str, body: bytes | None = None, timeout: floa
 def wait_final(fleet, task_id: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        task = json.loads(call(fleet, "GET", f"/api/v1/tasks/{task_id}")[2])
+        task = json.loads(call(fleet, "GET", f"/api/v1/tasks/{task_id}?outputs=1")[2])
         if task["state"] in ("SUCCEED", "FAILED", "KILLED"):
             return task
         time.sleep(0.1)

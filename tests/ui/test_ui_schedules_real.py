@@ -145,6 +145,6 @@ def test_the_masters_own_timer_fires_an_every_minute_schedule_on_real_time(ui_fl
         time.sleep(0.5)
     call(ui_fleet, "POST", f"/api/v1/schedules/{name}/pause", {})
     assert runs and (runs[-1]["fire_time"], runs[-1]["outcome"]) == (doc["next_fire"], "fired"), runs
-    task = call(ui_fleet, "GET", f"/api/v1/tasks/{runs[-1]['task_id']}")[1]
+    task = call(ui_fleet, "GET", f"/api/v1/tasks/{runs[-1]['task_id']}?outputs=1")[1]
     assert task["state"] == "SUCCEED" and task["job"] == j and task["submitted_by"] == f"schedule:{name}"
     assert [t["output"] for t in task["targets"].values()] == ["fired by the clock\n"]
