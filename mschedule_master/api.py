@@ -30,7 +30,7 @@ from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 from . import openapi, probes, sse
 from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task
-from .states import TaskState
+from .states import TargetState, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def target_json(t: Target, *, max_output: int | None = None, outputs: bool = Tru
         "error": t.error,
         "revised_at": t.revised_at,
         "revised_from": t.revised_from,
+        "kill_pending": bool(t.kill_requested) and not TargetState(_value(t.state)).final,
         "dispatched_at": t.dispatched_at,
         "started_at": t.started_at,
         "finished_at": t.finished_at,

@@ -339,6 +339,8 @@ def targets_table(task: dict[str, Any]) -> Table:
             state += f" (agent: {styled(t['agent_state'])})"  # a late result after the master's verdict
         if t.get("revised_from"):
             state += f" (revised from {t['revised_from']} at {when(t.get('revised_at'))})"
+        if t.get("kill_pending"):
+            state += " [magenta]KILL_PENDING[/]"  # asked to die; the agent has not confirmed it yet
         table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
                       duration(t.get("duration")), escape(first))  # fmt: skip
     return table

@@ -60,6 +60,9 @@ class Target:
     #: and what that verdict was; None when the state was never revised.
     revised_at: float | None = None
     revised_from: str | None = None
+    #: the master asked for this target to be killed; while it is still active the kill is
+    #: pending (KILL_PENDING): re-sent until the agent reports (docs/rollout.md)
+    kill_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)

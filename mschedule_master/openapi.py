@@ -120,6 +120,11 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["UNREACHABLE", "LOST", None],
                 "description": "the provisional verdict the agent's late report replaced",
             },
+            "kill_pending": {
+                "type": "boolean",
+                "description": "KILL_PENDING: a kill was asked for and the agent has not confirmed it yet; "
+                "the master re-sends it (with back-off while the agent is unreachable, up to lost_max)",
+            },
             "dispatched_at": _NUM,
             "started_at": _NUM,
             "finished_at": _NUM,

@@ -582,7 +582,7 @@ _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
     "coalesce(t.run_started_at, t.started_at), coalesce(t.run_finished_at, t.finished_at), t.stdout, t.stderr, "
     "t.stdout_bytes, t.stderr_bytes, t.stdout_truncated, t.stderr_truncated, a.hostname, t.result_state, "
-    "t.result_error, t.revised_at, t.revised_from"
+    "t.result_error, t.revised_at, t.revised_from, t.kill_requested"
 )
 #: The same columns with NULL for the two output blobs: SQLite never reads their pages.
 _TARGET_COLS_NO_OUTPUT = _TARGET_COLS.replace("t.stdout, t.stderr,", "NULL, NULL,")
@@ -605,7 +605,7 @@ def _target(r: tuple) -> models.Target:
         reason=r[6], dispatched_at=r[7], started_at=r[8], finished_at=r[9], stdout=r[10] or b"",
         stderr=r[11] or b"", stdout_bytes=r[12], stderr_bytes=r[13], stdout_truncated=bool(r[14]),
         stderr_truncated=bool(r[15]), hostname=r[16], agent_state=r[17], error=r[18] or None, revised_at=r[19],
-        revised_from=r[20],
+        revised_from=r[20], kill_requested=bool(r[21]),
     )  # fmt: skip
 
 

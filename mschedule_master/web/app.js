@@ -359,6 +359,7 @@ function targetRows(x, closed) {
     h("td", {}, badge(x.state),
       x.agent_state && x.agent_state !== x.state ? h("div", { class: "muted small" }, "agent reported ", badge(x.agent_state)) : null,
       x.revised_from ? h("div", { class: "muted small revised" }, `revised from ${x.revised_from} at ${when(x.revised_at)}`) : null,
+      x.kill_pending ? h("div", { class: "small kill-pending", title: "a kill was sent; the agent has not confirmed it yet" }, "KILL_PENDING") : null,
       x.error ? h("div", { class: "small error" }, `error: ${x.error}`) : null,
       x.reason ? h("div", { class: "muted small" }, x.reason) : null),
     h("td", { class: "mono exit" }, x.code === null ? "–" : x.signal ? `${x.code} (sig ${x.signal})` : String(x.code)),

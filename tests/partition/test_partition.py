@@ -145,6 +145,8 @@ def test_a_kill_during_a_long_cut_is_delivered_after_the_heal_and_never_reported
         alive = [p for p in pids.iterdir() if _alive(int(p.read_text()))]
         assert alive, "the scripts should still run: the kill cannot cross the cut"
         assert task["state"] != "KILLED", f"KILLED while {len(alive)} scripts still run: {task['counts']}"
+        pending = {t["agent_id"]: t["kill_pending"] for t in task["targets"].values()}
+        assert all(pending.values()) and len(pending) == N_AGENTS, f"each target shows its kill pending: {pending}"
     finally:
         pfleet.link.heal()
     summary = pfleet.wait_task(task_id, 60)
