@@ -104,9 +104,9 @@ def test_a_submit_during_a_cut_runs_once_after_the_heal(pfleet):
 
 
 def test_a_rollout_over_a_flapping_link_ends_with_every_target_once(pfleet):
-    """3 s down / 3 s up x 6 while a rollout of short scripts, one at a time, spans it."""
-    task_id = pfleet.submit(["all"], f"{MARK}; sleep 4", parallel=1)
-    for _ in range(6):
+    """3 s down / 3 s up x 10 while a rollout of short scripts, one at a time, spans it."""
+    task_id = pfleet.submit(["all"], f"{MARK}; sleep 8", parallel=1)
+    for _ in range(10):
         _cut_for(pfleet.link, 3)
         time.sleep(3)
     _expect_all_once(pfleet, task_id, pfleet.wait_task(task_id, 120))
