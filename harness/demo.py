@@ -53,7 +53,10 @@ PRODUCTION_TIMINGS = {name: None for name in TEST_FLAGS}
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as every server sets it:
+    a port whose last connections are only in TIME_WAIT (the previous demo) is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

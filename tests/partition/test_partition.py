@@ -18,6 +18,13 @@ pytestmark = pytest.mark.slow
 RECOVERY = 3.0
 
 
+@pytest.fixture(autouse=True)
+def _fleet_online(pfleet):
+    """Each scenario starts with every agent online at the master: after a previous scenario's
+    heal, an agent counts as online again only once a heartbeat of its own has crossed."""
+    pfleet.wait_agents_known(N_AGENTS, timeout=60)
+
+
 def _heartbeats_after(watch: Collector, since: float) -> set[str]:
     with watch._cond:
         return {m.topic.split("/")[-2] for m, t in zip(watch.messages, watch.arrivals) if t >= since}

@@ -129,3 +129,23 @@ def check_printed_cli_lines(text: str) -> None:
     rcs = [int(x) for x in re.findall(r"^rc=(\d+)$", out, re.M)]
     assert rcs == [0, 0, 1, 0, 0], out + p.stderr.decode(errors="replace")  # the 'exit 3' rollout fails
     assert "fail_count 0 exceeded" in out and "CANCELLED" in out
+
+
+def test_a_port_whose_connections_are_only_in_time_wait_is_free_for_the_next_demo():
+    """The demo keeps its ports across runs: the previous run's TIME_WAIT sockets do not count."""
+    import socket
+
+    from harness.demo import port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not port_free(port)  # listening: taken
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server side closes first: its end waits in TIME_WAIT
+    client.close()
+    server.close()
+    assert port_free(port)
