@@ -17,7 +17,7 @@ from harness.xdc import CENTRAL, MASTER_USER, OPERATOR_USER, Xdc
 DC = "bj"
 N_AGENTS = 4
 #: Short on purpose: a cut longer than this is "longer than lost_grace".
-LOST_GRACE = 25
+LOST_GRACE = 15
 MARK = 'echo run >> "$MARKERS/$MSCHEDULE_TASK_ID.$AGENT_NAME"'
 
 

@@ -31,8 +31,8 @@ def _heartbeats_after(watch: Collector, since: float) -> set[str]:
 
 
 def test_a_healed_link_carries_traffic_within_3s_both_ways(pfleet):
-    """A 20 s cut: long enough for both bridges to notice, give up and retry into the
-    blackhole (a connect attempt then hangs); once healed, central sees the downlink bridge
+    """A cut long enough for both bridges to notice, give up and retry into the blackhole
+    several times (a connect attempt then hangs); once healed, central sees the downlink bridge
     up and every agent's fresh heartbeat (uplink) within RECOVERY seconds."""
     link, xdc = pfleet.link, pfleet.xdc
     watch = Collector(xdc.url(CENTRAL, MONITOR_USER), [f"{pfleet.prefix}/dc/{DC}/agents/+/heartbeat"])
@@ -44,7 +44,7 @@ def test_a_healed_link_carries_traffic_within_3s_both_ways(pfleet):
         try:
             xdc.wait_bridge(DC, up=False, after=seen, timeout=60)
             noticed = time.monotonic() - t0
-            time.sleep(20)
+            time.sleep(12)
         finally:
             link.heal()
         healed = time.monotonic()
