@@ -40,6 +40,13 @@ class Response:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._file = sock.makefile("rb")
+        try:
+            self._read_head()
+        except BaseException:
+            self._file.close()  # else the socket stays open under its file, whatever closes it
+            raise
+
+    def _read_head(self) -> None:
         line = self._line()
         parts = line.decode("latin-1").split(None, 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():

@@ -149,7 +149,7 @@ def test_run_keeps_following_across_a_master_restart(ui_fleet):
                 break
         assert b"1 running" in seen, seen
         ui_fleet.master.stop()
-        for _ in range(50):  # the CLI notices (it polls every 2 s) and keeps waiting
+        for _ in range(50):  # the CLI notices (its event stream breaks; it polls) and keeps waiting
             line = p.stdout.readline()
             seen += line
             if b"master unreachable" in line or not line:
