@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"where latest.json/latest.md go (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     p.add_argument("--readme", action="store_true", help="also put the table into README.md's Performance section")
+    p.add_argument("--cli-wall", metavar="SIZES", help="also time `mschedule run` on real agents, e.g. 1,10,100 "
+                   "(bench/cli_wall.py)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -99,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             log.info("work directory kept: %s", workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.cli_wall:
+        from . import cli_wall
+
+        results["cli_wall"] = cli_wall.measure([int(n) for n in args.cli_wall.split(",")], runs=3)
     json_path, md_path = report.write(results, outcomes, args.out)
     print(md_path.read_text())
+    if args.cli_wall:
+        cli_wall.print_rows(results["cli_wall"])
     print(f"written: {json_path} {md_path}")
     if args.readme:
         readme = Path(__file__).resolve().parent.parent / "README.md"

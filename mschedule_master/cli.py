@@ -21,25 +21,24 @@ SUCCEED), 1 the task did not succeed, 2 bad usage or a request the master refuse
 from __future__ import annotations
 
 import argparse
-import base64
-import http.client
 import json
 import os
-import socket
 import sys
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from urllib.parse import quote as _quote
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+# Imported where used, not here (issue 22: start <= 80 ms): rich (~60 ms) only to draw, the
+# HTTP client (socket, ssl for https) only to talk, threading only to follow a task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .cli_http import Response
 
 DEFAULT_MASTER = "http://127.0.0.1:9900"
 
@@ -57,7 +56,8 @@ TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
 
 PIPE_WIDTH = 240  #: table width when stdout is not a terminal
 KEEPALIVE_TIMEOUT = 40.0  #: the event stream sends a keep-alive every 15 s; give up on it after this
-POLL_INTERVAL = 2.0  #: re-read the task at least this often while waiting (events come sooner)
+POLL_INTERVAL = 2.0  #: at most this long between task reads while the event stream is down
+LIVE_CHECK = 30.0  #: with the stream up, read the task anyway after this long without events
 UNREACHABLE_PATIENCE = 60.0  #: while following a task, wait this long for a restarting master
 STATE_STYLE = {
     "SUCCEED": "green", "FAILED": "red", "TIMEOUT": "red", "KILLED": "magenta", "INTERRUPTED": "red",
@@ -77,11 +77,13 @@ class CliError(Exception):
 # ------------------------------------------------------------------ HTTP client
 
 
-@dataclass(frozen=True, slots=True)
 class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
+    """A whole answer. (A plain class, not a dataclass: dataclasses costs ~20 ms of start.)"""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -90,16 +92,16 @@ class Reply:
 def _without_password(url: str) -> str:
     """``url`` with the password of a ``user:password@`` part replaced by ``***``."""
     try:
-        u = urllib.parse.urlsplit(url)
+        u = urlsplit(url)
         if u.password is None:
             return url
-        return urllib.parse.urlunsplit(u._replace(netloc=f"{u.username}:***@{u.netloc.rpartition('@')[2]}"))
+        return urlunsplit(u._replace(netloc=f"{u.username}:***@{u.netloc.rpartition('@')[2]}"))
     except ValueError:
         return "<the master URL>"
 
 
 class Client:
-    """The master's HTTP API over urllib; turns every failure into a CliError."""
+    """The master's HTTP API (see cli_http.py); turns every failure into a CliError."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         self.base = base_url.rstrip("/")
@@ -107,38 +109,42 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def open(self, method: str, path: str, *, body: Any = None, query: dict[str, Any] | None = None, timeout=None):
-        url = self.base + path
+    def open(self, method: str, path: str, *, body: Any = None, query: dict[str, Any] | None = None,
+             timeout: float | None = None, accept: str = "application/json") -> Response:  # fmt: skip
+        """Send a request; the caller reads and closes the answer (status < 400)."""
+        from . import cli_http
+
         query = {k: v for k, v in (query or {}).items() if v is not None}
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
+        target = path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": accept}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
-            req = urllib.request.Request(url, data=data, method=method)
+            resp = cli_http.request(self.base, method, target, headers=headers, body=data,
+                                    timeout=timeout or self.timeout)  # fmt: skip
         except ValueError:
             raise CliError(f"bad master URL {self.shown!r} (expected like {DEFAULT_MASTER})") from None
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
-        except urllib.error.HTTPError as e:
-            with e:  # close the error response, or it leaks a socket
-                raise self._http_error(e) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e) or type(e).__name__
+        except OSError as e:
+            reason = (e.strerror if not isinstance(e, cli_http.ProtocolError) else None) or str(e) or type(e).__name__
             raise CliError(
                 f"cannot reach the master at {self.shown} ({reason}); is mschedule-master running? "
                 "(set --master or MSCHEDULE_MASTER)",
                 EXIT_UNREACHABLE,
             ) from None
+        if resp.status >= 400:
+            with resp:
+                raise self._http_error(resp)
+        return resp
 
     def request(self, method: str, path: str, **kw) -> Reply:
+        resp = self.open(method, path, **kw)
         try:
-            with self.open(method, path, **kw) as resp:
-                return Reply(resp.status, dict(resp.headers), resp.read())
-        except (OSError, http.client.HTTPException) as e:  # the connection broke mid-answer
+            with resp:
+                return Reply(resp.status, resp.headers, resp.read())
+        except OSError as e:  # the connection broke mid-answer
             raise CliError(f"lost the connection to the master at {self.shown} ({e})", EXIT_UNREACHABLE) from None
 
     def get(self, path: str, **query) -> Any:
@@ -155,35 +161,55 @@ class Client:
                 f"{self.shown} answered something that is not mschedule's JSON; is --master right?", EXIT_UNREACHABLE
             ) from None
 
-    def _http_error(self, e: urllib.error.HTTPError) -> CliError:
+    def _http_error(self, resp: Response) -> CliError:
         try:
-            doc = json.loads(e.read())
-            message, field = doc.get("error") or e.reason, doc.get("field")
-        except (ValueError, AttributeError, OSError, http.client.HTTPException):
+            doc = json.loads(resp.read())
+            message, field = doc.get("error") or resp.reason, doc.get("field")
+        except (ValueError, AttributeError, OSError):
             return CliError(
-                f"{self.shown} answered HTTP {e.code} {e.reason}, not mschedule's JSON; is --master right?",
+                f"{self.shown} answered HTTP {resp.status} {resp.reason}, not mschedule's JSON; is --master right?",
                 EXIT_UNREACHABLE,
             )
-        if e.code == 401:
+        if resp.status == 401:
             return CliError(f"the master refused the token ({message}); set MSCHEDULE_TOKEN", EXIT_UNREACHABLE)
-        if e.code >= 500:
+        if resp.status >= 500:
             return CliError(f"the master failed: {message}", EXIT_UNREACHABLE)
         return CliError(f"{field}: {message}" if field and field not in message else message, EXIT_USAGE)
 
 
-class EventWatcher:
-    """Reads the master's event stream in a thread and sets ``changed`` on every event.
+def sse_events(lines: Iterator[bytes]) -> Iterator[tuple[str, str]]:
+    """``(event, data)`` per server-sent event in ``lines``; comments and ids are skipped."""
+    kind, data = "message", []
+    for raw in lines:
+        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+        if not line:
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", []
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
-    Best effort: if the stream breaks, it reconnects; the caller also re-reads on a timer.
-    It owns its socket, so ``stop()`` can shut it down under a blocked read.
+
+class EventWatcher:
+    """Reads the task's event stream (``GET /api/v1/events?task=ID``) in a thread.
+
+    Every event goes into ``queue`` as ``(kind, doc)``; when the stream cannot be opened or
+    breaks, a ``("lost", {})`` goes in and the watcher tries again after a second (a master
+    restart). ``("hello", ...)`` says the stream is subscribed: from then on, nothing is missed.
+    It owns its connection, so ``stop()`` can shut it down under a blocked read.
     """
 
     def __init__(self, client: Client, task_id: str) -> None:
+        import queue
+        import threading
+
         self.client = client
         self.task_id = task_id
-        self.changed = threading.Event()
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._stop = threading.Event()
-        self._sock: socket.socket | None = None
+        self._resp: Response | None = None
         self._thread = threading.Thread(target=self._run, name="mschedule-events", daemon=True)
 
     def start(self) -> EventWatcher:
@@ -192,50 +218,42 @@ class EventWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        resp = self._resp
+        if resp is not None:
+            resp.shutdown()
         self._thread.join(5)
 
     def _run(self) -> None:
-        for _ in range(10_000):
+        for _ in range(100_000):
             if self._stop.is_set():
                 return
             try:
                 self._read_stream()
-            except (OSError, ValueError, http.client.HTTPException):
+            except (CliError, OSError, ValueError):
                 pass
+            if self._stop.is_set():
+                return
+            self.queue.put(("lost", {}))
             self._stop.wait(1.0)
 
     def _read_stream(self) -> None:
-        url = urllib.parse.urlsplit(self.client.base)
-        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = cls(url.hostname or "127.0.0.1", url.port, timeout=KEEPALIVE_TIMEOUT)
+        resp = self.client.open("GET", "/api/v1/events", query={"task": self.task_id}, timeout=KEEPALIVE_TIMEOUT,
+                                accept="text/event-stream")  # fmt: skip
+        self._resp = resp
         try:
-            conn.connect()
-            self._sock = conn.sock
             if self._stop.is_set():
                 return
-            headers = {"Accept": "text/event-stream"}
-            if self.client.token:
-                headers["Authorization"] = f"Bearer {self.client.token}"
-            path = url.path.rstrip("/") + "/api/v1/events?" + urllib.parse.urlencode({"task": self.task_id})
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-            if resp.status != 200:
-                return
-            for _ in range(10_000_000):
-                raw = resp.readline()
-                if not raw or self._stop.is_set():
+            for kind, data in sse_events(resp.lines()):
+                if self._stop.is_set():
                     return
-                if raw.startswith(b"event:"):
-                    self.changed.set()
+                try:
+                    doc = json.loads(data)
+                except ValueError:
+                    doc = {}
+                self.queue.put((kind, doc if isinstance(doc, dict) else {}))
         finally:
-            self._sock = None
-            conn.close()
+            self._resp = None
+            resp.close()
 
 
 # ------------------------------------------------------------------ formatting
@@ -302,13 +320,31 @@ def duration(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
+def escape(text: str) -> str:
+    """rich's markup escape, with rich imported only when something is drawn."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def table(title: str) -> Table:
+    """A rich table with its title on the left."""
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left")
+
+
 def styled(state: str) -> str:
     style = STATE_STYLE.get(state, "")
     return f"[{style}]{state}[/]" if style else state
 
 
 def decode_stream(text: str, encoding: str) -> bytes:
-    return base64.b64decode(text) if encoding == "base64" else text.encode()
+    if encoding == "base64":
+        import base64
+
+        return base64.b64decode(text)
+    return text.encode()
 
 
 def target_output(target: dict[str, Any], stream: str) -> bytes:
@@ -324,9 +360,9 @@ def exit_text(t: dict[str, Any]) -> str:
 
 
 def targets_table(task: dict[str, Any]) -> Table:
-    table = Table(title=f"task {task['id']}: {styled(task['state'])}", title_justify="left")
+    out_table = table(f"task {task['id']}: {styled(task['state'])}")
     for col in ("Agent", "Host", "State", "Exit", "Duration", "Output"):
-        table.add_column(col, overflow="fold")
+        out_table.add_column(col, overflow="fold")
     for agent_id, t in sorted(task.get("targets", {}).items()):
         out = target_output(t, "stdout").decode("utf-8", "replace").strip().splitlines()
         first = out[0][:60] + (" …" if len(out) > 1 or len(out[0]) > 60 else "") if out else ""
@@ -341,9 +377,9 @@ def targets_table(task: dict[str, Any]) -> Table:
             state += f" (revised from {t['revised_from']} at {when(t.get('revised_at'))})"
         if t.get("kill_pending"):
             state += " [magenta]KILL_PENDING[/]"  # asked to die; the agent has not confirmed it yet
-        table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
-                      duration(t.get("duration")), escape(first))  # fmt: skip
-    return table
+        out_table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
+                          duration(t.get("duration")), escape(first))  # fmt: skip
+    return out_table
 
 
 # ------------------------------------------------------------------ commands
@@ -356,16 +392,16 @@ def cmd_agents(client: Client, args, console: Console) -> int:
         print(json.dumps(agents, indent=2))
         return EXIT_OK
     now = time.time()
-    table = Table(title=f"{len(agents)} agents", title_justify="left")
+    out_table = table(f"{len(agents)} agents")
     for col in ("ID", "Hostname", "IPs", "Labels", "Online", "Last heartbeat", "Running"):
-        table.add_column(col, overflow="fold")
+        out_table.add_column(col, overflow="fold")
     for a in sorted(agents, key=lambda a: a["id"]):
         labels = " ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
         online = "[green]online[/]" if a["online"] else "[red]offline[/]"
         seen = a.get("last_seen") or a.get("last_heartbeat")
-        table.add_row(escape(a["id"]), escape(a["hostname"]), escape(", ".join(a["ip"])), escape(labels), online,
+        out_table.add_row(escape(a["id"]), escape(a["hostname"]), escape(", ".join(a["ip"])), escape(labels), online,
                       ago(seen, now), str(len(a.get("running") or [])))  # fmt: skip
-    console.print(table)
+    console.print(out_table)
     return EXIT_OK
 
 
@@ -398,7 +434,7 @@ def read_script(args) -> bytes:
 def build_submit(args, script: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "targets": args.target,
-        "script": base64.b64encode(script).decode(),
+        "script": b64(script),
         "parallel": number(args.parallel),
         "fail_count": args.fail_count,
         "timeout": args.timeout,
@@ -444,30 +480,47 @@ def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dic
 
 
 def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
+    """Events drive it: the view redraws from their counts, the end is noticed when its event
+    arrives. The task is read only at the start, after (re)subscribing, on ``resync`` and at
+    the end; only while the stream is down does it poll."""
+    import queue
+
     view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
     killing = False
+    live = False  # subscribed: the stream will tell of every change
+    read = True  # the task must be read (again)
+    task: dict[str, Any] = {}
     reached = time.monotonic()  # the master last answered
     with view:
         while True:
             try:
-                try:
-                    task = client.get(f"/api/v1/tasks/{quote(task_id)}", targets=0)  # counts only: cheap
-                    if task["state"] in TASK_FINAL:
-                        task = client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
-                except CliError as e:
-                    # A master restart loses nothing: keep following for a while.
-                    if e.status != EXIT_UNREACHABLE or time.monotonic() - reached > UNREACHABLE_PATIENCE:
-                        raise
-                    view.note(f"master unreachable; retrying for up to {UNREACHABLE_PATIENCE:.0f}s")
-                    time.sleep(1.0)
-                    continue
-                reached = time.monotonic()
-                view.update(task)
+                if read:
+                    try:
+                        task = client.get(f"/api/v1/tasks/{quote(task_id)}", targets=0)  # counts only: cheap
+                    except CliError as e:
+                        # A master restart loses nothing: keep following for a while.
+                        if e.status != EXIT_UNREACHABLE or time.monotonic() - reached > UNREACHABLE_PATIENCE:
+                            raise
+                        view.note(f"master unreachable; retrying for up to {UNREACHABLE_PATIENCE:.0f}s")
+                        try:  # a second, or less if the stream is back
+                            for kind, doc in _wait(watcher, 1.0):
+                                live, _, task = _apply(kind, doc, live, True, task)
+                        except queue.Empty:
+                            pass
+                        continue
+                    reached, read = time.monotonic(), False
+                    view.update(task)
                 if task["state"] in TASK_FINAL:
-                    return task
-                time.sleep(min(2.0, 0.1 + 0.002 * task["target_count"]))  # re-read a big task less often
-                watcher.changed.wait(POLL_INTERVAL)
-                watcher.changed.clear()
+                    return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                try:
+                    events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
+                except queue.Empty:
+                    read = True  # polling: only while the stream is down (or a check on a quiet one)
+                    continue
+                for kind, doc in events:
+                    live, read, task = _apply(kind, doc, live, read, task)
+                if not read:
+                    view.update(task)
             except KeyboardInterrupt:
                 if killing:
                     raise
@@ -483,6 +536,41 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                 view.resume()
 
 
+def poll_interval(target_count: int) -> float:
+    """How often to re-read a task while the event stream is down: a big task less often."""
+    return min(POLL_INTERVAL, 0.1 + 0.002 * target_count)
+
+
+def _wait(watcher: EventWatcher, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+    """The next event and every one queued behind it (one redraw for a burst); raises queue.Empty."""
+    import queue
+
+    events = [watcher.queue.get(timeout=timeout)]
+    for _ in range(100_000):
+        try:
+            events.append(watcher.queue.get_nowait())
+        except queue.Empty:
+            break
+    return events
+
+
+def _apply(kind: str, doc: dict[str, Any], live: bool, read: bool, task: dict[str, Any]):
+    """One event on (live, read, task): a task's counts and state come in its events."""
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    if kind == "hello":
+        return True, True, task  # subscribed now: read once, to catch what happened before
+    if kind == "lost":
+        return False, True, task  # the stream broke: read, then poll until it is back
+    if kind == "resync":
+        return live, True, task  # events were dropped
+    if kind in ("task", "target") and task:
+        state = data.get("task_state") if kind == "target" else data.get("state")
+        counts = data.get("counts")
+        return live, read, {**task, "state": state or task["state"],
+                            "counts": counts if isinstance(counts, dict) else task["counts"]}  # fmt: skip
+    return live, read, task
+
+
 def ask_kill(console: Console, task_id: str) -> bool:
     console.print(f"\nKill task {task_id}? [y/N] ", end="", highlight=False, markup=False)
     try:
@@ -496,6 +584,8 @@ class _ProgressView:
     """A rich progress bar with the counts, for a terminal."""
 
     def __init__(self, console: Console, task_id: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -503,7 +593,7 @@ class _ProgressView:
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
-            console=console,
+            console=console.real if isinstance(console, LazyConsole) else console,
         )
         self.bar = self.progress.add_task(task_id, total=None, counts="")
 
@@ -652,18 +742,24 @@ def cmd_tasks(client: Client, args, console: Console) -> int:
     if args.json:
         print(json.dumps(page["tasks"], indent=2))
         return EXIT_OK
-    table = Table(title="tasks, newest first", title_justify="left")
+    out_table = table("tasks, newest first")
     for col in ("ID", "Name", "State", "Targets", "Progress", "Created"):
-        table.add_column(col, overflow="fold")
+        out_table.add_column(col, overflow="fold")
     for t in page["tasks"]:
-        table.add_row(escape(t["id"]), escape(t["name"]), styled(t["state"]), str(t["target_count"]),
+        out_table.add_row(escape(t["id"]), escape(t["name"]), styled(t["state"]), str(t["target_count"]),
                       counts_text(t["counts"]), when(t["created_at"]))  # fmt: skip
-    console.print(table)
+    console.print(out_table)
     return EXIT_OK
 
 
 def quote(part: str) -> str:
-    return urllib.parse.quote(part, safe="")
+    return _quote(part, safe="")
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
 
 
 # ------------------------------------------------------------------ parsing
@@ -734,26 +830,48 @@ def parser() -> argparse.ArgumentParser:
 
 def make_console() -> Console:
     """Rich output; when piped, wide enough that table rows stay on one line for grep."""
+    from rich.console import Console
+
     piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
     return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if piped else None)
 
 
+class LazyConsole:
+    """Stands in for a rich Console, made on first use: ``--help`` and ``--json`` never import rich."""
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        """The rich Console itself, for rich code that needs one (not a stand-in)."""
+        if self._console is None:
+            self._console = make_console()
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = parser().parse_args(argv)
-    console = console or make_console()
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = console or LazyConsole()
     client = Client(args.master, os.environ.get("MSCHEDULE_TOKEN") or None)
     fn: Callable[[Client, Any, Console], int] = args.fn
     try:
         return fn(client, args, console)
     except CliError as e:
-        err.print(f"mschedule: error: {e}", markup=False)
+        _err(f"mschedule: error: {e}")
         return e.status
     except KeyboardInterrupt:
-        err.print("mschedule: interrupted", markup=False)
+        _err("mschedule: interrupted")
         task_id = getattr(args, "task", None)
         if task_id:
-            err.print(f"follow it with: mschedule status {task_id}", markup=False)
+            _err(f"follow it with: mschedule status {task_id}")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

@@ -14,24 +14,25 @@ Every command takes ``--json``.
 from __future__ import annotations
 
 import argparse
-import base64
-import getpass
 import json
-import socket
 import sys
-from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from .cli import EXIT_OK, EXIT_USAGE, CliError, Client, b64, escape, finish, follow, number, quote, styled, when
+from .cli import table as new_table
 
-from . import jobs
-from .cli import EXIT_OK, EXIT_USAGE, CliError, Client, finish, follow, number, quote, styled, when
+# rich, the jobs module (hashlib, tomllib, orjson) and getpass are imported where used (CLI start, issue 22).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rich.console import Console
 
 
 def author() -> str:
     """Who saves or runs: ``user@host`` of this shell."""
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except (OSError, KeyError):
@@ -117,15 +118,20 @@ def latest_or_none(client: Client, name: str) -> dict[str, Any] | None:
         raise
 
 
+def open_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def cmd_save(client: Client, args, console: Console) -> int:
     try:
-        script = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        script = sys.stdin.buffer.read() if args.file == "-" else open_bytes(args.file)
     except OSError as e:
         raise CliError(f"cannot read {args.file}: {e.strerror}") from None
     previous = None if args.clear_defaults else latest_or_none(client, args.job)
     defaults = {**(previous or {}).get("defaults", {}), **given_flags(args)}
     description = args.description if args.description is not None else (previous or {}).get("description", "")
-    body = {"script": base64.b64encode(script).decode(), "description": description, "defaults": defaults,
+    body = {"script": b64(script), "description": description, "defaults": defaults,
             "message": args.message or "", "author": author()}  # fmt: skip
     doc = client.post(f"/api/v1/jobs/{quote(args.job)}/versions", body)
     if args.json:
@@ -142,7 +148,7 @@ def cmd_list(client: Client, args, console: Console) -> int:
     found = client.get("/api/v1/jobs")["jobs"]
     if args.json:
         return print_json(found)
-    table = Table(title=f"{len(found)} jobs", title_justify="left")
+    table = new_table(f"{len(found)} jobs")
     for col in ("Name", "Latest", "Default", "Description", "Saved", "By"):
         table.add_column(col, overflow="fold")
     for j in found:
@@ -163,6 +169,8 @@ def cmd_show(client: Client, args, console: Console) -> int:
     console.print(f"script sha256 {doc['script_sha256']}", markup=False)
     if doc["description"]:
         console.print(f"description: {doc['description']}", markup=False)
+    from . import jobs
+
     text = jobs.defaults_toml(doc["defaults"]).rstrip("\n")
     console.print("defaults:" + ("\n" + text if text else " none"), markup=False)
     console.rule("script", align="left")
@@ -176,14 +184,14 @@ def cmd_history(client: Client, args, console: Console) -> int:
     runs = client.get(f"/api/v1/jobs/{quote(args.job)}/runs", limit=args.limit)["runs"]
     if args.json:
         return print_json({"job": doc, "runs": runs})
-    versions = Table(title=f"{doc['name']}: versions (default {doc['default_version']})", title_justify="left")
+    versions = new_table(f"{doc['name']}: versions (default {doc['default_version']})")
     for col in ("Version", "Saved", "By", "Message", "Script sha256"):
         versions.add_column(col, overflow="fold")
     for v in doc["versions"]:
         versions.add_row(str(v["version"]), when(v["created_at"]), escape(v["author"]), escape(v["message"]),
                          v["script_sha256"][:16])  # fmt: skip
     console.print(versions)
-    table = Table(title=f"{doc['name']}: runs, newest first", title_justify="left")
+    table = new_table(f"{doc['name']}: runs, newest first")
     for col in ("Task", "Version", "Started", "By", "State", "Targets", "Re-run of"):
         table.add_column(col, overflow="fold")
     for r in runs:
@@ -244,6 +252,8 @@ def _follow_task(client: Client, task: dict[str, Any], args, console: Console, w
 
 
 def cmd_push(client: Client, args, console: Console) -> int:
+    from . import jobs
+
     try:
         found = jobs.read_dir(args.dir)  # every file checked before anything is saved
     except jobs.JobError as e:
@@ -254,7 +264,7 @@ def cmd_push(client: Client, args, console: Console) -> int:
     results = []
     for f in found:
         c = f.content
-        body = {"script": base64.b64encode(c.script).decode(), "description": c.description, "defaults": c.defaults,
+        body = {"script": b64(c.script), "description": c.description, "defaults": c.defaults,
                 "message": message, "author": author()}  # fmt: skip
         doc = client.post(f"/api/v1/jobs/{quote(f.name)}/versions", body)
         results.append({"job": f.name, "version": doc["version"], "created": doc["created"], "file": f.path})
@@ -269,6 +279,10 @@ def cmd_push(client: Client, args, console: Console) -> int:
 def cmd_pull(client: Client, args, console: Console) -> int:
     name, version = split_ref(args.ref)
     doc = client.get(f"/api/v1/jobs/{quote(name)}/versions/{quote(version or 'default')}")
+    import base64
+
+    from . import jobs
+
     script = doc["script"].encode() if doc["script_encoding"] == "utf-8" else base64.b64decode(doc["script"])
     content = jobs.make_content(script, doc["description"], doc["defaults"])
     try:
@@ -285,7 +299,7 @@ def cmd_agent_history(client: Client, args, console: Console) -> int:
     rows = client.get(f"/api/v1/agents/{quote(args.agent)}/history", limit=args.limit)["history"]
     if args.json:
         return print_json(rows)
-    table = Table(title=f"{args.agent}: what ran here, newest first", title_justify="left")
+    table = new_table(f"{args.agent}: what ran here, newest first")
     for col in ("Task", "Job", "Started", "State", "Exit", "Script sha256 (reported)"):
         table.add_column(col, overflow="fold")
     for r in rows:

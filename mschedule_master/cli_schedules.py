@@ -12,15 +12,15 @@ Every command takes ``--json``. Fire times print in the schedule's zone.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from .cli import EXIT_OK, Client, escape, quote, when
+from .cli import table as new_table
 
-from .cli import EXIT_OK, Client, quote, when
+TYPE_CHECKING = False  # rich, datetime and zoneinfo are imported where used (CLI start, issue 22)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rich.console import Console
 from .cli_jobs import add_run_flags, author, given_flags, print_json
 
 OUTCOME_STYLE = {"fired": "green", "caught-up": "cyan", "missed": "yellow", "skipped-overlap": "yellow",
@@ -31,6 +31,9 @@ def at(ts: int | None, tz: str) -> str:
     """A fire time in the schedule's zone: ``2026-12-01 02:30 CET``."""
     if ts is None:
         return "-"
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
     return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
@@ -68,7 +71,7 @@ def cmd_list(client: Client, args, console: Console) -> int:
     found = client.get("/api/v1/schedules")["schedules"]
     if args.json:
         return print_json(found)
-    table = Table(title=f"{len(found)} schedules", title_justify="left")
+    table = new_table(f"{len(found)} schedules")
     for col in ("NAME", "JOB", "CRON", "TZ", "OVERLAP", "MISFIRE", "STATE", "NEXT"):
         table.add_column(col)
     for d in found:
@@ -94,7 +97,7 @@ def cmd_show(client: Client, args, console: Console) -> int:
     if doc["missed_earlier"]:
         console.print(f"[yellow]{doc['missed_earlier']} older fire times missed (not listed one by one)[/]")
     console.print("next: " + ", ".join(at(t, tz) for t in doc["next"]))
-    table = Table(title="last runs, newest first", title_justify="left")
+    table = new_table("last runs, newest first")
     for col in ("FIRE TIME", "OUTCOME", "TASK", "STATE", "ERROR"):
         table.add_column(col)
     for r in doc["runs"]:
@@ -134,6 +137,9 @@ def cmd_next(client: Client, args, console: Console) -> int:
     times = client.get(_path(args.schedule, "/next"), n=args.n)["next"]
     if args.json:
         return print_json(times)
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
     for t in times:
         console.print(f"{at(t, tz)}  ({datetime.fromtimestamp(t, ZoneInfo('UTC')).strftime('%H:%MZ')})")
     return EXIT_OK

@@ -149,7 +149,7 @@ def test_run_keeps_following_across_a_master_restart(ui_fleet):
                 break
         assert b"1 running" in seen, seen
         ui_fleet.master.stop()
-        for _ in range(50):  # the CLI notices (it polls every 2 s) and keeps waiting
+        for _ in range(50):  # the CLI notices (its event stream breaks; it polls) and keeps waiting
             line = p.stdout.readline()
             seen += line
             if b"master unreachable" in line or not line:
@@ -167,3 +167,19 @@ def test_run_keeps_following_across_a_master_restart(ui_fleet):
     assert "master unreachable; retrying" in text
     assert "1/1 done - 1 succeeded" in text and "survived" in text
     ui_fleet.wait_online(30)
+
+
+def test_run_returns_at_once_when_the_task_ends(ui_fleet):
+    """Issue 22: the CLI follows the task's events and exits right after its end, not at
+    a next poll. The gap from the master's finished_at to the process's exit includes the
+    final read and the interpreter's exit; the bound is generous for a loaded machine."""
+    gaps = []
+    for _ in range(3):
+        p = mschedule(ui_fleet, "run", "-t", "role=web", "--parallel", "2", "--json", "-c", "sleep 0.3")
+        exited = time.time()
+        assert p.returncode == 0, p.stderr
+        task = json.loads(p.stdout)
+        assert task["state"] == "SUCCEED" and task["finished_at"] is not None
+        gaps.append(exited - task["finished_at"])
+    assert all(g >= 0 for g in gaps), gaps
+    assert sorted(gaps)[1] < 1.0, gaps  # the median of 3

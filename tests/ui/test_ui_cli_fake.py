@@ -340,3 +340,45 @@ def test_a_revised_verdict_shows_in_the_table_and_the_summary_with_when(capsys):
     when = cli.when(1_800_000_000.0)
     assert f"SUCCEED (revised from UNREACHABLE at {when})" in out
     assert f"verdict revised at {when}" in out
+
+
+def test_run_follows_events_reads_the_task_only_at_start_and_end_and_exits_at_once(live_api, capsys):
+    """Issue 22: the progress redraws from the events' counts (no task reads in between) and
+    the CLI returns as soon as the end's event arrives, not at its next poll."""
+    service = live_api.service
+    reads: list[bool] = []  # per task read: with targets (a full read) or counts only
+    plain_task = service.task
+
+    def counting_task(task_id, **kw):
+        reads.append(kw.get("targets", True))
+        return plain_task(task_id, **kw)
+
+    service.task = counting_task
+    finished: list[float] = []
+
+    def drive():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (service.task_by_id and service.subscriber_count()):
+            time.sleep(0.01)
+        time.sleep(0.3)  # the CLI has subscribed and read the task once
+        task_id = sorted(service.task_by_id)[-1]
+        for agent_id, state in (("web1", TargetState.RUNNING), ("web2", TargetState.RUNNING),
+                                ("web1", TargetState.SUCCEED)):  # fmt: skip
+            live_api.call(lambda a=agent_id, s=state: service.set_target(task_id, a, s))
+            time.sleep(0.4)  # four 0.1 s polls would fit in here
+        live_api.call(lambda: service.finish_all(task_id))
+        finished.append(time.monotonic())
+
+    t = threading.Thread(target=drive, daemon=True)
+    t.start()
+    rc = mschedule(live_api, "run", "-t", "role=web", "--parallel", "2", "-c", "echo hi")
+    returned = time.monotonic()
+    t.join(20)
+    out = capsys.readouterr().out
+    assert rc == 0 and finished, out
+    assert "0/2 done - 0 succeeded, 0 failed, 2 running, 0 waiting" in out  # redrawn from an event's counts
+    assert "1/2 done - 1 succeeded, 0 failed, 1 running, 0 waiting" in out
+    assert "2/2 done - 2 succeeded" in out
+    assert reads.count(True) == 2, reads  # full reads: the submit's answer, and the end
+    assert reads.count(False) <= 3, reads  # counts-only reads: at the start and on subscribing, not per poll
+    assert returned - finished[0] < 1.0
