@@ -14,6 +14,7 @@ demo: bootstrap
 
 test: BROWSER=1
 test: bootstrap
+	$(PY) -m ruff check mschedule_agent mschedule_master harness bench tests scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: bootstrap

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     results = {
         "command": command,
-        "started_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "started_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -71,7 +71,7 @@ class _Echo:
         start = time.perf_counter()
         self.pinger.publish(self.ping_topic, b"x" * 200, qos=1)
         if not self._got.wait(timeout):
-            raise TimeoutError("no echo within %ss" % timeout)
+            raise TimeoutError(f"no echo within {timeout}s")
         return time.perf_counter() - start
 
 

@@ -16,7 +16,6 @@ import time
 import uuid
 
 from harness.procs import Proc
-
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Register, Result, Task, Topics
 from mschedule_agent.transport import Incoming, MqttTransport

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: starting mschedule-master (HTTP {http}) and {len(DEMO_AGENTS)} agents", flush=True)
         fleet = start_demo_fleet(workdir, broker.url, DEMO_PREFIX, http=http, master_flags=PRODUCTION_TIMINGS,
                                  agent_flags={"heartbeat": 2, "will_delay": 5})  # fmt: skip
-        for a, lab in zip(fleet.agents, DEMO_AGENTS):
+        for a, lab in zip(fleet.agents, DEMO_AGENTS, strict=False):
             print(f"  agent {a.agent_id[:12]}  " + " ".join(f"{k}={v}" for k, v in lab.items()), flush=True)
         print(flush=True)
         status = run_sample(fleet.url)

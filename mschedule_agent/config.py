@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__ as _version
 from .errors import ConfigError
-from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, check_level, ProtocolError, Topics
+from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, ProtocolError, Topics, check_level
 from .transport import BrokerURL
 
 ENV_PREFIX = "MSCHEDULE_AGENT_"

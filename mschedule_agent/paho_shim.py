@@ -33,6 +33,7 @@ from typing import Any
 
 from .paho_import import import_paho
 
+
 def _paho() -> types.ModuleType:
     return import_paho()
 

@@ -614,25 +614,25 @@ class MasterAnswer:
         _check_ids(nonce=self.nonce, instance=self.instance)
 
 
-Message = Union[
-    Register,
-    Offline,
-    Heartbeat,
-    Task,
-    Kill,
-    ResultAck,
-    Ack,
-    Started,
-    Result,
-    Reject,
-    Submit,
-    SubmitReply,
-    Progress,
-    Summary,
-    MasterStatus,
-    MasterChallenge,
-    MasterAnswer,
-]
+Message = (
+    Register
+    | Offline
+    | Heartbeat
+    | Task
+    | Kill
+    | ResultAck
+    | Ack
+    | Started
+    | Result
+    | Reject
+    | Submit
+    | SubmitReply
+    | Progress
+    | Summary
+    | MasterStatus
+    | MasterChallenge
+    | MasterAnswer
+)
 
 # --------------------------------------------------------------------------- encode / decode
 

@@ -19,9 +19,9 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 
 from __future__ import annotations
 
-import logging
 import heapq
 import itertools
+import logging
 import random
 import selectors
 import socket

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from .cli import EXIT_OK, EXIT_USAGE, CliError, Client, b64, escape, finish, follow, number, quote, styled, when
+from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, b64, escape, finish, follow, number, quote, styled, when
 from .cli import table as new_table
 
 # rich, the jobs module (hashlib, tomllib, orjson) and getpass are imported where used (CLI start, issue 22).

@@ -15,13 +15,13 @@ import argparse
 
 from .cli import EXIT_OK, Client, escape, quote, when
 from .cli import table as new_table
+from .cli_jobs import add_run_flags, author, given_flags, print_json
 
 TYPE_CHECKING = False  # rich, datetime and zoneinfo are imported where used (CLI start, issue 22)
 if TYPE_CHECKING:
     from typing import Any
 
     from rich.console import Console
-from .cli_jobs import add_run_flags, author, given_flags, print_json
 
 OUTCOME_STYLE = {"fired": "green", "caught-up": "cyan", "missed": "yellow", "skipped-overlap": "yellow",
                  "queued": "blue", "not-started": "red"}  # fmt: skip

@@ -405,7 +405,8 @@ class Daemon:
         return None if age < READY_BACKLOG else f"inbox {age:.0f} s behind ({len(self._inbox)} message(s))"
 
     def _fatal(self, message: str, *args: object) -> None:
-        log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)
+        # called from except blocks: exc_info is the error that stops the master
+        log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)  # noqa: LOG014
         self.exit_code = EXIT_FAILED
         assert self._stop is not None
         self._stop.set()

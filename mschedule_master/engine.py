@@ -51,6 +51,10 @@ REVIVED_KEPT = 8
 Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
 
 
+#: Timing is a frozen dataclass: one default instance is safe to share.
+DEFAULT_TIMING = Timing()
+
+
 @dataclass(slots=True)
 class _Active:
     """An unfinished task: its rollout, and what the agents need to run it."""
@@ -81,7 +85,7 @@ class Engine:
         transport: Transport,
         topics: Topics,
         registry: Registry,
-        timing: Timing = Timing(),
+        timing: Timing = DEFAULT_TIMING,
         groups: dict[str, list[str]] | None = None,
         clock: Callable[[], float] = time.time,
         resolver: Resolver = targeting.resolve,

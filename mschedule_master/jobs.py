@@ -184,7 +184,7 @@ def render(content: JobContent) -> list[str]:
     """A version as text lines (description, defaults as TOML, script) for diffs."""
     lines = [f"# description: {content.description}"] if content.description else []
     lines += defaults_toml(content.defaults).splitlines()
-    lines.append("# ---- script (sha256 %s)" % content.script_sha256)
+    lines.append(f"# ---- script (sha256 {content.script_sha256})")
     lines += content.script.decode("utf-8", "replace").splitlines()
     return lines
 

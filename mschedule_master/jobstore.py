@@ -145,7 +145,7 @@ class JobStore:
         ).fetchall()
         counts = self.store._counts([r[0] for r in rows])
         keys = ("task_id", "version", "created_at", "finished_at", "state", "submitted_by", "rerun_of", "target_count")
-        return [{**dict(zip(keys, r)), "counts": counts.get(r[0], {})} for r in rows]
+        return [{**dict(zip(keys, r, strict=True)), "counts": counts.get(r[0], {})} for r in rows]
 
     def agent_history(self, agent_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """What ran on an agent, newest first: the task, its job version, the script's
@@ -158,7 +158,7 @@ class JobStore:
         )
         keys = ("task_id", "name", "job", "version", "script_sha256", "reported_sha256", "state", "code", "reason",
                 "created_at", "finished_at")  # fmt: skip
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def footprint(self, name: str, version: int) -> dict[str, dict[str, Any]]:
         """agent id -> how the last run of ``name@version`` there ended (task, state, code)."""

@@ -32,7 +32,7 @@ READ_THREADS = 2
 class ReadOnlyStore(Store):
     """A :class:`Store` on a read-only connection: its read methods, no migration, no writes."""
 
-    def __init__(self, path: str) -> None:  # noqa: super().__init__ would migrate (write)
+    def __init__(self, path: str) -> None:  # not super().__init__: that would migrate (write)
         self.path = path
         self._depth = 0
         self._savepoint = ""

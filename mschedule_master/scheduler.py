@@ -29,7 +29,15 @@ from .jobs import JobError, build_submit
 from .jobservice import JobService
 from .models import InvalidRequest, NotFound
 from .schedules import (
-    DEFAULT_VERSION, Outcome, Plan, Record, Schedule, ScheduleError, StartQueued, next_fire_times, plan,
+    DEFAULT_VERSION,
+    Outcome,
+    Plan,
+    Record,
+    Schedule,
+    ScheduleError,
+    StartQueued,
+    next_fire_times,
+    plan,
 )  # fmt: skip
 from .schedulestore import ScheduleExists, ScheduleStore, StoredSchedule
 

@@ -170,7 +170,7 @@ class ScheduleStore:
             (name, limit),
         )
         keys = ("fire_time", "outcome", "recorded_at", "task_id", "error", "task_state", "finished_at")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def outcome_counts(self, name: str) -> dict[str, int]:
         rows = self._conn.execute(

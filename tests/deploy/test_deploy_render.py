@@ -56,7 +56,7 @@ def test_edge_bridges_follow_the_decided_conventions():
     assert int(dict(head)["max_queued_messages"]) >= 100_000, "the default 1,000 drops a datacenter's backlog"
     assert list(conns) == ["mschedule-bridge-bj", "mschedule-uplink-bj"]
     down, up = (dict(conns[n]) for n in conns)
-    for name, c in zip(conns, (down, up)):
+    for name, c in zip(conns, (down, up), strict=True):
         assert c["remote_clientid"] == c["remote_username"] == name
         assert (c["bridge_protocol_version"], c["cleansession"]) == ("mqttv311", "false")
         assert c["address"] == "central.example.com:1883"

@@ -92,7 +92,10 @@ def test_freed_pages_are_handed_back(rig):
     rig.register("a")
     task_id = rig.submit(["a"]).task_id
     _finish(rig, task_id, ["a"], output=b"x" * 2_000_000)
-    size = lambda: _rows(rig, "pragma page_count")[0][0]
+
+    def size() -> int:
+        return _rows(rig, "pragma page_count")[0][0]
+
     before = size()
     rig.clock.advance(31 * DAY)
     ret = Retention(store=rig.store, policy=Policy(days=30), clear_summary=lambda _t: None)

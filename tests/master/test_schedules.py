@@ -39,7 +39,7 @@ from mschedule_master.schedules import (
     plan,
 )
 
-O = Outcome
+O = Outcome  # noqa: E741  (the tables read better with one letter)
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 H = 3600
 

@@ -27,7 +27,7 @@ def _fleet_online(pfleet):
 
 def _heartbeats_after(watch: Collector, since: float) -> set[str]:
     with watch._cond:
-        return {m.topic.split("/")[-2] for m, t in zip(watch.messages, watch.arrivals) if t >= since}
+        return {m.topic.split("/")[-2] for m, t in zip(watch.messages, watch.arrivals, strict=True) if t >= since}
 
 
 def test_a_healed_link_carries_traffic_within_3s_both_ways(pfleet):

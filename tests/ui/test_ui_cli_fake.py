@@ -6,6 +6,7 @@ test_ui_cli_e2e.py; these cover the CLI's own behaviour quickly.)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,6 @@ from mschedule_master import cli
 from mschedule_master.states import TargetState
 
 
-
 def advance(live_api, fn, *, timeout: float = 20.0) -> threading.Thread:
     """In the background: wait for the first task, then ``fn(service, task_id)`` on the API's loop."""
 
@@ -29,7 +29,7 @@ def advance(live_api, fn, *, timeout: float = 20.0) -> threading.Thread:
         while time.monotonic() < deadline:
             ids = live_api.call(lambda: sorted(live_api.service.task_by_id))
             if ids:
-                live_api.call(lambda: fn(live_api.service, ids[-1]))
+                live_api.call(functools.partial(fn, live_api.service, ids[-1]))
                 return
             time.sleep(0.05)
 

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import pytest
 
 
-
 def call(fleet, method: str, path: str, body: bytes | None = None, timeout: float = 30):
     """``(status, headers, body bytes)`` of one request; errors are answers, not exceptions."""
     req = urllib.request.Request(fleet.url + path, data=body, method=method)
