@@ -114,10 +114,11 @@ def from_toml(path: str | Path) -> dict[str, object]:
         raise ConfigError(f"cannot read config file {path}: {e}", "config") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}", "config") from None
+    doc = {k.replace("-", "_"): v for k, v in doc.items()}  # delivery-timeout = delivery_timeout, as flags
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}", unknown[0])
-    return {k.replace("-", "_"): v for k, v in doc.items()}
+    return doc
 
 
 def from_env(env: dict[str, str]) -> dict[str, object]:

@@ -38,3 +38,14 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path, argv, env, toml, fi
     with pytest.raises(ConfigError) as e:
         config.load(argv, env)
     assert e.value.field == field
+
+
+def test_a_toml_key_spelled_with_dashes_is_the_setting_its_flag_names(tmp_path):
+    f = tmp_path / "master.toml"
+    f.write_text('delivery-timeout = 42\nlost_grace = 7\n')
+    s = config.load(["--config", str(f)], {})
+    assert (s.delivery_timeout, s.lost_grace) == (42.0, 7.0)
+    f.write_text('delivery-timeuot = 42\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(["--config", str(f)], {})
+    assert "delivery_timeuot" in str(e.value)
