@@ -12,7 +12,8 @@
     mschedule rerun TASK [--failed]
     mschedule history AGENT
 
-The master is ``--master URL`` or ``$MSCHEDULE_MASTER`` (default http://127.0.0.1:9900);
+The master is ``--master URL`` (or ``HOST:PORT``; before or after the command) or
+``$MSCHEDULE_MASTER`` (default http://127.0.0.1:9900);
 the token is ``$MSCHEDULE_TOKEN``. Exit status: 0 success (for ``run``: the task ended
 SUCCEED), 1 the task did not succeed, 2 bad usage or a request the master refused,
 3 the master cannot be reached (or refused the token), 130 interrupted.
@@ -698,7 +699,9 @@ def cmd_status(client: Client, args, console: Console) -> int:
     if args.json:
         print(json.dumps(task, indent=2))
     else:
-        limits = (f"parallel {task['parallel']}, fail_count {task['fail_count']}, fail_rate {task['fail_rate']}, "
+        fail_count = "no limit" if task["fail_count"] in (None, -1) else task["fail_count"]
+        fail_rate = "no limit" if task["fail_rate"] in (None, -1) else task["fail_rate"]
+        limits = (f"parallel {task['parallel']}, fail_count {fail_count}, fail_rate {fail_rate}, "
                   f"timeout {task['timeout'] or 'none'}, on_abort {task['on_abort']}")  # fmt: skip
         console.print(f"task [bold]{task['id']}[/] {styled(task['state'])}"
                       f"{escape(' (' + task['reason'] + ')') if task.get('reason') else ''}", highlight=False)
@@ -857,10 +860,37 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def master_url(text: str) -> str:
+    """``--master`` as given: a URL, or ``HOST:PORT`` / ``HOST`` meaning plain http."""
+    text = text.strip()
+    if "://" in text or not text or any(c.isspace() or c in "/?#@" for c in text):
+        return text  # a URL, or not a host: the client says "bad master URL"
+    return f"http://{text}"
+
+
+def hoist_master(argv: Sequence[str]) -> list[str]:
+    """Let ``--master`` stand anywhere (``mschedule agents --master H:P``, as git's ``-C``
+    must not be but users type it): move it before the subcommand, where argparse reads it."""
+    rest: list[str] = []
+    front: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":  # what follows is data, never an option
+            rest += [arg, *it]
+            break
+        if arg == "--master":
+            front += [arg, next(it, "")]
+        elif arg.startswith("--master="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(hoist_master(sys.argv[1:] if argv is None else list(argv)))
     console = console or LazyConsole()
-    client = Client(args.master, os.environ.get("MSCHEDULE_TOKEN") or None)
+    client = Client(master_url(args.master), os.environ.get("MSCHEDULE_TOKEN") or None)
     fn: Callable[[Client, Any, Console], int] = args.fn
     try:
         return fn(client, args, console)

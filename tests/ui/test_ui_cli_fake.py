@@ -382,3 +382,23 @@ def test_run_follows_events_reads_the_task_only_at_start_and_end_and_exits_at_on
     assert reads.count(True) == 2, reads  # full reads: the submit's answer, and the end
     assert reads.count(False) <= 3, reads  # counts-only reads: at the start and on subscribing, not per poll
     assert returned - finished[0] < 1.0
+
+
+def test_master_may_be_host_port_and_may_follow_the_subcommand():
+    from mschedule_master.cli import hoist_master, master_url
+
+    assert master_url("127.0.0.1:9900") == "http://127.0.0.1:9900"
+    assert master_url("https://m.example:8443/") == "https://m.example:8443/"
+    assert hoist_master(["agents", "--json", "--master", "h:1"]) == ["--master", "h:1", "agents", "--json"]
+    assert hoist_master(["status", "T", "--master=h:2"]) == ["--master=h:2", "status", "T"]
+    assert hoist_master(["run", "-t", "all", "--", "--master", "x"]) == ["run", "-t", "all", "--", "--master", "x"]
+
+
+
+def test_status_says_no_limit_for_unlimited_fail_limits(live_api, capsys):
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "-c", "true") == 0  # no fail limits given
+    task_id = capsys.readouterr().out.split()[-1]
+    mschedule(live_api, "status", task_id)
+    out = capsys.readouterr().out
+    assert "fail_count no limit, fail_rate no limit" in out, out
+    assert "None" not in out
