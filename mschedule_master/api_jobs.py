@@ -59,6 +59,10 @@ def task_links(service: Any, task_id: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: The largest version number (SQLite's integers are 64-bit; no job gets near this).
+MAX_VERSION = 2**31 - 1
+
+
 def _version_param(request: web.Request, raw: str | None, name: str = "version") -> int | None:
     """An integer version, or None for ``default`` / absent."""
     if raw is None or raw in ("", "default"):
@@ -69,8 +73,8 @@ def _version_param(request: web.Request, raw: str | None, name: str = "version")
         value = int(raw)
     except ValueError:
         raise _api.ApiError(400, f"{name} must be a version number, 'latest' or 'default'", name) from None
-    if value < 1:
-        raise _api.ApiError(400, f"{name} must be >= 1", name)
+    if not 1 <= value <= MAX_VERSION:
+        raise _api.ApiError(400, f"{name} must be between 1 and {MAX_VERSION}", name)
     return value
 
 
@@ -157,7 +161,7 @@ async def diff_versions(request: web.Request) -> web.Response:
 async def set_default(request: web.Request) -> web.Response:
     body = await _object(request)
     raw = body.get("version")
-    if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or raw < 1):
+    if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= MAX_VERSION):
         raise _api.ApiError(400, "version must be a version number >= 1, or null for the latest", "version")
     return _api.json_response(summary_json(jobs_of(request).set_default(request.match_info["name"], raw)))
 
