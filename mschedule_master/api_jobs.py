@@ -117,6 +117,8 @@ async def save_version(request: web.Request) -> web.Response:
     for key in ("description", "message"):
         if not isinstance(body.get(key, ""), str):
             raise _api.ApiError(400, f"{key} must be a string", key)
+    if not isinstance(body.get("defaults", {}), dict | None):
+        raise _api.ApiError(400, "defaults must be an object (or null)", "defaults")
     version, created = jobs_of(request).save(
         request.match_info["name"], script, description=body.get("description", ""),
         defaults=body.get("defaults") or {}, author=_author(request, body), message=body.get("message", ""),

@@ -244,7 +244,7 @@ SCHEMAS: dict[str, Any] = {
             "script": {"type": ["string", "null"], "contentEncoding": "base64"},
             "script_text": {"type": ["string", "null"]},
             "description": {"type": "string"},
-            "defaults": {"type": "object", "description": "any of: " + ", ".join(
+            "defaults": {"type": ["object", "null"], "description": "any of: " + ", ".join(
                 ("targets", "name", "timeout", "parallel", "fail_rate", "fail_count", "on_abort", "env", "cwd",
                  "output_cap", "delivery_timeout"))},
             "author": _AUTHOR,
@@ -273,8 +273,9 @@ _TASK_LINKS = {
     "KillTask": {"operationId": "killTask", "parameters": _BY_ID},
     "RerunTask": {"operationId": "rerunTask", "parameters": _BY_ID},
 }
-_JOB = _path_param("name", "job name")
+_JOB = {**_path_param("name", "job name"), "example": "hello"}
 _VERSION_PATTERN = "^([1-9][0-9]{0,8}|latest|default)$"  # up to api_jobs.MAX_VERSION
+_VERSION_QUERY = "^([1-9][0-9]{0,8}|latest|default)?$"  # empty = the parameter's default
 _VERSION = {**_path_param("version", "version number, 'latest' or 'default'"),
             "schema": {"type": "string", "pattern": _VERSION_PATTERN}}
 _AGENT_ID = _path_param("agent_id", "agent id")
@@ -484,9 +485,9 @@ PATHS: dict[str, Any] = {
     "/api/v1/jobs/{name}/diff": {
         "get": {
             "summary": "A unified diff between two versions (description, defaults, script)",
-            "parameters": [_JOB, _query("from", {"type": "string", "pattern": _VERSION_PATTERN},
+            "parameters": [_JOB, _query("from", {"type": "string", "pattern": _VERSION_QUERY},
                                                 "version (default: the one before to)"),
-                           _query("to", {"type": "string", "pattern": _VERSION_PATTERN},
+                           _query("to", {"type": "string", "pattern": _VERSION_QUERY},
                                   "version (default: the latest)")],
             "responses": {"200": _json({"type": "object", "properties": {"from": {"type": "integer"},
                           "to": {"type": "integer"}, "diff": {"type": "string"}}}, "the diff"),
@@ -630,7 +631,7 @@ SCHEMAS.update({
     },
 })  # fmt: skip
 
-_SCHEDULE = _path_param("name", "schedule name")
+_SCHEDULE = {**_path_param("name", "schedule name"), "example": "hello-nightly"}
 _ONE_SCHEDULE = _json(_ref("Schedule"), "the schedule")
 _NO_SCHEDULE = _err("unknown schedule")
 PATHS.update({
@@ -730,6 +731,62 @@ _AUTH_MODES = (
 )
 
 
+# ---------------------------------------------------------------- examples and links
+# Example bodies (a client's first request; schemathesis's examples phase sends them, so
+# its later phases find a job, a schedule and tasks to work on) and the links from what a
+# request creates to the routes that take its name or id.
+_NAME = {"name": "$request.path.name"}
+_SAVED = {"name": "$request.path.name", "version": "$response.body#/version"}
+_SCHEDULED = {"name": "$response.body#/name"}
+_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/jobs/{name}/versions"): {
+        "example": {"script_text": "echo hello", "description": "says hello"},
+        "links": {"GetJob": ("getJob", _NAME), "GetVersion": ("getVersion", _SAVED), "RunJob": ("runJob", _NAME),
+                  "Footprint": ("getFootprint", _SAVED), "JobRuns": ("getJobRuns", _NAME),
+                  "Diff": ("getDiff", _NAME), "SetDefault": ("setDefault", _NAME)},
+    },
+    ("get", "/api/v1/jobs/{name}"): {"operationId": "getJob"},
+    ("get", "/api/v1/jobs/{name}/versions/{version}"): {"operationId": "getVersion"},
+    ("get", "/api/v1/jobs/{name}/versions/{version}/footprint"): {"operationId": "getFootprint"},
+    ("get", "/api/v1/jobs/{name}/diff"): {"operationId": "getDiff"},
+    ("get", "/api/v1/jobs/{name}/runs"): {"operationId": "getJobRuns"},
+    ("post", "/api/v1/jobs/{name}/default"): {"operationId": "setDefault", "example": {"version": None}},
+    ("post", "/api/v1/jobs/{name}/run"): {"operationId": "runJob", "example": {"targets": ["all"]},
+                                          "links": {"GetTask": ("getTask", _BY_ID), "KillTask": ("killTask", _BY_ID)}},
+    ("post", "/api/v1/schedules"): {
+        "example": {"name": "hello-nightly", "job": "hello", "cron": "0 3 * * *", "tz": "UTC"},
+        "links": {"GetSchedule": ("getSchedule", _SCHEDULED), "Pause": ("pauseSchedule", _SCHEDULED),
+                  "Resume": ("resumeSchedule", _SCHEDULED), "Next": ("nextFires", _SCHEDULED),
+                  "Runs": ("scheduleRuns", _SCHEDULED), "Delete": ("deleteSchedule", _SCHEDULED)},
+    },
+    ("get", "/api/v1/schedules/{name}"): {"operationId": "getSchedule"},
+    ("post", "/api/v1/schedules/{name}/pause"): {"operationId": "pauseSchedule"},
+    ("post", "/api/v1/schedules/{name}/resume"): {"operationId": "resumeSchedule"},
+    ("get", "/api/v1/schedules/{name}/next"): {"operationId": "nextFires"},
+    ("get", "/api/v1/schedules/{name}/runs"): {"operationId": "scheduleRuns"},
+    ("delete", "/api/v1/schedules/{name}"): {"operationId": "deleteSchedule"},
+}  # fmt: skip
+
+
+def _with_examples_and_links(paths: dict[str, Any]) -> dict[str, Any]:
+    out = {path: dict(ops) for path, ops in paths.items()}
+    for (method, path), extra in _OPERATIONS.items():
+        op = dict(out[path][method])
+        if "operationId" in extra:
+            op["operationId"] = extra["operationId"]
+        if "example" in extra:
+            media = op["requestBody"]["content"]["application/json"]
+            op["requestBody"] = {**op["requestBody"], "content": {"application/json": {**media,
+                                                                                      "example": extra["example"]}}}
+        if "links" in extra:
+            links = {name: {"operationId": target, "parameters": params}
+                     for name, (target, params) in extra["links"].items()}
+            op["responses"] = {code: {**answer, "links": links} if code in ("200", "201") else answer
+                               for code, answer in op["responses"].items()}
+        out[path][method] = op
+    return out
+
+
 def _with_guard_answers(paths: dict[str, Any], *, secured: bool) -> dict[str, Any]:
     """Each API operation's answers from the middleware, as the master's mode makes them:
     with a token 401, without one 403 (browser guard); every POST also 415 (not JSON);
@@ -767,7 +824,7 @@ def document(*, secured: bool = True) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}] if secured else [],
-        "paths": _with_guard_answers(PATHS, secured=secured),
+        "paths": _with_guard_answers(_with_examples_and_links(PATHS), secured=secured),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

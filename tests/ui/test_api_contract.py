@@ -76,7 +76,9 @@ def test_schemathesis_finds_no_failure(contract_fleet, tmp_path):
     tested = re.search(r"Tested: (\d+)", out)
     assert tested and int(tested[1]) >= 30, out[-3000:]  # every operation, not a schema that failed to load
     assert re.search(r"Stateful \(in", out), out[-3000:]  # the phase that follows links ran
-    print(f"schemathesis {contract_fleet.mode}: {cases[1]} cases, checks all, {seconds:.1f} s")
+    links = re.search(r"API Links:\s+(\d+) covered", out)
+    assert links and int(links[1]) >= 3, out[-3000:]  # e.g. task creation -> task, output, kill, rerun
+    print(f"schemathesis {contract_fleet.mode}: {cases[1]} cases, checks all, {links[1]} links covered, {seconds:.1f} s")
     log = contract_fleet.master.log()
     assert "Traceback" not in log, log[-5000:]
 
