@@ -242,7 +242,7 @@ def query_bool(request: web.Request, name: str) -> bool | None:
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -295,11 +295,11 @@ async def submit_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    raw_state = request.query.get("state") or None
+    raw_state = request.query.get("state")
     state = None
     if raw_state is not None:
         try:
-            state = TaskState(raw_state.upper())
+            state = TaskState(raw_state.upper() if raw_state.islower() else raw_state)
         except ValueError:
             names = ", ".join(s.value for s in TaskState)
             raise ApiError(400, f"state must be one of {names}", "state") from None

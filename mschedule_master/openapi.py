@@ -342,7 +342,8 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Tasks, newest first, paged",
             "parameters": [
-                _query("state", {"type": "string", "enum": TASK_STATES}, "only tasks in this state"),
+                _query("state", {"type": "string", "enum": [*TASK_STATES, *(s.lower() for s in TASK_STATES)]},
+                       "only tasks in this state (upper or lower case)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
                 _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "tasks to skip"),
             ],
