@@ -244,10 +244,10 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", name) from None
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):  # int() also takes " 5", "+5", "5_0"
+        raise ApiError(400, f"{name} must be an integer", name)
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
     return value

@@ -69,10 +69,9 @@ def _version_param(request: web.Request, raw: str | None, name: str = "version")
         return None
     if raw == "latest":
         return jobs_of(request).summary(request.match_info["name"]).latest
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _api.ApiError(400, f"{name} must be a version number, 'latest' or 'default'", name) from None
+    if not (raw.isascii() and raw.isdigit() and raw[0] != "0"):  # int() also takes " 1", "+1", "1_0"
+        raise _api.ApiError(400, f"{name} must be a version number, 'latest' or 'default'", name)
+    value = int(raw)
     if not 1 <= value <= MAX_VERSION:
         raise _api.ApiError(400, f"{name} must be between 1 and {MAX_VERSION}", name)
     return value

@@ -52,6 +52,8 @@ def _exactly_one(*names: str) -> list[dict[str, Any]]:
 #: A boolean query parameter: the spellings api.query_bool takes.
 QUERY_BOOL = {"type": "string", "enum": ["true", "false", "True", "False", "1", "0", "yes", "no"]}
 _MAX_VERSION = 2**31 - 1  # api_jobs.MAX_VERSION (openapi imports nothing of the master)
+_VERSION_PATTERN = "^([1-9][0-9]{0,8}|latest|default)$"  # up to api_jobs.MAX_VERSION
+_VERSION_QUERY = "^([1-9][0-9]{0,8}|latest|default)?$"  # empty = the parameter's default
 _UNAUTH = _err("missing or wrong bearer token (when the master has one)")
 
 SCHEMAS: dict[str, Any] = {
@@ -256,7 +258,8 @@ SCHEMAS: dict[str, Any] = {
         "description": "version (default: the job's default version), request_id, author, and any Submit field "
         "but the script's: those override the version's defaults",
         "properties": {
-            "version": {"type": ["integer", "null"], "minimum": 1, "maximum": _MAX_VERSION},
+            "version": {"type": ["integer", "string", "null"], "minimum": 1, "maximum": _MAX_VERSION,
+                        "pattern": _VERSION_QUERY, "description": "a number, latest or default"},
             "request_id": {"type": ["string", "null"]},
             "author": _AUTHOR,
             "targets": {"type": "array", "items": {"type": "string"}},
@@ -274,8 +277,6 @@ _TASK_LINKS = {
     "RerunTask": {"operationId": "rerunTask", "parameters": _BY_ID},
 }
 _JOB = {**_path_param("name", "job name"), "example": "hello"}
-_VERSION_PATTERN = "^([1-9][0-9]{0,8}|latest|default)$"  # up to api_jobs.MAX_VERSION
-_VERSION_QUERY = "^([1-9][0-9]{0,8}|latest|default)?$"  # empty = the parameter's default
 _VERSION = {**_path_param("version", "version number, 'latest' or 'default'"),
             "schema": {"type": "string", "pattern": _VERSION_PATTERN}}
 _AGENT_ID = _path_param("agent_id", "agent id")
