@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=  # e.g. DEMO_ARGS=--once: run the sample rollout, then stop everything
 
-.PHONY: demo test bench bootstrap clean
+.PHONY: demo test fuzz bench bootstrap clean
 
 bootstrap:
 	BROWSER=$(BROWSER) VENV=$(VENV) scripts/bootstrap.sh
@@ -16,6 +16,14 @@ test: BROWSER=1
 test: bootstrap
 	$(PY) -m ruff check mschedule_agent mschedule_master harness bench tests scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The API contract run of `make test` (tests/ui/test_api_contract.py), with more cases per
+# operation: minutes, for occasional use. FUZZ_EXAMPLES=N and FUZZ_SEED=N change it.
+FUZZ_EXAMPLES ?= 100
+FUZZ_SEED ?= 21
+fuzz: bootstrap
+	MSCHEDULE_CONTRACT_EXAMPLES=$(FUZZ_EXAMPLES) MSCHEDULE_CONTRACT_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest -p no:cacheprovider -s --timeout 3600 tests/ui/test_api_contract.py -k schemathesis
 
 bench: bootstrap
 	$(PY) -m bench

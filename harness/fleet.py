@@ -219,8 +219,15 @@ class Fleet:
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(self.master.http_url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        for name, value in self._auth().items():
+            req.add_header(name, value)
         with urllib.request.urlopen(req, timeout=10) as r:
             return orjson.loads(r.read())
+
+    def _auth(self) -> dict[str, str]:
+        """The Authorization header of a master started with ``master_flags={"token": ...}``."""
+        token = self.master_flags.get("token")
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def task(self, task_id: str) -> dict:
         """The task with its targets (and their output), as the HTTP API shows it."""
@@ -251,7 +258,8 @@ class Fleet:
         assert self.master is not None
         if self.master.http_url:
             try:
-                with urllib.request.urlopen(f"{self.master.http_url}/api/v1/agents?online=true", timeout=5) as r:
+                req = urllib.request.Request(f"{self.master.http_url}/api/v1/agents?online=true", headers=self._auth())
+                with urllib.request.urlopen(req, timeout=5) as r:
                     return len(orjson.loads(r.read())["agents"])
             except OSError:
                 return 0

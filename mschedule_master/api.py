@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
@@ -211,35 +212,42 @@ async def read_json(request: web.Request) -> Any:
 
 def parse_submit(body: Any) -> protocol.Submit:
     try:
-        return protocol.from_payload(protocol.Submit, body)
+        spec = protocol.from_payload(protocol.Submit, body)
     except DecodeError as e:
         raise ApiError(400, _strip_prefix(e.message), e.field or None) from None
+    if spec.version is not None and not 1 <= spec.version <= api_jobs.MAX_VERSION:
+        raise ApiError(400, f"version must be between 1 and {api_jobs.MAX_VERSION}", "version")
+    return spec
 
 
 def _strip_prefix(message: str) -> str:
     return message.removeprefix("invalid submit: ")
 
 
+#: The spellings of a boolean query parameter (openapi.QUERY_BOOL lists the same).
+TRUE_WORDS = ("true", "True", "1", "yes")
+FALSE_WORDS = ("false", "False", "0", "no")
+
+
 def query_bool(request: web.Request, name: str) -> bool | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
-    low = raw.lower()
-    if low in ("1", "true", "yes"):
+    if raw in TRUE_WORDS:
         return True
-    if low in ("0", "false", "no"):
+    if raw in FALSE_WORDS:
         return False
     raise ApiError(400, f"{name} must be true or false", name)
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", name) from None
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):  # int() also takes " 5", "+5", "5_0"
+        raise ApiError(400, f"{name} must be an integer", name)
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
     return value
@@ -287,11 +295,11 @@ async def submit_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    raw_state = request.query.get("state") or None
+    raw_state = request.query.get("state")
     state = None
     if raw_state is not None:
         try:
-            state = TaskState(raw_state.upper())
+            state = TaskState(raw_state.upper() if raw_state.islower() else raw_state)
         except ValueError:
             names = ", ".join(s.value for s in TaskState)
             raise ApiError(400, f"state must be one of {names}", "state") from None
@@ -385,7 +393,7 @@ def audit(request: web.Request, what: str, task: Task) -> None:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return json_response(openapi.document())
+    return json_response(openapi.document(secured=bool(request.app.get(TOKEN_KEY))))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -448,6 +456,11 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(400, str(e), e.field)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "body")
+    except web.HTTPMethodNotAllowed as e:
+        return json_response(
+            {"error": f"{e.method} is not allowed here", "field": "method"}, status=405,
+            headers={"Allow": ", ".join(sorted(e.allowed_methods))},
+        )  # fmt: skip
     except web.HTTPException as e:
         if e.status >= 400:
             return _error(e.status, e.reason)
@@ -480,7 +493,7 @@ async def browser_guard_middleware(request: web.Request, handler) -> web.StreamR
     """
     if not _needs_auth(request):
         return await handler(request)
-    if request.method == "POST" and request.content_type != "application/json":
+    if request.method == "POST" and request.content_type != "application/json" and not _bodiless(request):
         raise ApiError(415, "send the request body as JSON (Content-Type: application/json)", "Content-Type")
     if not request.app.get(TOKEN_KEY):
         if not is_loopback(_hostname(request.host)):
@@ -489,6 +502,12 @@ async def browser_guard_middleware(request: web.Request, handler) -> web.StreamR
         if origin is not None and request.method != "GET" and urlsplit(origin).netloc != request.host:
             raise ApiError(403, f"cross-origin request from {origin} refused", "Origin")
     return await handler(request)
+
+
+def _bodiless(request: web.Request) -> bool:
+    """No body and no Content-Type (``POST .../kill`` as curl -X POST sends it): what a browser
+    form cannot send (it always has a Content-Type), and a cross-site fetch has an Origin."""
+    return not request.body_exists and "Content-Type" not in request.headers
 
 
 def _hostname(host: str) -> str:
@@ -545,6 +564,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class ServerLog:
+    """aiohttp's server logger, but a request it cannot parse (a NUL byte in a header, a bad
+    request line) is one warning line: a client's mistake, not the master's, so no traceback."""
+
+    def __init__(self, inner: logging.Logger) -> None:
+        self.inner = inner
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = None, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            first = (str(exc_info.message).strip().splitlines() or ["?"])[0]
+            peer = args[0] if args else "?"
+            log.warning("malformed HTTP request from %s answered %s: %s", peer, exc_info.code, first)
+            return
+        self.inner.exception(msg, *args, exc_info=exc_info, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def check_bind(host: str, port: int, token: str | None) -> None:
     """Raise InsecureBind for a non-loopback address without a token (the daemon may call
     this before connecting to anything, to refuse to start at once)."""
@@ -564,7 +602,9 @@ async def start_http(
     every machine of the fleet.
     """
     check_bind(host, port, token)
-    runner = web.AppRunner(create_app(service, token=token, ops=ops), access_log=None, shutdown_timeout=2.0)
+    app = create_app(service, token=token, ops=ops)
+    server_log = ServerLog(logging.getLogger("aiohttp.server"))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=server_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -59,18 +59,21 @@ def task_links(service: Any, task_id: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: The largest version number (SQLite's integers are 64-bit; no job gets near this).
+MAX_VERSION = 2**31 - 1
+
+
 def _version_param(request: web.Request, raw: str | None, name: str = "version") -> int | None:
     """An integer version, or None for ``default`` / absent."""
     if raw is None or raw in ("", "default"):
         return None
     if raw == "latest":
         return jobs_of(request).summary(request.match_info["name"]).latest
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _api.ApiError(400, f"{name} must be a version number, 'latest' or 'default'", name) from None
-    if value < 1:
-        raise _api.ApiError(400, f"{name} must be >= 1", name)
+    if not (raw.isascii() and raw.isdigit() and raw[0] != "0"):  # int() also takes " 1", "+1", "1_0"
+        raise _api.ApiError(400, f"{name} must be a version number, 'latest' or 'default'", name)
+    value = int(raw)
+    if not 1 <= value <= MAX_VERSION:
+        raise _api.ApiError(400, f"{name} must be between 1 and {MAX_VERSION}", name)
     return value
 
 
@@ -113,6 +116,8 @@ async def save_version(request: web.Request) -> web.Response:
     for key in ("description", "message"):
         if not isinstance(body.get(key, ""), str):
             raise _api.ApiError(400, f"{key} must be a string", key)
+    if not isinstance(body.get("defaults", {}), dict | None):
+        raise _api.ApiError(400, "defaults must be an object (or null)", "defaults")
     version, created = jobs_of(request).save(
         request.match_info["name"], script, description=body.get("description", ""),
         defaults=body.get("defaults") or {}, author=_author(request, body), message=body.get("message", ""),
@@ -157,7 +162,7 @@ async def diff_versions(request: web.Request) -> web.Response:
 async def set_default(request: web.Request) -> web.Response:
     body = await _object(request)
     raw = body.get("version")
-    if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or raw < 1):
+    if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= MAX_VERSION):
         raise _api.ApiError(400, "version must be a version number >= 1, or null for the latest", "version")
     return _api.json_response(summary_json(jobs_of(request).set_default(request.match_info["name"], raw)))
 

@@ -38,6 +38,22 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _NUM = {"type": ["number", "null"]}
+#: Who did it; the master records "http:<client address>" when it is absent or null.
+_AUTHOR = {"type": ["string", "null"], "maxLength": 200, "pattern": "^[^\\u0000]*$"}
+
+
+def _exactly_one(*names: str) -> list[dict[str, Any]]:
+    """``oneOf`` branches: exactly one of ``names`` is given as a string, the others absent or null."""
+    return [
+        {"required": [name], "properties": {n: {"type": "string"} if n == name else {"type": "null"} for n in names}}
+        for name in names
+    ]
+
+#: A boolean query parameter: the spellings api.query_bool takes.
+QUERY_BOOL = {"type": "string", "enum": ["true", "false", "True", "False", "1", "0", "yes", "no"]}
+_MAX_VERSION = 2**31 - 1  # api_jobs.MAX_VERSION (openapi imports nothing of the master)
+_VERSION_PATTERN = "^([1-9][0-9]{0,8}|latest|default)$"  # up to api_jobs.MAX_VERSION
+_VERSION_QUERY = "^([1-9][0-9]{0,8}|latest|default)?$"  # empty = the parameter's default
 _UNAUTH = _err("missing or wrong bearer token (when the master has one)")
 
 SCHEMAS: dict[str, Any] = {
@@ -69,13 +85,19 @@ SCHEMAS: dict[str, Any] = {
     },
     "Submit": {
         "type": "object",
-        "description": "The design document's task JSON. Give exactly one of script (base64) and script_text.",
-        "required": ["targets"],
+        "description": "The design document's task JSON. Give exactly one of script (base64), script_text "
+        "and job (a saved job; its defaults fill the fields not given, targets included).",
         "additionalProperties": False,
+        "oneOf": [{**b, "required": [*b["required"], "targets"]} if b["required"] != ["job"] else b
+                  for b in _exactly_one("script", "script_text", "job")],  # targets: a job may have them
         "properties": {
-            "targets": {"type": "array", "items": {"type": "string"}, "description": "selectors (agent ids, labels)"},
-            "script": {"type": "string", "contentEncoding": "base64"},
-            "script_text": {"type": "string"},
+            "targets": {"type": "array", "items": {"type": "string"},
+                        "description": "selectors (agent ids, labels); a selector no agent matches is a 400"},
+            "script": {"type": ["string", "null"], "contentEncoding": "base64"},
+            "script_text": {"type": ["string", "null"]},
+            "job": {"type": ["string", "null"], "description": "run this saved job instead of a script"},
+            "version": {"type": ["integer", "null"], "minimum": 1, "maximum": _MAX_VERSION,
+                        "description": "with job: its version"},
             "request_id": {"type": ["string", "null"]},
             "name": {"type": "string"},
             "timeout": {"type": "number", "minimum": 0, "description": "seconds, 0 = no limit"},
@@ -219,14 +241,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "Give exactly one of script (base64) and script_text.",
         "additionalProperties": False,
+        "oneOf": _exactly_one("script", "script_text"),
         "properties": {
-            "script": {"type": "string", "contentEncoding": "base64"},
-            "script_text": {"type": "string"},
+            "script": {"type": ["string", "null"], "contentEncoding": "base64"},
+            "script_text": {"type": ["string", "null"]},
             "description": {"type": "string"},
-            "defaults": {"type": "object", "description": "any of: " + ", ".join(
+            "defaults": {"type": ["object", "null"], "description": "any of: " + ", ".join(
                 ("targets", "name", "timeout", "parallel", "fail_rate", "fail_count", "on_abort", "env", "cwd",
                  "output_cap", "delivery_timeout"))},
-            "author": {"type": "string"},
+            "author": _AUTHOR,
             "message": {"type": "string"},
         },
     },  # fmt: skip
@@ -235,17 +258,27 @@ SCHEMAS: dict[str, Any] = {
         "description": "version (default: the job's default version), request_id, author, and any Submit field "
         "but the script's: those override the version's defaults",
         "properties": {
-            "version": {"type": ["integer", "null"]},
+            "version": {"type": ["integer", "string", "null"], "minimum": 1, "maximum": _MAX_VERSION,
+                        "pattern": _VERSION_QUERY, "description": "a number, latest or default"},
             "request_id": {"type": ["string", "null"]},
-            "author": {"type": "string"},
+            "author": _AUTHOR,
             "targets": {"type": "array", "items": {"type": "string"}},
         },
     },
 }
 
 _TASK_ID = _path_param("task_id", "task id")
-_JOB = _path_param("name", "job name")
-_VERSION = _path_param("version", "version number, 'latest' or 'default'")
+_BY_ID = {"task_id": "$response.body#/id"}
+#: From a new task (201) to the routes that take its id.
+_TASK_LINKS = {
+    "GetTask": {"operationId": "getTask", "parameters": _BY_ID},
+    "GetOutput": {"operationId": "getOutput", "parameters": _BY_ID},
+    "KillTask": {"operationId": "killTask", "parameters": _BY_ID},
+    "RerunTask": {"operationId": "rerunTask", "parameters": _BY_ID},
+}
+_JOB = {**_path_param("name", "job name"), "example": "hello"}
+_VERSION = {**_path_param("version", "version number, 'latest' or 'default'"),
+            "schema": {"type": "string", "pattern": _VERSION_PATTERN}}
 _AGENT_ID = _path_param("agent_id", "agent id")
 
 PATHS: dict[str, Any] = {
@@ -275,7 +308,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The fleet",
             "parameters": [
-                _query("online", {"type": "boolean"}, "only online (true) or offline (false) agents"),
+                _query("online", QUERY_BOOL, "only online (true) or offline (false) agents"),
                 _query("label", {"type": "string"}, "key=value"),
                 _query("hostname", {"type": "string"}, "hostname or glob"),
             ],
@@ -297,9 +330,10 @@ PATHS: dict[str, Any] = {
     "/api/v1/tasks": {
         "post": {
             "summary": "Submit a task",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Submit")}}},
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("Submit"), "example": {"targets": ["all"], "script_text": "echo hello"}}}},
             "responses": {
-                "201": _json(_ref("Task"), "the new task"),
+                "201": {**_json(_ref("Task"), "the new task (Location: its URL)"), "links": _TASK_LINKS},
                 "400": _err("bad JSON, bad limits, unknown targets"),
                 "401": _UNAUTH,
                 "409": _err("request_id already used for a different request"),
@@ -309,7 +343,8 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Tasks, newest first, paged",
             "parameters": [
-                _query("state", {"type": "string", "enum": TASK_STATES}, "only tasks in this state"),
+                _query("state", {"type": "string", "enum": [*TASK_STATES, *(s.lower() for s in TASK_STATES)]},
+                       "only tasks in this state (upper or lower case)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
                 _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "tasks to skip"),
             ],
@@ -334,12 +369,13 @@ PATHS: dict[str, Any] = {
     "/api/v1/tasks/{task_id}": {
         "get": {
             "summary": "One task with its limits, counts and targets (state, exit code, timings, output)",
+            "operationId": "getTask",
             "parameters": [
                 _TASK_ID,
-                _query("outputs", {"type": "boolean"},
+                _query("outputs", QUERY_BOOL,
                        "include the targets' stdout and stderr (default: no, unless max_output > 0; a poll "
                        "of counts and states reads no output; one target's is at .../output)"),
-                _query("targets", {"type": "boolean"},
+                _query("targets", QUERY_BOOL,
                        "include the targets (default: yes); targets=0 gives the task and its counts only"),
                 _query("max_output", {"type": "integer", "minimum": 0},
                        "with outputs: keep only the last N bytes of each target's stdout and stderr (default: all)"),
@@ -350,6 +386,7 @@ PATHS: dict[str, Any] = {
     "/api/v1/tasks/{task_id}/targets/{agent_id}/output": {
         "get": {
             "summary": "A target's output as raw bytes",
+            "operationId": "getOutput",
             "parameters": [
                 _TASK_ID,
                 _AGENT_ID,
@@ -369,7 +406,8 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/tasks/{task_id}/kill": {
         "post": {
-            "summary": "Kill the task: running targets are killed, waiting ones cancelled",
+            "summary": "Kill the task: running targets are killed, waiting ones cancelled (no body)",
+            "operationId": "killTask",
             "parameters": [_TASK_ID],
             "responses": {"202": _json(_ref("Task"), "kill requested"), "401": _UNAUTH, "404": _err("unknown task")},
         }
@@ -379,8 +417,9 @@ PATHS: dict[str, Any] = {
             "summary": "Server-sent events (task, target, agent changes; hello; resync)",
             "parameters": [_query("task", {"type": "string"}, "only this task's events")],
             "responses": {
-                "200": {"description": "an event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {"description": "an event stream: hello first, then task, target, agent ... events; "
+                        "resync when events were dropped (re-read everything)",
+                        "content": {"text/event-stream": {"schema": _ref("ServerSentEvent")}}},
                 "401": _UNAUTH,
             },
         }
@@ -442,14 +481,16 @@ PATHS: dict[str, Any] = {
                 "agents": {"type": "object", "description": "agent id -> {task_id, state, code, reported_sha256}"},
                 "succeeded": {"type": "array", "items": {"type": "string"}},
                 "failed": {"type": "array", "items": {"type": "string"}}}}, "the footprint"),
-                "401": _UNAUTH, "404": _err("unknown job or version")},
+                "400": _err("bad version"), "401": _UNAUTH, "404": _err("unknown job or version")},
         }
     },
     "/api/v1/jobs/{name}/diff": {
         "get": {
             "summary": "A unified diff between two versions (description, defaults, script)",
-            "parameters": [_JOB, _query("from", {"type": "string"}, "version (default: the one before to)"),
-                           _query("to", {"type": "string"}, "version (default: the latest)")],
+            "parameters": [_JOB, _query("from", {"type": "string", "pattern": _VERSION_QUERY},
+                                                "version (default: the one before to)"),
+                           _query("to", {"type": "string", "pattern": _VERSION_QUERY},
+                                  "version (default: the latest)")],
             "responses": {"200": _json({"type": "object", "properties": {"from": {"type": "integer"},
                           "to": {"type": "integer"}, "diff": {"type": "string"}}}, "the diff"),
                           "400": _err("bad version"), "401": _UNAUTH, "404": _err("unknown job or version")},
@@ -460,7 +501,8 @@ PATHS: dict[str, Any] = {
             "summary": "Pin the default version ({\"version\": N}), or follow the latest again ({\"version\": null})",
             "parameters": [_JOB],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"version": {"type": ["integer", "null"]}}}}}},
+                "type": "object", "properties": {"version": {"type": ["integer", "null"], "minimum": 1,
+                                                         "maximum": _MAX_VERSION}}}}}},
             "responses": {"200": _json(_ref("JobSummary"), "the job"), "400": _err("bad version"),
                           "401": _UNAUTH, "404": _err("unknown job or version")},
         }
@@ -493,9 +535,10 @@ PATHS: dict[str, Any] = {
     "/api/v1/tasks/{task_id}/rerun": {
         "post": {
             "summary": "Re-run a task as it was, or ({\"failed\": true}) only its failed / not-run targets",
+            "operationId": "rerunTask",
             "parameters": [_TASK_ID],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"failed": {"type": "boolean"}, "author": {"type": "string"}}}}}},
+                "type": "object", "properties": {"failed": {"type": "boolean"}, "author": _AUTHOR}}}}},
             "responses": {"201": _json(_ref("Task"), "the new task (rerun_of names the first)"),
                           "400": _err("nothing to re-run, task not ended"), "401": _UNAUTH,
                           "404": _err("unknown task")},
@@ -572,7 +615,7 @@ SCHEMAS.update({
             "misfire": {"type": "string"},
             "paused": {"type": "boolean"},
             "overrides": {"type": "object"},
-            "author": {"type": "string"},
+            "author": _AUTHOR,
         },
     },
     "ScheduleRun": {
@@ -590,7 +633,7 @@ SCHEMAS.update({
     },
 })  # fmt: skip
 
-_SCHEDULE = _path_param("name", "schedule name")
+_SCHEDULE = {**_path_param("name", "schedule name"), "example": "hello-nightly"}
 _ONE_SCHEDULE = _json(_ref("Schedule"), "the schedule")
 _NO_SCHEDULE = _err("unknown schedule")
 PATHS.update({
@@ -653,35 +696,137 @@ PATHS.update({
 })  # fmt: skip
 
 
+_EVENT_DATA = {
+    "oneOf": [
+        {"type": "object", "description": "hello", "required": ["task_id"], "properties": {
+            "task_id": {"type": ["string", "null"], "description": "the task filter, null = every task"}}},
+        {"type": "object", "description": "resync: events were dropped", "maxProperties": 0},
+        {"type": "object", "description": "a change", "required": ["kind", "task_id", "ts", "data"], "properties": {
+            "kind": {"type": "string"}, "task_id": {"type": ["string", "null"]}, "ts": {"type": "number"},
+            "data": {"type": "object", "description": "what changed (state, counts, agent_id ...)"}}},
+    ]
+}
+SCHEMAS["ServerSentEvent"] = {
+    "type": "object",
+    "description": "One event of the stream, as an event-stream parser reads it; data is JSON text",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "hello, resync, or the change's kind (task, target, agent ...)"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _EVENT_DATA},
+        "retry": {"type": "integer", "description": "on hello: reconnect after this many milliseconds"},
+        "id": {"type": "string"},
+    },
+    "example": {"event": "task", "data": '{"kind":"task","task_id":"t1","ts":1.5,"data":{"state":"RUNNING"}}'},
+}  # fmt: skip
+
 _FORBIDDEN = _err("without a token: a Host that is not loopback, or a cross-origin browser request")
 _NOT_JSON = _err("the body is not Content-Type: application/json")
 
 
-def _with_guard_answers(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every API operation can answer 403 (browser guard); every POST also 415."""
+_BAD_INPUT = _err("a parameter or the body is not what this operation takes (field names it)")
+_AUTH_MODES = (
+    "Security: a master started with a token (--token, MSCHEDULE_TOKEN) needs `Authorization: Bearer <token>` on "
+    "every operation but the page, this document and the probes, and answers 401 without it; a master without "
+    "a token listens on loopback only, needs no Authorization, and answers 403 to a Host that is not loopback "
+    "or a cross-origin Origin (no 401). This document is served for the master's own mode: it has the bearer "
+    "requirement when the master has a token, none when not."
+)
+
+
+# ---------------------------------------------------------------- examples and links
+# Example bodies (a client's first request; schemathesis's examples phase sends them, so
+# its later phases find a job, a schedule and tasks to work on) and the links from what a
+# request creates to the routes that take its name or id.
+_NAME = {"name": "$request.path.name"}
+_SAVED = {"name": "$request.path.name", "version": "$response.body#/version"}
+_SCHEDULED = {"name": "$response.body#/name"}
+_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/jobs/{name}/versions"): {
+        "example": {"script_text": "echo hello", "description": "says hello"},
+        "links": {"GetJob": ("getJob", _NAME), "GetVersion": ("getVersion", _SAVED), "RunJob": ("runJob", _NAME),
+                  "Footprint": ("getFootprint", _SAVED), "JobRuns": ("getJobRuns", _NAME),
+                  "Diff": ("getDiff", _NAME), "SetDefault": ("setDefault", _NAME)},
+    },
+    ("get", "/api/v1/jobs/{name}"): {"operationId": "getJob"},
+    ("get", "/api/v1/jobs/{name}/versions/{version}"): {"operationId": "getVersion"},
+    ("get", "/api/v1/jobs/{name}/versions/{version}/footprint"): {"operationId": "getFootprint"},
+    ("get", "/api/v1/jobs/{name}/diff"): {"operationId": "getDiff"},
+    ("get", "/api/v1/jobs/{name}/runs"): {"operationId": "getJobRuns"},
+    ("post", "/api/v1/jobs/{name}/default"): {"operationId": "setDefault", "example": {"version": None}},
+    ("post", "/api/v1/jobs/{name}/run"): {"operationId": "runJob", "example": {"targets": ["all"]},
+                                          "links": {"GetTask": ("getTask", _BY_ID), "KillTask": ("killTask", _BY_ID)}},
+    ("post", "/api/v1/schedules"): {
+        "example": {"name": "hello-nightly", "job": "hello", "cron": "0 3 * * *", "tz": "UTC"},
+        "links": {"GetSchedule": ("getSchedule", _SCHEDULED), "Pause": ("pauseSchedule", _SCHEDULED),
+                  "Resume": ("resumeSchedule", _SCHEDULED), "Next": ("nextFires", _SCHEDULED),
+                  "Runs": ("scheduleRuns", _SCHEDULED), "Delete": ("deleteSchedule", _SCHEDULED)},
+    },
+    ("get", "/api/v1/schedules/{name}"): {"operationId": "getSchedule"},
+    ("post", "/api/v1/schedules/{name}/pause"): {"operationId": "pauseSchedule"},
+    ("post", "/api/v1/schedules/{name}/resume"): {"operationId": "resumeSchedule"},
+    ("get", "/api/v1/schedules/{name}/next"): {"operationId": "nextFires"},
+    ("get", "/api/v1/schedules/{name}/runs"): {"operationId": "scheduleRuns"},
+    ("delete", "/api/v1/schedules/{name}"): {"operationId": "deleteSchedule"},
+}  # fmt: skip
+
+
+def _with_examples_and_links(paths: dict[str, Any]) -> dict[str, Any]:
+    out = {path: dict(ops) for path, ops in paths.items()}
+    for (method, path), extra in _OPERATIONS.items():
+        op = dict(out[path][method])
+        if "operationId" in extra:
+            op["operationId"] = extra["operationId"]
+        if "example" in extra:
+            media = op["requestBody"]["content"]["application/json"]
+            op["requestBody"] = {**op["requestBody"], "content": {"application/json": {**media,
+                                                                                      "example": extra["example"]}}}
+        if "links" in extra:
+            links = {name: {"operationId": target, "parameters": params}
+                     for name, (target, params) in extra["links"].items()}
+            op["responses"] = {code: {**answer, "links": links} if code in ("200", "201") else answer
+                               for code, answer in op["responses"].items()}
+        out[path][method] = op
+    return out
+
+
+def _with_guard_answers(paths: dict[str, Any], *, secured: bool) -> dict[str, Any]:
+    """Each API operation's answers from the middleware, as the master's mode makes them:
+    with a token 401, without one 403 (browser guard); every POST also 415 (not JSON);
+    400 for an operation with parameters or a body."""
     out: dict[str, Any] = {}
     for path, ops in paths.items():
         out[path] = {}
         for method, op in ops.items():
+            responses = dict(op["responses"])
             if op.get("security") == []:
-                out[path][method] = op
+                out[path][method] = {**op, "responses": responses}
                 continue
-            extra = {"403": _FORBIDDEN, **({"415": _NOT_JSON} if method == "post" else {})}
-            out[path][method] = {**op, "responses": {**op["responses"], **extra}}
+            if not secured:
+                responses.pop("401", None)
+                responses["403"] = _FORBIDDEN
+            if method == "post":
+                responses["415"] = _NOT_JSON
+            if (op.get("requestBody") or any(p["in"] == "query" for p in op.get("parameters", ()))) and (
+                "400" not in responses
+            ):
+                responses["400"] = _BAD_INPUT
+            out[path][method] = {**op, "responses": responses}
     return out
 
 
-def document() -> dict[str, Any]:
+def document(*, secured: bool = True) -> dict[str, Any]:
+    """The document for a master with a token (``secured``) or without one."""
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "mschedule master API",
             "version": f"1 (wire protocol v{PROTOCOL_VERSION})",
-            "description": "Run shell scripts on a fleet over MQTT. Errors are {error, field} with a 4xx status.",
+            "description": "Run shell scripts on a fleet over MQTT. Errors are {error, field} with a 4xx status. "
+            + _AUTH_MODES,
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
-        "paths": _with_guard_answers(PATHS),
+        "security": [{"bearer": []}] if secured else [],
+        "paths": _with_guard_answers(_with_examples_and_links(PATHS), secured=secured),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

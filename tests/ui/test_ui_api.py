@@ -558,10 +558,14 @@ def _spec():
 
 
 def test_openapi_documents_the_guard_answers():
-    paths = openapi.document()["paths"]
-    assert set(paths["/api/v1/tasks"]["post"]["responses"]) >= {"201", "400", "401", "403", "413", "415"}
+    """With a token: 401 (no browser guard's 403); without: the guard's 403 and no 401."""
+    paths = openapi.document(secured=True)["paths"]
+    assert set(paths["/api/v1/tasks"]["post"]["responses"]) >= {"201", "400", "401", "413", "415"}
+    assert "403" not in paths["/api/v1/tasks"]["post"]["responses"]
     assert "415" not in paths["/api/v1/tasks"]["get"]["responses"]
     assert "403" not in paths["/"]["get"]["responses"]
+    loopback = openapi.document(secured=False)["paths"]["/api/v1/tasks"]["post"]["responses"]
+    assert set(loopback) >= {"201", "400", "403", "413", "415"} and "401" not in loopback
 
 
 def test_submissions_and_kills_are_logged_with_their_origin(fake_service, caplog):
