@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25  # the slowest tests, printed at the end: the suite's time is watched
 DEMO_ARGS ?=  # e.g. DEMO_ARGS=--once: run the sample rollout, then stop everything
 
 .PHONY: demo test fuzz bench bootstrap clean
