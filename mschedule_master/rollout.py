@@ -714,7 +714,7 @@ class Rollout:
             stands = self.revised and self.limits.trip_reason(self._failures, self._n) is None
             return TaskState.FAILED, self._end_reason + (ABORT_STANDS if stands else "")
         if c[_T.SUCCEED] == self._n:
-            return TaskState.SUCCEED, f"all {self._n} targets succeeded"
+            return TaskState.SUCCEED, ("the target succeeded" if self._n == 1 else f"all {self._n} targets succeeded")
         return TaskState.FAILED, self._failure_summary()
 
     def _failure_summary(self) -> str:

@@ -968,7 +968,7 @@ def test_a_late_succeed_no_longer_counts_against_the_limits_still_to_be_decided(
 @pytest.mark.parametrize(
     ("late", "task", "reason"),
     [
-        (T.SUCCEED, TaskState.SUCCEED, "all 1 targets succeeded"),
+        (T.SUCCEED, TaskState.SUCCEED, "the target succeeded"),
         (T.FAILED, TaskState.FAILED, "1 of 1 targets did not succeed: FAILED 1"),
     ],
 )
@@ -992,7 +992,7 @@ def test_a_late_ack_after_the_task_ended_reopens_it_until_the_result():
     run.do(run.r.on_agent_offline("a00", 52))
     assert run.r.next_deadline() == 72, "the reopened target has its LOST clock again"
     (ended,) = only(run.final("a00", T.SUCCEED, 60), TaskChanged)
-    assert ended == TaskChanged(TaskState.RUNNING, TaskState.SUCCEED, "all 1 targets succeeded", revised=True)
+    assert ended == TaskChanged(TaskState.RUNNING, TaskState.SUCCEED, "the target succeeded", revised=True)
 
 
 def test_an_abort_on_a_verdict_since_revised_stands_and_says_so():

@@ -332,7 +332,7 @@ def test_a_revised_verdict_shows_in_the_table_and_the_summary_with_when(capsys):
     target = {"state": "SUCCEED", "code": 0, "signal": None, "reason": "revised: judged UNREACHABLE before ...",
               "output": "hi\n", "output_encoding": "utf-8", "stderr": "", "stderr_encoding": "utf-8",
               "revised_from": "UNREACHABLE", "revised_at": 1_800_000_000.0, "duration": 0.1, "hostname": "h1"}  # fmt: skip
-    task = {"id": "t1", "state": "SUCCEED", "reason": "all 1 targets succeeded", "counts": {"SUCCEED": 1},
+    task = {"id": "t1", "state": "SUCCEED", "reason": "the target succeeded", "counts": {"SUCCEED": 1},
             "targets": {"a1": target}, "revised_at": 1_800_000_000.0}  # fmt: skip
     console = Console(width=250, force_terminal=False)
     assert cli.finish(task, console, False) == 0
