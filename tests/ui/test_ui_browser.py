@@ -257,8 +257,19 @@ def test_jobs_view_lists_versions_shows_a_diff_runs_a_version_and_the_task_links
     assert "page-v1" in page.locator("#targets pre.output").inner_text()
     link = page.locator("#task-job")
     assert link.inner_text() == f"{name}@1"
-    link.click()
-    page.wait_for_url(f"**/#/job/{name}/1")
+    assert link.get_attribute("href").endswith(f"#/job/{name}/1")
+    # The live task page re-renders as events arrive: a click can land on a link being
+    # replaced. Click again (at most 3 times) until the navigation happens.
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        link.click()
+        try:
+            page.wait_for_url(f"**/#/job/{name}/1", timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.locator("#job-versions tbody tr.selected[data-version='1']").wait_for()
     page.locator("#job-runs tbody tr[data-version='1']").wait_for()
     assert page.locator("#job-runs tbody tr").count() == 2
