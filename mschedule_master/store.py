@@ -495,13 +495,9 @@ class Store:
         return out
 
     def load_stored(self, task_id: str) -> StoredTask | None:
-        """One task's record and its targets' snapshots, as :meth:`load_unfinished` reads them."""
-        task = self.get_task(task_id, with_targets=False)
-        if task is None:
-            return None
-        cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
-        rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
-        return StoredTask(task, [_snapshot(r) for r in rows])
+        """One task's record and its targets' snapshots, as :meth:`load_unfinished` reads them
+        (the rebuild after a handler error asks by this name; the same read as :meth:`load_task`)."""
+        return self.load_task(task_id)
 
     def targets(self, task_id: str, *, outputs: bool = True, tail: int | None = None) -> list[models.Target]:
         """The task's targets; without ``outputs`` their stdout and stderr are empty (not read)."""
