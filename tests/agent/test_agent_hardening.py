@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.procstat import rss_bytes
 from mschedule_agent import config
 from mschedule_agent.daemon import main
 from mschedule_agent.errors import ConfigError
@@ -31,11 +32,10 @@ def test_the_agent_exits_2_with_a_clear_error_for_a_dc_label(tmp_path, capsys):
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    rss = rss_bytes(pid)
+    assert rss, "no VmRSS"
+    return rss / 2**20
+
 
 
 def test_an_agent_gives_back_the_memory_of_a_15_mb_message(broker, prefix, tmp_path):

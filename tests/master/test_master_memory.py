@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from bench.procstat import rss_bytes
 from harness.fleet import Fleet
 from mschedule_master.store import WAL_LIMIT
 
@@ -13,11 +14,10 @@ BIG = "head -c 4194304 /dev/zero | tr '\\0' a; head -c 4194304 /dev/zero | tr '\
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    rss = rss_bytes(pid)
+    assert rss, "no VmRSS"
+    return rss / 2**20
+
 
 
 def test_a_master_that_stored_large_outputs_returns_to_its_size_and_keeps_a_small_wal(broker, prefix, tmp_path):

@@ -13,19 +13,8 @@ import urllib.request
 
 import pytest
 
+from harness.api import call
 from mschedule_master import api
-
-
-def call(fleet, method: str, path: str, body: bytes | None = None, timeout: float = 30):
-    """``(status, headers, body bytes)`` of one request; errors are answers, not exceptions."""
-    req = urllib.request.Request(fleet.url + path, data=body, method=method)
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        with e:  # an unclosed error response is a ResourceWarning at some later test's GC
-            return e.code, dict(e.headers), e.read()
 
 
 def submit(fleet, **fields) -> dict:

@@ -11,24 +11,12 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
 import pytest
 
-
-def call(fleet, method: str, path: str, body: bytes | None = None, timeout: float = 30):
-    """``(status, headers, body bytes)`` of one request; errors are answers, not exceptions."""
-    req = urllib.request.Request(fleet.url + path, data=body, method=method)
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, dict(e.headers), e.read()
+from harness.api import call
 
 
 def wait_final(fleet, task_id: str, timeout: float = 60) -> dict:
