@@ -30,7 +30,7 @@ from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
 from . import openapi, probes, sse
 from .coalesce import Coalescer
-from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task
+from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded
 from .states import TargetState, TaskState
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,21 @@ async def get_agent(request: web.Request) -> web.Response:
     return json_response(agent_json(service_of(request).agent(request.match_info["agent_id"])))
 
 
+async def resolve_targets(request: web.Request) -> web.Response:
+    """Which agents ``targets`` select now, as a task would run on them; nothing runs."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object: {\"targets\": [selectors]}", "body")
+    unknown = sorted(set(body) - {"targets"})
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}", unknown[0])
+    targets = body.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        raise ApiError(400, "targets must be a non-empty list of selectors", "targets")
+    agents = service_of(request).resolve_targets(targets)
+    return json_response({"targets": targets, "count": len(agents), "agents": [agent_json(a) for a in agents]})
+
+
 async def submit_task(request: web.Request) -> web.Response:
     spec = parse_submit(await read_json(request))
     task = service_of(request).submit(spec)
@@ -413,6 +428,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/task", legacy_submit),
     Route("GET", "/api/v1/agents", list_agents),
     Route("GET", "/api/v1/agents/{agent_id}", get_agent),
+    Route("POST", "/api/v1/targets/resolve", resolve_targets),
     Route("POST", "/api/v1/tasks", submit_task),
     Route("GET", "/api/v1/tasks", list_tasks),
     Route("GET", "/api/v1/tasks/{task_id}", get_task),
@@ -452,6 +468,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(404, str(e), e.what)
     except RequestConflict as e:
         return _error(409, str(e), e.field)
+    except TaskEnded as e:
+        return _error(409, str(e), "task")
     except InvalidRequest as e:
         return _error(400, str(e), e.field)
     except web.HTTPRequestEntityTooLarge:

@@ -530,7 +530,15 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     console.print(f"task {task_id} keeps running; follow it with: mschedule status {task_id}",
                                   highlight=False, markup=False)  # fmt: skip
                     raise
-                client.post(f"/api/v1/tasks/{quote(task_id)}/kill")
+                try:
+                    client.post(f"/api/v1/tasks/{quote(task_id)}/kill")
+                except CliError as e:  # it ended meanwhile (409): show how
+                    if e.status == EXIT_UNREACHABLE:
+                        raise
+                    console.print(str(e), highlight=False, markup=False)
+                    read = True
+                    view.resume()
+                    continue
                 console.print(f"kill requested for task {task_id}; waiting for the targets to stop "
                               "(Ctrl-C again to stop waiting)", highlight=False)  # fmt: skip
                 killing = True

@@ -113,6 +113,15 @@ class NotFound(ServiceError):
         self.ident = ident
 
 
+class TaskEnded(ServiceError):
+    """A kill of a task that had already ended (HTTP 409): nothing is left to kill."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        super().__init__(f"task {task_id} had already ended ({state}): nothing to kill")
+        self.task_id = task_id
+        self.state = state
+
+
 class InvalidRequest(ServiceError):
     """A bad submission: ``field`` names the offending field (or selector)."""
 
@@ -148,6 +157,11 @@ class Service(Protocol):
         """``label`` is ``key=value``; ``hostname`` may be a glob."""
 
     def agent(self, agent_id: str) -> Agent: ...
+
+    def resolve_targets(self, selectors: list[str]) -> list[Agent]:
+        """The agents a task with these selectors would run on, as it would order them
+        (nothing runs). Raises InvalidRequest (field ``targets``)."""
+        ...
 
     def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
         """Newest first, without targets."""

@@ -17,7 +17,7 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
-from . import models
+from . import models, targeting
 from .engine import Engine
 from .jobservice import JobService
 from .models import NotFound
@@ -70,7 +70,19 @@ class MasterService:
         return task
 
     def kill(self, task_id: str) -> models.Task:
+        before = self.store.get_task(task_id, with_targets=False)
+        if before is not None and before.state.final:
+            raise models.TaskEnded(task_id, before.state.value)
         return self.engine.kill(task_id)
+
+    def resolve_targets(self, selectors: list[str]) -> list[models.Agent]:
+        agents = self.registry.agents()
+        try:
+            ids = targeting.resolve(list(selectors), agents, self.engine.groups)
+        except ValueError as e:  # targeting.UnknownSelector and its kin
+            raise models.InvalidRequest(str(e), field="targets") from None
+        by_id = {a.id: a for a in agents}
+        return [by_id[i] for i in ids]
 
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None

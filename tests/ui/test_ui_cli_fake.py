@@ -179,6 +179,9 @@ def test_status_output_kill_and_tasks(live_api, capsys):
     assert "kill requested for task task0001 (now KILLED" in capsys.readouterr().out
     assert live_api.service.killed == ["task0001"]
     assert mschedule(live_api, "status", "task0001") == 1  # killed: not a success
+    capsys.readouterr()
+    assert mschedule(live_api, "kill", "task0001") == 2  # ended: nothing to kill (the API's 409)
+    assert "task task0001 had already ended (KILLED)" in capsys.readouterr().err
 
     assert mschedule(live_api, "tasks", "--state", "killed") == 0
     out = capsys.readouterr().out
@@ -358,7 +361,7 @@ def test_run_follows_events_reads_the_task_only_at_start_and_end_and_exits_at_on
 
     def drive():
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (service.task_by_id and service.subscriber_count()):
+        while time.monotonic() < deadline and not (service.task_by_id and live_api.open_streams()):
             time.sleep(0.01)
         time.sleep(0.3)  # the CLI has subscribed and read the task once
         task_id = sorted(service.task_by_id)[-1]
