@@ -320,7 +320,8 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise ApiError(400, f"state must be one of {names}", "state") from None
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 10**9)
-    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset)
+    id_prefix = request.query.get("id_prefix") or None
+    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset, id_prefix=id_prefix)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
     docs = [task_json(t, with_script=False) for t in tasks]
     return json_response({"tasks": docs, "limit": limit, "offset": offset, "next_offset": next_offset})

@@ -163,8 +163,10 @@ class Service(Protocol):
         (nothing runs). Raises InvalidRequest (field ``targets``)."""
         ...
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
-        """Newest first, without targets."""
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[Task]:
+        """Newest first, without targets; ``id_prefix``: only the ids that start with it."""
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
         """With targets (and their output unless ``outputs=False``, its last ``tail`` + 1 bytes

@@ -368,6 +368,7 @@ PATHS: dict[str, Any] = {
                        "only tasks in this state (upper or lower case)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
                 _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "tasks to skip"),
+                _query("id_prefix", {"type": "string"}, "only tasks whose id starts with this (the CLI's short ids)"),
             ],
             "responses": {
                 "200": _json(

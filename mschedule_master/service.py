@@ -103,8 +103,10 @@ class MasterService:
             raise NotFound("agent", agent_id)
         return a
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        return _tasks(self.store, state=state, limit=limit, offset=offset)
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[models.Task]:
+        return _tasks(self.store, state=state, limit=limit, offset=offset, id_prefix=id_prefix)
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> models.Task:
         return _task(self.store, task_id, outputs=outputs, targets=targets, tail=tail)

@@ -114,8 +114,9 @@ class FakeService:
     def resolve_targets(self, selectors: list[str]) -> list[Agent]:
         return [self.agents_by_id[a] for a in self._resolve(selectors)]
 
-    def tasks(self, *, state=None, limit=50, offset=0) -> list[Task]:
+    def tasks(self, *, state=None, limit=50, offset=0, id_prefix=None) -> list[Task]:
         out = sorted(self.task_by_id.values(), key=lambda t: (t.created_at, t.id), reverse=True)
+        out = [t for t in out if t.id.startswith(id_prefix or "")]
         if state is not None:
             out = [t for t in out if t.state == state]
         return out[offset : offset + limit]

@@ -6,6 +6,7 @@ test_ui_cli_e2e.py; these cover the CLI's own behaviour quickly.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+from mschedule_agent import protocol
 from mschedule_master import cli
 from mschedule_master.states import TargetState
 
@@ -113,10 +115,6 @@ class _Stdin:
     ("args", "needle"),
     [
         (["run", "-t", "nosuch", "-c", "true"], "targets: target selector 'nosuch' matched no agent"),
-        (["run", "-t", "web1", "--parallel", "0", "-c", "true"], "parallel"),
-        (["run", "-t", "web1", "--fail-rate", "3", "-c", "true"], "fail_rate"),
-        (["run", "-t", "web1", "--fail-count", "-4", "-c", "true"], "fail_count"),
-        (["run", "-t", "web1", "--on-abort", "drain", "--timeout", "-1", "-c", "true"], "timeout"),
         (["run", "-t", "web1"], "give the script"),
         (["run", "-t", "web1", "-c", "true", "x.sh"], "not both"),
         (["run", "-t", "web1", "/nonexistent/script.sh"], "cannot read /nonexistent/script.sh"),
@@ -133,6 +131,46 @@ def test_bad_input_is_one_line_and_exit_2(live_api, capsys, args, needle):
     assert needle in err and err.startswith("mschedule: error:")
     assert "\n" not in err and "Traceback" not in captured.err
     assert live_api.service.task_by_id == {}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "takes"),
+    [
+        ("--parallel", "1.5", "N (a whole number >= 1) or N%"),
+        ("--parallel", "0", "N (a whole number >= 1) or N%"),
+        ("--parallel", "120%", "N%"),
+        ("--fail-rate", "3", "a share from 0 to 1"),
+        ("--fail-count", "-4", "-1 (no limit)"),
+        ("--fail-count", "two", "a whole number >= 0"),
+        ("--timeout", "-1", "seconds"),
+        ("--delivery-timeout", "0", "seconds (a number > 0)"),
+        ("--output-cap", "1k", "a number of bytes"),
+        ("--confirm-over", "-1", "a whole number >= 0"),
+    ],
+)
+def test_number_flags_say_what_they_take(live_api, capsys, flag, value, takes):
+    with pytest.raises(SystemExit) as e:
+        mschedule(live_api, "run", "-t", "web1", flag, value, "-c", "true")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"argument {flag}: takes " in err and takes in err and f"got '{value}'" in err, err
+    assert live_api.service.task_by_id == {}
+
+
+def test_every_submit_field_has_a_run_flag(live_api):
+    """--delivery-timeout, --output-cap, --env, --cwd, --request-id ... reach the submit."""
+    argv = ["run", "-t", "web1", "--no-wait", "--parallel", "50%", "--fail-count", "0", "--fail-rate", "10%",
+            "--timeout", "30", "--on-abort", "drain", "--delivery-timeout", "7.5", "--output-cap", "4096",
+            "--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp", "--name", "nightly", "--request-id", "req-7",
+            "-c", "true"]  # fmt: skip
+    assert mschedule(live_api, *argv) == 0
+    spec = live_api.service.submitted[-1]
+    assert (spec.parallel, spec.fail_count, spec.fail_rate, spec.timeout, spec.on_abort) == ("50%", 0, "10%", 30, "drain")
+    assert (spec.delivery_timeout, spec.output_cap, spec.env, spec.cwd) == (7.5, 4096, {"A": "1", "B": "x=y"}, "/tmp")
+    assert (spec.name, spec.request_id) == ("nightly", "req-7")
+    covered = {"targets", "script", "script_text", "job", "version"}  # -t, -c/FILE; a job: `mschedule job run`
+    flags = {a.dest for a in cli.parser()._subparsers._group_actions[0].choices["run"]._actions}
+    for f in dataclasses.fields(protocol.Submit):
+        assert f.name in covered or f.name in flags, f.name
 
 
 def test_unreachable_master_is_one_line_and_exit_3(capsys):
