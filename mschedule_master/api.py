@@ -214,14 +214,20 @@ def parse_submit(body: Any) -> protocol.Submit:
     try:
         spec = protocol.from_payload(protocol.Submit, body)
     except DecodeError as e:
-        raise ApiError(400, _strip_prefix(e.message), e.field or None) from None
+        raise ApiError(400, _strip_prefix(e.message, e.field), e.field or None) from None
     if spec.version is not None and not 1 <= spec.version <= api_jobs.MAX_VERSION:
         raise ApiError(400, f"version must be between 1 and {api_jobs.MAX_VERSION}", "version")
     return spec
 
 
-def _strip_prefix(message: str) -> str:
-    return message.removeprefix("invalid submit: ")
+def _strip_prefix(message: str, field: str | None = None) -> str:
+    """The decoder's message for a person: ``parallel must be ...``, not ``invalid submit:
+    parallel: parallel must be ...`` (the field is in ``field`` and, once, in the words)."""
+    message = message.removeprefix("invalid submit: ")
+    head = f"{field}: "
+    if field and message.startswith(head) and field in message[len(head) :]:
+        message = message[len(head) :]
+    return message
 
 
 #: The spellings of a boolean query parameter (openapi.QUERY_BOOL lists the same).

@@ -185,3 +185,18 @@ def test_a_last_event_id_the_master_cannot_replay_gets_a_resync(live):
         assert s.next()[1] == "resync"
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"parallel": 0}, "parallel", "parallel must be an integer >= 1 or 'N%'"),
+        ({"fail_count": -2}, "fail_count", "fail_count must be >= -1 (-1 = no limit)"),
+        ({"timeout": -1}, "timeout", "timeout must be >= 0 (0 = no limit)"),
+    ],
+)
+def test_a_refused_submit_names_its_field_once(live, fields, field, message):
+    """The page shows the message under the form: "parallel must be ...", not "parallel: parallel must be ..."."""
+    _, api = live
+    status, doc = post(api, "/api/v1/tasks", {"targets": ["db-1"], "script_text": "true", **fields})
+    assert (status, doc["field"], doc["error"]) == (400, field, message)
