@@ -184,7 +184,21 @@ def test_the_curl_block(demo):
     assert killed["id"] == counts["id"] and killed["targets_spec"] == ["role=web"]
 
 
+def settle(demo: Demo) -> None:
+    """Every task the earlier blocks started has ended (the killed ones' results are in):
+    the by-hand watcher then sees only its own task's messages, as on a quiet demo."""
+    deadline = time.monotonic() + 90
+    while True:
+        out = demo.sh('curl -s "$MSCHEDULE_MASTER/api/v1/tasks?limit=500"')
+        states = {t["state"] for t in json.loads(out.stdout)["tasks"]}
+        if not states & {"WAITING", "RUNNING"}:
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+
+
 def test_a_task_run_by_hand_answers_ack_started_result_and_runs_once(demo):
+    settle(demo)
     watch, send, ack_it = blocks_of("Run a task by hand")
     watcher = demo.sh_background(watch)
     sent = demo.sh(send)
