@@ -721,14 +721,18 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
     if as_json:
         print(json.dumps(task, indent=2))
         return status
+    from .cli_ids import shortest_unique
+
     console.print(targets_table(task))
+    short = shortest_unique(task.get("targets", {}))
     for agent_id, t in sorted(task.get("targets", {}).items()):
         if t["state"] == "SUCCEED" and not all_output:
             continue
         out, err = target_output(t, "stdout"), target_output(t, "stderr")
         if not (out or err) and (t["state"] == "CANCELLED" or not (t.get("reason") or t.get("error"))):
             continue
-        console.rule(f"{escape(agent_id)}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
+        host = f" ({escape(visible(t['hostname'], keep_newlines=False))})" if t.get("hostname") else ""
+        console.rule(f"{escape(short[agent_id])}{host}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
         if t.get("reason"):
             console.print(f"reason: {visible(t['reason'])}", markup=False, highlight=False)
         if t.get("error"):

@@ -73,7 +73,7 @@ def test_run_exits_1_and_shows_failed_output(live_api, capsys):
     t.join(20)
     out = capsys.readouterr().out
     assert rc == 1
-    assert "web1: FAILED, exit 7" in out and "disk full" in out and "partial" in out
+    assert "web1 (web1.example): FAILED, exit 7" in out and "disk full" in out and "partial" in out
     spec = live_api.service.submitted[0]
     assert spec.fail_count == 0 and spec.fail_rate == "10%"
 
