@@ -59,7 +59,7 @@ EXIT_INTERRUPTED = 130
 TASK_FINAL = frozenset({"SUCCEED", "FAILED", "KILLED"})
 SUCCEEDED = frozenset({"SUCCEED"})
 FAILED = frozenset({"FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"})
-ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
+ACTIVE = frozenset({"RUNNING"})  #: DISPATCHED is sent, not started: it counts as waiting
 TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
 
 PIPE_WIDTH = 240  #: table width when stdout is not a terminal
@@ -504,6 +504,10 @@ def cmd_run(client: Client, args, console: Console) -> int:
     if not args.json:
         console.print(f"task [bold]{task['id']}[/] submitted to {plural(task['target_count'], 'target')} "
                       f"(parallel {task['parallel']})", highlight=False)  # fmt: skip
+        waiting = offline_targets(client, task)
+        if waiting:
+            console.print(f"waiting for {plural(len(waiting), 'offline agent')}: {', '.join(waiting[:5])}"
+                          f"{' ...' if len(waiting) > 5 else ''}", highlight=False, markup=False)  # fmt: skip
     task = follow(client, task["id"], console, show=not args.json)
     return finish(task, console, args.json, all_output=args.show_output)
 
@@ -771,6 +775,18 @@ def cmd_status(client: Client, args, console: Console) -> int:
         console.print(counts_text(task["counts"]), highlight=False)
         console.print(targets_table(task, offline_agents(client, task)))  # fmt: skip
     return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING") else EXIT_TASK_FAILED
+
+
+def offline_targets(client: Client, task: dict[str, Any]) -> list[str]:
+    """The task's targets whose agents are offline now, as "hostname (short id)": named on
+    purpose, they wait for their agents (until the delivery timeout), they do not run."""
+    from .cli_text import visible
+
+    offline = {a["id"]: a["hostname"] for a in client.get("/api/v1/agents", online="false")["agents"]}
+    if not offline:
+        return []
+    targets = task.get("targets") or client.get(f"/api/v1/tasks/{quote(task['id'])}").get("targets", {})
+    return [f"{visible(offline[a] or '', keep_newlines=False)} ({a[:SHORT_ID]})" for a in sorted(targets) if a in offline]
 
 
 def offline_agents(client: Client, task: dict[str, Any]) -> frozenset[str]:

@@ -283,7 +283,7 @@ def test_ctrl_c_asks_whether_to_kill(live_api, answer, killed):
     ("counts", "text"),
     [
         ({}, "0 succeeded, 0 failed, 0 running, 0 waiting"),
-        ({"SUCCEED": 2, "WAITING": 1, "DISPATCHED": 1, "RUNNING": 2}, "2 succeeded, 0 failed, 3 running, 1 waiting"),
+        ({"SUCCEED": 2, "WAITING": 1, "DISPATCHED": 1, "RUNNING": 2}, "2 succeeded, 0 failed, 2 running, 2 waiting"),
         ({"FAILED": 1, "TIMEOUT": 1, "LOST": 1, "UNREACHABLE": 1, "REJECTED": 1, "INTERRUPTED": 1},
          "0 succeeded, 6 failed, 0 running, 0 waiting"),
         ({"KILLED": 1, "CANCELLED": 2, "SUCCEED": 1},

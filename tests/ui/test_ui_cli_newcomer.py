@@ -200,6 +200,10 @@ def test_a_target_waiting_for_an_offline_agent_says_so(uuid_api, capsys):
     mschedule(uuid_api, "status", task_id)
     out = capsys.readouterr().out
     assert re.search(r"WAITING \(agent offline:\s+waiting for it\)", out), out
+    client = cli.Client(uuid_api.url)
+    task = client.get(f"/api/v1/tasks/{task_id}")
+    assert cli.offline_targets(client, task) == ["0b9d2c1f6a0e4f5d9c8b7a6f5e4d3c2b.example (0b9d2c1f)"]
+    assert "0 running, 1 waiting" in cli.counts_text({"DISPATCHED": 1})  # sent is not running
 
 
 def test_counts_and_titles_use_plurals(live_api, capsys):
