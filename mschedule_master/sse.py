@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import json
 import logging
 import uuid
@@ -32,17 +33,23 @@ from .states import TaskState
 
 log = logging.getLogger(__name__)
 
+
+class _Signal(enum.Enum):
+    """What a stream's queue carries besides events."""
+
+    CLOSE = "close"  #: the server shuts down: end the stream
+    RESYNC = "resync"  #: events were dropped: the client must look again
+
+
+Numbered = tuple[int, Event]  #: an event with its number in the log
+_Queue = asyncio.Queue[Numbered | _Signal]
+
 SERVICE_KEY = web.AppKey("service", Service)
-_STREAMS_KEY = web.AppKey("sse_streams", set)
+_STREAMS_KEY = web.AppKey("sse_streams", set[_Queue])
 
 KEEPALIVE = 15.0  #: seconds between keep-alive comments
 QUEUE_SIZE = 1000  #: events buffered per client before it is told to resync
 BACKLOG = 10_000  #: recent events kept for clients that reconnect with Last-Event-ID
-
-_CLOSE = object()
-_RESYNC = object()
-
-Numbered = tuple[int, Event]
 
 
 class EventLog:
@@ -104,11 +111,12 @@ async def _stop_log(app: web.Application) -> None:
 
 
 async def _close_streams(app: web.Application) -> None:
-    for queue in list(app[_STREAMS_KEY]):
-        _force(queue, _CLOSE)
+    streams = app[_STREAMS_KEY]
+    for queue in list(streams):
+        _force(queue, _Signal.CLOSE)
 
 
-def _force(queue: asyncio.Queue, item: object) -> None:
+def _force(queue: _Queue, item: _Signal) -> None:
     """Put ``item``, dropping the backlog when the queue is full."""
     if queue.full():
         while not queue.empty():
@@ -139,13 +147,13 @@ def event_doc(ev: Event) -> dict[str, Any]:
 async def events(request: web.Request) -> web.StreamResponse:
     task_id = request.query.get("task") or None
     log_ = request.app[_LOG_KEY]
-    queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
+    queue: _Queue = asyncio.Queue(QUEUE_SIZE)
 
     def on_event(seq: int, ev: Event) -> None:
         if task_id is not None and ev.task_id != task_id:
             return
         if queue.full():
-            _force(queue, _RESYNC)
+            _force(queue, _Signal.RESYNC)
         else:
             queue.put_nowait((seq, ev))
 
@@ -190,7 +198,7 @@ async def _ended_task(request: web.Request, task_id: str) -> dict[str, Any] | No
     return {"kind": "task", "task_id": task.id, "ts": task.finished_at, "data": data}
 
 
-async def _pump(queue: asyncio.Queue[Any], resp: web.StreamResponse, log_: EventLog) -> None:
+async def _pump(queue: _Queue, resp: web.StreamResponse, log_: EventLog) -> None:
     try:
         while True:
             try:
@@ -198,9 +206,9 @@ async def _pump(queue: asyncio.Queue[Any], resp: web.StreamResponse, log_: Event
             except TimeoutError:
                 await resp.write(b": keepalive\n\n")
                 continue
-            if item is _CLOSE:
+            if item is _Signal.CLOSE:
                 return
-            if item is _RESYNC:
+            if item is _Signal.RESYNC:
                 await resp.write(format_event("resync", {}))
                 continue
             seq, ev = item

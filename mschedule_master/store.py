@@ -470,15 +470,17 @@ class Store:
         self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
     ) -> list[models.Task]:
         """Newest first; ``id_prefix``: only ids starting with it (a range on the key, as git's short ids)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if state is not None:
             where, args = ["state=?"], [state.value]
         if id_prefix:
             where += ["id >= ?", "id < ?"]
             args += [id_prefix, id_prefix + "\U0010ffff"]
         sql = f"select {_TASK_COLS} from tasks" + (" where " + " and ".join(where) if where else "")
-        rows = self._conn.execute(sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset])
-        rows = rows.fetchall()
+        rows = self._conn.execute(
+            sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset]
+        ).fetchall()
         counts = self._counts([r[0] for r in rows])
         return [_task(r, counts.get(r[0], {}), None) for r in rows]
 
