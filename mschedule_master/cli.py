@@ -310,6 +310,13 @@ def counts_text(counts: dict[str, int], markup: bool = False, *, nonzero: bool =
     return "  ".join(f"[{style}]{text}[/]" if style else text for style, text in shown)
 
 
+def progress_text(counts: dict[str, int], total: int) -> str:
+    """``103/120 done: 3 failed, 10 running, 7 waiting`` (the counts that are not 0 but
+    the successes): short enough for a table cell at 80 columns."""
+    rest = counts_text({s: n for s, n in counts.items() if s not in SUCCEEDED}, nonzero=True)
+    return f"{done_count(counts)}/{total} done" + (f": {rest}" if rest else "")
+
+
 def done_count(counts: dict[str, int]) -> int:
     return sum(n for s, n in counts.items() if s in TARGET_FINAL)
 
@@ -841,12 +848,12 @@ def cmd_tasks(client: Client, args, console: Console) -> int:
     from .cli_text import visible
 
     out_table = table("tasks, newest first")
-    for col in ("ID", "Name", "State", "Targets", "Progress", "Created"):
-        out_table.add_column(col, overflow="fold", no_wrap=col in ("ID", "State"))
+    for col in ("ID", "Name", "State", "Progress", "Created"):
+        out_table.add_column(col, overflow="fold", no_wrap=col in ("ID", "State", "Created"))
     short = shortest_unique(t["id"] for t in page["tasks"])
     for t in page["tasks"]:
         out_table.add_row(escape(short[t["id"]]), escape(visible(t["name"], keep_newlines=False)), styled(t["state"]),
-                          str(t["target_count"]), counts_text(t["counts"]), when(t["created_at"]))  # fmt: skip
+                          progress_text(t["counts"], t["target_count"]), when(t["created_at"]))  # fmt: skip
     console.print(out_table)
     return EXIT_OK
 

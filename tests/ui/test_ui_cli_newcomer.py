@@ -105,6 +105,30 @@ def test_the_targets_table_fits_80_columns_without_cutting_states():
     assert "\\x1b[2J" in text and "\x1b" not in text
 
 
+def test_the_tasks_table_fits_80_columns(capsys):
+    con = Console(file=io.StringIO(), width=80, record=True, color_system=None)
+    tasks = [{"id": uuid.uuid4().hex, "name": "nightly deploy \x1b[31mof web", "state": s, "target_count": 120,
+              "counts": {"SUCCEED": 100, "FAILED": 3, "RUNNING": 10, "WAITING": 7}, "created_at": 1.7e9}
+             for s in ("RUNNING", "SUCCEED", "UNREACHABLE")]  # fmt: skip
+
+    class Page:
+        def get(self, path, **query):
+            return {"tasks": tasks}
+
+    class Args:
+        state, limit, json = None, 20, False
+
+    assert cli.cmd_tasks(Page(), Args(), con) == 0
+    lines = con.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    for t in tasks:  # the short id and the whole state on the row's first line
+        assert any(t["id"][:8] in line and t["state"] in line for line in lines), "\n".join(lines)
+    assert "103/120 done:" in "\n".join(lines)
+    assert cli.progress_text(tasks[0]["counts"], 120) == "103/120 done: 3 failed, 10 running, 7 waiting"
+    assert cli.progress_text({"SUCCEED": 2}, 2) == "2/2 done"
+    assert "\\x1b[31m" in "".join(lines) and "\x1b" not in "".join(lines)
+
+
 def test_the_agents_table_fits_80_columns():
     agents = [{"id": uuid.uuid4().hex, "hostname": f"web-{i}.example", "ip": ["10.0.0.1", "fe80::1"],
                "labels": {"role": "web", "zone": "bj"}, "online": i % 2 == 0, "last_seen": None, "running": []}
