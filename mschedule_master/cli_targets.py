@@ -33,7 +33,8 @@ def cmd_targets(client: Client, args: argparse.Namespace, console: Any) -> int:
     if args.json:
         print(json.dumps(doc["agents"], indent=2))
         return EXIT_OK
-    console.print(agents_table(doc["agents"], f"{plural(doc['count'], 'agent')} match {' '.join(selectors)}"),
+    verb = "matches" if doc["count"] == 1 else "match"
+    console.print(agents_table(doc["agents"], f"{plural(doc['count'], 'agent')} {verb} {' '.join(selectors)}"),
                   highlight=False)  # fmt: skip
     return EXIT_OK
 

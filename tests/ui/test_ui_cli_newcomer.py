@@ -236,4 +236,4 @@ def test_counts_and_titles_use_plurals(live_api, capsys):
     assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "-c", "true") == 0
     capsys.readouterr()
     assert mschedule(live_api, "targets", "web1") == 0
-    assert "1 agent match web1" in capsys.readouterr().out
+    assert "1 agent matches web1" in capsys.readouterr().out
