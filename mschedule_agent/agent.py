@@ -22,9 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
-from .executor import Executor, Outcome, Run, RunSpec
+from .executor import Executor, Outcome, Run, RunSpec, new_sha256
 from .hostinfo import HostInfo
 from .ledger import Entry, Ledger, LedgerState
+from .livestream import LiveOutput
 from .protocol import (
     Ack,
     DecodeError,
@@ -484,6 +485,7 @@ class Agent:
             kill_grace=task.kill_grace,
             # Durable before the process exists, on the run's thread: not on the MQTT thread.
             before_exec=None if marked else functools.partial(self._mark_running, task_id),
+            output=self._live_output(task),
         )
         log.info("task_id=%s starting", task_id)
         self._running[task_id] = self.executor.start(
@@ -491,6 +493,16 @@ class Agent:
             on_started=functools.partial(self._on_started, task_id),
             on_done=functools.partial(self._on_done, task_id),
         )
+
+    def _live_output(self, task: Task) -> LiveOutput | None:
+        """The run's live output (docs/protocol.md ``output``), unless streaming is off."""
+        if not (self.settings.stream and task.stream):
+            return None
+        topic = self.topics.output(self.id, task.id)
+        return LiveOutput(
+            task_id=task.id, agent_id=self.id, connected=self.transport.is_connected, new_digest=new_sha256,
+            publish=lambda payload, qos: self._publish(topic, payload, qos=qos),
+        )  # fmt: skip
 
     def _mark_running(self, task_id: str) -> None:
         self.ledger.mark_running(task_id, now=self._now())
