@@ -117,12 +117,13 @@ def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_brid
         ("topic", "write mschedule/dc/sh/agents/+/status"),
         ("topic", "write mschedule/dc/sh/agents/+/heartbeat"),
         ("topic", "write mschedule/dc/sh/results/+"),
+        ("topic", "write mschedule/dc/sh/output/+/+"),
     ]
 
 
 def test_edge_acl_holds_only_the_agent_patterns_and_monitors():
     acl = directives(edge(monitors=["mon"])["acl"])
-    assert [k for k, _ in acl].count("pattern") == 5
+    assert [k for k, _ in acl].count("pattern") == 6
     assert [v for k, v in acl if k == "user"] == ["mon"]
 
 
