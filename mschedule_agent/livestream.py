@@ -25,6 +25,8 @@ from .protocol import OUTPUT_STREAMS, OutputChunk, OutputEnd, encode
 
 log = logging.getLogger(__name__)
 
+_STOPPED = "task_id=%s: live output stopped (%s failed); the result will carry the output"
+
 FLUSH_EVERY = 0.2  #: seconds a written byte may wait before it is sent
 CHUNK_BYTES = 32 * 1024  #: a chunk's largest payload, and the size that flushes at once
 WINDOW = 4  #: chunks in flight (not yet PUBACKed) before the agent holds back
@@ -134,7 +136,8 @@ class LiveOutput:
             self._streams[stream].feed(data, now, self.hold_bytes)
             self.poll(now)
         except Exception:
-            self._fail("feed")
+            self._broken = True
+            log.exception(_STOPPED, self.task_id, "feed")
 
     def due_in(self, now: float) -> float | None:
         """Seconds until a flush is due (0: now); None when nothing waits."""
@@ -152,7 +155,8 @@ class LiveOutput:
             for s in self._streams.values():
                 self._send_due(s, now)
         except Exception:
-            self._fail("poll")
+            self._broken = True
+            log.exception(_STOPPED, self.task_id, "poll")
 
     def close(self) -> None:
         """The streams are closed: send what waits (if the window allows) and ``output_end``."""
@@ -173,7 +177,8 @@ class LiveOutput:
             if self.skipped:
                 log.info("task_id=%s: %d byte(s) of output were not streamed live", self.task_id, self.skipped)
         except Exception:
-            self._fail("close")
+            self._broken = True
+            log.exception(_STOPPED, self.task_id, "close")
 
     # ------------------------------------------------------------------ internals
     def _send_due(self, s: _Stream, now: float, force: bool = False) -> None:
@@ -199,7 +204,3 @@ class LiveOutput:
                 return True
         self._retry_at = now + RETRY_EVERY
         return False
-
-    def _fail(self, where: str) -> None:
-        self._broken = True
-        log.exception("task_id=%s: live output stopped (%s failed); the result will carry the output", self.task_id, where)

@@ -1,6 +1,7 @@
 """Server-sent events: ``GET /api/v1/events[?task=ID]``, fed by ``service.subscribe``.
 
-Each event is ``event: <kind>`` (task, target, agent) with ``data:`` holding
+Each event is ``event: <kind>`` (task, target, agent; and, on a task's own stream only,
+output and output_end: live output, see liveoutput.py) with ``data:`` holding
 ``{"kind", "task_id", "ts", "data"}``. Clients treat an event as "this changed, look
 again" and re-read the task or fleet; ``resync`` means events were dropped because the
 client read too slowly. A comment line every :data:`KEEPALIVE` seconds keeps proxies
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .models import Event, Service
+from .models import TASK_ONLY_EVENTS, Event, Service
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     def on_event(ev: Event) -> None:
         if task_id is not None and ev.task_id != task_id:
             return
+        if task_id is None and ev.kind in TASK_ONLY_EVENTS:
+            return  # live output goes only to the task's own watchers
         if queue.full():
             _force(queue, _RESYNC)
         else:
