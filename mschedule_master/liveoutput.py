@@ -130,8 +130,9 @@ class LiveIngest:
                      msg.id, gap, msg.stream, msg.agent_id, extra={"task_id": msg.id})  # fmt: skip
         self._ends[key] = max(expected or 0, msg.offset + len(msg.data))
         text, encoding = text_or_base64(msg.data)
+        agent = self.engine.registry.get(msg.agent_id)
         self.engine.emit("output", msg.id, {
-            "agent_id": msg.agent_id, "seq": msg.seq, "stream": msg.stream, "offset": msg.offset,
+            "agent_id": msg.agent_id, "hostname": agent.hostname if agent else None, "seq": msg.seq, "stream": msg.stream, "offset": msg.offset,
             "skipped": msg.skipped, "gap": gap, "data": text, "encoding": encoding,
         })  # fmt: skip
 
