@@ -29,8 +29,9 @@ _STOPPED = "task_id=%s: live output stopped (%s failed); the result will carry t
 
 FLUSH_EVERY = 0.2  #: seconds a written byte may wait before it is sent
 CHUNK_BYTES = 32 * 1024  #: a chunk's largest payload, and the size that flushes at once
-WINDOW = 4  #: chunks in flight (not yet PUBACKed) before the agent holds back
-HOLD_BYTES = 64 * 1024  #: per stream, the head and the rolling tail kept while held back
+WINDOW = 8  #: chunks in flight (not yet PUBACKed) before the agent holds back
+HOLD_BYTES = 256 * 1024  #: per stream, the head and the rolling tail kept while held back (a burst of
+#: up to WINDOW * CHUNK_BYTES + 2 * HOLD_BYTES, 768 KiB, passes whole even if no ack comes meanwhile)
 STALE_AFTER = 10.0  #: seconds after which an unacknowledged chunk no longer holds a slot
 RETRY_EVERY = 0.05  #: seconds between two looks at a full window (or a lost connection)
 
