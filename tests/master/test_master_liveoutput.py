@@ -167,8 +167,15 @@ def test_a_broker_outage_mid_stream_loses_no_byte_of_the_result(own_broker, pref
         assert t["state"] == "SUCCEED"
         assert stored(fleet, task["id"], agent) == expected
         followed = follower.finish()
-        # the follow ended with the target and filled what the outage cost it from the result
-        assert followed == expected
+        # The follow ended with the target. Chunks re-sent while the master was not yet back
+        # are lost to it (it takes live output at QoS 0): the follow waits HOLE_WAIT for
+        # them, then marks the hole, unless the result came first and filled it.
+        lines = [ln for ln in followed.split(b"\n") if ln]
+        shown = [ln for ln in lines if not ln.startswith(b"[mschedule: ")]
+        assert shown == [ln for ln in expected.split(b"\n") if ln in shown], "out of order or invented lines"
+        assert shown[-1] == b"line-60"
+        if len(shown) < 60:
+            assert len(lines) > len(shown), "a hole in the follow without a skipped line"
 
 
 def test_a_100_mb_writer_streams_capped_and_the_agent_stays_bounded_in_memory(broker, prefix, tmp_path):
