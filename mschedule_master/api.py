@@ -376,6 +376,9 @@ async def get_output(request: web.Request) -> web.StreamResponse:
         "X-Mschedule-Truncated": "true" if truncated else "false",
         "X-Mschedule-Total-Bytes": str(total),
     }
+    if not follow.ended(target):  # no result yet: what it has written so far, from its live output
+        data = await follow.so_far(service_of(request), target.task_id, target.agent_id, stream)
+        headers["X-Mschedule-Live"] = "true"
     if target.code is not None:
         headers["X-Mschedule-Exit-Code"] = str(target.code)
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)

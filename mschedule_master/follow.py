@@ -105,6 +105,13 @@ class _Position:
         return bytes(out)
 
 
+async def so_far(service: Service, task_id: str, agent_id: str, stream: str) -> bytes:
+    """What a running target has written to ``stream`` so far, as its live chunks hold it
+    (up to the first chunk still missing)."""
+    chunks = await _read(service, "live_chunks", task_id, agent_id, stream, 0)
+    return _Position().take(chunks, 0.0)
+
+
 async def follow_output(request: web.Request, service: Service, task_id: str, agent_id: str, stream: str) -> web.StreamResponse:
     target: Target = await _read(service, "output", task_id, agent_id)  # NotFound: a 404 before any byte
     resp = web.StreamResponse(headers={

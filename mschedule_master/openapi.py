@@ -400,7 +400,9 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": "raw bytes; X-Mschedule-State, X-Mschedule-Exit-Code, X-Mschedule-Truncated, "
-                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow, and none of those)",
+                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow, and none of those). "
+                    "A target still running answers what it has written so far (its live output), with "
+                    "X-Mschedule-Live: true",
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "400": _err("bad stream"),
