@@ -82,6 +82,7 @@ class LiveIngest:
             return
         cap = self._cap(msg.id, msg.agent_id)
         if cap is None:
+            self.engine.metrics.live_chunk("refused")
             return  # no such target, or its result is stored: the result is the record
         if isinstance(msg, OutputEnd):
             self._end(msg)
@@ -112,6 +113,7 @@ class LiveIngest:
             ).rowcount
             if not inserted:
                 self.duplicates += 1
+                self.engine.metrics.live_chunk("duplicate")
                 return
             # The cap: the head, and the latest cap - head bytes; older chunks in between go.
             c.execute(
@@ -120,12 +122,14 @@ class LiveIngest:
                 (msg.id, msg.agent_id, msg.stream, head, msg.offset + len(msg.data) - (cap - head)),
             )
         self.stored += 1
+        self.engine.metrics.live_chunk("stored")
         self._holding.add((msg.id, msg.agent_id))
         expected = self._ends.get(key)
         gap = 0
         if expected is not None and msg.offset - msg.skipped > expected:
             gap = msg.offset - msg.skipped - expected
             self.gaps += 1
+            self.engine.metrics.live_chunk("gap")
             log.info("task %s: %d byte(s) of %s live output from %s lost on the way; the result fills them",
                      msg.id, gap, msg.stream, msg.agent_id, extra={"task_id": msg.id})  # fmt: skip
         self._ends[key] = max(expected or 0, msg.offset + len(msg.data))

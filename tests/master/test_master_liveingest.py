@@ -130,3 +130,12 @@ def test_the_cli_makes_whole_lines_per_target_and_keeps_the_latest():
     assert lines.prefixed("a1", "x") == "web-1: x" and dict(lines.latest) == {"a1": "x"}
     lines.feed({"agent_id": "a2", "stream": "stderr", "offset": 0, "data": "//4=", "encoding": "base64"})
     assert lines.finish("a2") == [("a2", "stderr", "\ufffd\ufffd")]
+
+
+def test_live_chunks_are_counted_by_outcome_in_the_metrics(rig):
+    task_id = running_task(rig)
+    c = chunk(task_id, 0, 0, b"x")
+    send(rig, c, c, chunk(task_id, 2, 9, b"y"), chunk("nosuchtask", 0, 0, b"z"))
+    got = {s.labels["outcome"]: s.value for m in rig.engine.metrics.registry.collect() for s in m.samples
+           if s.name == "mschedule_live_output_chunks_total"}  # fmt: skip
+    assert got == {"stored": 2, "duplicate": 1, "gap": 1, "refused": 1}
