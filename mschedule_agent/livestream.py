@@ -6,7 +6,8 @@ after a byte was written, or as soon as :data:`CHUNK_BYTES` wait. It never block
 script: at most :data:`WINDOW` chunks are in flight (published, not yet acknowledged by
 the broker); beyond that, or while the transport is disconnected, what waits is kept as a
 head and a rolling tail of :data:`HOLD_BYTES` each per stream, and the middle is dropped
-and counted (a chunk's ``skipped``). Memory stays below about ``4 * HOLD_BYTES`` plus the
+and counted (a chunk's ``skipped``). So it is beyond :data:`RATE_BYTES` a second (after a
+first :data:`BURST_BYTES`): a 100 MB writer streams a sample, not 100 MB. Memory stays below about ``4 * HOLD_BYTES`` plus the
 window whatever the script writes. ``close()`` sends what it can and the ``output_end``
 marker with each stream's total and sha256.
 
@@ -33,6 +34,11 @@ WINDOW = 8  #: chunks in flight (not yet PUBACKed) before the agent holds back
 HOLD_BYTES = 256 * 1024  #: per stream, the head and the rolling tail kept while held back (a burst of
 #: up to WINDOW * CHUNK_BYTES + 2 * HOLD_BYTES, 768 KiB, passes whole even if no ack comes meanwhile)
 STALE_AFTER = 10.0  #: seconds after which an unacknowledged chunk no longer holds a slot
+#: Live bytes a run may send per second, after a first burst of BURST_BYTES: a 100 MB writer
+#: must not flood the broker and the master (a thousand of them even less); what is over
+#: is held and skipped like output a slow broker cannot take.
+RATE_BYTES = 256 * 1024
+BURST_BYTES = 1024 * 1024
 RETRY_EVERY = 0.05  #: seconds between two looks at a full window (or a lost connection)
 
 
@@ -112,6 +118,8 @@ class LiveOutput:
         chunk_bytes: int = CHUNK_BYTES,
         window: int = WINDOW,
         hold_bytes: int = HOLD_BYTES,
+        rate_bytes: float = RATE_BYTES,
+        burst_bytes: float = BURST_BYTES,
     ) -> None:
         self.task_id = task_id
         self.agent_id = agent_id
@@ -128,6 +136,10 @@ class LiveOutput:
         self.skipped = 0  #: bytes dropped from the live view so far (both streams)
         self._broken = False
         self._retry_at = 0.0  #: held back: the next look at the window, not before
+        self.rate_bytes = rate_bytes
+        self.burst_bytes = burst_bytes
+        self._tokens = burst_bytes  #: bytes that may be sent now (a token bucket)
+        self._refilled = clock()
 
     # ------------------------------------------------------------------ the run thread
     def feed(self, stream: str, data: bytes) -> None:
@@ -186,19 +198,25 @@ class LiveOutput:
         while s.waiting():
             full = s.waiting() >= self.chunk_bytes
             due = s.since is not None and now - s.since >= self.flush_every
-            if not (full or due or force) or not self._room(now):
+            if not (full or due or force) or not self._room(now, min(self.chunk_bytes, s.waiting())):
                 return
             offset, data, skipped = s.take(self.chunk_bytes)
             self.skipped += skipped
             msg = OutputChunk(id=self.task_id, agent_id=self.agent_id, seq=self.seq, stream=s.name, offset=offset,
                               data=data, skipped=skipped)  # fmt: skip
             self.seq += 1
+            self._tokens -= len(data)
             pub = self._publish(encode(msg), 1)
             if pub is not None:
                 self._inflight.append((pub, now))
 
-    def _room(self, now: float) -> bool:
-        """A free slot in the window, on a connected transport."""
+    def _room(self, now: float, size: int) -> bool:
+        """A free slot in the window, on a connected transport, and ``size`` bytes of rate."""
+        self._tokens = min(self.burst_bytes, self._tokens + (now - self._refilled) * self.rate_bytes)
+        self._refilled = now
+        if self._tokens < size:
+            self._retry_at = now + max(RETRY_EVERY, (size - self._tokens) / self.rate_bytes)
+            return False
         if self._connected():
             self._inflight = [(p, at) for p, at in self._inflight if now - at < STALE_AFTER and not p.wait(0)]
             if len(self._inflight) < self.window:

@@ -141,3 +141,21 @@ def test_a_failing_publisher_stops_the_live_view_but_never_raises():
     lo.feed("stdout", b"more")
     lo.close()
     assert lo.due_in(w.now) is None
+
+
+def test_a_fast_writer_streams_its_burst_then_at_the_rate_and_skips_the_rest():
+    w = Wire()
+    lo = live(w, rate_bytes=100_000, burst_bytes=200_000, hold_bytes=50_000)
+    for _ in range(100):  # 3.2 MB in one second, acknowledged at once
+        lo.feed("stdout", b"y" * 32768)
+        w.ack_all()
+        w.now += 0.01
+    sent = sum(len(c.data) for c in w.chunks())
+    assert 200_000 <= sent <= 200_000 + 100_000 * 1.0 + 32768  # the burst, then ~1 s at the rate
+    w.now += 1.0
+    w.ack_all()
+    lo.close()
+    end = w.end()
+    assert end.stdout_bytes == 100 * 32768
+    assert end.skipped == end.stdout_bytes - sum(len(c.data) for c in w.chunks())
+    assert rebuild(w.chunks(), "stdout").endswith(b"y" * 1000)
