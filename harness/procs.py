@@ -99,10 +99,13 @@ class Proc:
 
 
 def flag_argv(flags: dict[str, object]) -> list[str]:
-    """``{"will_delay": 1, "x": None}`` -> ``["--will-delay", "1"]`` (None leaves a flag out)."""
+    """``{"will_delay": 1, "x": None, "no_stream": True}`` -> ``["--will-delay", "1", "--no-stream"]``
+    (None leaves a flag out; True is a flag without a value)."""
     argv: list[str] = []
     for name, value in flags.items():
-        if value is not None:
+        if value is True:
+            argv.append(f"--{name.replace('_', '-')}")
+        elif value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv
 

@@ -28,7 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import openapi, probes, sse
+from . import follow, openapi, probes, sse
 from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded
 from .states import TargetState, TaskState
@@ -169,6 +169,7 @@ def task_json(
         "env": dict(t.env),
         "cwd": t.cwd,
         "output_cap": t.output_cap,
+        "stream": t.stream,
         "delivery_timeout": t.delivery_timeout,
         "counts": dict(t.counts),
         "target_count": t.target_count,
@@ -381,10 +382,13 @@ def with_hostnames(service: Service, task: Task) -> Task:
     return replace(task, targets=targets)
 
 
-async def get_output(request: web.Request) -> web.Response:
+async def get_output(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "stream must be stdout or stderr", "stream")
+    if query_bool(request, "follow"):  # tail -f: chunked, until the target ends (follow.py)
+        service, match = service_of(request), request.match_info
+        return await follow.follow_output(request, service, match["task_id"], match["agent_id"], stream)
     target = await read(service_of(request), "output", request.match_info["task_id"], request.match_info["agent_id"])
     data = target.stdout if stream == "stdout" else target.stderr
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
@@ -394,6 +398,9 @@ async def get_output(request: web.Request) -> web.Response:
         "X-Mschedule-Truncated": "true" if truncated else "false",
         "X-Mschedule-Total-Bytes": str(total),
     }
+    if not follow.ended(target):  # no result yet: what it has written so far, from its live output
+        data = await follow.so_far(service_of(request), target.task_id, target.agent_id, stream)
+        headers["X-Mschedule-Live"] = "true"
     if target.code is not None:
         headers["X-Mschedule-Exit-Code"] = str(target.code)
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
@@ -576,6 +583,7 @@ def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | 
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
     sse.setup(app)
+    follow.setup(app)
     return app
 
 

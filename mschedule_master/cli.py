@@ -4,10 +4,10 @@
     mschedule run -t SELECTOR [-t ...] [--parallel N|N%] [--fail-count N] [--fail-rate R|N%]
                   [--timeout S] [--on-abort kill|drain] [--delivery-timeout S] [--output-cap BYTES]
                   [--env K=V] [--cwd DIR] [--name N] [--request-id ID] [--yes]
-                  (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json]
+                  (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json] [--follow] [--no-stream]
     mschedule targets SELECTOR... [--json]
     mschedule status TASK [--json]
-    mschedule output TASK [AGENT] [--stderr]
+    mschedule output TASK [AGENT] [--stderr] [--follow]
     mschedule kill TASK
     mschedule tasks [--state S]
     mschedule job save|list|show|history|diff|default|run|push|pull ...   (see cli_jobs.py)
@@ -494,6 +494,8 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
         body["env"] = env
     if args.cwd:
         body["cwd"] = args.cwd
+    if getattr(args, "no_stream", False):
+        body["stream"] = False
     return body
 
 
@@ -515,26 +517,30 @@ def cmd_run(client: Client, args, console: Console) -> int:
         if waiting:
             console.print(f"waiting for {plural(len(waiting), 'offline agent')}: {', '.join(waiting[:5])}"
                           f"{' ...' if len(waiting) > 5 else ''}", highlight=False, markup=False)  # fmt: skip
-    task = follow(client, task["id"], console, show=not args.json)
+    task = follow(client, task["id"], console, show=not args.json, lines=args.follow and not args.json)
     return finish(task, console, args.json, all_output=args.show_output)
 
 
-def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dict[str, Any]:
-    """Wait for the task to end, showing progress; Ctrl-C asks whether to kill it."""
+def follow(client: Client, task_id: str, console: Console, *, show: bool, lines: bool = False) -> dict[str, Any]:
+    """Wait for the task to end, showing progress; Ctrl-C asks whether to kill it.
+    ``lines``: print the targets' output lines as they come, prefixed by host."""
     watcher = EventWatcher(client, task_id).start()
     try:
-        return _follow(client, task_id, console, watcher, show)
+        return _follow(client, task_id, console, watcher, show, lines)
     finally:
         watcher.stop()
 
 
-def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
+def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, Any]:
     """Events drive it: the view redraws from their counts, the end is noticed when its event
     arrives. The task is read only at the start, after (re)subscribing, on ``resync`` and at
     the end; only while the stream is down does it poll."""
     import queue
 
+    from .cli_live import Lines
+
     view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
+    output = Lines()
     killing = False
     live = False  # subscribed: the stream will tell of every change
     read = True  # the task must be read (again)
@@ -560,6 +566,8 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     reached, read = time.monotonic(), False
                     view.update(task)
                 if task["state"] in TASK_FINAL:
+                    for agent_id, _stream, text in output.finish():
+                        view.line(output.prefixed(agent_id, text), shown=lines)
                     return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
                 try:
                     events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
@@ -568,6 +576,7 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     continue
                 for kind, doc in events:
                     live, read, task = _apply(kind, doc, live, read, task)
+                    _show_output(kind, doc, output, view, lines)
                 if not read:
                     view.update(task)
             except KeyboardInterrupt:
@@ -591,6 +600,21 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                               "(Ctrl-C again to stop waiting)", highlight=False)  # fmt: skip
                 killing = True
                 view.resume()
+
+
+def _show_output(kind: str, doc: dict[str, Any], output: Any, view: Any, lines: bool) -> None:
+    """An ``output`` event's whole lines: printed with ``--follow``; the latest line of each
+    target is shown under the progress bar either way. A target's end ends its last line."""
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    if kind == "output":
+        done = output.feed(data)
+    elif kind == "target" and data.get("state") in TARGET_FINAL and isinstance(data.get("agent_id"), str):
+        done = output.finish(data["agent_id"])
+    else:
+        return
+    for agent_id, _stream, text in done:
+        view.line(output.prefixed(agent_id, text), shown=lines)
+    view.latest({output.name(a): text for a, text in output.latest.items()})
 
 
 def poll_interval(target_count: int) -> float:
@@ -658,13 +682,31 @@ class _ProgressView:
             console=real,
         )
         self.bar = self.progress.add_task(task_id, total=None, counts="")
+        from rich.console import Group
+        from rich.live import Live
+        from rich.text import Text
+
+        self._lines = Text("", no_wrap=True, overflow="ellipsis")
+        self.live = Live(Group(self.progress, self._lines), console=self.progress.console, refresh_per_second=8)
 
     def __enter__(self):
-        self.progress.start()
+        self.live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        self.live.stop()
+
+    def line(self, text: str, *, shown: bool) -> None:
+        """One whole line of a target's output, printed above the bar when ``shown``."""
+        if shown:
+            self.live.console.print(text, markup=False, highlight=False)
+
+    def latest(self, lines: dict[str, str]) -> None:
+        """Each target's latest line (the most recent targets), under the bar."""
+        from .cli_live import LATEST_ROWS
+
+        rows = list(lines.items())[-LATEST_ROWS:]
+        self._lines.plain = "\n".join(f"  {host}: {text}" for host, text in rows)
 
     def update(self, task: dict[str, Any]) -> None:
         self.progress.update(
@@ -679,10 +721,10 @@ class _ProgressView:
         self.progress.update(self.bar, description=text)
 
     def pause(self) -> None:
-        self.progress.stop()
+        self.live.stop()
 
     def resume(self) -> None:
-        self.progress.start()
+        self.live.start()
 
 
 class _LineView:
@@ -717,6 +759,13 @@ class _LineView:
         if self.show and text != self.last_note:
             self.console.print(f"{time.strftime('%H:%M:%S')} {text}", highlight=False, markup=False)
         self.last_note = text
+
+    def line(self, text: str, *, shown: bool) -> None:
+        if shown:
+            self.console.print(text, highlight=False, markup=False)
+
+    def latest(self, lines: dict[str, str]) -> None:
+        pass  # no place to redraw: plain lines only
 
     def pause(self) -> None:
         pass
@@ -812,6 +861,13 @@ def cmd_output(client: Client, args, console: Console) -> int:
     if args.agent and len(args.agent) < FULL:
         targets = client.get(f"/api/v1/tasks/{quote(args.task)}").get("targets", {})
         args.agent = expand(args.agent, targets, "agent")
+    if args.follow:
+        if not args.agent:
+            raise CliError("--follow needs an AGENT: mschedule output TASK AGENT --follow")
+        from .cli_live import follow_output
+
+        follow_output(client, args.task, args.agent, stream, out)
+        return EXIT_OK
     if args.agent:
         reply = client.request("GET", f"/api/v1/tasks/{quote(args.task)}/targets/{quote(args.agent)}/output",
                                query={"stream": stream})  # fmt: skip
@@ -915,6 +971,9 @@ def parser() -> argparse.ArgumentParser:
                    "the failed ones")
     r.add_argument("--no-wait", action="store_true", help="print the task id and return")
     r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
+    r.add_argument("-f", "--follow", action="store_true", help="print the targets' output as it is written, "
+                   "each line prefixed by its host (default: the latest line of each target under the progress)")
+    r.add_argument("--no-stream", action="store_true", help="the targets send their output only at the end")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a task and its targets")
@@ -926,6 +985,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("task")
     o.add_argument("agent", nargs="?")
     o.add_argument("--stderr", action="store_true")
+    o.add_argument("-f", "--follow", action="store_true", help="with AGENT: print the output as it is written "
+                   "(tail -f), until the target ends")
     o.set_defaults(fn=cmd_output)
 
     k = sub.add_parser("kill", help="kill a task")

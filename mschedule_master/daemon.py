@@ -169,7 +169,8 @@ class Daemon:
         transport = MqttTransport(
             s.broker,
             client_id=s.client_id,
-            subscriptions=[(t, 1) for t in subscriptions],
+            # live output at QoS 0: the broker never queues it for an absent master (docs/protocol.md)
+            subscriptions=[(t, 1) for t in subscriptions] + [(t, 0) for t in self.topics.output_subscriptions()],
             on_message=self._on_message,
             on_connect=lambda _sp: self._connected(transport),
             will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),

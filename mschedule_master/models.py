@@ -90,6 +90,13 @@ class Task:
     #: when the task's state was last recomputed because a late report revised a target's
     #: verdict (see docs/rollout.md "Provisional verdicts"); None if never.
     revised_at: float | None = None
+    #: its targets send their output live while it runs (docs/protocol.md ``output``)
+    stream: bool = True
+
+
+#: Event kinds only a watcher of their one task receives (a live output chunk, its end):
+#: the fleet-wide stream would carry every running script's output to every page.
+TASK_ONLY_EVENTS = frozenset({"output", "output_end"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,7 @@ SCHEMAS: dict[str, Any] = {
             "cwd": {"type": ["string", "null"]},
             "output_cap": {"type": ["integer", "null"]},
             "delivery_timeout": _NUM,
+            "stream": {"type": "boolean", "description": "targets send their output live while it runs (default)"},
         },
     },  # fmt: skip
     "Target": {
@@ -188,6 +189,7 @@ SCHEMAS: dict[str, Any] = {
             "cwd": {"type": ["string", "null"]},
             "output_cap": {"type": ["integer", "null"]},
             "delivery_timeout": {"type": "number"},
+            "stream": {"type": "boolean", "description": "targets send their output live while it runs"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "target_count": {"type": "integer"},
             "targets": {
@@ -413,11 +415,16 @@ PATHS: dict[str, Any] = {
                 _TASK_ID,
                 _AGENT_ID,
                 _query("stream", {"type": "string", "enum": ["stdout", "stderr"], "default": "stdout"}, "which stream"),
+                _query("follow", QUERY_BOOL,
+                       "tail -f: a chunked answer that carries the output as it is written and ends when the "
+                       "target does (bytes never sent live show as a line '[mschedule: N bytes skipped]')"),
             ],
             "responses": {
                 "200": {
                     "description": "raw bytes; X-Mschedule-State, X-Mschedule-Exit-Code, X-Mschedule-Truncated, "
-                    "X-Mschedule-Total-Bytes headers",
+                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow, and none of those). "
+                    "A target still running answers what it has written so far (its live output), with "
+                    "X-Mschedule-Live: true",
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "400": _err("bad stream"),

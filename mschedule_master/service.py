@@ -20,6 +20,7 @@ from mschedule_agent.transport import Incoming
 from . import models, targeting
 from .engine import Engine
 from .jobservice import JobService
+from .liveoutput import LiveIngest, chunks_after
 from .models import NotFound
 from .reads import Reads
 from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
@@ -61,6 +62,7 @@ class MasterService:
         self.jobs = JobService(engine=engine, clock=clock)
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
+        self.live = LiveIngest(engine=engine, store=store)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 
@@ -113,6 +115,10 @@ class MasterService:
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
         return _output(self.store, task_id, agent_id)
+
+    def live_chunks(self, task_id: str, agent_id: str, stream: str, offset: int) -> list[Any]:
+        """The live output of one running target's stream past ``offset`` (see :mod:`.liveoutput`)."""
+        return chunks_after(self.store, task_id, agent_id, stream, offset)
 
     async def read_off_loop(self, name: str, *args: Any, **kw: Any) -> Any:
         """``tasks``, ``task`` or ``output`` read in a reader thread (see :mod:`reads`), so a
@@ -186,6 +192,8 @@ class MasterService:
             self._status(info, incoming)
         elif info.kind == "heartbeat":
             self._heartbeat(info, incoming)
+        elif info.kind == "output":
+            self.live.handle(info, incoming)
         elif info.kind == "submit":
             self.submissions.handle(incoming)
         else:
@@ -266,4 +274,4 @@ def _output(store: Store, task_id: str, agent_id: str) -> models.Target:
     return t
 
 
-_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output}
+_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output, "live_chunks": chunks_after}

@@ -1,6 +1,7 @@
 """Server-sent events: ``GET /api/v1/events[?task=ID]``, fed by ``service.subscribe``.
 
-Each event is ``event: <kind>`` (task, target, agent) with ``data:`` holding
+Each event is ``event: <kind>`` (task, target, agent; and, on a task's own stream only,
+output and output_end: live output, see liveoutput.py) with ``data:`` holding
 ``{"kind", "task_id", "ts", "data"}`` and an ``id:`` (``<boot>-<n>``). Clients treat an
 event as "this changed, look again" and re-read the task or fleet; ``resync`` means events
 were dropped (the client read too slowly, or reconnected after more than :data:`BACKLOG`
@@ -28,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .models import Event, Service
+from .models import TASK_ONLY_EVENTS, Event, Service
 from .states import TaskState
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,21 @@ class EventLog:
             unsubscribe()
 
     def _on_event(self, ev: Event) -> None:
+        if ev.kind in TASK_ONLY_EVENTS:
+            # Live output is not numbered nor kept: it would push the state events a
+            # reconnecting client needs out of the backlog (and hold chunks in memory); a
+            # follower that missed some reads them from the output route.
+            for listener in list(self.listeners):
+                listener(0, ev)
+            return
         self.seq += 1
         self.recent.append((self.seq, ev))
         for listener in list(self.listeners):
             listener(self.seq, ev)
+
+    def event_id_of(self, seq: int) -> str | None:
+        """The ``id:`` of a numbered event; None for live output, which carries none."""
+        return self.event_id(seq) if seq else None
 
     def event_id(self, seq: int) -> str:
         return f"{self.boot}-{seq}"
@@ -152,6 +164,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     def on_event(seq: int, ev: Event) -> None:
         if task_id is not None and ev.task_id != task_id:
             return
+        if task_id is None and ev.kind in TASK_ONLY_EVENTS:
+            return  # live output goes only to the task's own watchers
         if queue.full():
             _force(queue, _Signal.RESYNC)
         else:
@@ -212,6 +226,6 @@ async def _pump(queue: _Queue, resp: web.StreamResponse, log_: EventLog) -> None
                 await resp.write(format_event("resync", {}))
                 continue
             seq, ev = item
-            await resp.write(format_event(ev.kind, event_doc(ev), log_.event_id(seq)))
+            await resp.write(format_event(ev.kind, event_doc(ev), log_.event_id_of(seq)))
     except ConnectionError:
         log.debug("event stream client went away")

@@ -71,6 +71,7 @@ def test_edge_bridges_follow_the_decided_conventions():
         "agents/+/status out 1 mschedule/ mschedule/dc/bj/",
         "agents/+/heartbeat out 1 mschedule/ mschedule/dc/bj/",
         "results/+ out 1 mschedule/ mschedule/dc/bj/",
+        "output/+/+ out 0 mschedule/ mschedule/dc/bj/",  # live output: never queued (docs/protocol.md)
     ]
 
 
@@ -106,6 +107,7 @@ def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_brid
                      "mschedule-bridge-sh", "mschedule-uplink-sh"]
     assert ("pattern", "read mschedule/agents/%u/tasks") in acl
     assert ("pattern", "write mschedule/results/%u") in acl
+    assert ("pattern", "write mschedule/output/%u/+") in acl
     i = acl.index(("user", "mschedule-bridge-sh"))
     assert acl[i + 1 :] == [
         ("topic", "read mschedule/dc/sh/agents/+/tasks"),
@@ -115,12 +117,13 @@ def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_brid
         ("topic", "write mschedule/dc/sh/agents/+/status"),
         ("topic", "write mschedule/dc/sh/agents/+/heartbeat"),
         ("topic", "write mschedule/dc/sh/results/+"),
+        ("topic", "write mschedule/dc/sh/output/+/+"),
     ]
 
 
 def test_edge_acl_holds_only_the_agent_patterns_and_monitors():
     acl = directives(edge(monitors=["mon"])["acl"])
-    assert [k for k, _ in acl].count("pattern") == 5
+    assert [k for k, _ in acl].count("pattern") == 6
     assert [v for k, v in acl if k == "user"] == ["mon"]
 
 

@@ -361,3 +361,27 @@ def test_task_page_shows_elapsed_time_keeps_labels_with_values_downloads_and_rer
     with urllib.request.urlopen(f"{ui_fleet.url}/api/v1/tasks/{new_id}?targets=0", timeout=10) as r:
         again = json.loads(r.read())
     assert again["script"] == "echo started; sleep 3; echo done" and again["targets_spec"] == ["role=db"]
+
+
+def test_the_task_page_shows_a_running_targets_output_as_it_is_written(ui_fleet, page):
+    import json
+    import time
+    import urllib.request
+
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=db")
+    page.fill("#script", "echo start; sleep 5; echo end")
+    page.click("#submit")
+    page.wait_for_url("**/#/task/*")
+    page.wait_for_function("document.querySelector('#targets pre.output')?.textContent.includes('start')",
+                           timeout=10_000, polling=20)  # fmt: skip
+    seen = time.time()
+    task_id = page.url.rsplit("/", 1)[1]
+    with urllib.request.urlopen(f"{ui_fleet.url}/api/v1/tasks/{task_id}", timeout=10) as r:
+        (target,) = json.loads(r.read())["targets"].values()
+    assert seen - target["started_at"] < 1.0, f"start shown {seen - target['started_at']:.2f} s after the script started"
+    assert "end" not in page.locator("#targets pre.output").inner_text(), "shown only at the end"
+    assert page.locator("#targets tbody tr[data-state=RUNNING]").count() == 1
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=30_000)
+    assert page.locator("#targets pre.output").inner_text() == "start\nend\n"
