@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Settings
 from .executor import Executor, Outcome, Run, RunSpec
+from .gate import Gate, Refused
 from .hostinfo import HostInfo
 from .ledger import Entry, Ledger, LedgerState
 from .protocol import (
@@ -82,6 +83,7 @@ class Agent:
         hostinfo: Callable[[], HostInfo],
         transport: Transport | None = None,
         transport_factory: Callable[[Agent], Transport] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         if (transport is None) == (transport_factory is None):
             raise TypeError("give exactly one of transport, transport_factory")
@@ -91,6 +93,8 @@ class Agent:
         self.executor = executor
         self.topics = Topics(settings.topic_prefix)
         self._now = now
+        #: what the tasks and control topics let through (signatures: gate.py); default: off
+        self.gate = gate if gate is not None else Gate(agent_id=agent_id, now=now)
         self._hostinfo = hostinfo
         self.host = hostinfo()
         self.started_at = now()
@@ -322,11 +326,23 @@ class Agent:
 
     def _handle_task(self, msg: Incoming) -> None:
         try:
-            task = decode_as(msg.payload, Task)
+            opened = self.gate.open(msg.payload, Task)
         except DecodeError as e:
             self._bad_task(msg, e)
             return
-        self._accept(task, msg)
+        except Refused as e:
+            self._refused(msg, e)
+            return
+        assert isinstance(opened.message, Task)
+        self._accept(opened.message, msg, raw=opened.raw, audit=opened.audit)
+
+    def _refused(self, msg: Incoming, e: Refused) -> None:
+        """Signing enforced and this task fails a check: nothing runs, nothing is recorded
+        (a genuine copy with the same id may still come), and the publisher learns why."""
+        log.warning("task refused (task_id=%s, code=%s): %s", e.msg_id, e.code, e.reason)
+        if e.msg_id is None or self._known(e.msg_id) is None:
+            self._reject(e.msg_id, e.code, e.reason[:500])
+        msg.ack()
 
     def _bad_task(self, msg: Incoming, e: DecodeError) -> None:
         task_id = e.msg_id
@@ -349,7 +365,7 @@ class Agent:
             log.exception("ledger lookup failed for task_id=%s", task_id)
             return None
 
-    def _accept(self, task: Task, msg: Incoming) -> None:
+    def _accept(self, task: Task, msg: Incoming, *, raw: bytes, audit: str = "") -> None:
         now = self._now()
         with self._lock:
             if self._stopping:
@@ -369,10 +385,10 @@ class Agent:
                 # a task that has to wait is recorded ACCEPTED and runs after a restart.
                 start_now = not self._stopping and not self._queue and len(self._running) < self.settings.max_tasks
                 state = LedgerState.RUNNING if start_now else LedgerState.ACCEPTED
-                self.ledger.insert(task.id, state, now=now, task=msg.payload, started_at=now if start_now else None)
+                self.ledger.insert(task.id, state, now=now, task=raw, started_at=now if start_now else None)
                 msg.ack()  # PUBACK only once the commit is on disk
                 # Still under the lock: no run can start (and say "started") before the ack.
-                self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now)))
+                self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now, audit=audit)))
                 if start_now:
                     try:
                         self._start(task.id, task, marked=True)
@@ -403,16 +419,20 @@ class Agent:
 
     def _handle_control(self, msg: Incoming) -> None:
         try:
-            ctl = decode_as(msg.payload, Kill, ResultAck)
+            ctl = self.gate.open(msg.payload, Kill, unsigned_ok=(ResultAck,)).message
         except DecodeError as e:
             log.warning("bad control message ignored (id=%s): %s", e.msg_id, e)
+            msg.ack()
+            return
+        except Refused as e:  # a kill that enforce refuses: its task runs on
+            log.warning("kill refused (task_id=%s, code=%s): %s", e.msg_id, e.code, e.reason)
             msg.ack()
             return
         if isinstance(ctl, ResultAck):
             if self.ledger.ack_result(ctl.id):
                 log.info("task_id=%s result acknowledged by the master", ctl.id)
             self._from_outbox(ctl.id)
-        else:
+        elif isinstance(ctl, Kill):
             self._kill(ctl)
         msg.ack()
 
