@@ -63,6 +63,9 @@ class Settings:
     retention_days: float = DEFAULT_RETENTION_DAYS
     output_retention_days: float = DEFAULT_OUTPUT_RETENTION_DAYS
     log_format: str = "text"  #: "text" (key=value fields) or "json" (one object per line)
+    #: the master's online private key (``mschedule keys gen``): each task and kill copy is
+    #: signed for its agent (docs/security.md). None: published unsigned.
+    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval"):
@@ -164,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a datacenter's bridge may be down before its agents' running targets are LOST")  # fmt: skip
     p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--signing-key", dest="signing_key", help="private key file that signs tasks and kills (0600)")
     p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value, default) or json")
     p.add_argument("--retention-days", dest="retention_days", type=float,
                    help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")

@@ -33,7 +33,7 @@ from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
-from . import config
+from . import config, sealing
 from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError
 from .listening import ListeningClock
@@ -180,7 +180,7 @@ class Daemon:
         counted = metrics.counting(transport)
         engine = Engine(
             store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
-            metrics=metrics,
+            metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
         )  # fmt: skip
         engine.subscribe(ProgressPublisher(counted, self.topics))
         metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import api
 
             api.check_bind(*settings.http_address, settings.token)
+        sealing.check(settings.signing_key)
     except (ConfigError, ValueError) as e:  # api.InsecureBind is a ValueError
         print(f"mschedule-master: {e}", file=sys.stderr)
         return EXIT_REFUSED

@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .models import InvalidRequest, NotFound, RequestConflict
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Limits, Rollout, SendKill, TargetChanged, TaskChanged, Timing
+from .sealing import Unsealed
 from .states import TARGET_PROVISIONAL, TargetState, TaskState
 from .store import Store, StoredTask
 
@@ -90,8 +91,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         resolver: Resolver = targeting.resolve,
         metrics: Metrics | None = None,
+        sealer: Unsealed | None = None,
     ) -> None:
         self.store = store
+        self.sealer = sealer or Unsealed()  #: signs each task/kill copy for its agent (sealing.py)
         self.transport = transport
         self.topics = topics
         self.registry = registry
@@ -471,6 +474,10 @@ class Engine:
         self._guard(active)
         active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
+            if msg.audit:  # an agent in signing mode audit: enforce would have refused this copy
+                log.warning("task %s: agent %s would refuse it when enforcing: %s", msg.id, agent_id, msg.audit,
+                            extra={"task_id": msg.id, "agent_id": agent_id})  # fmt: skip
+                self.store.add_event(now, "signing_audit", msg.id, agent_id, {"audit": msg.audit})
             target = r.targets[agent_id]
             if target.state.final and not msg.duplicate:
                 # e.g. UNREACHABLE: the verdict came before the ack (a slow broker or master)
@@ -592,7 +599,8 @@ class Engine:
                 touched.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
                 reason = "rollout aborted" if active.rollout.aborted else "task killed"
-                self.publish(topic, protocol.Kill(id=task_id, reason=reason))
+                body = protocol.encode(protocol.Kill(id=task_id, reason=reason))
+                self._outbox.append(_Out(topic, self.sealer.kill(body, task_id=task_id, agent_id=action.agent_id)))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
@@ -630,7 +638,10 @@ class Engine:
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)
-        self._outbox.append(_Out(topic, active.encoded[1], copy_of=(active, action.agent_id)))
+        payload = self.sealer.task(
+            active.encoded[1], task_id=t.id, script=t.script, agent_id=action.agent_id, expires_at=action.expires_at
+        )
+        self._outbox.append(_Out(topic, payload, copy_of=(active, action.agent_id)))
         self.metrics.dispatched(t.created_at, self.clock(), redeliver=action.redeliver)
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
