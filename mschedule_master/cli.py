@@ -831,6 +831,9 @@ def parser() -> argparse.ArgumentParser:
     from . import cli_keys  # keys gen
 
     cli_keys.add_commands(sub)
+    from . import cli_audit  # audit, audit verify
+
+    cli_audit.add_commands(sub)
     return p  # fmt: skip
 
 

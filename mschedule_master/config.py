@@ -20,6 +20,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mschedule_agent.protocol import DEFAULT_PREFIX
 from mschedule_agent.transport import BrokerURL
@@ -66,6 +67,8 @@ class Settings:
     #: the master's online private key (``mschedule keys gen``): each task and kill copy is
     #: signed for its agent (docs/security.md). None: published unsigned.
     signing_key: str | None = None
+    #: API tokens with roles, by name (roles.py): {"alice": {"role": "operator", "sha256": "..."}}
+    tokens: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval"):
@@ -91,6 +94,16 @@ class Settings:
             isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self.groups.values()
         ):
             raise ConfigError("groups must map a name to a list of selector strings", "groups")
+        from . import roles
+
+        roles.parse(self.tokens, self.token)  # raises ConfigError
+
+    @property
+    def api_tokens(self) -> Any:
+        """The tokens and their roles (roles.Tokens): ``[tokens]`` plus ``token`` as an admin."""
+        from . import roles
+
+        return roles.parse(self.tokens, self.token)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -127,7 +140,7 @@ def from_toml(path: str | Path) -> dict[str, object]:
 def from_env(env: dict[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for name in _FIELDS:
-        if name == "groups":
+        if name in ("groups", "tokens"):
             continue
         value = env.get(f"MSCHEDULE_MASTER_{name.upper()}")
         if value is not None:
@@ -144,7 +157,7 @@ def build(file_values: dict, env_values: dict, flag_values: dict) -> Settings:
             merged[name] = float(merged[name])
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, not {merged[name]!r}", name) from None
-    for name in set(merged) - _FLOATS - {"groups"}:
+    for name in set(merged) - _FLOATS - {"groups", "tokens"}:
         if merged[name] is not None and not isinstance(merged[name], str):
             raise ConfigError(f"{name} must be a string", name)
     return Settings(**merged)

@@ -135,7 +135,7 @@ class Daemon:
             if s.http_address is not None:  # first: a bad address or port fails before we connect
                 from . import api
 
-                runner = await api.start_http(self.service, *s.http_address, token=s.token, ops=self.ops)
+                runner = await api.start_http(self.service, *s.http_address, tokens=s.api_tokens, ops=self.ops)
             connected, _ = await self._unless_stopped(transport.start)
             if not connected:
                 log.info("stopped before the broker could be reached")
@@ -196,6 +196,7 @@ class Daemon:
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
             reads=self.reads,
         )  # fmt: skip
+        self.service.audit.note_signing_key(engine.sealer.kid)
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
         self._transport = transport
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.http_address is not None:  # before the broker or the database is touched
             from . import api
 
-            api.check_bind(*settings.http_address, settings.token)
+            api.check_bind(*settings.http_address, settings.token or ("tokens" if settings.tokens else None))
         sealing.check(settings.signing_key)
     except (ConfigError, ValueError) as e:  # api.InsecureBind is a ValueError
         print(f"mschedule-master: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
 from . import models
+from .audit import AuditLog
 from .engine import Engine
 from .jobservice import JobService
 from .models import NotFound
@@ -61,6 +62,8 @@ class MasterService:
         self.jobs = JobService(engine=engine, clock=clock)
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
+        self.audit = AuditLog(store, clock=clock)
+        engine.subscribe(self._audit_outcome)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 
@@ -70,7 +73,16 @@ class MasterService:
         return task
 
     def kill(self, task_id: str) -> models.Task:
-        return self.engine.kill(task_id)
+        with self.engine.batch():  # the kill and its audit record, or neither
+            self.audit.append("kill", task_id=task_id)
+            return self.engine.kill(task_id)
+
+    def _audit_outcome(self, event: models.Event) -> None:
+        """A task's end, appended to the audit trail after the commit that decided it."""
+        if event.kind != "task" or not TaskState(event.data.get("state", "WAITING")).final or event.task_id is None:
+            return
+        self.audit.append("outcome", task_id=event.task_id, actor="master", state=event.data["state"],
+                          reason=event.data.get("reason", ""), counts=event.data.get("counts", {}))  # fmt: skip
 
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None

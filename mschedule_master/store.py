@@ -148,6 +148,22 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "create index if not exists events_ts on events (ts)",
         ),
     ),
+    # audit.py (issue 16): who did what, append-only and hash-chained. AUTOINCREMENT keeps the
+    # highest seq ever used in sqlite_sequence, so a deleted last record leaves a visible gap.
+    (
+        "audit-1",
+        (
+            """create table audit (
+                seq integer primary key autoincrement, at real not null, actor text not null,
+                action text not null, task_id text, detail text not null,
+                prev text not null, hash text not null)""",
+            "create index audit_task on audit (task_id) where task_id is not null",
+            """create trigger audit_no_update before update on audit
+                begin select raise(abort, 'the audit trail is append-only'); end""",
+            """create trigger audit_no_delete before delete on audit
+                begin select raise(abort, 'the audit trail is append-only'); end""",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (

@@ -170,7 +170,10 @@ def test_page_asks_for_the_token_when_the_master_needs_one(broker, tmp_path, pag
         page.locator("#fleet-empty").wait_for()  # the (empty) fleet loaded with the token
         page.locator("#live.on").wait_for()  # and the event stream connected with it
         assert page.locator("#auth").is_hidden()
-        assert page.evaluate("localStorage.getItem('mschedule.token')") == "page-secret"
+        assert page.evaluate("sessionStorage.getItem('mschedule.token')") == "page-secret"
+        assert page.evaluate("localStorage.getItem('mschedule.token')") is None  # never kept on disk
+        page.locator("body[data-role=admin]").wait_for()  # the single token is an admin's
+        assert page.locator("#submit-card").is_visible()
     finally:
         master.stop()
 
