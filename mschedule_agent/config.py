@@ -53,6 +53,7 @@ class Settings:
     signing: str = "off"  #: "off", "audit" or "enforce" (docs/security.md)
     trust_file: Path | None = None  #: the trusted public keys (TOML, re-read when it changes)
     clock_skew: float = DEFAULT_CLOCK_SKEW  #: seconds tolerated at both ends of a signed window
+    require_approval: bool = False  #: tasks also need an operator's offline approval of their job version
 
     def __post_init__(self) -> None:
         _require(self.heartbeat > 0, "heartbeat", "must be > 0")
@@ -69,6 +70,7 @@ class Settings:
         _require(self.signing in SIGNING_MODES, "signing", f"must be one of {', '.join(SIGNING_MODES)}")
         _require(self.signing == "off" or self.trust_file is not None, "trust_file", f"signing {self.signing} needs one")
         _require(self.clock_skew >= 0, "clock_skew", "must be >= 0")
+        _require(not self.require_approval or self.signing != "off", "require_approval", "needs signing audit or enforce")
         if self.metrics is not None:
             host, _, port = self.metrics.rpartition(":")
             _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "metrics", "must be HOST:PORT")
@@ -115,6 +117,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return {str(k): str(v) for k, v in value.items()}
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return dict(parse_label(str(v), source) for v in items)
+        if name == "require_approval":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return str(value).lower() in ("1", "true", "yes", "on")
+            raise ValueError(value)
         if name in ("state_dir", "id_file", "trust_file"):
             return Path(str(value))
         if name in ("max_tasks", "will_delay", "output_cap", "session_expiry"):
@@ -177,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     add("--signing", choices=SIGNING_MODES, help="check task signatures: off (default), audit or enforce")
     add("--trust-file", metavar="trust.toml", help="trusted public keys (re-read when it changes)")
+    add("--require-approval", action="store_const", const=True,
+        help="with signing: run only job versions an operator's offline key approved")
     add("--clock-skew", type=float, metavar="S", help=f"seconds tolerated on signed windows (default {DEFAULT_CLOCK_SKEW:g})")
     return p
 

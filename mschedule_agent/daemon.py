@@ -109,7 +109,8 @@ def make_gate(agent_id: str, settings: config.Settings) -> Gate:
         assert settings.trust_file is not None  # Settings insists
         trust = TrustStore(settings.trust_file)
         log.info("signing %s: trusting %s", settings.signing, " ".join(trust.kids()) or "no key yet")
-    return Gate(agent_id=agent_id, mode=settings.signing, trust=trust, skew=settings.clock_skew, now=time.time)
+    return Gate(agent_id=agent_id, mode=settings.signing, trust=trust, skew=settings.clock_skew, now=time.time,
+                require_approval=settings.require_approval)
 
 
 def _connect(transport: MqttTransport) -> None:

@@ -25,6 +25,7 @@ from .protocol import (
     Signed,
     SignedHeader,
     Task,
+    decode_approval,
     decode_as,
     decode_header,
     peek_text,
@@ -58,7 +59,7 @@ class Opened:
 class Gate:
     def __init__(
         self, *, agent_id: str, mode: str = "off", trust: TrustStore | None = None, skew: float = DEFAULT_SKEW,
-        now: Callable[[], float],
+        now: Callable[[], float], require_approval: bool = False,
     ) -> None:  # fmt: skip
         if mode not in MODES:
             raise ValueError(f"signing mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -68,6 +69,7 @@ class Gate:
         self.mode = mode
         self.trust = trust
         self.skew = skew
+        self.require_approval = require_approval  #: tasks also need an operator's approval
         self._now = now
 
     def open(self, data: bytes, *classes: type, unsigned_ok: tuple[type, ...] = ()) -> Opened:
@@ -114,7 +116,26 @@ class Gate:
             raise Refused("bad_signature", "the signed header does not describe its body", header.id)
         if isinstance(inner, Task) and header.script_sha256 != sha256_hex(inner.script):
             raise Refused("bad_signature", "the script is not the one the signed header names", header.id)
+        if isinstance(inner, Task) and self.require_approval:
+            self._check_approval(header)
         return inner, body
+
+    def _check_approval(self, h: SignedHeader) -> None:
+        """An operator's offline key approved this very script (docs/security.md)."""
+        if h.approval is None or h.approval_kid is None or h.approval_sig is None:
+            raise Refused("unapproved", "this agent runs only job versions an operator approved", h.id)
+        assert self.trust is not None
+        key = self.trust.get(h.approval_kid)
+        if key is None or key.role != "operator" or not key.valid_at(self._now()):
+            raise Refused("unapproved", f"approval key {h.approval_kid} is not a trusted operator key now", h.id)
+        if not signature_ok(key.public, h.approval.encode("utf-8"), h.approval_sig):
+            raise Refused("unapproved", f"the approval does not verify with key {h.approval_kid}", h.id)
+        try:
+            approval = decode_approval(h.approval)
+        except DecodeError as e:
+            raise Refused("unapproved", f"approval: {e}", h.id) from None
+        if approval.kid != h.approval_kid or approval.script_sha256 != h.script_sha256:
+            raise Refused("unapproved", f"the approval is for another script ({approval.job}@{approval.version})", h.id)
 
     def _verified_header(self, outer: Signed) -> SignedHeader:
         msg_id = peek_text(outer.header, "id")  # unverified: only to address the reject
@@ -126,6 +147,8 @@ class Gate:
         now = self._now()
         if not key.valid_at(now):
             raise Refused("untrusted_key", f"key {outer.kid} is outside its validity window", msg_id)
+        if key.role != "master":
+            raise Refused("untrusted_key", f"key {outer.kid} is an {key.role} key: it approves, it does not dispatch", msg_id)
         if not signature_ok(key.public, outer.header.encode("utf-8"), outer.sig):
             raise Refused("bad_signature", f"the signature does not verify with key {outer.kid}", msg_id)
         try:

@@ -110,7 +110,7 @@ RESULT_STATES = frozenset(
 REJECT_CODES = frozenset(
     {"bad_message", "bad_script", "too_large", "expired", "killed"}
     # an agent that verifies signatures (docs/security.md) refuses with one of these:
-    | {"unsigned", "bad_signature", "untrusted_key", "wrong_audience", "downgrade", "not_yet_valid"}
+    | {"unsigned", "bad_signature", "untrusted_key", "wrong_audience", "downgrade", "not_yet_valid", "unapproved"}
 )
 
 ON_ABORT = frozenset({"kill", "drain"})
@@ -662,14 +662,52 @@ class SignedHeader:
     expires_at: float  #: epoch seconds
     body_sha256: str  #: sha256 (hex) of the body's bytes
     script_sha256: str | None = None  #: sha256 (hex) of a task's script
+    #: An operator's approval of the job version the task runs (JSON text of an Approval),
+    #: signed offline by ``approval_kid``; agents with ``require_approval`` need it.
+    approval: str | None = None
+    approval_kid: str | None = None
+    approval_sig: bytes | None = None  #: Ed25519 signature of ``approval``'s UTF-8 bytes
 
     def __post_init__(self) -> None:
         _check_numbers(self)
         _check_ids(id=self.id, aud=self.aud, kid=self.kid)
+        parts = (self.approval, self.approval_kid, self.approval_sig)
+        _check(all(p is None for p in parts) or all(p is not None for p in parts), "approval",
+               "approval, approval_kid and approval_sig go together")  # fmt: skip
         _check(self.type in SIGNED_TYPES, "type", f"type must be one of {sorted(SIGNED_TYPES)}")
         _check(is_sha256(self.body_sha256), "body_sha256", "body_sha256 must be 64 lowercase hex digits")
         sha = self.script_sha256
         _check(sha is None or is_sha256(sha), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """What an operator's offline key signs: this job version's script may run."""
+
+    kid: str  #: the operator's key id
+    job: str
+    version: int
+    script_sha256: str
+    approves: str = "job_version"
+
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+        _check_ids(kid=self.kid)
+        _check(self.approves == "job_version", "approves", "approves must be 'job_version'")
+        _check(is_sha256(self.script_sha256), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
+
+
+def encode_approval(approval: Approval) -> str:
+    return orjson.dumps(to_payload(approval)).decode("utf-8")  # type: ignore[arg-type]
+
+
+def decode_approval(text: str) -> Approval:
+    data = text.encode("utf-8")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"approval: malformed JSON: {e}", data, e, field="approval") from e
+    return typing.cast(Approval, from_payload(Approval, doc, data))
 
 
 def encode_header(header: SignedHeader) -> str:

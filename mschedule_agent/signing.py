@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .keys import PrivateKey
-from .protocol import SIGNED_PROTOCOL, Signed, SignedHeader, encode, encode_header
+from .protocol import SIGNED_PROTOCOL, Approval, Signed, SignedHeader, encode, encode_approval, encode_header
 
 
 def sha256_hex(data: bytes) -> str:
@@ -34,6 +34,23 @@ def signature_ok(public: bytes, data: bytes, sig: bytes) -> bool:
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class SignedApproval:
+    """An operator's approval as it travels: the statement's text, its signer and signature."""
+
+    text: str
+    kid: str
+    sig: bytes
+
+
+def sign_approval(key: PrivateKey, *, job: str, version: int, script_sha256: str) -> SignedApproval:
+    """An operator's offline key approves one job version's script."""
+    import nacl.signing
+
+    text = encode_approval(Approval(kid=key.kid, job=job, version=version, script_sha256=script_sha256))
+    return SignedApproval(text, key.kid, nacl.signing.SigningKey(key.seed).sign(text.encode("utf-8")).signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +85,15 @@ class Signer:
         return sha
 
     def seal(
-        self, body: bytes, *, type: str, id: str, aud: str, window: Window, script_sha256: str | None = None
+        self, body: bytes, *, type: str, id: str, aud: str, window: Window, script_sha256: str | None = None,
+        approval: SignedApproval | None = None,
     ) -> bytes:
         """The wire bytes of ``body`` (an encoded task or kill) signed for agent ``aud``."""
         header = SignedHeader(
             protocol=self._protocol, kid=self.kid, type=type, id=id, aud=aud, not_before=window.not_before,
             expires_at=window.expires_at, body_sha256=self._body_sha(body), script_sha256=script_sha256,
+            approval=approval.text if approval else None, approval_kid=approval.kid if approval else None,
+            approval_sig=approval.sig if approval else None,
         )  # fmt: skip
         text = encode_header(header)
         sig = self._sk.sign(text.encode("utf-8")).signature

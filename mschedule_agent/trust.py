@@ -5,7 +5,7 @@
     [[keys]]
     public = "base64 of the 32-byte Ed25519 public key"   # from NAME.pub
     kid = "ed25519-0123456789abcdef"   # optional; checked against the key when given
-    role = "master"                    # "master": may sign dispatches and kills
+    role = "master"                    # "master": signs dispatches and kills; "operator": approves job versions
     not_before = 2026-12-01T00:00:00Z  # optional: TOML date-time or epoch seconds
     not_after = 2027-06-01T00:00:00Z   # optional
 
@@ -29,7 +29,8 @@ from .keys import decode_public, key_id
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"master"})
+#: "master": signs dispatches and kills (the online key); "operator": approves job versions (offline)
+ROLES = frozenset({"master", "operator"})
 
 
 @dataclass(frozen=True, slots=True)

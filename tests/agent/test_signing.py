@@ -237,3 +237,53 @@ def test_the_signed_example_in_the_protocol_doc_verifies_with_the_key_it_names(t
     gate = Gate(agent_id="7f3c9a1e2b4d4e0f8a6b5c4d3e2f1a0b", mode="enforce", trust=TrustStore(path), now=lambda: 1764255630.0)
     kill = gate.open(block.encode(), Kill).message
     assert kill == Kill(id="0b9d2c1f6a0e4f5d9c8b7a6f5e4d3c2b", reason="killed by user")
+
+
+# ---------------------------------------------------------------- two keys: operator approvals
+
+
+def approval_gate(tmp_path, clock, master, operator) -> Gate:
+    path = tmp_path / "trust.toml"
+    path.write_text(trust_toml((master, "")) + trust_toml((operator, "")).replace('role = "master"', 'role = "operator"'))
+    return Gate(agent_id=AGENT, mode="enforce", trust=TrustStore(path), now=clock, require_approval=True)
+
+
+def approved(master, operator, *, script=b"echo hi", approved_script=b"echo hi") -> bytes:
+    from mschedule_agent.signing import sign_approval
+
+    approval = sign_approval(operator, job="deploy", version=3, script_sha256=sha256_hex(approved_script))
+    return Signer(master).seal(task_body(script=script), type="task", id="t1", aud=AGENT, window=GOOD,
+                               script_sha256=sha256_hex(script), approval=approval)  # fmt: skip
+
+
+def test_require_approval_runs_a_script_an_operator_approved(tmp_path, clock):
+    master, operator = keys.generate(), keys.generate()
+    gate = approval_gate(tmp_path, clock, master, operator)
+    assert gate.open(approved(master, operator), Task).message.id == "t1"
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda m, o: sealed(m), "only job versions an operator approved"),
+        (lambda m, o: approved(m, keys.generate()), "not a trusted operator key"),
+        (lambda m, o: approved(m, m), "not a trusted operator key"),  # the online key cannot approve
+        (lambda m, o: approved(m, o, script=b"rm -rf /", approved_script=b"echo hi"), "another script"),
+    ],
+    ids=["no approval", "unknown operator", "master key as operator", "another script"],
+)
+def test_require_approval_refuses_what_no_operator_approved(tmp_path, clock, make, why):
+    master, operator = keys.generate(), keys.generate()
+    gate = approval_gate(tmp_path, clock, master, operator)
+    with pytest.raises(Refused, match=why) as e:
+        gate.open(make(master, operator), Task)
+    assert e.value.code in ("unapproved", "bad_signature")
+
+
+def test_an_operator_key_cannot_sign_a_dispatch(tmp_path, clock):
+    """A stolen offline key alone runs nothing: dispatches need the master's role."""
+    master, operator = keys.generate(), keys.generate()
+    gate = approval_gate(tmp_path, clock, master, operator)
+    with pytest.raises(Refused, match="operator key") as e:
+        gate.open(approved(operator, operator), Task)
+    assert e.value.code == "untrusted_key"
