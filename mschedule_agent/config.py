@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     add("--signing", choices=SIGNING_MODES, help="check task signatures: off (default), audit or enforce")
     add("--trust-file", metavar="trust.toml", help="trusted public keys (re-read when it changes)")
-    add("--require-approval", action="store_const", const=True,
+    add("--require-approval", nargs="?", const="true", metavar="yes|no",
         help="with signing: run only job versions an operator's offline key approved")
     add("--clock-skew", type=float, metavar="S", help=f"seconds tolerated on signed windows (default {DEFAULT_CLOCK_SKEW:g})")
     return p

@@ -117,10 +117,10 @@ class Gate:
         if isinstance(inner, Task) and header.script_sha256 != sha256_hex(inner.script):
             raise Refused("bad_signature", "the script is not the one the signed header names", header.id)
         if isinstance(inner, Task) and self.require_approval:
-            self._check_approval(header)
+            self._check_approval(header, inner)
         return inner, body
 
-    def _check_approval(self, h: SignedHeader) -> None:
+    def _check_approval(self, h: SignedHeader, task: Task) -> None:
         """An operator's offline key approved this very script (docs/security.md)."""
         if h.approval is None or h.approval_kid is None or h.approval_sig is None:
             raise Refused("unapproved", "this agent runs only job versions an operator approved", h.id)
@@ -136,6 +136,8 @@ class Gate:
             raise Refused("unapproved", f"approval: {e}", h.id) from None
         if approval.kid != h.approval_kid or approval.script_sha256 != h.script_sha256:
             raise Refused("unapproved", f"the approval is for another script ({approval.job}@{approval.version})", h.id)
+        if approval.env != task.env or approval.cwd != task.cwd:
+            raise Refused("unapproved", f"{approval.job}@{approval.version} was approved with another env or cwd", h.id)
 
     def _verified_header(self, outer: Signed) -> SignedHeader:
         msg_id = peek_text(outer.header, "id")  # unverified: only to address the reject

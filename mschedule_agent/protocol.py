@@ -688,6 +688,10 @@ class Approval:
     job: str
     version: int
     script_sha256: str
+    #: the environment and directory the script runs with: a script's behaviour depends on them
+    #: (bash runs functions it finds in BASH_FUNC_* variables), so they are approved with it
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
     approves: str = "job_version"
 
     def __post_init__(self) -> None:

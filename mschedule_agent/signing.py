@@ -45,11 +45,15 @@ class SignedApproval:
     sig: bytes
 
 
-def sign_approval(key: PrivateKey, *, job: str, version: int, script_sha256: str) -> SignedApproval:
-    """An operator's offline key approves one job version's script."""
+def sign_approval(
+    key: PrivateKey, *, job: str, version: int, script_sha256: str, env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> SignedApproval:
+    """An operator's offline key approves one job version: its script, environment and directory."""
     import nacl.signing
 
-    text = encode_approval(Approval(kid=key.kid, job=job, version=version, script_sha256=script_sha256))
+    approval = Approval(kid=key.kid, job=job, version=version, script_sha256=script_sha256, env=dict(env or {}), cwd=cwd)
+    text = encode_approval(approval)
     return SignedApproval(text, key.kid, nacl.signing.SigningKey(key.seed).sign(text.encode("utf-8")).signature)
 
 

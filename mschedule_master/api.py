@@ -436,9 +436,9 @@ from . import api_schedules  # noqa: E402  (its handlers use the helpers above)
 
 ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_schedules.ROUTES)
 
-from . import api_audit  # noqa: E402  (its handlers use the helpers above)
+from . import api_security  # noqa: E402  (its handlers use the helpers above)
 
-ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_audit.ROUTES)
+ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_security.ROUTES)
 
 
 # ------------------------------------------------------------------ middleware

@@ -197,6 +197,8 @@ class Daemon:
             reads=self.reads,
         )  # fmt: skip
         self.service.audit.note_signing_key(engine.sealer.kid)
+        if isinstance(engine.sealer, sealing.Sealer):
+            engine.sealer.approvals = self.service.approvals.for_task
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
         self._transport = transport

@@ -16,6 +16,7 @@ from typing import Any
 from mschedule_agent.protocol import Submit
 
 from . import jobs, models, targeting
+from .approvals import STARTING
 from .audit import ACTOR, AuditLog
 from .engine import Engine
 from .jobs import JobContent, JobError, JobSummary, Version
@@ -150,6 +151,17 @@ class JobService:
         submitted_by: str | None = None,
     ) -> tuple[models.Task, list[str]]:  # fmt: skip
         sha = hashlib.sha256(spec.script_bytes).hexdigest()
+        starting = STARTING.set((job, version) if job is not None and version is not None else None)
+        try:
+            return self._start_in_batch(spec, sha, job=job, version=version, rerun_of=rerun_of,
+                                        submitted_by=submitted_by)  # fmt: skip
+        finally:
+            STARTING.reset(starting)
+
+    def _start_in_batch(
+        self, spec: Submit, sha: str, *, job: str | None, version: int | None, rerun_of: str | None,
+        submitted_by: str | None,
+    ) -> tuple[models.Task, list[str]]:  # fmt: skip
         with self.engine.batch():  # the task and what it runs, in one commit
             task, targets = self.engine.submit(spec)
             self.store.link_task(task.id, job=job, version=version, script_sha256=sha, rerun_of=rerun_of,

@@ -734,6 +734,22 @@ PATHS.update({
                 "the verdict"), "401": _UNAUTH},
         }
     },
+    "/api/v1/jobs/{name}/versions/{version}/approvals": {
+        "post": {
+            "summary": "Keep an operator's offline approval of this version (sent with its tasks' signatures)",
+            "parameters": [_JOB, {**_path_param("version", "version number"), "schema": {"type": "string",
+                                                                                         "pattern": "^[1-9][0-9]{0,8}$"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["public", "statement", "sig"], "additionalProperties": False,
+                "properties": {"public": {"type": "string", "description": "base64 Ed25519 public key"},
+                               "statement": {"type": "string", "description": "the signed approval, JSON text"},
+                               "sig": {"type": "string", "description": "base64 signature of statement"}}}}}},
+            "responses": {"201": _json({"type": "object", "properties": {
+                "job": {"type": "string"}, "version": {"type": "integer"}, "kid": {"type": "string"},
+                "script_sha256": {"type": "string"}}}, "kept"), "400": _err("not an approval of this version"),
+                "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
     "/api/v1/whoami": {
         "get": {
             "summary": "The caller's token name and role, and what the role may do",

@@ -30,7 +30,11 @@ ROLES = ("viewer", "operator", "admin")  #: each may do what the ones before it 
 
 #: Non-GET routes an operator may use (path templates); every other non-GET route is admin.
 OPERATOR_PREFIXES = ("/task", "/api/v1/tasks")
-OPERATOR_ROUTES = frozenset({("POST", "/api/v1/jobs/{name}/run")})
+OPERATOR_ROUTES = frozenset({
+    ("POST", "/api/v1/jobs/{name}/run"),
+    # an approval's authority is the operator's offline signature; uploading it changes nothing else
+    ("POST", "/api/v1/jobs/{name}/versions/{version}/approvals"),
+})  # fmt: skip
 
 
 def rank(role: str) -> int:

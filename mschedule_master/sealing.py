@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mschedule_agent import keys
-from mschedule_agent.signing import Signer, Window
+from mschedule_agent.signing import SignedApproval, Signer, Window
 
 from .errors import ConfigError
 
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a signed kill stays valid (it is re-sent, signed afresh, every kill_resend).
 KILL_VALIDITY = 300.0
+#: Tasks whose approval lookup is remembered (a fan-out asks once per task, not per agent).
+APPROVALS_KEPT = 256
 
 
 class Unsealed:
@@ -43,6 +45,16 @@ class Sealer(Unsealed):
         self._clock = clock
         self._kill_validity = kill_validity
         self._script: tuple[bytes, str] | None = None  #: (script, its sha256): one hash per fan-out
+        #: task id -> the operator's approval of the job version it runs (approvals.py); set by the daemon
+        self.approvals: Callable[[str], SignedApproval | None] = lambda task_id: None
+        self._approved: dict[str, SignedApproval | None] = {}
+
+    def _approval(self, task_id: str) -> SignedApproval | None:
+        if task_id not in self._approved:
+            if len(self._approved) >= APPROVALS_KEPT:
+                self._approved.clear()
+            self._approved[task_id] = self.approvals(task_id)
+        return self._approved[task_id]
 
     def _script_sha(self, script: bytes) -> str:
         if self._script is None or self._script[0] is not script:
@@ -53,8 +65,9 @@ class Sealer(Unsealed):
         now = self._clock()
         window = Window(now, expires_at if expires_at is not None else now + self._kill_validity)
         return self._signer.seal(
-            body, type="task", id=task_id, aud=agent_id, window=window, script_sha256=self._script_sha(script)
-        )
+            body, type="task", id=task_id, aud=agent_id, window=window, script_sha256=self._script_sha(script),
+            approval=self._approval(task_id),
+        )  # fmt: skip
 
     def kill(self, body: bytes, *, task_id: str, agent_id: str) -> bytes:
         now = self._clock()

@@ -18,6 +18,7 @@ from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
 from . import models
+from .approvals import Approvals
 from .audit import AuditLog
 from .engine import Engine
 from .jobservice import JobService
@@ -63,6 +64,7 @@ class MasterService:
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self.audit = AuditLog(store, clock=clock)
+        self.approvals = Approvals(store, clock=clock)
         engine.subscribe(self._audit_outcome)
         self._last_flush = 0.0
         self._last_sweep = 0.0

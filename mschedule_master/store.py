@@ -164,6 +164,16 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 begin select raise(abort, 'the audit trail is append-only'); end""",
         ),
     ),
+    # approvals.py (issue 16): operators' offline signatures of job versions, sent with their tasks.
+    (
+        "approvals-1",
+        (
+            """create table job_approvals (
+                job text not null, version integer not null, kid text not null, statement text not null,
+                sig blob not null, created_at real not null, primary key (job, version, kid),
+                foreign key (job, version) references job_versions (job, version))""",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (

@@ -167,3 +167,39 @@ def test_a_master_with_a_signing_key_runs_tasks_on_enforcing_agents(tmp_path, br
         doc = f.wait_task(task_id)
         assert doc["state"] == "SUCCEED", doc
         assert f"signing tasks and kills with key {key.kid}" in f.master.log()
+
+
+def test_agents_requiring_approval_run_only_job_versions_an_operator_signed(tmp_path, broker, prefix):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    master_key, operator_key = keys.generate(), keys.generate()
+    priv, _ = keys.write_pair(master_key, tmp_path / "master")
+    op_priv, _ = keys.write_pair(operator_key, tmp_path / "operator")
+    trust = tmp_path / "trust.toml"
+    trust.write_text(f'[[keys]]\npublic = "{base64.b64encode(master_key.public).decode()}"\nrole = "master"\n'
+                     f'[[keys]]\npublic = "{base64.b64encode(operator_key.public).decode()}"\nrole = "operator"\n')  # fmt: skip
+    agent_flags = {"signing": "enforce", "trust_file": str(trust), "require_approval": True}
+    with Fleet(tmp_path, broker.url, prefix, agents=1, agent_flags=agent_flags, master_flags={"signing_key": str(priv)}) as f:
+        f.http("POST", "/api/v1/jobs/hello/versions", {"script_text": "echo $GREETING", "defaults": {"env": {"GREETING": "approved"}}})
+        f.http("POST", "/api/v1/jobs/other/versions", {"script_text": "echo never approved"})
+        cli = [sys.executable, "-m", "mschedule_master.cli", "--master", f.master.http_url]
+        p = subprocess.run([*cli, "keys", "approve", "hello", "1", "--key", str(op_priv)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "MSCHEDULE_TOKEN": ""})  # fmt: skip
+        assert p.returncode == 0 and f"hello@1 approved by {operator_key.kid}" in p.stdout, p.stderr
+        assert base64.b64encode(operator_key.seed).decode() not in p.stdout + p.stderr
+        ok = f.http("POST", "/api/v1/jobs/hello/run", {"targets": f.agent_ids})
+        assert f.wait_task(ok["id"])["state"] == "SUCCEED"
+        (target,) = f.task(ok["id"])["targets"].values()
+        assert target["output"] == "approved\n"
+        for unapproved in (f.http("POST", "/api/v1/jobs/other/run", {"targets": f.agent_ids})["id"],
+                           f.http("POST", "/api/v1/jobs/hello/run", {"targets": f.agent_ids, "env": {"GREETING": "x"}})["id"],
+                           f.submit(f.agent_ids, "echo ad hoc")):  # fmt: skip
+            f.wait_task(unapproved)
+            (target,) = f.task(unapproved)["targets"].values()
+            assert target["state"] == "REJECTED" and "unapproved" in target["reason"], target
+        records = f.http("GET", "/api/v1/audit?action=approval")["records"]
+        assert [(r["detail"]["job"], r["detail"]["kid"]) for r in records] == [("hello", operator_key.kid)]
+        assert json.dumps(records)  # plain JSON

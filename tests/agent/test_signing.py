@@ -248,11 +248,12 @@ def approval_gate(tmp_path, clock, master, operator) -> Gate:
     return Gate(agent_id=AGENT, mode="enforce", trust=TrustStore(path), now=clock, require_approval=True)
 
 
-def approved(master, operator, *, script=b"echo hi", approved_script=b"echo hi") -> bytes:
+def approved(master, operator, *, script=b"echo hi", approved_script=b"echo hi", env=None) -> bytes:
     from mschedule_agent.signing import sign_approval
 
     approval = sign_approval(operator, job="deploy", version=3, script_sha256=sha256_hex(approved_script))
-    return Signer(master).seal(task_body(script=script), type="task", id="t1", aud=AGENT, window=GOOD,
+    body = encode(Task(id="t1", script=script, expires_at=NOW + 60, env=env or {}))
+    return Signer(master).seal(body, type="task", id="t1", aud=AGENT, window=GOOD,
                                script_sha256=sha256_hex(script), approval=approval)  # fmt: skip
 
 
@@ -269,8 +270,9 @@ def test_require_approval_runs_a_script_an_operator_approved(tmp_path, clock):
         (lambda m, o: approved(m, keys.generate()), "not a trusted operator key"),
         (lambda m, o: approved(m, m), "not a trusted operator key"),  # the online key cannot approve
         (lambda m, o: approved(m, o, script=b"rm -rf /", approved_script=b"echo hi"), "another script"),
+        (lambda m, o: approved(m, o, env={"BASH_FUNC_echo%%": "() { rm -rf /; }"}), "another env"),
     ],
-    ids=["no approval", "unknown operator", "master key as operator", "another script"],
+    ids=["no approval", "unknown operator", "master key as operator", "another script", "another env"],
 )
 def test_require_approval_refuses_what_no_operator_approved(tmp_path, clock, make, why):
     master, operator = keys.generate(), keys.generate()

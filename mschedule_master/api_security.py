@@ -1,4 +1,4 @@
-"""The HTTP routes of the audit trail and of "who am I" (issue 16). Imported by
+"""The HTTP routes of the audit trail, operators' approvals and "who am I" (issue 16). Imported by
 :mod:`.api`, which adds :data:`ROUTES` to its own; documented in ``openapi.py``. The
 master's ``service.audit`` (an :class:`~.audit.AuditLog`) does the work.
 """
@@ -49,8 +49,39 @@ async def whoami(request: web.Request) -> web.Response:
     return _api.json_response({"name": ACTOR.get(), "role": role, "may": may})
 
 
+async def add_approval(request: web.Request) -> web.Response:
+    """An operator's offline signature of a job version (``mschedule keys approve``)."""
+    import base64
+    import binascii
+
+    from mschedule_agent import keys
+
+    body = await _api.read_json(request)
+    if not isinstance(body, dict) or set(body) != {"public", "statement", "sig"}:
+        raise _api.ApiError(400, "send {public, statement, sig}", "body")
+    try:
+        public = keys.decode_public(str(body["public"]))
+    except ValueError as e:
+        raise _api.ApiError(400, str(e), "public") from None
+    try:
+        sig = base64.b64decode(str(body["sig"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise _api.ApiError(400, "sig is not valid base64", "sig") from None
+    if not isinstance(body["statement"], str) or len(sig) != 64:
+        raise _api.ApiError(400, "statement must be a string and sig 64 bytes", "sig")
+    raw = request.match_info["version"]
+    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+        raise _api.ApiError(400, "version must be a version number", "version")
+    approvals = getattr(_api.service_of(request), "approvals", None)
+    if approvals is None:
+        raise _api.ApiError(501, "this master keeps no approvals")
+    doc = approvals.add(request.match_info["name"], int(raw), public=public, statement=body["statement"], sig=sig)
+    return _api.json_response(doc, status=201)
+
+
 ROUTES = (
     ("GET", "/api/v1/audit", list_audit),
+    ("POST", "/api/v1/jobs/{name}/versions/{version}/approvals", add_approval),
     ("GET", "/api/v1/audit/verify", verify_audit),
     ("GET", "/api/v1/whoami", whoami),
 )
