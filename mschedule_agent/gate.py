@@ -30,8 +30,10 @@ from .protocol import (
     decode_header,
     peek_text,
 )
-from .signing import sha256_hex, signature_ok
-from .trust import TrustStore
+
+TYPE_CHECKING = False  # signing and trust (hashlib, PyNaCl) load only when a check runs: not in an idle agent
+if TYPE_CHECKING:
+    from .trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class Gate:
         return outer, data
 
     def _check(self, outer: Message, data: bytes, classes: tuple[type, ...]) -> tuple[Message, bytes]:
+        from .signing import sha256_hex
+
         if not isinstance(outer, Signed):
             msg_id = getattr(outer, "id", None)
             raise Refused("unsigned", f"unsigned {outer.TYPE}: this agent runs only signed tasks and kills", msg_id)
@@ -122,6 +126,8 @@ class Gate:
 
     def _check_approval(self, h: SignedHeader, task: Task) -> None:
         """An operator's offline key approved this very script (docs/security.md)."""
+        from .signing import signature_ok
+
         if h.approval is None or h.approval_kid is None or h.approval_sig is None:
             raise Refused("unapproved", "this agent runs only job versions an operator approved", h.id)
         assert self.trust is not None
@@ -140,6 +146,8 @@ class Gate:
             raise Refused("unapproved", f"{approval.job}@{approval.version} was approved with another env or cwd", h.id)
 
     def _verified_header(self, outer: Signed) -> SignedHeader:
+        from .signing import signature_ok
+
         msg_id = peek_text(outer.header, "id")  # unverified: only to address the reject
         assert self.trust is not None
         key = self.trust.get(outer.kid)

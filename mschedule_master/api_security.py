@@ -14,7 +14,7 @@ MAX_ROWS = 1000
 
 
 def audit_of(request: web.Request) -> AuditLog:
-    log = getattr(_api.service_of(request), "audit", None)
+    log: AuditLog | None = getattr(_api.service_of(request), "audit", None)
     if log is None:
         raise _api.ApiError(501, "this master keeps no audit trail")
     return log

@@ -86,7 +86,7 @@ class AuditLog:
     def records(
         self, *, after: int = 0, limit: int = 100, task_id: str | None = None, action: str | None = None
     ) -> list[Record]:
-        sql, args = "select * from audit where seq > ?", [after]
+        sql, args = "select * from audit where seq > ?", list[Any]([after])
         if task_id is not None:
             sql, args = sql + " and task_id = ?", [*args, task_id]
         if action is not None:
