@@ -17,7 +17,15 @@ import hashlib
 from dataclasses import dataclass
 
 from .keys import PrivateKey
-from .protocol import SIGNED_PROTOCOL, Approval, Signed, SignedHeader, encode, encode_approval, encode_header
+from .protocol import (
+    SIGNED_PROTOCOL,
+    Approval,
+    SignedHeader,
+    encode_approval,
+    encode_header,
+    encode_signed,
+    json_string,
+)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -75,18 +83,16 @@ class Signer:
         self.kid = key.kid
         self._sk = nacl.signing.SigningKey(key.seed)
         self._protocol = protocol
-        self._last: tuple[bytes, str] | None = None  #: (body, its sha256): the fan-out's cache
+        self._last: tuple[bytes, str, bytes] | None = None  #: (body, its sha256, as a JSON string): the fan-out's cache
 
     def __repr__(self) -> str:
         return f"Signer(kid={self.kid!r})"
 
-    def _body_sha(self, body: bytes) -> str:
+    def _body(self, body: bytes) -> tuple[bytes, str, bytes]:
         last = self._last
-        if last is not None and last[0] is body:
-            return last[1]
-        sha = sha256_hex(body)
-        self._last = (body, sha)
-        return sha
+        if last is None or last[0] is not body:
+            last = self._last = (body, sha256_hex(body), json_string(body.decode("utf-8")))
+        return last
 
     def seal(
         self, body: bytes, *, type: str, id: str, aud: str, window: Window, script_sha256: str | None = None,
@@ -95,10 +101,10 @@ class Signer:
         """The wire bytes of ``body`` (an encoded task or kill) signed for agent ``aud``."""
         header = SignedHeader(
             protocol=self._protocol, kid=self.kid, type=type, id=id, aud=aud, not_before=window.not_before,
-            expires_at=window.expires_at, body_sha256=self._body_sha(body), script_sha256=script_sha256,
+            expires_at=window.expires_at, body_sha256=self._body(body)[1], script_sha256=script_sha256,
             approval=approval.text if approval else None, approval_kid=approval.kid if approval else None,
             approval_sig=approval.sig if approval else None,
         )  # fmt: skip
         text = encode_header(header)
         sig = self._sk.sign(text.encode("utf-8")).signature
-        return encode(Signed(kid=self.kid, header=text, sig=sig, body=body.decode("utf-8")))
+        return encode_signed(self.kid, text, sig, self._body(body)[2])

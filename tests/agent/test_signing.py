@@ -289,3 +289,15 @@ def test_an_operator_key_cannot_sign_a_dispatch(tmp_path, clock):
     with pytest.raises(Refused, match="operator key") as e:
         gate.open(approved(operator, operator), Task)
     assert e.value.code == "untrusted_key"
+
+
+@pytest.mark.parametrize("script", [b"echo hi", b'echo "quotes" \\ and \n newlines \x01', "unicode: é ☃".encode()])
+def test_the_fan_out_encoder_writes_exactly_what_encode_writes(key, script):
+    from mschedule_agent.protocol import encode_signed, json_string
+
+    body = encode(Task(id="t1", script=script, env={"A": 'x"y\\z\n'}))
+    sig = bytes(range(64))
+    header = '{"protocol":2,"note":"\\u00e9 \\" \\\\"}'
+    assert encode_signed(key.kid, header, sig, json_string(body.decode())) == encode(
+        Signed(kid=key.kid, header=header, sig=sig, body=body.decode())
+    )
