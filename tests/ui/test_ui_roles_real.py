@@ -120,6 +120,12 @@ def test_submissions_kills_and_outcomes_are_audited_with_who_and_what(fleet):
     (kill,) = audit(fleet, task_id=long["id"], action="kill")
     assert kill["actor"] == "admin-user"
     assert json.loads(call(fleet.master.http_url, "GET", "/api/v1/audit/verify", TOKENS["viewer"])[1])["ok"]
+    cli = [sys.executable, "-m", "mschedule_master.cli", "--master", fleet.master.http_url]
+    env = {**os.environ, "MSCHEDULE_TOKEN": TOKENS["viewer"]}
+    p = subprocess.run([*cli, "audit", "--task", long["id"]], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0 and "admin-user" in p.stdout and "kill" in p.stdout and "operator-user" in p.stdout, p
+    p = subprocess.run([*cli, "audit", "verify"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0 and "audit trail intact" in p.stdout, p
 
 
 def test_a_submission_whose_audit_record_cannot_be_written_is_refused(fleet):
