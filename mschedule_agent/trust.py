@@ -112,7 +112,6 @@ class TrustStore:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as e:
-            stamp = None
             self._fail(f"cannot read the trust file {self.path}: {e.strerror}")
             return
         if stamp == self._stamp and self.error is None:
