@@ -28,6 +28,8 @@ from .errors import ConfigError
 
 ROLES = ("viewer", "operator", "admin")  #: each may do what the ones before it may
 
+#: Non-GET routes that only read (a selector's preview): every role may use them.
+VIEWER_ROUTES = frozenset({("POST", "/api/v1/targets/resolve")})
 #: Non-GET routes an operator may use (path templates); every other non-GET route is admin.
 OPERATOR_PREFIXES = ("/task", "/api/v1/tasks")
 OPERATOR_ROUTES = frozenset({
@@ -42,7 +44,7 @@ def rank(role: str) -> int:
 
 
 def required_role(method: str, path: str) -> str:
-    if method in ("GET", "HEAD", "OPTIONS"):
+    if method in ("GET", "HEAD", "OPTIONS") or (method, path) in VIEWER_ROUTES:
         return "viewer"
     if (method, path) in OPERATOR_ROUTES or any(path == p or path.startswith(p + "/") for p in OPERATOR_PREFIXES):
         return "operator"
