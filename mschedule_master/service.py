@@ -72,6 +72,12 @@ class MasterService:
     def kill(self, task_id: str) -> models.Task:
         return self.engine.kill(task_id)
 
+    def approve(self, task_id: str, by: str) -> models.Task:
+        return self.engine.approve(task_id, by)
+
+    def abort(self, task_id: str, by: str) -> models.Task:
+        return self.engine.abort(task_id, by)
+
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None
     ) -> list[models.Agent]:
