@@ -357,7 +357,8 @@ class Store:
             )  # fmt: skip
             c.executemany(
                 "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
-                [(task.id, a, TargetState.WAITING.value, 0) for a in agent_ids],
+                # seq = dispatch order from the start: a restore sorts by it, and a plan's steps are seq ranges
+                [(task.id, a, TargetState.WAITING.value, i) for i, a in enumerate(agent_ids)],
             )
             self.require_sync()
 
