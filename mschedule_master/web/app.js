@@ -274,6 +274,7 @@ async function submit(ev) {
     if (v !== undefined) body[f] = v;
   }
   if ($("#name").value.trim()) body.name = $("#name").value.trim();
+  if (planField() !== undefined) body.plan = planField(); // plan.js
   const button = $("#submit");
   button.disabled = true;
   try {
@@ -341,6 +342,7 @@ async function loadTask(id) {
   $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
   $("#kill").disabled = FINAL_TASK.has(t.state);
+  renderPlan(t); // plan.js: its steps, Approve / Abort
   state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
   const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));
