@@ -465,7 +465,7 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
     return body
 
 
-def plan_flag(args) -> str | list[Any] | None:
+def plan_flag(args: argparse.Namespace) -> str | list[Any] | None:
     """``--plan`` (its text, or JSON steps when it starts with '[') or ``--canary N``."""
     if args.plan is not None and args.canary is not None:
         raise CliError("give either --plan or --canary, not both")
@@ -486,7 +486,7 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
                    "(the plan N,pause,rest)")  # fmt: skip
 
 
-def _who(args) -> dict[str, Any]:
+def _who(args: argparse.Namespace) -> dict[str, Any]:
     if args.by:
         return {"by": args.by}
     from .cli_jobs import author
@@ -494,14 +494,14 @@ def _who(args) -> dict[str, Any]:
     return {"by": author()}
 
 
-def cmd_approve(client: Client, args, console: Console) -> int:
+def cmd_approve(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.post(f"/api/v1/tasks/{quote(args.task)}/approve", _who(args))
     console.print(f"task {task['id']} approved: now {task['state']} ({counts_text(task['counts'])})",
                   highlight=False, markup=False)  # fmt: skip
     return EXIT_OK
 
 
-def cmd_abort(client: Client, args, console: Console) -> int:
+def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.post(f"/api/v1/tasks/{quote(args.task)}/abort", _who(args))
     console.print(f"abort requested for task {task['id']} (now {task['state']}: {counts_text(task['counts'])})",
                   highlight=False, markup=False)  # fmt: skip

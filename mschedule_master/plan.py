@@ -186,6 +186,11 @@ class Stage:
         return isinstance(self.step, Pause)
 
     @property
+    def pause_seconds(self) -> float | None:
+        """A timed pause's length; None for a pause until approved, or a batch."""
+        return self.step.seconds if isinstance(self.step, Pause) else None
+
+    @property
     def size(self) -> int:
         return self.end - self.start
 
@@ -199,8 +204,7 @@ class Plan:
             raise PlanError("a plan needs at least one step")
         if len(self.steps) > MAX_STEPS:
             raise PlanError(f"a plan has at most {MAX_STEPS} steps")
-        batches = [i for i, s in enumerate(self.steps) if isinstance(s, Batch)]
-        rest = [i for i in batches if self.steps[i].size == "rest"]  # type: ignore[union-attr]
+        rest = [i for i, s in enumerate(self.steps) if isinstance(s, Batch) and s.size == "rest"]
         if rest and rest[0] != len(self.steps) - 1:
             raise PlanError("'rest' must be the last step of a plan")
 

@@ -429,7 +429,7 @@ class Rollout:
         """When a timed pause ends by itself; None when not paused or until approved."""
         if self.paused_at is None or self.final:
             return None
-        seconds = self._stages[self._stage].step.seconds  # type: ignore[union-attr]
+        seconds = self._stages[self._stage].pause_seconds
         return None if seconds is None else self.paused_at + seconds
 
     @property
@@ -618,7 +618,8 @@ class Rollout:
             actions += self._tick_target(self._targets[agent_id], now)
         pause_end = self.pause_ends_at
         if pause_end is not None and now >= pause_end and not (self.aborted or self.killed):
-            seconds = self._stages[self._stage].step.seconds  # type: ignore[union-attr]
+            seconds = self._stages[self._stage].pause_seconds
+            assert seconds is not None  # pause_ends_at is set only for a timed pause
             actions += self._leave_pause(now, f"pause of {format_duration(seconds)} over")
         return actions
 
@@ -819,7 +820,7 @@ class Rollout:
 
     def _enter_pause(self, now: float) -> list[Action]:
         stage = self._stages[self._stage]
-        seconds = stage.step.seconds  # type: ignore[union-attr]
+        seconds = stage.pause_seconds
         nxt = next(s for s in self._stages[self._stage + 1 :] if not s.is_pause)  # resolve() keeps one
         self.paused_at = now
         until = "approved" if seconds is None else f"approved, or for {format_duration(seconds)}"
@@ -844,7 +845,8 @@ class Rollout:
             self._open[i] += delta
         elif state is not _T.CANCELLED:
             self._finished[i] += delta
-            if state.failure and self._stages[i].step.counts(state):  # type: ignore[union-attr]
+            step = self._stages[i].step
+            if isinstance(step, Batch) and step.counts(state):
                 self._fails[i] += delta
 
     def _step_trip(self, i: int, *, ended: bool) -> str | None:
