@@ -578,7 +578,7 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                 if task["state"] in TASK_FINAL:
                     return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
                 if task["state"] == "PAUSED" and not paused_noted:
-                    view.note(f"paused: go on with: mschedule approve {task_id} (or: mschedule abort {task_id})")
+                    view.say(f"paused: go on with: mschedule approve {task_id} (or: mschedule abort {task_id})")
                 paused_noted = task["state"] == "PAUSED"
                 try:
                     events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
@@ -684,6 +684,10 @@ class _ProgressView:
     def note(self, text: str) -> None:
         self.progress.update(self.bar, description=text)
 
+    def say(self, text: str) -> None:
+        """A line above the bar, kept (the bar's description changes with the next update)."""
+        self.progress.console.print(text, highlight=False, markup=False)
+
     def pause(self) -> None:
         self.progress.stop()
 
@@ -718,6 +722,9 @@ class _LineView:
             highlight=False,
             markup=False,
         )
+
+    def say(self, text: str) -> None:
+        self.note(text)
 
     def note(self, text: str) -> None:
         if self.show and text != self.last_note:

@@ -99,3 +99,28 @@ def test_abort_over_the_api_ends_a_paused_plan(fleet):
         fleet.http("POST", f"/api/v1/tasks/{task_id}/abort", {"by": "ops"})
     assert e.value.code == 409
     e.value.close()
+
+
+def test_run_with_a_canary_says_how_to_approve_and_follows_the_task_to_its_end(fleet):
+    assert fleet.master is not None
+    env = {**os.environ, "MSCHEDULE_MASTER": fleet.master.http_url}
+    env.pop("MSCHEDULE_TOKEN", None)
+    argv = [*cli_argv(), "run", "-t", "all", "--canary", "1", "-c", "echo canary"]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            assert p.stdout is not None
+            first = p.stdout.readline()  # "task ID submitted to 3 targets (parallel 1; plan 1 ... )"
+            task_id = first.split()[1]
+            assert "plan 1 (parallel 1) > pause > 2 (parallel 1)" in first, first
+            for _ in range(100):  # bounded: one line per change
+                line = p.stdout.readline()
+                if not line or "paused: go on with" in line:
+                    break
+            assert f"mschedule approve {task_id}" in line, line
+            fleet.http("POST", f"/api/v1/tasks/{task_id}/approve", {"by": "cli-test"})
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == 0, out + err
+    assert fleet.task(task_id)["state"] == "SUCCEED"
