@@ -31,7 +31,18 @@ from . import models, plan, targeting
 from .metrics import Metrics
 from .models import InvalidRequest, NotFound, RequestConflict, WrongState
 from .registry import Change, Registry
-from .rollout import Action, Dispatch, Limits, Progress, Rollout, SendKill, TargetChanged, TaskChanged, Timing
+from .rollout import (
+    MANUAL_ABORT,
+    Action,
+    Dispatch,
+    Limits,
+    Progress,
+    Rollout,
+    SendKill,
+    TargetChanged,
+    TaskChanged,
+    Timing,
+)
 from .states import TARGET_PROVISIONAL, TargetState, TaskState
 from .store import Store, StoredTask
 
@@ -362,7 +373,7 @@ class Engine:
             self.store.add_event(now, "abort", task_id, None, {"by": by})
             self.store.require_sync()
             log.info("task %s: aborted by %s", task_id, by, extra={"task_id": task_id})
-            self._apply(active, active.rollout.abort(now, f"aborted by {by}"), now)
+            self._apply(active, active.rollout.abort(now, f"{MANUAL_ABORT}{by}"), now)
         return self._task_now(task_id)
 
     def _not_paused(self, task_id: str, active: _Active | None) -> None:

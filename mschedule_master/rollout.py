@@ -258,6 +258,8 @@ _ACTIVE = (_T.DISPATCHED, _T.RUNNING)
 PROVISIONAL = TARGET_PROVISIONAL
 #: Appended to an abort's reason once late reports have revised the failures behind it.
 ABORT_STANDS = "; the abort stands, though late reports revised its failures"
+#: How a person's abort (:meth:`Rollout.abort`, the engine's ``aborted by <who>``) begins.
+MANUAL_ABORT = "aborted by "
 _VALUES = {s: s.value for s in TargetState}  #: Enum.value is a slow descriptor; counts() runs per event
 
 
@@ -312,6 +314,7 @@ class Rollout:
         least = limits.first_tripping(self._n)
         tripped = least is not None and self._failures >= least
         if task_state.final:  # kept for a late report that revises a verdict
+            self._judged = self._stage  # its last step was judged when it ended: that decision stands
             self.killed = task_state is TaskState.KILLED
             self.aborted = task_state is TaskState.FAILED and (
                 tripped or self._plan_abort is not None or reason.startswith(("fail_count ", "fail_rate "))
@@ -850,16 +853,24 @@ class Rollout:
                 self._fails[i] += delta
 
     def _step_trip(self, i: int, *, ended: bool) -> str | None:
-        """Why stage ``i``'s own limits stop the plan, or None."""
+        """Why stage ``i``'s own limits stop the plan, or None; remembered as the plan's abort."""
+        why = self._step_reason(i, ended=ended)
+        if why is not None:
+            self._plan_abort = why
+        return why
+
+    def _step_reason(self, i: int, *, ended: bool) -> str | None:
         step = self._stages[i].step
         if not isinstance(step, Batch) or self.plan is None:
             return None
         why = step.trip_reason(self._fails[i], self._finished[i], ended=ended)
-        if why is None:
-            return None
-        why = f"step {self._stages[i].number}: {why}"
-        self._plan_abort = why
-        return why
+        return None if why is None else f"step {self._stages[i].number}: {why}"
+
+    def _any_limit_trips(self) -> bool:
+        """Whether the task's or any step's limits trip on the failures as they stand now."""
+        if self.limits.trip_reason(self._failures, self._n) is not None:
+            return True
+        return any(self._step_reason(i, ended=True) is not None for i in range(len(self._stages)))
 
     def _check_final(self, *, revised: bool = False) -> list[Action]:
         """End the task once nothing is open. After a revision (``revised``), a task that had
@@ -884,7 +895,7 @@ class Rollout:
         if self.killed:
             return TaskState.KILLED, self._end_reason
         if self.aborted:
-            stands = self.revised and self.limits.trip_reason(self._failures, self._n) is None
+            stands = self.revised and not self._end_reason.startswith(MANUAL_ABORT) and not self._any_limit_trips()
             return TaskState.FAILED, self._end_reason + (ABORT_STANDS if stands else "")
         if c[_T.SUCCEED] == self._n:
             return TaskState.SUCCEED, ("the target succeeded" if self._n == 1 else f"all {self._n} targets succeeded")

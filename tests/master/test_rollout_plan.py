@@ -403,3 +403,17 @@ def test_task_transitions(old: TaskState, new: TaskState, ok: bool) -> None:
         with pytest.raises(TaskTransitionError):
             check_task_transition(old, new)
     assert set(TASK_TRANSITIONS) == set(TaskState)
+
+
+def test_a_late_report_counts_for_its_step_as_a_revision_does_for_the_task() -> None:
+    r = rollout(2, [{"batch": 2, "fail_count": 0, "ignore": ["UNREACHABLE"]}], parallel=2)
+    r.start(0)
+    r.on_final("a00", T.SUCCEED, 1)
+    r.tick(100)  # a01 UNREACHABLE: ignored by the step's gate; the task ends, not aborted
+    assert r.state is K.FAILED and r.reason == "1 of 2 targets did not succeed: UNREACHABLE 1"
+    back = _restore(r)
+    back.on_final("a01", T.SUCCEED, 101)  # a late success: the verdict is recomputed, no step judged again
+    assert back.state is K.SUCCEED and not back.aborted
+    again = _restore(r)
+    again.on_final("a01", T.FAILED, 101)  # a late failure counts for its step now, as for the task's limits
+    assert again.state is K.FAILED and again.reason == "step 1: fail_count 0 exceeded: 1 failure"
