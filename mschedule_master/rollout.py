@@ -33,6 +33,15 @@ ADDED (optional to use):
     r.on_agent_offline(agent_id, now, unheard=True)   # offline because its datacenter's bridge is down
     r.final, r.failures, r.active, r.window, r.aborted, r.killed
 
+PLANS (docs/rollout.md "Plans"; mschedule_master/plan.py):
+
+    r = Rollout(..., plan=Plan)          # steps: batches and pauses; None = one batch of all
+    r = Rollout.restore(..., plan=Plan, progress=Progress)   # back at its step or pause
+    actions = r.approve(now, by="alice")   # a paused plan goes on ([] when not paused)
+    actions = r.abort(now, reason)         # stop the plan as a tripped limit would
+    r.paused, r.paused_at, r.pause_ends_at, r.stages, r.stage
+    r.progress -> Progress                 # persist it whenever it changes
+
 PERSISTENCE: on TargetChanged store the whole snapshot ``r.targets[agent_id]`` (its
 fields are already updated). Fields also change WITHOUT a state change -- ``acked``
 (on_ack), ``kill_requested`` (with every first SendKill), ``last_sent_at``,
