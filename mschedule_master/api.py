@@ -335,6 +335,7 @@ async def get_task(request: web.Request) -> web.Response:
         task = await read(service, "task", task_id, **kw)
         task = with_hostnames(service, task)  # on the loop: the registry lives there
         links = api_jobs.task_links(service, task.id)  # on the loop: so does the store's connection
+        links.update(plan_history(service, task))
         return await render(service, lambda: dumps({**task_json(task, max_output=limit, outputs=outputs), **links}))
 
     query = (tuple(sorted(kw.items())), limit, outputs)
@@ -413,6 +414,23 @@ async def _who(request: web.Request) -> str:
     if by is not None and (not isinstance(by, str) or len(by) > 200 or "\x00" in by):
         raise ApiError(400, "by must be a string of at most 200 characters", "by")
     return by or f"http:{request.remote}"
+
+
+def plan_history(service: Service, t: Task) -> dict[str, Any]:
+    """Who approved a plan's pauses and when, and who aborted the task (its events)."""
+    store = getattr(service, "store", None)
+    if store is None:
+        return {}
+    out: dict[str, Any] = {}
+    if t.plan is not None:
+        out["approvals"] = [
+            {"by": e["data"].get("by"), "at": e["ts"], "step": e["data"].get("step")}
+            for e in sorted(store.events(t.id, kind="approved"), key=lambda e: e["ts"])
+        ]
+    aborts = store.events(t.id, kind="abort", limit=1)
+    if aborts:
+        out["aborted_by"] = {"by": aborts[0]["data"].get("by"), "at": aborts[0]["ts"]}
+    return out
 
 
 def plan_stages(t: Task) -> list[dict[str, Any]]:

@@ -785,6 +785,11 @@ def cmd_status(client: Client, args, console: Console) -> int:
         if task.get("plan_stages"):
             paused = f"; paused since {when(task['paused_at'])}" if task.get("paused_at") else ""
             console.print(f"plan: {plan_text(task)}{paused}", markup=False, highlight=False)
+            for a in task.get("approvals") or []:
+                console.print(f"  step {a['step']} approved by {a['by']} {when(a['at'])}", markup=False, highlight=False)
+        if task.get("aborted_by"):
+            console.print(f"aborted by {task['aborted_by']['by']} {when(task['aborted_by']['at'])}", markup=False,
+                          highlight=False)  # fmt: skip
         console.print(counts_text(task["counts"]), highlight=False)
         console.print(targets_table(task))  # fmt: skip
     return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING", "PAUSED") else EXIT_TASK_FAILED

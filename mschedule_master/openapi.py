@@ -233,6 +233,13 @@ SCHEMAS: dict[str, Any] = {
             "plan_step": {"type": ["integer", "null"], "description": "the plan's current step"},
             "paused_at": {**_NUM, "description": "since when the plan waits at a pause (state PAUSED)"},
             "plan_stages": {"type": "array", "items": _ref("PlanStage"), "description": "with a plan"},
+            "approvals": {
+                "type": "array", "description": "GET one task with a plan: who approved its pauses, when, at which step",
+                "items": {"type": "object", "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"},
+                                                           "step": {"type": ["integer", "null"]}}},
+            },
+            "aborted_by": {"type": "object", "description": "GET one task a person aborted: who and when",
+                           "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"}}},
             "targets": {
                 "type": "object",
                 "additionalProperties": _ref("Target"),

@@ -16,6 +16,9 @@ function renderPlan(t) {
   box.replaceChildren(...stages.map((s) =>
     h("li", { class: s.current ? "current" : null, "data-step": s.step, "aria-current": s.current ? "step" : null },
       h("span", { class: "muted small" }, `step ${s.step} `), planStepText(s))));
+  for (const a of t.approvals || []) {
+    box.append(h("li", { class: "approval muted small" }, `step ${a.step} approved by ${a.by}, ${when(a.at)}`));
+  }
   const paused = t.state === "PAUSED";
   document.getElementById("approve").hidden = !paused;
   document.getElementById("abort").disabled = FINAL_TASK.has(t.state);

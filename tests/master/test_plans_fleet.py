@@ -62,6 +62,10 @@ def test_a_canary_of_one_pauses_and_an_approval_runs_the_rest(fleet):
     assert p.returncode == 0 and f"task {task_id} approved" in p.stdout, p.stdout + p.stderr
     summary = fleet.wait_task(task_id, 60)
     assert summary["state"] == "SUCCEED" and summary["counts"] == {"SUCCEED": 3}
+    (approval,) = fleet.task(task_id)["approvals"]
+    assert approval["by"] == "canary-tester" and approval["step"] == 2 and approval["at"] >= task["paused_at"]
+    p = mschedule(fleet, "status", task_id)
+    assert "step 2 approved by canary-tester" in p.stdout, p.stdout
     p = mschedule(fleet, "approve", task_id)
     assert p.returncode == 2 and "is not paused" in p.stderr, p.stdout + p.stderr
 
@@ -95,6 +99,7 @@ def test_abort_over_the_api_ends_a_paused_plan(fleet):
     task = fleet.http("POST", f"/api/v1/tasks/{task_id}/abort", {"by": "ops"})
     assert task["state"] == "FAILED" and task["reason"] == "aborted by ops"
     assert states(task) == {"SUCCEED": 1, "CANCELLED": 2}
+    assert fleet.task(task_id)["aborted_by"]["by"] == "ops"
     with pytest.raises(urllib.error.HTTPError) as e:
         fleet.http("POST", f"/api/v1/tasks/{task_id}/abort", {"by": "ops"})
     assert e.value.code == 409
