@@ -345,8 +345,8 @@ class Engine:
         return None
 
     def approve(self, task_id: str, by: str) -> models.Task:
-        """Let a paused plan go on (a timed pause ends early). Raises NotFound, or
-        InvalidRequest when the task is not paused."""
+        """Let a paused plan go on (a timed pause ends early); recorded as an ``approved``
+        event with who and when. Raises NotFound, or WrongState when it is not paused."""
         with self.batch():
             active = self._active.get(task_id)
             if active is None or not active.rollout.paused:
@@ -361,8 +361,8 @@ class Engine:
 
     def abort(self, task_id: str, by: str) -> models.Task:
         """Stop the task's rollout as a tripped limit would (on_abort says what happens to the
-        running targets); it ends FAILED, "aborted by <by>". Raises NotFound, or
-        InvalidRequest when the task has ended or was already killed or aborted."""
+        running targets); it ends FAILED, "aborted by <by>". Raises NotFound, or WrongState
+        when the task has ended or was already killed or aborted."""
         with self.batch():
             active = self._active.get(task_id)
             if active is None or active.rollout.aborted or active.rollout.killed:
