@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mschedule_master.plan import Batch, Pause, Plan, PlanError, parse, parse_duration
 from mschedule_master.rollout import Dispatch, Limits, Progress, Rollout, SendKill, TargetChanged, TaskChanged, Timing
@@ -330,16 +334,11 @@ def test_a_revised_verdict_counts_for_its_own_step() -> None:
 
 
 def _restore(r: Rollout, killed: bool | None = None) -> Rollout:
+    """What a restart rebuilds from the store: copies of the snapshots, the plan's progress."""
     return Rollout.restore(
-        "t1", r.limits, targets=[TargetSnapshot_copy(t) for t in r.targets.values()], task_state=r.state,
+        "t1", r.limits, targets=[dataclasses.replace(t) for t in r.targets.values()], task_state=r.state,
         reason=r.reason, timing=TIMING, killed=killed, plan=r.plan, progress=r.progress,
     )  # fmt: skip
-
-
-def TargetSnapshot_copy(t):  # noqa: N802 - reads as the type it copies
-    import dataclasses
-
-    return dataclasses.replace(t)
 
 
 def test_restore_mid_pause_keeps_the_pause_and_its_end() -> None:
@@ -417,3 +416,67 @@ def test_a_late_report_counts_for_its_step_as_a_revision_does_for_the_task() -> 
     again = _restore(r)
     again.on_final("a01", T.FAILED, 101)  # a late failure counts for its step now, as for the task's limits
     assert again.state is K.FAILED and again.reason == "step 1: fail_count 0 exceeded: 1 failure"
+
+
+# ---------------------------------------------------------------------- any plan, any events
+
+STEPS = st.one_of(
+    st.builds(lambda n: {"batch": n}, st.integers(1, 4)),
+    st.builds(lambda p: {"batch": f"{p}%"}, st.sampled_from([10, 34, 50])),
+    st.builds(lambda n, c, r: {"batch": n, "fail_count": c, "fail_rate": r, "min_finished": 1},
+              st.integers(1, 4), st.integers(-1, 1), st.sampled_from([None, 0.5])),
+    st.builds(lambda n, p: {"batch": n, "parallel": p}, st.integers(1, 4), st.integers(1, 3)),
+    st.just({"pause": True}),
+    st.just({"pause": 30}),
+)
+OUTCOMES = st.sampled_from([T.SUCCEED, T.SUCCEED, T.FAILED, T.TIMEOUT, T.KILLED])
+EVENT = st.one_of(
+    st.tuples(st.just("final"), st.integers(0, 20), OUTCOMES),
+    st.tuples(st.just("approve"), st.just(0), st.just(T.SUCCEED)),
+    st.tuples(st.just("tick"), st.integers(1, 40), st.just(T.SUCCEED)),
+    st.tuples(st.just("restore"), st.just(0), st.just(T.SUCCEED)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 10), steps=st.lists(STEPS, min_size=1, max_size=5), events=st.lists(EVENT, max_size=40))
+def test_any_plan_walks_its_steps_in_order_within_their_windows_and_ends(n, steps, events):
+    r = Rollout("t1", ids(n), Limits(parallel=2), timing=TIMING, now=0.0, plan=parse(steps))
+    stages = r.stages
+    stage_of = {a: i for i, s in enumerate(stages) for a in ids(n)[s.start : s.end]}
+    now = 0.0
+
+    def check(actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Dispatch) and not a.redeliver:
+                i = stage_of[a.agent_id]
+                earlier = [x for x, j in stage_of.items() if j < i]
+                assert all(r.targets[x].state.final for x in earlier), "a step starts only when the one before ended"
+                assert r.stage == i and not r.paused
+        active = [a for a, t in r.targets.items() if t.state.active]
+        assert len(active) <= max(s.window for s in stages if not s.is_pause)
+        assert r.paused == (r.state is K.PAUSED)
+        assert r.final == all(t.state.final for t in r.targets.values())
+
+    check(r.start(now))
+    for kind, idx, outcome in events:
+        if kind == "final":
+            act = [a for a, t in r.targets.items() if t.state.active]
+            if act:
+                check(r.on_final(act[idx % len(act)], outcome, now))
+        elif kind == "approve":
+            check(r.approve(now, "p"))
+        elif kind == "tick":
+            now += idx
+            check(r.tick(now))
+        else:
+            r = _restore(r, killed=False)
+            check(r.resume(now))
+    for _ in range(4 * n + 10):  # then every step is approved and every target succeeds: it ends
+        if r.final:
+            break
+        check(r.approve(now, "p"))
+        for a in [a for a, t in r.targets.items() if t.state.active]:
+            check(r.on_final(a, T.SUCCEED, now))
+    assert r.final
+    assert r.state is K.SUCCEED or r.aborted or r.counts()["SUCCEED"] < n
