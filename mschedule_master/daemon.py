@@ -187,6 +187,7 @@ class Daemon:
         engine = Engine(
             store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
             metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
+            unplanned_target_limit=s.unplanned_target_limit,
         )  # fmt: skip
         engine.subscribe(ProgressPublisher(counted, self.topics))
         metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
