@@ -120,6 +120,15 @@ class NotFound(ServiceError):
         self.ident = ident
 
 
+class TaskEnded(ServiceError):
+    """A kill of a task that had already ended (HTTP 409): nothing is left to kill."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        super().__init__(f"task {task_id} had already ended ({state}): nothing to kill")
+        self.task_id = task_id
+        self.state = state
+
+
 class InvalidRequest(ServiceError):
     """A bad submission: ``field`` names the offending field (or selector)."""
 
@@ -156,8 +165,15 @@ class Service(Protocol):
 
     def agent(self, agent_id: str) -> Agent: ...
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
-        """Newest first, without targets."""
+    def resolve_targets(self, selectors: list[str]) -> list[Agent]:
+        """The agents a task with these selectors would run on, as it would order them
+        (nothing runs). Raises InvalidRequest (field ``targets``)."""
+        ...
+
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[Task]:
+        """Newest first, without targets; ``id_prefix``: only the ids that start with it."""
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
         """With targets (and their output unless ``outputs=False``, its last ``tail`` + 1 bytes

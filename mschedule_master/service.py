@@ -17,7 +17,7 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
-from . import models
+from . import models, targeting
 from .engine import Engine
 from .jobservice import JobService
 from .liveoutput import LiveIngest, chunks_after
@@ -72,7 +72,19 @@ class MasterService:
         return task
 
     def kill(self, task_id: str) -> models.Task:
+        before = self.store.get_task(task_id, with_targets=False)
+        if before is not None and before.state.final:
+            raise models.TaskEnded(task_id, before.state.value)
         return self.engine.kill(task_id)
+
+    def resolve_targets(self, selectors: list[str]) -> list[models.Agent]:
+        agents = self.registry.agents()
+        try:
+            ids = targeting.resolve(list(selectors), agents, self.engine.groups)
+        except ValueError as e:  # targeting.UnknownSelector and its kin
+            raise models.InvalidRequest(str(e), field="targets") from None
+        by_id = {a.id: a for a in agents}
+        return [by_id[i] for i in ids]
 
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None
@@ -93,8 +105,10 @@ class MasterService:
             raise NotFound("agent", agent_id)
         return a
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        return _tasks(self.store, state=state, limit=limit, offset=offset)
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[models.Task]:
+        return _tasks(self.store, state=state, limit=limit, offset=offset, id_prefix=id_prefix)
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> models.Task:
         return _task(self.store, task_id, outputs=outputs, targets=targets, tail=tail)

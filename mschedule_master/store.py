@@ -479,12 +479,21 @@ class Store:
         targets = self.targets(task_id, outputs=outputs, tail=tail) if with_targets else None
         return _task(row, counts, targets)
 
-    def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        sql, args = f"select {_TASK_COLS} from tasks", []
+    def list_tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[models.Task]:
+        """Newest first; ``id_prefix``: only ids starting with it (a range on the key, as git's short ids)."""
+        where: list[str] = []
+        args: list[str | int] = []
         if state is not None:
-            sql, args = sql + " where state=?", [state.value]
-        rows = self._conn.execute(sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset])
-        rows = rows.fetchall()
+            where, args = ["state=?"], [state.value]
+        if id_prefix:
+            where += ["id >= ?", "id < ?"]
+            args += [id_prefix, id_prefix + "\U0010ffff"]
+        sql = f"select {_TASK_COLS} from tasks" + (" where " + " and ".join(where) if where else "")
+        rows = self._conn.execute(
+            sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset]
+        ).fetchall()
         counts = self._counts([r[0] for r in rows])
         return [_task(r, counts.get(r[0], {}), None) for r in rows]
 

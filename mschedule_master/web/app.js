@@ -350,6 +350,11 @@ function num(text) {
   return t; // "50%" or garbage: the master validates and names the field
 }
 
+// "parallel must be ..." already names its field: "parallel: parallel must be ..." says it twice.
+function fieldMessage(e) {
+  return e.field && !e.message.includes(e.field) ? `${e.field}: ${e.message}` : e.message;
+}
+
 async function submit(ev) {
   ev.preventDefault();
   const err = $("#submit-error");
@@ -372,7 +377,7 @@ async function submit(ev) {
     const task = await api("POST", "/api/v1/tasks", body);
     location.hash = `#/task/${encodeURIComponent(task.id)}`;
   } catch (e) {
-    err.textContent = e.field ? `${e.field}: ${e.message}` : e.message;
+    err.textContent = fieldMessage(e);
     err.hidden = false;
     const input = { script: "#script", script_text: "#script", targets: "#selectors" }[e.field] || `#${e.field}`;
     try {
@@ -427,18 +432,55 @@ async function loadTask(id) {
     ["created", when(t.created_at)],
     ["finished", when(t.finished_at)],
   ];
-  $("#task-meta").replaceChildren(...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-  $("#task-meta").append(...jobMeta(t)); // jobs.js: the job version it ran
+  const items = [...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]), ...jobMeta(t)]; // jobs.js
+  $("#task-meta").replaceChildren(...metaPairs(items));
   bar(t.counts, t.target_count, $("#task-bar"));
   $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
   $("#kill").disabled = FINAL_TASK.has(t.state);
+  const failedOrNotRun = Object.values(t.counts).length && Object.entries(t.counts).some(([s, n]) => n && s !== "SUCCEED");
+  $("#rerun-failed").disabled = !FINAL_TASK.has(t.state) || !failedOrNotRun;
   state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
   const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));
   body.replaceChildren();
   const targets = Object.values(t.targets || {}).sort((a, b) => (a.hostname || "").localeCompare(b.hostname || ""));
   for (const x of targets) body.append(...targetRows(x, closed));
+}
+
+// Each label with its value in one grid cell, so a narrow window never wraps a label
+// to the end of one row and its value to the start of the next.
+function metaPairs(nodes) {
+  const out = [];
+  for (let i = 0; i < nodes.length; i += 2) out.push(h("div", { class: "meta-item" }, nodes[i], nodes[i + 1]));
+  return out;
+}
+
+// A running target's elapsed time, ticking between refreshes.
+function elapsedCell(x) {
+  if (x.state !== "RUNNING" || !x.started_at) return h("td", {}, dur(x.duration));
+  return h("td", { class: "elapsed", "data-started": String(x.started_at) }, `${dur(Date.now() / 1000 - x.started_at)} so far`);
+}
+
+function tickElapsed() {
+  for (const td of document.querySelectorAll("td.elapsed[data-started]")) {
+    td.textContent = `${dur(Date.now() / 1000 - Number(td.dataset.started))} so far`;
+  }
+}
+
+async function download(x, stream) {
+  const url = `/api/v1/tasks/${encodeURIComponent(state.taskId)}/targets/${encodeURIComponent(x.agent_id)}/output?stream=${stream}`;
+  try {
+    const resp = await fetch(url, { headers: authHeaders() }); // the token travels in a header: no plain link
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    const a = h("a", { href: URL.createObjectURL(await resp.blob()), download: `${state.taskId}-${x.hostname || x.agent_id}.${stream}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  } catch (e) {
+    alert(`could not download the output: ${e.message}`);
+  }
 }
 
 function targetRows(x, closed) {
@@ -457,8 +499,10 @@ function targetRows(x, closed) {
       x.reason ? h("div", { class: "muted small" }, x.reason) : null),
     h("td", { class: "mono exit" }, x.code === null ? "–" : x.signal ? `${x.code} (sig ${x.signal})` : String(x.code)),
     h("td", {}, when(x.started_at)),
-    h("td", {}, dur(x.duration)),
-    h("td", { class: "muted small" }, live ? "live" : `${x.output_bytes} B out, ${x.stderr_bytes} B err`));
+    elapsedCell(x),
+    h("td", { class: "muted small" }, live ? "live" : `${x.output_bytes} B out, ${x.stderr_bytes} B err`,
+      !live && x.output_bytes ? h("button", { class: "link download", "data-stream": "stdout", onclick: () => download(x, "stdout") }, " ⤓ out") : null,
+      !live && x.stderr_bytes ? h("button", { class: "link download", "data-stream": "stderr", onclick: () => download(x, "stderr") }, " ⤓ err") : null));
   if (!out && !err) return [row];
   const pre = h("pre", { class: "output", "data-live": live ? "1" : "0" }, out);
   if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[the agent kept only the head and tail]"));
@@ -486,6 +530,28 @@ async function showAll(x) {
     refresh();
   } catch (e) {
     alert(`could not load the output: ${e.message}`);
+  }
+}
+
+// Re-run: the same script, limits and selectors (the selectors resolve again: today's fleet),
+// or only the targets that failed or never ran (the master's rerun, on those agents).
+async function rerun(failedOnly) {
+  try {
+    let task;
+    if (failedOnly) {
+      task = await api("POST", `/api/v1/tasks/${encodeURIComponent(state.taskId)}/rerun`, { failed: true });
+    } else {
+      const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(state.taskId)}?targets=0`);
+      const body = { targets: t.targets_spec, parallel: t.parallel, fail_count: t.fail_count, timeout: t.timeout,
+        on_abort: t.on_abort, env: t.env, name: t.name, delivery_timeout: t.delivery_timeout };
+      for (const f of ["fail_rate", "cwd", "output_cap"]) if (t[f] !== null) body[f] = t[f];
+      if (t.script_encoding === "base64") body.script = t.script;
+      else body.script_text = t.script;
+      task = await api("POST", "/api/v1/tasks", body);
+    }
+    location.hash = `#/task/${encodeURIComponent(task.id)}`;
+  } catch (e) {
+    alert(`re-run failed: ${fieldMessage(e)}`);
   }
 }
 
@@ -539,6 +605,9 @@ function route() {
 function init() {
   $("#submit-form").addEventListener("submit", submit);
   $("#kill").addEventListener("click", kill);
+  $("#rerun").addEventListener("click", () => rerun(false));
+  $("#rerun-failed").addEventListener("click", () => rerun(true));
+  setInterval(tickElapsed, 1000);
   $("#task-filter").addEventListener("change", () => loadTasks().catch(() => {}));
   $("#more-tasks").addEventListener("click", () => {
     state.taskLimit = Math.min(500, state.taskLimit + 50);

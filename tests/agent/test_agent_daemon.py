@@ -127,14 +127,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def readme_one_liner() -> str:
     section = README.read_text().split("## Run a task by hand", 1)[1]
-    (line,) = [ln for ln in section.splitlines() if ln.startswith("mosquitto_pub ")]
+    (line,) = [ln for ln in section.splitlines() if ln.startswith("mosquitto_pub ") and "/tasks\"" in ln]
     return line
 
 
 def test_readme_mosquitto_pub_one_liner_runs_a_task_and_its_result_arrives(agent, watch, broker, prefix):
     aid = agent.agent_id
-    line = readme_one_liner().replace("-p 1883", f"-p {broker.port}").replace('"mschedule/', f'"{prefix}/')
-    subprocess.run(["bash", "-c", line], env={**os.environ, "AGENT": aid}, check=True, timeout=10)
+    line = readme_one_liner().replace('"mschedule/', f'"{prefix}/')
+    env = {**os.environ, "AGENT": aid, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(broker.port)}
+    subprocess.run(["bash", "-c", line], env=env, check=True, timeout=10)
     watch.wait_for(is_(Ack, "hello-1"), timeout=10)
     watch.wait_for(is_(Started, "hello-1"), timeout=10)
     (res,) = watch.wait_for(is_(Result, "hello-1"), timeout=15)

@@ -158,6 +158,18 @@ def test_edge_refuses_bad_values(kw, message):
         edge(**kw)
 
 
+@pytest.mark.parametrize("role", ["central", "edge"])
+def test_the_main_listener_takes_a_port_and_a_bind_address(role):
+    make = central if role == "central" else edge
+    assert dict(directives(make()["mosquitto.conf"]))["listener"] == "1883"  # every interface, by default
+    assert dict(directives(make(port=18831, bind="10.0.0.5")["mosquitto.conf"]))["listener"] == "18831 10.0.0.5"
+    assert dict(directives(make(data_dir="/srv/b")["mosquitto.conf"]))["persistence_location"] == "/srv/b/"
+    with pytest.raises(render.RenderError, match="listener port"):
+        make(port=70000)
+    with pytest.raises(render.RenderError, match="bind address"):
+        make(bind="a b")
+
+
 def test_an_unknown_placeholder_is_an_error_not_left_in_the_file():
     with pytest.raises(render.RenderError, match="@NOPE@"):
         render.fill("listener @NOPE@", {})
