@@ -501,7 +501,7 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
         body["env"] = env
     if args.cwd:
         body["cwd"] = args.cwd
-    if getattr(args, "no_stream", False):
+    if getattr(args, "stream", True) is False:
         body["stream"] = False
     return body
 
@@ -1056,7 +1056,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
     r.add_argument("-f", "--follow", action="store_true", help="print the targets' output as it is written, "
                    "each line prefixed by its host (default: the latest line of each target under the progress)")
-    r.add_argument("--no-stream", action="store_true", help="the targets send their output only at the end")
+    r.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="the targets send their output only at the end (the submit's stream: false)")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a task and its targets")
