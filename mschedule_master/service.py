@@ -50,6 +50,7 @@ class MasterService:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 5.0,
         reads: Reads | None = None,
+        portable_topics: bool = False,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -59,7 +60,7 @@ class MasterService:
         self.flush_interval = flush_interval
         self.reads = reads
         self.jobs = JobService(engine=engine, clock=clock)
-        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
+        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit, portable_topics=portable_topics)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self._last_flush = 0.0
         self._last_sweep = 0.0
