@@ -17,6 +17,7 @@ Per size, one fresh master on its own mosquitto:
 
     python -m bench.capacity                      # 10000,50000,100000 (~10 min, quiet machine)
     python -m bench.capacity --sizes 2000 --edge 1000
+    python -m bench.capacity --sizes "" --edge 0 --nats 100000   # a NATS cluster's retained statuses
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -87,14 +89,21 @@ def online_gauge(master: MasterProc) -> int:
 
 
 def wait_gauge(master: MasterProc, n: int, timeout: float) -> float:
-    start = time.monotonic()
+    """Seconds until the gauge says ``n`` online. A busy master may answer HTTP late (its
+    API shares the thread that applies messages): a timed-out read is "not yet"."""
+    start, seen = time.monotonic(), -1
     while time.monotonic() - start < timeout:
         if not master.proc.running():
             raise RuntimeError(f"master died:\n{master.proc.log()[-3000:]}")
-        if online_gauge(master) >= n:
+        try:
+            seen = online_gauge(master)
+        except OSError as e:
+            log.info("master's /metrics did not answer (%s); asking again", e)
+            continue
+        if seen >= n:
             return time.monotonic() - start
         time.sleep(0.25)
-    raise TimeoutError(f"master sees {online_gauge(master)} of {n} online after {timeout}s")
+    raise TimeoutError(f"master sees {seen} of {n} online after {timeout}s")
 
 
 def heartbeats(fake: FakeAgents, seconds: float, interval: float = HEARTBEAT_INTERVAL) -> int:
@@ -163,6 +172,8 @@ def master_row(broker_url: str, n: int, workdir: Path, *, hb_seconds: float, pro
                 row["ingest_per_s"] = round(n / seconds, 1)
                 row["problems"] = check_summary(done, fake.ids)
         row["rss_peak_mb"] = round(rss.peak / 2**20, 1)
+    db = workdir / f"master-{n}" / "master.db"
+    row["db_mb"] = round(sum(p.stat().st_size for p in db.parent.glob("master.db*")) / 2**20, 1)
     return row
 
 
@@ -215,6 +226,46 @@ def edge_row(n: int, workdir: Path, *, seconds: float) -> dict[str, Any]:
         broker.stop()
 
 
+def nats_row(n: int, workdir: Path, *, seconds: float) -> dict[str, Any]:
+    """A three-node NATS cluster (harness/nats.py) holding ``n`` agents' retained statuses,
+    published over MQTT 3.1.1 by one client on node 0, then their retained heartbeats at
+    one per agent per 30 s for ``seconds``: the publish time, each node's RSS and CPU share."""
+    from harness.nats import NatsCluster
+
+    topics = Topics(f"nats{uuid.uuid4().hex[:6]}/mschedule")
+    with NatsCluster(workdir / f"nats-{n}") as cluster:
+        pids = [node.proc.pid for node in cluster.nodes if node.proc is not None]
+        rss_empty = [sample(pid).rss for pid in pids]
+        client = MqttTransport(cluster.urls[0], client_id=f"bench-nats-{uuid.uuid4().hex[:6]}", clean_start=True,
+                               manual_ack=False, mqtt_version="3.1.1")  # fmt: skip
+        client.start(connect_timeout=30)
+        try:
+            started = time.monotonic()
+            acked = 0
+            for lo in range(0, n, FakeAgents.WINDOW):  # paho has 65535 packet ids
+                topics_ = [topics.status(f"a{i:06d}") for i in range(lo, min(n, lo + FakeAgents.WINDOW))]
+                pubs = [client.publish(t, b'{"type":"register"}', retain=True) for t in topics_]
+                acked += sum(p.wait(120) for p in pubs)
+            publish_s = time.monotonic() - started
+            c0, w0 = [cpu_seconds(pid) for pid in pids], time.monotonic()
+            rate, sent = n / HEARTBEAT_INTERVAL, 0
+            while (elapsed := time.monotonic() - w0) < seconds:
+                while sent < int(rate * elapsed):
+                    i = sent % n
+                    client.publish(topics.heartbeat(f"a{i:06d}"), b'{"type":"heartbeat"}', qos=0, retain=True)
+                    sent += 1
+                time.sleep(0.05)
+            wall = time.monotonic() - w0
+            shares = [round((cpu_seconds(pid) - c) / wall, 3) for pid, c in zip(pids, c0, strict=True)]
+            return {
+                "retained": n, "acked": acked, "publish_s": round(publish_s, 1), "heartbeats_sent": sent,
+                "rss_empty_mb": [round(r / 2**20, 1) for r in rss_empty],
+                "rss_mb": [round(sample(pid).rss / 2**20, 1) for pid in pids], "cpu_share": shares,
+            }  # fmt: skip
+        finally:
+            client.stop(timeout=1.0)
+
+
 def uptime() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -226,20 +277,26 @@ def markdown(results: dict[str, Any]) -> str:
         f"after {results['load_after']}; {os.cpu_count()} cores, shared)",
         "",
         "| targets | registry s | RSS after registry MB | heartbeats (n/30 s) CPU | dispatch s | dispatch CPU s "
-        "| ingestion results/s | ingest CPU s | peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ingestion results/s | ingest CPU s | peak RSS MB | db MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['targets']:,} | {r['registry_s']} | {r['rss_registry_mb']} | {r['heartbeat_cpu_share']:.0%} "
             f"| {r['dispatch_s']} | {r['dispatch_cpu_s']} | {r['ingest_per_s']:,.0f} | {r['ingest_cpu_s']} "
-            f"| {r['rss_peak_mb']} |"
+            f"| {r['rss_peak_mb']} | {r.get('db_mb', '')} |"
         )
     for e in results.get("edges", []):
         lines.append(
             f"\nMosquitto edge, {e['connections']:,} connections: RSS {e['rss_mb']} MB "
             f"({e['rss_connected_mb']} MB before the retained statuses), CPU {e['cpu_share']:.1%} of a core "
             f"with heartbeats every 30 s; connected in {e['connect_s']} s"
+        )
+    for e in results.get("nats", []):
+        lines.append(
+            f"\nNATS cluster (3 nodes), {e['retained']:,} retained statuses: published and acked in {e['publish_s']} s "
+            f"over MQTT 3.1.1; node RSS {e['rss_mb']} MB (empty {e['rss_empty_mb']} MB); CPU shares {e['cpu_share']} "
+            f"with heartbeats every 30 s"
         )
     for r in results["rows"]:
         for phase in ("dispatch", "ingest"):
@@ -256,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(str(s) for s in SIZES), help="targets per row, comma-separated")
     p.add_argument("--edge", type=int, default=10_000, help="connections on the Mosquitto edge row (0: none)")
+    p.add_argument("--nats", type=int, default=0, help="retained statuses on a three-node NATS cluster row (0: none)")
     p.add_argument("--hb-seconds", type=float, default=10.0, help="seconds of heartbeats measured per row")
     p.add_argument("--profile", action="store_true", help="py-spy the master's dispatch and ingestion")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--keep", action="store_true", help="keep the work directory (databases, logs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mschedule_agent.transport").setLevel(logging.WARNING)  # one line per edge connection
@@ -276,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
                              profile_dir=args.out / "profiles" if args.profile else None)  # fmt: skip
             results["rows"].append(row)
             log.info("row: %s", {k: v for k, v in row.items() if not k.endswith("profile")})
+        broker.stop()
+        if args.edge:
+            results["edges"].append(edge_row(args.edge, workdir, seconds=30.0))
+        if args.nats:
+            results["nats"] = [nats_row(args.nats, workdir, seconds=30.0)]
     finally:
         broker.stop()
-    if args.edge:
-        results["edges"].append(edge_row(args.edge, workdir, seconds=30.0))
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     results["load_after"] = uptime()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capacity.json").write_text(json.dumps(results, indent=1))
