@@ -413,7 +413,7 @@ class MqttTransport:
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             log.error(
                 "publish to %s dropped by paho: every one of its 65535 packet ids is taken by an unacknowledged "
-                "QoS-1 message; the end-to-end re-send will carry it", topic,
+                "QoS-1 message (tasks, kills and results are re-sent end to end; progress is not)", topic,
             )  # fmt: skip
         elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("publish to %s returned %s; paho keeps it queued", topic, paho.error_string(info.rc))
