@@ -135,10 +135,12 @@ def _profiled(pid: int, out: Path | None) -> Iterator[dict[str, Any]]:
         yield summary
 
 
-def master_row(broker_url: str, n: int, workdir: Path, *, hb_seconds: float, profile_dir: Path | None) -> dict[str, Any]:
+def master_row(
+    broker_url: str, n: int, workdir: Path, *, hb_seconds: float, profile_dir: Path | None, master_args: list[str] | None = None
+) -> dict[str, Any]:
     prefix = f"cap{uuid.uuid4().hex[:6]}/mschedule"
     row: dict[str, Any] = {"targets": n}
-    with MasterProc(broker_url, prefix, workdir / f"master-{n}") as master, PeakRSS(master.pid) as rss:
+    with MasterProc(broker_url, prefix, workdir / f"master-{n}", extra=master_args) as master, PeakRSS(master.pid) as rss:
         with FakeAgents(broker_url, prefix, n, ack=True) as fake:
             t0 = time.monotonic()
             fake.register()
@@ -319,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hb-seconds", type=float, default=10.0, help="seconds of heartbeats measured per row")
     p.add_argument("--profile", action="store_true", help="py-spy the master's dispatch and ingestion")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--delivery-timeout", type=float, help="the master's --delivery-timeout (default: its own, 60 s)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (databases, logs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in (int(s) for s in args.sizes.split(",") if s):
             log.info("capacity row: %d targets", n)
-            row = master_row(broker.url, n, workdir, hb_seconds=args.hb_seconds,
+            extra = ["--delivery-timeout", str(args.delivery_timeout)] if args.delivery_timeout else None
+            row = master_row(broker.url, n, workdir, hb_seconds=args.hb_seconds, master_args=extra,
                              profile_dir=args.out / "profiles" if args.profile else None)  # fmt: skip
             results["rows"].append(row)
             log.info("row: %s", {k: v for k, v in row.items() if not k.endswith("profile")})
