@@ -32,7 +32,10 @@ def fleet(cluster, tmp_path_factory):
     prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
     with Fleet(
         tmp_path_factory.mktemp("natsfleet"), cluster.urls[0], prefix, agents=N, agent_brokers=cluster.urls,
-        mqtt_version="3.1.1", master_flags={"delivery_timeout": 30},  # a dead node's agents get their tasks late
+        mqtt_version="3.1.1",
+        # A dead node's agents get their tasks late and are silent until it is back and they
+        # have reconnected (seconds under load): neither UNREACHABLE nor LOST for that.
+        master_flags={"delivery_timeout": 30, "lost_grace": 30},
     ) as f:  # fmt: skip
         yield f
 
