@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import Settings
 from .executor import Executor, new_sha256
+from .gate import Gate
 from .hostinfo import HostInfo
 from .intake import Intake, reject_code
 from .ledger import Ledger
@@ -66,6 +67,7 @@ class Agent:
         hostinfo: Callable[[], HostInfo],
         transport: Transport | None = None,
         transport_factory: Callable[[Agent], Transport] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         if (transport is None) == (transport_factory is None):
             raise TypeError("give exactly one of transport, transport_factory")
@@ -118,6 +120,8 @@ class Agent:
             lock=lock,
             publish=self._publish,
             now=now,
+            # what the tasks and control topics let through (signatures: gate.py); default: off
+            gate=gate if gate is not None else Gate(agent_id=agent_id, now=now),
         )
         self.transport: Transport = transport if transport is not None else transport_factory(self)  # type: ignore[misc]
 
