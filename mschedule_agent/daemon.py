@@ -60,7 +60,8 @@ def _handle(agent: Agent, msg: Incoming) -> None:
 
 
 def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttTransport:
-    """The agent's MQTT connection: persistent session, manual acks, delayed retained will."""
+    """The agent's MQTT connection: persistent session, manual acks, delayed retained will
+    (MQTT 3.1.1: a will without delay)."""
     s = agent.settings
     return MqttTransport(
         s.broker,
@@ -74,6 +75,7 @@ def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttT
         ca_file=s.ca_file,
         manual_ack=True,
         network=network,
+        mqtt_version=s.mqtt_version,
     )
 
 

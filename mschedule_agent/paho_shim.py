@@ -101,6 +101,8 @@ class PahoPublication:
         # paho's wait_for_publish raises while disconnected although the message stays
         # queued for the reconnect; wait on its condition directly instead.
         info = self._info
+        if info.rc == _paho().MQTT_ERR_QUEUE_SIZE:  # dropped, never sent: nothing to wait for
+            return False
         with info._condition:
             return info._condition.wait_for(lambda: info._published, timeout)
 

@@ -4,8 +4,12 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 :class:`Incoming` values and :class:`Publication` handles, and tests can swap in
 :class:`MemoryTransport`. What this wrapper guarantees, on top of paho 2.x:
 
-* MQTT v5 with a persistent session (``clean_start=False`` + a session expiry);
-  subscriptions are (re)made in ``on_connect``, so a reconnect renews them.
+* MQTT v5 with a persistent session (``clean_start=False`` + a session expiry), or
+  MQTT 3.1.1 (``mqtt_version="3.1.1"``, for clustered brokers such as NATS) with
+  ``clean_session=False``: no will delay, no response topic or correlation data, no
+  subscription options, no DISCONNECT reason; topic names without ``.`` or space (NATS
+  drops a connection that publishes one, and paho would re-send it forever).
+  Subscriptions are (re)made in ``on_connect``, so a reconnect renews them.
 * Manual acknowledgement: an incoming QoS-1 message is PUBACKed only when the
   receiver calls :meth:`Incoming.ack` (after it has recorded the message durably).
 * Every paho callback is wrapped: an exception is logged, never allowed to kill
@@ -56,6 +60,24 @@ def backoff_delay(attempt: int, *, base: float = RECONNECT_BASE, cap: float = RE
 
 class TransportError(Exception):
     """The broker could not be reached or refused us."""
+
+
+#: The MQTT versions the transport speaks: "5" (the default) and "3.1.1".
+MQTT_VERSIONS = ("5", "3.1.1")
+#: Characters a 3.1.1-mode topic may not hold: NATS maps ``/`` to ``.`` and refuses both.
+NON_PORTABLE_TOPIC_CHARS = ". "
+
+
+def check_mqtt_version(text: str) -> str:
+    """``text`` when it names a supported MQTT version, else ValueError saying which are."""
+    if text not in MQTT_VERSIONS:
+        raise ValueError(f"MQTT version must be one of {', '.join(MQTT_VERSIONS)}, not {text!r}")
+    return text
+
+
+def portable_topic(topic: str) -> bool:
+    """True when every 3.1.1 broker mschedule supports takes ``topic`` (no ``.``, no space)."""
+    return not any(c in topic for c in NON_PORTABLE_TOPIC_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +206,7 @@ class MqttTransport:
         manual_ack: bool = True,
         network: NetworkLoop | None = None,
         retain_as_published: Iterable[str] = (),
+        mqtt_version: str = "5",
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id
@@ -200,6 +223,8 @@ class MqttTransport:
         self._session_expiry = session_expiry
         self._keepalive = keepalive
         self._max_payload = max_payload
+        self.mqtt_version = check_mqtt_version(mqtt_version)
+        self._v5 = mqtt_version == "5"
         self._connected = threading.Event()
         self._disconnected = threading.Event()
         self._subscribed = threading.Event()  #: the broker granted this connection's subscriptions
@@ -212,7 +237,8 @@ class MqttTransport:
         c = InflightClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else clean_start,  # 3.1.1: the broker keeps the session until a clean one
             manual_ack=manual_ack,
         )
         c.max_inflight_messages_set(max_inflight)
@@ -224,11 +250,7 @@ class MqttTransport:
 
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
-            props = None
-            if will.delay:
-                props = Properties(PacketTypes.WILLMESSAGE)
-                props.WillDelayInterval = int(will.delay)
-            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=self._will_props(will))
         c.on_connect = self._guard(self._handle_connect)
         c.on_disconnect = self._guard(self._handle_disconnect)
         c.on_connect_fail = self._guard(self._handle_connect_fail)
@@ -243,14 +265,29 @@ class MqttTransport:
         self._client = c
         self._rejitter()
 
+    def _will_props(self, will: Will) -> Properties | None:
+        if not will.delay:
+            return None
+        if not self._v5:
+            log.info(
+                "MQTT 3.1.1 has no will delay: the broker publishes %s as soon as it sees the connection gone "
+                "(a network blip shows this client offline until it reconnects)", will.topic,
+            )  # fmt: skip
+            return None
+        props = Properties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = int(will.delay)
+        return props
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, *, connect_timeout: float | None = None) -> None:
         """Connect (retrying with jittered backoff, forever unless ``connect_timeout``)
         and start the network thread, which then reconnects by itself."""
         if self._stopping:
             return
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry
+        props: Properties | None = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry
         try:
             self._connect(props)
         except OSError as e:
@@ -260,12 +297,15 @@ class MqttTransport:
         if self._network is None:
             self._client.loop_start()
 
-    def _connect(self, props: Properties) -> None:
+    def _connect(self, props: Properties | None) -> None:
+        if not self._v5:  # 3.1.1: clean_session was given to the client; no properties
+            self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+            return
         self._client.connect(
             self.url.host, self.url.port, keepalive=self._keepalive, clean_start=self._clean_start, properties=props
         )
 
-    def _retry_connect(self, props: Properties, connect_timeout: float | None) -> bool:
+    def _retry_connect(self, props: Properties | None, connect_timeout: float | None) -> bool:
         """The first connect failed: retry it with tenacity's jittered backoff. tenacity
         (and the concurrent/asyncio modules it imports, ~3.7 MB) is imported only here, so a
         process whose first connect succeeds never loads it. False: stopped meanwhile."""
@@ -309,6 +349,8 @@ class MqttTransport:
         A clean DISCONNECT means the broker does not publish the last will; so when a final
         message was not acknowledged in time (the broker is slow or gone), the DISCONNECT
         asks for the will (MQTT v5 reason 0x04): whoever reads our status learns we left.
+        MQTT 3.1.1 has no such reason: the socket is closed without a DISCONNECT instead,
+        which makes the broker publish the will all the same.
         """
         self._stopping = True
         pubs = []
@@ -324,13 +366,26 @@ class MqttTransport:
                 self._client.disconnect()
             else:
                 log.warning("final messages not acknowledged within %.1f s; disconnecting with the last will", timeout)
-                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+                self._disconnect_with_will()
             if self._network is not None:
                 self._disconnected.wait(max(0.1, deadline - time.monotonic()))
         finally:
             if self._network is None:
                 self._client.loop_stop()
             self._connected.clear()
+
+    def _disconnect_with_will(self) -> None:
+        if self._v5:
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+            return
+        if self._network is None:
+            self._client.loop_stop()  # first: paho's thread would reconnect after the socket closes
+        sock = self._client.socket()  # 3.1.1: a connection lost without DISCONNECT publishes the will
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ publishing
     def publish(
@@ -345,6 +400,8 @@ class MqttTransport:
     ) -> Publication:
         if len(payload) + len(topic) > self._max_payload:
             raise MessageTooLarge(len(payload) + len(topic), self._max_payload)
+        if not self._v5:
+            self._check_v311(topic, response_topic, correlation_data)
         props = None
         if response_topic is not None or correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -353,9 +410,21 @@ class MqttTransport:
             if correlation_data is not None:
                 props.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            log.error(
+                "publish to %s dropped by paho: every one of its 65535 packet ids is taken by an unacknowledged "
+                "QoS-1 message (tasks, kills and results are re-sent end to end; progress is not)", topic,
+            )  # fmt: skip
+        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("publish to %s returned %s; paho keeps it queued", topic, paho.error_string(info.rc))
         return PahoPublication(info)
+
+    @staticmethod
+    def _check_v311(topic: str, response_topic: str | None, correlation_data: bytes | None) -> None:
+        if response_topic is not None or correlation_data is not None:
+            raise ValueError("MQTT 3.1.1 has no response topic or correlation data: reply on a request-id topic")
+        if not portable_topic(topic):
+            raise ValueError(f"topic {topic[:200]!r} holds '.' or ' ', which 3.1.1 brokers such as NATS refuse")
 
     # ------------------------------------------------------------------ callbacks
     def _guard(self, fn):
@@ -393,7 +462,7 @@ class MqttTransport:
         self.connect_count += 1
         self._subscribed.clear()
         if self.subscriptions:
-            rap = self._retain_as_published
+            rap = self._retain_as_published if self._v5 else frozenset()  # 3.1.1: no subscription options
             self._sub_mid = client.subscribe(
                 [(t, _retain_as_published(q) if t in rap else q) for t, q in self.subscriptions]
             )[1]

@@ -174,7 +174,8 @@ class Daemon:
             on_message=self._on_message,
             on_connect=lambda _sp: self._connected(transport),
             will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),
-            retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live
+            retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live (v5)
+            mqtt_version=s.mqtt_version,
         )
         self._guard = RivalGuard(
             transport=transport, topics=self.topics, instance=self.instance, client_id=s.client_id,
@@ -201,7 +202,7 @@ class Daemon:
         self.reads = Reads(s.db)
         self.service = MasterService(
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
-            reads=self.reads,
+            reads=self.reads, portable_topics=s.mqtt_version != "5",
         )  # fmt: skip
         self.service.audit.note_signing_key(engine.sealer.kid)
         if isinstance(engine.sealer, sealing.Sealer):

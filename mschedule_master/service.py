@@ -53,6 +53,7 @@ class MasterService:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 5.0,
         reads: Reads | None = None,
+        portable_topics: bool = False,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -62,7 +63,7 @@ class MasterService:
         self.flush_interval = flush_interval
         self.reads = reads
         self.jobs = JobService(engine=engine, clock=clock)
-        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
+        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit, portable_topics=portable_topics)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self.live = LiveIngest(engine=engine, store=store)
         self.audit = AuditLog(store, clock=clock)
