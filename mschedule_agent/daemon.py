@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 
 from .paho_import import import_paho
 
@@ -114,11 +115,12 @@ def run(agent: Agent) -> None:
     event: raising from it could land inside logging, which would swallow it."""
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Agent holds a Transport; build_agent's make_transport made it an MqttTransport
     transport: MqttTransport = agent.transport  # type: ignore[assignment]
     agent.recover()
     threading.Thread(target=_connect, args=(transport,), name="mqtt-connect", daemon=True).start()
