@@ -184,7 +184,7 @@ class MqttTransport:
         client_id: str,
         subscriptions: Iterable[tuple[str, int]] = (),
         on_message: MessageHandler | None = None,
-        on_connect: Callable[[bool], None] | None = None,
+        on_connect: Callable[[bool], object] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         will: Will | None = None,
         clean_start: bool = False,

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
@@ -188,7 +189,7 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-def json_response(doc: Any, status: int = 200, **kw) -> web.Response:
+def json_response(doc: Any, status: int = 200, **kw: Any) -> web.Response:
     return web.json_response(doc, status=status, dumps=dumps, **kw)
 
 
@@ -393,7 +394,8 @@ def audit(request: web.Request, what: str, task: Task) -> None:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return json_response(openapi.document(secured=bool(request.app.get(TOKEN_KEY))))
+    token = request.app.get(TOKEN_KEY)
+    return json_response(openapi.document(secured=bool(token)))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -443,7 +445,7 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
@@ -471,7 +473,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app.get(TOKEN_KEY)
     if token and _needs_auth(request) and not _token_ok(request, token):
         return json_response(
@@ -483,7 +485,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 @web.middleware
-async def browser_guard_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def browser_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keep other web sites from driving this API through the user's browser.
 
     A POST must be JSON (a cross-site form or ``no-cors`` fetch cannot send that without

@@ -10,6 +10,7 @@ and idle timeouts from closing the stream. Streams end when the server shuts dow
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from typing import Any
@@ -20,14 +21,21 @@ from .models import Event, Service
 
 log = logging.getLogger(__name__)
 
+
+class _Signal(enum.Enum):
+    """What a stream's queue carries besides events."""
+
+    CLOSE = "close"  #: the server shuts down: end the stream
+    RESYNC = "resync"  #: events were dropped: the client must look again
+
+
+_Queue = asyncio.Queue[Event | _Signal]
+
 SERVICE_KEY = web.AppKey("service", Service)
-_STREAMS_KEY = web.AppKey("sse_streams", set)
+_STREAMS_KEY = web.AppKey("sse_streams", set[_Queue])
 
 KEEPALIVE = 15.0  #: seconds between keep-alive comments
 QUEUE_SIZE = 1000  #: events buffered per client before it is told to resync
-
-_CLOSE = object()
-_RESYNC = object()
 
 
 def setup(app: web.Application) -> None:
@@ -36,11 +44,12 @@ def setup(app: web.Application) -> None:
 
 
 async def _close_streams(app: web.Application) -> None:
-    for queue in list(app[_STREAMS_KEY]):
-        _force(queue, _CLOSE)
+    streams = app[_STREAMS_KEY]
+    for queue in list(streams):
+        _force(queue, _Signal.CLOSE)
 
 
-def _force(queue: asyncio.Queue, item: object) -> None:
+def _force(queue: _Queue, item: _Signal) -> None:
     """Put ``item``, dropping the backlog when the queue is full."""
     if queue.full():
         while not queue.empty():
@@ -69,13 +78,13 @@ def event_doc(ev: Event) -> dict[str, Any]:
 
 async def events(request: web.Request) -> web.StreamResponse:
     task_id = request.query.get("task") or None
-    queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
+    queue: _Queue = asyncio.Queue(QUEUE_SIZE)
 
     def on_event(ev: Event) -> None:
         if task_id is not None and ev.task_id != task_id:
             return
         if queue.full():
-            _force(queue, _RESYNC)
+            _force(queue, _Signal.RESYNC)
         else:
             queue.put_nowait(ev)
 
@@ -95,7 +104,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         unsubscribe()
 
 
-async def _pump(queue: asyncio.Queue, resp: web.StreamResponse) -> None:
+async def _pump(queue: _Queue, resp: web.StreamResponse) -> None:
     try:
         while True:
             try:
@@ -103,9 +112,9 @@ async def _pump(queue: asyncio.Queue, resp: web.StreamResponse) -> None:
             except TimeoutError:
                 await resp.write(b": keepalive\n\n")
                 continue
-            if item is _CLOSE:
+            if item is _Signal.CLOSE:
                 return
-            if item is _RESYNC:
+            if item is _Signal.RESYNC:
                 await resp.write(format_event("resync", {}))
                 continue
             await resp.write(format_event(item.kind, event_doc(item)))
