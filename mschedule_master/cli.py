@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
     from .cli_http import Response
 
+    #: What ``main`` calls for a command (``set_defaults(fn=...)``).
+    Command = Callable[["Client", argparse.Namespace, Console], int]
+
 DEFAULT_MASTER = "http://127.0.0.1:9900"
 
 EXIT_OK = 0
@@ -140,7 +143,7 @@ class Client:
                 raise self._http_error(resp)
         return resp
 
-    def request(self, method: str, path: str, **kw) -> Reply:
+    def request(self, method: str, path: str, **kw: Any) -> Reply:
         resp = self.open(method, path, **kw)
         try:
             with resp:
@@ -148,7 +151,7 @@ class Client:
         except OSError as e:  # the connection broke mid-answer
             raise CliError(f"lost the connection to the master at {self.shown} ({e})", EXIT_UNREACHABLE) from None
 
-    def get(self, path: str, **query) -> Any:
+    def get(self, path: str, **query: Any) -> Any:
         return self._json(self.request("GET", path, query=query))
 
     def post(self, path: str, body: Any = None) -> Any:
@@ -180,7 +183,8 @@ class Client:
 
 def sse_events(lines: Iterator[bytes]) -> Iterator[tuple[str, str]]:
     """``(event, data)`` per server-sent event in ``lines``; comments and ids are skipped."""
-    kind, data = "message", []
+    kind = "message"
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
         if not line:
@@ -386,7 +390,7 @@ def targets_table(task: dict[str, Any]) -> Table:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_agents(client: Client, args, console: Console) -> int:
+def cmd_agents(client: Client, args: argparse.Namespace, console: Console) -> int:
     query = {"online": {True: "true", False: "false"}.get(args.online), "label": args.label, "hostname": args.hostname}
     agents = client.get("/api/v1/agents", **query)["agents"]
     if args.json:
@@ -416,11 +420,12 @@ def number(text: str) -> int | float | str:
     return text
 
 
-def read_script(args) -> bytes:
+def read_script(args: argparse.Namespace) -> bytes:
     if args.command is not None:
         if args.script_file is not None:
             raise CliError("give either -c COMMAND or SCRIPT_FILE, not both")
-        return args.command.encode()
+        command: str = args.command
+        return command.encode()
     if args.script_file is None:
         raise CliError("give the script: -c 'COMMAND' or a SCRIPT_FILE ('-' reads stdin)")
     if args.script_file == "-":
@@ -432,7 +437,7 @@ def read_script(args) -> bytes:
         raise CliError(f"cannot read {args.script_file}: {e.strerror}") from None
 
 
-def build_submit(args, script: bytes) -> dict[str, Any]:
+def build_submit(args: argparse.Namespace, script: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "targets": args.target,
         "script": b64(script),
@@ -458,7 +463,7 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
     return body
 
 
-def cmd_run(client: Client, args, console: Console) -> int:
+def cmd_run(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.post("/api/v1/tasks", build_submit(args, read_script(args)))
     if args.no_wait:
         print(json.dumps(task, indent=2) if args.json else task["id"])
@@ -480,7 +485,7 @@ def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dic
         watcher.stop()
 
 
-def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
+def _follow(client: Client, task_id: str, console: Console, watcher: EventWatcher, show: bool) -> dict[str, Any]:
     """Events drive it: the view redraws from their counts, the end is noticed when its event
     arrives. The task is read only at the start, after (re)subscribing, on ``resync`` and at
     the end; only while the stream is down does it poll."""
@@ -512,7 +517,8 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     reached, read = time.monotonic(), False
                     view.update(task)
                 if task["state"] in TASK_FINAL:
-                    return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                    final: dict[str, Any] = client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                    return final
                 try:
                     events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
                 except queue.Empty:
@@ -555,9 +561,12 @@ def _wait(watcher: EventWatcher, timeout: float) -> list[tuple[str, dict[str, An
     return events
 
 
-def _apply(kind: str, doc: dict[str, Any], live: bool, read: bool, task: dict[str, Any]):
+def _apply(
+    kind: str, doc: dict[str, Any], live: bool, read: bool, task: dict[str, Any]
+) -> tuple[bool, bool, dict[str, Any]]:
     """One event on (live, read, task): a task's counts and state come in its events."""
-    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    given = doc.get("data")
+    data: dict[str, Any] = given if isinstance(given, dict) else {}
     if kind == "hello":
         return True, True, task  # subscribed now: read once, to catch what happened before
     if kind == "lost":
@@ -598,11 +607,11 @@ class _ProgressView:
         )
         self.bar = self.progress.add_task(task_id, total=None, counts="")
 
-    def __enter__(self):
+    def __enter__(self) -> _ProgressView:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def update(self, task: dict[str, Any]) -> None:
@@ -630,13 +639,13 @@ class _LineView:
     def __init__(self, console: Console, task_id: str, show: bool) -> None:
         self.console = console
         self.show = show
-        self.last: tuple | None = None
+        self.last: tuple[str, tuple[tuple[str, int], ...]] | None = None
         self.last_note = ""
 
-    def __enter__(self):
+    def __enter__(self) -> _LineView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
 
     def update(self, task: dict[str, Any]) -> None:
@@ -694,7 +703,7 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
     return status
 
 
-def cmd_status(client: Client, args, console: Console) -> int:
+def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.get(f"/api/v1/tasks/{quote(args.task)}", outputs=1)
     if args.json:
         print(json.dumps(task, indent=2))
@@ -713,7 +722,7 @@ def cmd_status(client: Client, args, console: Console) -> int:
     return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING") else EXIT_TASK_FAILED
 
 
-def cmd_output(client: Client, args, console: Console) -> int:
+def cmd_output(client: Client, args: argparse.Namespace, console: Console) -> int:
     stream = "stderr" if args.stderr else "stdout"
     out = sys.stdout.buffer
     if args.agent:
@@ -733,14 +742,14 @@ def cmd_output(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_kill(client: Client, args, console: Console) -> int:
+def cmd_kill(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.post(f"/api/v1/tasks/{quote(args.task)}/kill")
     console.print(f"kill requested for task {task['id']} (now {task['state']}: {counts_text(task['counts'])})",
                   highlight=False, markup=False)  # fmt: skip
     return EXIT_OK
 
 
-def cmd_tasks(client: Client, args, console: Console) -> int:
+def cmd_tasks(client: Client, args: argparse.Namespace, console: Console) -> int:
     page = client.get("/api/v1/tasks", state=args.state, limit=args.limit)
     if args.json:
         print(json.dumps(page["tasks"], indent=2))
@@ -889,9 +898,11 @@ def hoist_master(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = parser().parse_args(hoist_master(sys.argv[1:] if argv is None else list(argv)))
-    console = console or LazyConsole()
+    if console is None:
+        lazy: Any = LazyConsole()  # passes for a Console: it hands every attribute to one made on first use
+        console = lazy
     client = Client(master_url(args.master), os.environ.get("MSCHEDULE_TOKEN") or None)
-    fn: Callable[[Client, Any, Console], int] = args.fn
+    fn: Command = args.fn
     try:
         return fn(client, args, console)
     except CliError as e:
