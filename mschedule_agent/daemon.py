@@ -120,8 +120,9 @@ def run(agent: Agent) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # Agent holds a Transport; build_agent's make_transport made it an MqttTransport
-    transport: MqttTransport = agent.transport  # type: ignore[assignment]
+    transport = agent.transport
+    if not isinstance(transport, MqttTransport):  # build() gave it make_transport: it is one
+        raise TypeError(f"run() drives an agent on an MqttTransport, not on {type(transport).__name__}")
     agent.recover()
     threading.Thread(target=_connect, args=(transport,), name="mqtt-connect", daemon=True).start()
     try:
