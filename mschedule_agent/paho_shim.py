@@ -162,7 +162,7 @@ class BufferedSocket:
 
 
 _check()
-if not TYPE_CHECKING:  # the checker reads paho's own types (import above); the same module
+if not TYPE_CHECKING:  # the same module as the import above, through import_paho (the agent's deferral)
     _ms = _paho()
 
 

@@ -846,7 +846,7 @@ def decode_as(
 def decode_as(data: bytes, /, *classes: type[_Msg]) -> _Msg: ...
 def decode_as(data: bytes, /, *classes: type[Any]) -> Message:
     """Decode and insist on one of ``classes`` (e.g. only Task/Kill on an agent's topics).
-    The result has the type of the classes given (up to four; more give any Message)."""
+    To a type checker the result is of the classes given (their union, for up to four)."""
     wanted: tuple[type[Message], ...] = classes
     msg = decode(data)
     if not isinstance(msg, wanted):
