@@ -117,7 +117,10 @@ class Agent:
             publish=self._publish,
             now=now,
         )
-        self.transport: Transport = transport if transport is not None else transport_factory(self)  # type: ignore[misc]
+        if transport is None:
+            assert transport_factory is not None  # exactly one of them was given (checked above)
+            transport = transport_factory(self)
+        self.transport: Transport = transport
 
     # ------------------------------------------------------------------ wiring helpers
     @property
