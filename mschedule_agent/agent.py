@@ -123,7 +123,10 @@ class Agent:
             # what the tasks and control topics let through (signatures: gate.py); default: off
             gate=gate if gate is not None else Gate(agent_id=agent_id, now=now),
         )
-        self.transport: Transport = transport if transport is not None else transport_factory(self)  # type: ignore[misc]
+        if transport is None:
+            assert transport_factory is not None  # exactly one of them was given (checked above)
+            transport = transport_factory(self)
+        self.transport: Transport = transport
 
     # ------------------------------------------------------------------ wiring helpers
     @property

@@ -27,7 +27,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, TypeVarTuple
 
 from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
@@ -48,7 +50,13 @@ from .service import BRIDGE_STATE_TOPIC, MasterService
 from .store import Store
 from .submissions import ProgressPublisher
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+_Ts = TypeVarTuple("_Ts")
 
 #: Messages applied per transaction at most.
 BATCH_MAX = 2000
@@ -80,7 +88,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     logs.setup(level, fmt)
 
 
-def acquire_lock(db: str):
+def acquire_lock(db: str) -> TextIO:
     """An exclusive lock on ``<db>.lock`` held for the process's life (the open file)."""
     path = Path(db + ".lock")
     f = open(path, "a+")
@@ -213,7 +221,7 @@ class Daemon:
         self._listening = ListeningClock(heard_until=store.heard_until() or time.time())
         return store, transport
 
-    async def _shutdown(self, runner, transport: MqttTransport, store: Store) -> None:
+    async def _shutdown(self, runner: web.AppRunner | None, transport: MqttTransport, store: Store) -> None:
         log.info("shutting down")
         assert self._loop is not None
         if runner is not None:
@@ -229,23 +237,30 @@ class Daemon:
         self.reads.close()
         store.close()
 
-    async def _unless_stopped(self, fn, *args):
+    async def _unless_stopped(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> tuple[bool, _R | None]:
         """Run blocking ``fn(*args)`` in a daemon thread; return ``(True, result)``, or
         ``(False, None)`` when SIGTERM comes first (the thread is abandoned)."""
         assert self._loop is not None and self._stop is not None
         loop = self._loop
-        done: asyncio.Future = loop.create_future()
+        done: asyncio.Future[tuple[_R | None, Exception | None]] = loop.create_future()
 
         def call() -> None:
+            outcome: tuple[_R | None, Exception | None]
             try:
                 outcome = (fn(*args), None)
             except Exception as e:  # handed to the loop, which raises it
                 outcome = (None, e)
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
+
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(outcome)
+
+            loop.call_soon_threadsafe(settle)
 
         threading.Thread(target=call, name=getattr(fn, "__name__", "blocking"), daemon=True).start()
         stopping = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [done, stopping]  # (two result types: Future is invariant)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             return False, None
         stopping.cancel()

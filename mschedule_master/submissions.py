@@ -142,8 +142,8 @@ class ProgressPublisher:
             )  # fmt: skip
             self.transport.publish(self.topics.task_progress(event.task_id), protocol.encode(msg), qos=1)
         elif event.kind == "task" and TaskState(d["state"]).final:
-            msg = protocol.Summary(
+            summary = protocol.Summary(
                 task_id=event.task_id, state=d["state"], counts=d["counts"], ts=event.ts, reason=d.get("reason", ""),
                 targets=d.get("targets", {}),
             )  # fmt: skip
-            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(msg), qos=1, retain=True)
+            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(summary), qos=1, retain=True)
