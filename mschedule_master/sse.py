@@ -22,6 +22,7 @@ import collections
 import enum
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,10 @@ _STREAMS_KEY = web.AppKey("sse_streams", set[_Queue])
 KEEPALIVE = 15.0  #: seconds between keep-alive comments
 QUEUE_SIZE = 1000  #: events buffered per client before it is told to resync
 BACKLOG = 10_000  #: recent events kept for clients that reconnect with Last-Event-ID
+#: Events are kept only while a stream is open and this long after the last one closed (its
+#: reconnect); a master nobody follows keeps none (kept events pin memory the master would
+#: otherwise hand back after large results: tests/master/test_master_memory.py).
+RECONNECT_WINDOW = 60.0
 
 
 class EventLog:
@@ -62,6 +67,7 @@ class EventLog:
         self.seq = 0
         self.recent: collections.deque[Numbered] = collections.deque(maxlen=size)
         self.listeners: set[Callable[[int, Event], None]] = set()
+        self.keep_until = 0.0  #: monotonic time until which events are kept with no stream open
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
 
     def close(self) -> None:
@@ -72,9 +78,18 @@ class EventLog:
 
     def _on_event(self, ev: Event) -> None:
         self.seq += 1
-        self.recent.append((self.seq, ev))
+        if self.listeners or time.monotonic() < self.keep_until:
+            self.recent.append((self.seq, ev))
+        elif self.recent:
+            self.recent.clear()  # a later Last-Event-ID then gets a resync
         for listener in list(self.listeners):
             listener(self.seq, ev)
+
+    def remove(self, listener: Callable[[int, Event], None]) -> None:
+        """A stream closed: keep recording for its reconnect a while."""
+        self.listeners.discard(listener)
+        if not self.listeners:
+            self.keep_until = time.monotonic() + RECONNECT_WINDOW
 
     def event_id(self, seq: int) -> str:
         return f"{self.boot}-{seq}"
@@ -183,7 +198,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         streams.discard(queue)
-        log_.listeners.discard(on_event)
+        log_.remove(on_event)
 
 
 async def _ended_task(request: web.Request, task_id: str) -> dict[str, Any] | None:
