@@ -7,7 +7,8 @@ were dropped (the client read too slowly, or reconnected after more than :data:`
 events or across a master restart) and everything should be read again.
 
 A reconnecting client sends ``Last-Event-ID`` (as EventSource does): the events it missed
-come first, from the last :data:`BACKLOG` kept in memory, so a reconnect loses nothing.
+come first, from the last :data:`BACKLOG` kept in memory (while a stream is open and
+:data:`RECONNECT_WINDOW` after the last one closed), so a reconnect loses nothing.
 ``?task=ID`` of an unknown task is a 404; of a task that has ended, the stream starts with a
 ``task`` event giving its final state and counts (``data.final`` true), so a late subscriber
 need not wait for an event that already happened. A comment line every :data:`KEEPALIVE`
