@@ -106,12 +106,22 @@ class MasterService:
     def approve(self, task_id: str, by: str) -> models.Task:
         with self.engine.batch():  # the approval and its audit record, or neither
             self.audit.append("plan_approve", task_id=task_id, by=by)
-            return self.engine.approve(task_id, by)
+            self.engine.approve(task_id, by)
+        return self._task_after(task_id)
 
     def abort(self, task_id: str, by: str) -> models.Task:
         with self.engine.batch():
             self.audit.append("plan_abort", task_id=task_id, by=by)
-            return self.engine.abort(task_id, by)
+            self.engine.abort(task_id, by)
+        return self._task_after(task_id)
+
+    def _task_after(self, task_id: str) -> models.Task:
+        """The task as the batch left it: read after the commit, when its targets' snapshots
+        are saved (a read inside the batch would see them as they were)."""
+        task = self.store.get_task(task_id, with_targets=False)
+        if task is None:
+            raise models.NotFound("task", task_id)
+        return task
 
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None

@@ -8,7 +8,8 @@ were dropped (the client read too slowly, or reconnected after more than :data:`
 events or across a master restart) and everything should be read again.
 
 A reconnecting client sends ``Last-Event-ID`` (as EventSource does): the events it missed
-come first, from the last :data:`BACKLOG` kept in memory, so a reconnect loses nothing.
+come first, from the last :data:`BACKLOG` kept in memory (while a stream is open and
+:data:`RECONNECT_WINDOW` after the last one closed), so a reconnect loses nothing.
 ``?task=ID`` of an unknown task is a 404; of a task that has ended, the stream starts with a
 ``task`` event giving its final state and counts (``data.final`` true), so a late subscriber
 need not wait for an event that already happened. A comment line every :data:`KEEPALIVE`
@@ -23,6 +24,7 @@ import collections
 import enum
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +53,10 @@ _STREAMS_KEY = web.AppKey("sse_streams", set[_Queue])
 KEEPALIVE = 15.0  #: seconds between keep-alive comments
 QUEUE_SIZE = 1000  #: events buffered per client before it is told to resync
 BACKLOG = 10_000  #: recent events kept for clients that reconnect with Last-Event-ID
+#: Events are kept only while a stream is open and this long after the last one closed (its
+#: reconnect); a master nobody follows keeps none (kept events pin memory the master would
+#: otherwise hand back after large results: tests/master/test_master_memory.py).
+RECONNECT_WINDOW = 60.0
 
 
 class EventLog:
@@ -63,6 +69,7 @@ class EventLog:
         self.seq = 0
         self.recent: collections.deque[Numbered] = collections.deque(maxlen=size)
         self.listeners: set[Callable[[int, Event], None]] = set()
+        self.keep_until = 0.0  #: monotonic time until which events are kept with no stream open
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
 
     def close(self) -> None:
@@ -80,13 +87,22 @@ class EventLog:
                 listener(0, ev)
             return
         self.seq += 1
-        self.recent.append((self.seq, ev))
+        if self.listeners or time.monotonic() < self.keep_until:
+            self.recent.append((self.seq, ev))
+        elif self.recent:
+            self.recent.clear()  # a later Last-Event-ID then gets a resync
         for listener in list(self.listeners):
             listener(self.seq, ev)
 
     def event_id_of(self, seq: int) -> str | None:
         """The ``id:`` of a numbered event; None for live output, which carries none."""
         return self.event_id(seq) if seq else None
+
+    def remove(self, listener: Callable[[int, Event], None]) -> None:
+        """A stream closed: keep recording for its reconnect a while."""
+        self.listeners.discard(listener)
+        if not self.listeners:
+            self.keep_until = time.monotonic() + RECONNECT_WINDOW
 
     def event_id(self, seq: int) -> str:
         return f"{self.boot}-{seq}"
@@ -197,7 +213,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         streams.discard(queue)
-        log_.listeners.discard(on_event)
+        log_.remove(on_event)
 
 
 async def _ended_task(request: web.Request, task_id: str) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ def test_the_documented_credentials_step_writes_every_file_0600(tmp_path):
     (etc / "credentials").write_text(
         "mschedule-bridge-bj:a\nmschedule-uplink-bj:b\nmschedule-bridge-sh:c\nmschedule-uplink-sh:d\nmschedule-master:e\n"
     )
-    _sh(_step("central-credentials"), tmp_path, ETC=str(etc), CENTRAL_MASTER="127.0.0.1:1884")
+    _sh(_step("central-credentials"), tmp_path, ETC=str(etc), CENTRAL_MASTER="127.0.0.1:1884", DCS="bj sh")
     for name in ("bridge-bj.credentials", "bridge-sh.credentials", "master.env"):
         assert _mode(tmp_path / name) == 0o600, name
     assert "chmod" not in _step("central-credentials")
