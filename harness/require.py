@@ -19,6 +19,7 @@ _APT = {
     "jq": "jq",
     "openssl": "openssl",
     "chromium": "chromium",
+    "initdb": "postgresql",
 }
 
 
@@ -30,6 +31,10 @@ def in_ci() -> bool:
 def _have(tool: str) -> bool:
     if tool == "mosquitto":
         return mosquitto_binary() is not None
+    if tool == "initdb":  # Debian keeps the server binaries off PATH
+        from .postgres import pg_bindir
+
+        return pg_bindir() is not None
     return shutil.which(tool) is not None
 
 

@@ -14,6 +14,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)  # docs/protocol.md decodes results with jq (tested)
 # tests/partition/ makes network namespaces and blackholes a veth (ip, tc)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || need_apt+=(iproute2)
+# tests/master/test_pg*.py and the HA failover tests start a private PostgreSQL (harness/postgres.py)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ "${BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 
@@ -26,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq || { echo "bootstrap: apt-get update failed" >&2; exit 1; }
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
         || { echo "bootstrap: apt-get install ${need_apt[*]} failed" >&2; exit 1; }
-    # Debian starts mosquitto as a service on install; mschedule never uses that one.
+    # Debian starts mosquitto (and postgresql) as services on install; mschedule never uses those.
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -36,7 +38,7 @@ stamp="$VENV/.mschedule-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -m pip install -q -e '.[master,test]' 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, pytest' \
+    "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, psycopg, pytest' \
         || { echo "bootstrap: python dependencies did not install" >&2; exit 1; }
     touch "$stamp"
 fi
