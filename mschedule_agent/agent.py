@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Settings
 from .executor import Executor, Outcome, Run, RunSpec
+from .fencing import EpochFence
 from .hostinfo import HostInfo
 from .ledger import Entry, Ledger, LedgerState
 from .protocol import (
@@ -82,12 +83,14 @@ class Agent:
         hostinfo: Callable[[], HostInfo],
         transport: Transport | None = None,
         transport_factory: Callable[[Agent], Transport] | None = None,
+        fence: EpochFence | None = None,
     ) -> None:
         if (transport is None) == (transport_factory is None):
             raise TypeError("give exactly one of transport, transport_factory")
         self.id = agent_id
         self.settings = settings
         self.ledger = ledger
+        self.fence = fence or EpochFence()  #: highest leadership epoch seen (HA masters: fencing.py)
         self.executor = executor
         self.topics = Topics(settings.topic_prefix)
         self._now = now
@@ -326,7 +329,19 @@ class Agent:
         except DecodeError as e:
             self._bad_task(msg, e)
             return
+        if self._stale(task.id, task.epoch, msg):
+            return
         self._accept(task, msg)
+
+    def _stale(self, task_id: str, epoch: int | None, msg: Incoming) -> bool:
+        """True (refused, rejected and acknowledged) when ``epoch`` is older than one seen."""
+        refusal = self.fence.admit(epoch)
+        if refusal is None:
+            return False
+        log.warning("task_id=%s: %s; refused", task_id, refusal)
+        self._reject(task_id, "stale_epoch", refusal)
+        msg.ack()
+        return True
 
     def _bad_task(self, msg: Incoming, e: DecodeError) -> None:
         task_id = e.msg_id
@@ -407,6 +422,8 @@ class Agent:
         except DecodeError as e:
             log.warning("bad control message ignored (id=%s): %s", e.msg_id, e)
             msg.ack()
+            return
+        if isinstance(ctl, Kill) and self._stale(ctl.id, ctl.epoch, msg):
             return
         if isinstance(ctl, ResultAck):
             if self.ledger.ack_result(ctl.id):
