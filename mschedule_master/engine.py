@@ -112,6 +112,12 @@ class Engine:
         #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
         self._guarding: dict[str, _Active] | None = None
         self._guard_targets: dict[str, set[str]] = {}
+        #: HA masters (leadership.py): the leader's epoch, stamped on tasks and kills (None: one master)
+        self.epoch: int | None = None
+        #: False on an HA standby: submissions and kills are stored and passed to the leader, nothing is run
+        self.driving = True
+        #: on a standby: called with (channel, id) inside the transaction that stored a task or a kill
+        self.notify: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -294,6 +300,10 @@ class Engine:
         with self.batch():
             self.store.insert_task(task, agent_ids, spec.request_id, digest)
             self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
+            if not self.driving:  # an HA standby: stored; the leader starts it (leadership.py)
+                self._hand_over("task", task_id)
+                log.info("task %s stored for %d target(s); the leader runs it", task_id, len(agent_ids), extra={"task_id": task_id})
+                return task, agent_ids
             rollout = Rollout(task_id, agent_ids, _limits(task), timing=self._timing(task), now=now)
             active = self._active[task_id] = _Active(task, rollout)
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": _counts(active), "created": True})
@@ -310,6 +320,10 @@ class Engine:
             if active is None:
                 if not self.store.task_exists(task_id):
                     raise NotFound("task", task_id)
+                if not self.driving:  # an HA standby: recorded; the leader kills it
+                    self.store.add_event(self.clock(), "kill_requested", task_id, None, {"reason": reason})
+                    self.store.require_sync()
+                    self._hand_over("kill", task_id)
             else:
                 now = self.clock()
                 self.store.add_event(now, "kill", task_id, None, {"reason": reason})
@@ -339,6 +353,22 @@ class Engine:
             self._announce_recent_ends(now)
         return len(stored)
 
+    def _hand_over(self, what: str, task_id: str) -> None:
+        if self.notify is not None:
+            self.notify(what, task_id)
+
+    def adopt(self, task_id: str) -> bool:
+        """HA leader: drive a task another master stored (a standby's submission). False when
+        it is driven already, finished, or unknown."""
+        if task_id in self._active:
+            return False
+        stored = self.store.load_task(task_id)
+        if stored is None or stored.task.state.final:
+            return False
+        with self.batch():
+            self.guarded(f"adoption of task {task_id}", self._restore_one, stored, self.clock(), 0.0)
+        return task_id in self._active
+
     def _announce_recent_ends(self, now: float) -> None:
         """Tell watchers again how recently finished tasks ended: a crash between the final
         commit and the summary's publication would otherwise leave no summary."""
@@ -350,13 +380,13 @@ class Engine:
             data["targets"] = self.store.target_states(task_id)
             self.emit("task", task_id, data)
 
-    def _restore_one(self, st: StoredTask, now: float) -> None:
+    def _restore_one(self, st: StoredTask, now: float, deaf: float | None = None) -> None:
         killed = bool(self.store.events(st.task.id, kind="kill", limit=1))  # a revised abort must not pass for a kill
         rollout = Rollout.restore(
             st.task.id, _limits(st.task), targets=st.snapshots, task_state=st.task.state,
             reason=st.task.reason, timing=self._timing(st.task), killed=killed,
         )  # fmt: skip
-        rollout.defer(self._deaf_at_start)
+        rollout.defer(self._deaf_at_start if deaf is None else deaf)
         codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
         active = self._active[st.task.id] = _Active(st.task, rollout, codes=codes)
         log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
@@ -461,6 +491,10 @@ class Engine:
                 msg.id, msg.agent_id, agent_id, extra={"agent_id": agent_id, "task_id": msg.id},
             )  # fmt: skip
         now = self.clock()
+        if isinstance(msg, Reject) and msg.code == "stale_epoch":  # about an old leader's message, not the target
+            log.info("agent %s refused task %s from an older leader: %s", agent_id, msg.id, msg.reason)
+            self.store.add_event(now, "stale_epoch", msg.id, agent_id, {"reason": msg.reason})
+            return
         active = self._active.get(msg.id)
         if active is None and not (isinstance(msg, Reject) and msg.code == "expired"):  # that one only confirms
             active = self._revivable(msg.id, agent_id)
@@ -592,7 +626,7 @@ class Engine:
                 touched.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
                 reason = "rollout aborted" if active.rollout.aborted else "task killed"
-                self.publish(topic, protocol.Kill(id=task_id, reason=reason))
+                self.publish(topic, protocol.Kill(id=task_id, reason=reason, epoch=self.epoch))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
@@ -627,6 +661,7 @@ class Engine:
             msg = protocol.Task(
                 id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
                 fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
+                epoch=self.epoch,
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)

@@ -30,10 +30,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from .dburl import redact
 from .errors import DatabaseError, NotLeader, StoreError
 from .store import Store
 
@@ -152,22 +152,6 @@ _PG_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _MIGRATE_LOCK = 0x6D73_6368_6D69_67  # "mschmig"
 
 
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
-
-
-def redact(db: str) -> str:
-    """``db`` for logs and errors: a URL's password replaced by ``***`` (never logged)."""
-    if not is_postgres_url(db):
-        return db
-    parts = urlsplit(db)
-    if parts.password is None:
-        return db
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
 @functools.lru_cache(maxsize=1024)
 def _pg_sql(sql: str) -> str:
     """SQLite's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
@@ -214,11 +198,13 @@ def connect(url: str, *, application_name: str = "mschedule-master", **settings:
 
 
 class PgStore(Store):
-    """:class:`Store` on PostgreSQL. ``migrate=False``: a reader's connection (reads.py)."""
+    """:class:`Store` on PostgreSQL. ``migrate=False``: a reader's connection (reads.py).
+    ``lease``: seconds a transaction may sit idle before PostgreSQL ends the session (a frozen
+    leader must not keep the ``leadership`` row locked past its lease)."""
 
     errors = (DatabaseError,)
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:  # not super().__init__: that opens SQLite
+    def __init__(self, url: str, *, migrate: bool = True, lease: float = IDLE_IN_TRANSACTION) -> None:  # not super().__init__: that opens SQLite
         self.path = redact(url)
         self.url = url
         self._depth = 0
@@ -230,7 +216,7 @@ class PgStore(Store):
         #: the leader's epoch: every transaction checks it is still current (None: no check)
         self.epoch: int | None = None
         self._conn = _PgConn(  # type: ignore[assignment]
-            connect(url, idle_in_transaction_session_timeout=f"{int(IDLE_IN_TRANSACTION * 1000)}")
+            connect(url, idle_in_transaction_session_timeout=f"{int(lease * 1000)}")
         )
         if migrate:
             try:

@@ -29,6 +29,7 @@ from typing import Any
 from mschedule_agent import protocol
 
 from . import models
+from .dburl import is_postgres_url
 from .errors import StoreError
 from .rollout import TargetSnapshot
 from .states import TargetState, TaskState
@@ -189,7 +190,7 @@ def _dumps(value: Any) -> str:
 
 def open_store(db: str) -> Store:
     """The store ``db`` names: a ``postgresql://`` URL (pgstore.py), else an SQLite file path."""
-    if db.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(db):
         from .pgstore import PgStore
 
         return PgStore(db)

@@ -1,0 +1,35 @@
+"""HA masters on one PostgreSQL (issue 18): one leads, the others stand by, serve the API
+and take submissions that the leader runs."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from harness.ha import HaFleet
+
+
+@pytest.fixture
+def ha(tmp_path, broker, prefix, postgres):
+    with HaFleet(tmp_path, broker.url, prefix, postgres.create_database(), masters=2, agents=2) as fleet:
+        yield fleet
+
+
+def test_one_master_leads_and_a_standby_takes_a_submission_that_runs_once(ha, tmp_path):
+    leader = ha.leader()
+    (standby,) = ha.standbys()
+    assert leader is ha.masters[0] and standby is ha.masters[1]
+    lead = ha.readyz(standby)["leadership"]
+    assert lead["role"] == "standby" and lead["epoch"] == 1 and lead["leader"] == ha.readyz(leader)["leadership"]["instance"]
+    marker = tmp_path / "ran"
+    task_id = ha.submit(standby, ["all"], f"echo $MSCHEDULE_TEST_AGENT >> {marker}")
+    task = ha.wait_state(task_id, "SUCCEED", timeout=30)
+    assert task["counts"] == {"SUCCEED": 2}
+    assert sorted(marker.read_text().split()) == ["0", "1"]  # each agent once
+    assert "from a standby: started" in leader.log()
+    with urllib.request.urlopen(f"{standby.http_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "mschedule_master_leader 0.0" in text and "mschedule_master_leadership_epoch 1.0" in text
+    with urllib.request.urlopen(f"{leader.http_url}/metrics", timeout=5) as r:
+        assert "mschedule_master_leader 1.0" in r.read().decode()
