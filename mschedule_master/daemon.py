@@ -219,6 +219,10 @@ class Daemon:
                 return runner, True
             try:
                 standby.refresh(time.time())
+            except StoreError as e:  # its connection is gone: a restart reconnects (exit 1)
+                log.error("standby: the database failed (%s); exiting, a restart reconnects", e)
+                self.exit_code = EXIT_FAILED
+                return runner, False
             except Exception:
                 log.warning("standby: cannot re-read the agents; will retry", exc_info=True)
             try:

@@ -33,3 +33,26 @@ def test_one_master_leads_and_a_standby_takes_a_submission_that_runs_once(ha, tm
     assert "mschedule_master_leader 0.0" in text and "mschedule_master_leadership_epoch 1.0" in text
     with urllib.request.urlopen(f"{leader.http_url}/metrics", timeout=5) as r:
         assert "mschedule_master_leader 1.0" in r.read().decode()
+
+
+def test_a_leader_cut_from_postgresql_steps_down_and_a_standby_leads(ha, tmp_path):
+    import psycopg
+
+    from harness.procs import wait_until
+
+    old = ha.leader()
+    (standby,) = ha.standbys()
+    instance = ha.readyz(old)["leadership"]["instance"]
+    with psycopg.connect(ha.db, autocommit=True) as admin:  # the database drops the leader's lock session
+        (n,) = admin.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = %s",
+            (f"mschedule-master-lead {instance[:12]}",),
+        ).fetchone()
+    assert n == 1
+    wait_until(lambda: not old.running(), timeout=15, what="the cut-off leader to step down")
+    assert old.proc.returncode == 1 and "stepping down: the lock connection failed" in old.log()
+    assert ha.leader(timeout=15) is standby
+    marker = tmp_path / "after"
+    task_id = ha.submit(standby, ["all"], f"echo x >> {marker}")
+    assert ha.wait_state(task_id, "SUCCEED", timeout=30)["counts"] == {"SUCCEED": 2}
+    assert marker.read_text().split() == ["x", "x"]
