@@ -15,7 +15,6 @@ Prints a table, writes ``bench/results/ha.json``. Report the load (``uptime``) w
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -26,16 +25,14 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
-
 from harness.agentproc import start_agent
 from harness.broker import Mosquitto
 from harness.fleet import READY, start_master
 from harness.ha import HaFleet
-from harness.mqtt import Collector
 from harness.postgres import Postgres
 from harness.procs import wait_until
 
+from .client import BenchClient
 from .stats import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,6 +59,7 @@ def failover(broker: Mosquitto, pg: Postgres, workdir: Path, runs: int) -> list[
 
 
 def latency(broker: Mosquitto, workdir: Path, db: str | None, tasks: int) -> list[float]:
+    """Seconds from submit to summary of ``tasks`` single-target tasks (bench scenario 1's way)."""
     prefix = f"lat{uuid.uuid4().hex[:6]}/mschedule"
     master = start_master(workdir / "master", broker.url, prefix, db=db)
     master.ready_texts = (READY,)
@@ -70,22 +68,26 @@ def latency(broker: Mosquitto, workdir: Path, db: str | None, tasks: int) -> lis
         master.wait_ready(30)
         agent = start_agent(workdir / "agent", broker.url, prefix, wait=True)
         out: list[float] = []
-        with Collector(broker.url, [f"{prefix}/submit/reply/+", f"{prefix}/tasks/+/summary"]) as c:
-            time.sleep(1.0)  # the master hears the agent's registration
+        with BenchClient(broker.url, prefix) as client:
+            wait_until(lambda: _runs(client, agent.agent_id), timeout=30, interval=0.5, what="the master to see the agent")
+            for _ in range(5):  # warm up
+                client.run([agent.agent_id], timeout=30)
             for _ in range(tasks):
-                rid = uuid.uuid4().hex
-                payload = {"targets": ["all"], "script": base64.b64encode(b"true").decode(), "request_id": rid}
-                began = time.monotonic()
-                c.publish(f"{prefix}/submit", orjson.dumps({"type": "submit", "payload": payload}))
-                (reply,) = c.wait_for(lambda m, rid=rid: m.topic.endswith(f"/reply/{rid}"), 10)
-                task_id = orjson.loads(reply.payload)["payload"]["task_id"]
-                c.wait_for(lambda m, t=task_id: m.topic.endswith(f"/tasks/{t}/summary"), 30)
-                out.append(time.monotonic() - began)
+                _done, rtt = client.run([agent.agent_id], timeout=30)
+                out.append(rtt)
         return out
     finally:
         if agent is not None:
             agent.stop()
         master.stop()
+
+
+def _runs(client: BenchClient, agent_id: str) -> bool:
+    try:
+        client.run([agent_id], timeout=5)
+        return True
+    except (TimeoutError, RuntimeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
