@@ -208,7 +208,7 @@ class Daemon:
         if s.http_address is not None:
             from . import api
 
-            runner = await api.start_http(self._switch, *s.http_address, token=s.token, ops=self.ops)  # type: ignore[arg-type]
+            runner = await api.start_http(self._switch, *s.http_address, token=s.token, ops=self.ops)
         log.info("standby: serving the API from %s; waiting to lead (lease %g s)", redact(s.db), s.lease)
         while not self._stop.is_set():
             epoch = await self._loop.run_in_executor(None, lead.try_acquire, time.time())
@@ -243,8 +243,8 @@ class Daemon:
     def _leadership_info(self) -> dict[str, object]:
         lead = self._lead
         leading = lead is not None and lead.epoch is not None and lead.lost() is None
-        store = getattr(self.service, "store", None)
-        epoch, leader, host, since = store.leadership() if hasattr(store, "leadership") else (0, "", "", 0.0)
+        read = getattr(getattr(self.service, "store", None), "leadership", None)  # a PgStore's
+        epoch, leader, host, since = read() if read is not None else (0, "", "", 0.0)
         return {"role": "leader" if leading else "standby", "instance": self.instance, "epoch": epoch,
                 "leader": leader, "leader_host": host, "since": since}  # fmt: skip
 

@@ -265,7 +265,7 @@ class PgStore(Store):
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
 
-    def _fence(self, conn: _PgConn) -> None:
+    def _fence(self, conn: Any) -> None:
         if self.epoch is None:
             return
         row = conn.execute("select epoch, leader from leadership where id=1 for share").fetchone()
