@@ -329,6 +329,7 @@ class Agent:
         except DecodeError as e:
             self._bad_task(msg, e)
             return
+        assert isinstance(task, Task)  # decode_as(..., Task) returns one; said for the type checker
         if self._stale(task.id, task.epoch, msg):
             return
         self._accept(task, msg)
