@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything mschedule's demo and tests need on a fresh Debian/Ubuntu machine:
-# mosquitto + mosquitto-clients (apt-get, when missing), a virtualenv at $VENV with the
+# mosquitto + mosquitto-clients and postgresql (apt-get, when missing), a virtualenv at $VENV with the
 # package and its test extras. Safe to run again: it skips what is already there.
 #   BROWSER=1 also installs Debian's chromium for the browser test.
 set -euo pipefail
