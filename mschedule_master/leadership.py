@@ -9,7 +9,9 @@
   and so the lock. The leader's own check (:meth:`Leadership.lost`) says the lead is gone
   once its last good heartbeat is a lease old, so a leader cut from the database stops by
   itself at about the moment the database lets another one take over.
-* Each takeover increments ``leadership.epoch`` in the database (:meth:`try_acquire`). The
+* Each takeover raises ``leadership.epoch`` in the database (:meth:`try_acquire`): to the old
+  epoch + 1, or to the database clock's Unix time in milliseconds when that is larger, so that a database
+  restored from an old backup (or a new one) still outranks every epoch the agents saw. The
   leader stamps it on every task and kill (agents refuse older epochs: mschedule_agent/
   fencing.py) and its store checks it in every transaction (pgstore.py), so a leader that
   wakes up after being replaced can neither dispatch nor commit.
@@ -69,8 +71,8 @@ class Leadership:
                 return None
             with conn.transaction():
                 row = conn.execute(
-                    "update leadership set epoch = epoch + 1, leader = %s, host = %s, since = %s where id = 1 "
-                    "returning epoch",
+                    "update leadership set epoch = greatest(epoch + 1, floor(extract(epoch from clock_timestamp()) * 1000)), "
+                    "leader = %s, host = %s, since = %s where id = 1 returning epoch",
                     (self.instance, self.host, now),
                 ).fetchone()
         except (psycopg.Error, StoreError) as e:

@@ -21,7 +21,8 @@ def test_one_master_leads_and_a_standby_takes_a_submission_that_runs_once(ha, tm
     (standby,) = ha.standbys()
     assert leader is ha.masters[0] and standby is ha.masters[1]
     lead = ha.readyz(standby)["leadership"]
-    assert lead["role"] == "standby" and lead["epoch"] == 1 and lead["leader"] == ha.readyz(leader)["leadership"]["instance"]
+    leading = ha.readyz(leader)["leadership"]
+    assert lead["role"] == "standby" and lead["epoch"] == leading["epoch"] and lead["leader"] == leading["instance"]
     marker = tmp_path / "ran"
     task_id = ha.submit(standby, ["all"], f"echo $MSCHEDULE_TEST_AGENT >> {marker}")
     task = ha.wait_state(task_id, "SUCCEED", timeout=30)
@@ -30,7 +31,8 @@ def test_one_master_leads_and_a_standby_takes_a_submission_that_runs_once(ha, tm
     assert "from a standby: started" in leader.log()
     with urllib.request.urlopen(f"{standby.http_url}/metrics", timeout=5) as r:
         text = r.read().decode()
-    assert "mschedule_master_leader 0.0" in text and "mschedule_master_leadership_epoch 1.0" in text
+    gauges = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("mschedule_master_lea"))
+    assert float(gauges["mschedule_master_leader"]) == 0 and float(gauges["mschedule_master_leadership_epoch"]) == leading["epoch"]
     with urllib.request.urlopen(f"{leader.http_url}/metrics", timeout=5) as r:
         assert "mschedule_master_leader 1.0" in r.read().decode()
 
