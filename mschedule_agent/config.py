@@ -1,5 +1,6 @@
 """The agent's settings: named defaults, overridden by a TOML file, then the
-environment (``MSCHEDULE_AGENT_*``), then command-line flags."""
+environment (``MSCHEDULE_AGENT_*``), then command-line flags (the layering is
+:mod:`.layers`, shared with the master)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__ as _version
+from . import layers
 from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, ProtocolError, Topics, check_level
 from .transport import BrokerURL
@@ -123,27 +125,20 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def from_file(path: Path) -> dict[str, Any]:
-    import tomllib  # only with a config file: ~1.4 MB of an idle agent otherwise
-
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(str(path), f"cannot read: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), f"not valid TOML: {e}") from None
+        doc = layers.read_toml(path)
+    except layers.FileError as e:
+        raise ConfigError(e.path, f"cannot read: {e.why}" if e.unreadable else f"not valid TOML: {e.why}") from None
     doc = doc.get("agent", doc)  # accept a bare file or an [agent] table
-    return {k.replace("-", "_"): _coerce(k.replace("-", "_"), v, str(path)) for k, v in doc.items()}
+    return {k: _coerce(k, v, str(path)) for k, v in layers.names(doc).items()}
 
 
 def from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out = {}
-    for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
-            name = key[len(ENV_PREFIX):].lower()
-            if name == "label":
-                name = "labels"
-            out[name] = _coerce(name, value, f"environment {key}")
+    for name, key, value in layers.env_layer(env, ENV_PREFIX):
+        if name == "label":
+            name = "labels"
+        out[name] = _coerce(name, value, f"environment {key}")
     return out
 
 
@@ -172,9 +167,7 @@ def parser() -> argparse.ArgumentParser:
 
 def from_flags(ns: argparse.Namespace) -> dict[str, Any]:
     out = {}
-    for name, value in vars(ns).items():
-        if value is None or name == "config":
-            continue
+    for name, value in layers.flag_layer(ns).items():
         if name == "label":
             out["labels"] = _coerce("labels", value, "--label")
         else:
@@ -186,10 +179,8 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Build the settings: defaults < file < environment < flags. Raises ConfigError."""
     env = os.environ if env is None else env
     ns = parser().parse_args(argv)
-    config = ns.config or env.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    for layer in (from_file(Path(config)) if config else {}, from_env(env), from_flags(ns)):
-        labels.update(layer.pop("labels", {}))  # labels add up; a later layer wins per key
-        merged.update(layer)
+    config = layers.config_path(ns.config, env, ENV_PREFIX)
+    file_values = from_file(Path(config)) if config else {}
+    merged = layers.merge((file_values, from_env(env), from_flags(ns)), additive=["labels"])
+    labels = merged.pop("labels", {})  # labels add up; a later layer wins per key
     return Settings(**merged, labels=labels)

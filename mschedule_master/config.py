@@ -1,6 +1,7 @@
 """The master's settings: one dataclass with documented defaults, built from a TOML file,
 then the environment (``MSCHEDULE_MASTER_<FIELD>``), then command-line flags, each
-overriding the one before.
+overriding the one before (the layering is :mod:`mschedule_agent.layers`, shared with the
+agent).
 
 A config file may also define targeting groups, like an Ansible inventory::
 
@@ -17,14 +18,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from mschedule_agent import layers
 from mschedule_agent.protocol import DEFAULT_PREFIX
 from mschedule_agent.transport import BrokerURL
 
 from .errors import ConfigError
+
+#: Environment variables: MSCHEDULE_MASTER_<FIELD> (and MSCHEDULE_MASTER_CONFIG for the file).
+ENV_PREFIX = "MSCHEDULE_MASTER_"
 
 #: Defaults, named so docs and tests can refer to them.
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -112,13 +118,10 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 def from_toml(path: str | Path) -> dict[str, object]:
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e}", "config") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}", "config") from None
-    doc = {k.replace("-", "_"): v for k, v in doc.items()}  # delivery-timeout = delivery_timeout, as flags
+        doc = layers.names(layers.read_toml(path))  # delivery-timeout = delivery_timeout, as flags
+    except layers.FileError as e:
+        why = f"cannot read config file {path}: {e.why}" if e.unreadable else f"config file {path} is not valid TOML: {e.why}"
+        raise ConfigError(why, "config") from None
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}", unknown[0])
@@ -126,20 +129,16 @@ def from_toml(path: str | Path) -> dict[str, object]:
 
 
 def from_env(env: dict[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name in _FIELDS:
-        if name == "groups":
-            continue
-        value = env.get(f"MSCHEDULE_MASTER_{name.upper()}")
-        if value is not None:
-            out[name] = value
+    given = {key: value for _, key, value in layers.env_layer(env, ENV_PREFIX)}  # unknown names: ignored
+    wanted = [(name, ENV_PREFIX + name.upper()) for name in _FIELDS if name != "groups"]
+    out: dict[str, object] = {name: given[key] for name, key in wanted if key in given}
     if "token" not in out and env.get("MSCHEDULE_TOKEN"):
         out["token"] = env["MSCHEDULE_TOKEN"]
     return out
 
 
-def build(file_values: dict, env_values: dict, flag_values: dict) -> Settings:
-    merged = {**file_values, **env_values, **{k: v for k, v in flag_values.items() if v is not None}}
+def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> Settings:
+    merged = layers.merge((file_values, env_values, {k: v for k, v in flag_values.items() if v is not None}))
     for name in _FLOATS & set(merged):
         try:
             merged[name] = float(merged[name])
@@ -180,8 +179,8 @@ def parser() -> argparse.ArgumentParser:
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
     """Settings from ``--config`` file < environment < flags. Raises ConfigError."""
-    args = vars(parser().parse_args(argv))
+    ns = parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
-    config_path = args.pop("config") or env.get("MSCHEDULE_MASTER_CONFIG")
+    config_path = layers.config_path(ns.config, env, ENV_PREFIX)
     file_values = from_toml(config_path) if config_path else {}
-    return build(file_values, from_env(env), args)
+    return build(file_values, from_env(env), layers.flag_layer(ns))

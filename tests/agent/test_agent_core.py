@@ -224,7 +224,7 @@ def test_registration_on_connect_and_heartbeat_on_its_interval(core_factory):
 def test_host_info_is_read_once_then_on_its_slow_timer(core_factory):
     h = core_factory(hostinfo_refresh=60.0)
     calls = []
-    h.agent._hostinfo = lambda: calls.append(1) or h.agent.host
+    h.agent.presence.hostinfo = lambda: calls.append(1) or h.agent.host
     for _ in range(100):  # 50 s
         h.agent.tick(h.clock.advance(0.5))
     assert calls == []
