@@ -31,7 +31,7 @@ def run_once(url: str, n: int) -> dict[str, float]:
     env = {**os.environ, "MSCHEDULE_MASTER": url}
     env.pop("MSCHEDULE_TOKEN", None)
     began = time.time()
-    p = subprocess.run([*cli_argv(), "run", "-t", "role=bench", "--parallel", "100%", "--json", "-c", "true"],
+    p = subprocess.run([*cli_argv(), "run", "-t", "role=bench", "--parallel", "100%", "--yes", "--json", "-c", "true"],
                        env=env, capture_output=True, timeout=300)  # fmt: skip
     ended = time.time()
     if p.returncode != 0:

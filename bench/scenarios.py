@@ -385,3 +385,7 @@ SCENARIOS: dict[str, Callable[[Context], Outcome]] = {
     "4": scenario_4,
     "5": scenario_5,
 }
+
+from .livestream import scenario_6  # noqa: E402  (it uses the helpers above)
+
+SCENARIOS["6"] = scenario_6

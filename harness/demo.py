@@ -3,9 +3,10 @@
 Starts mosquitto (deploy/mosquitto/dev.conf on port 18830, or a free port if that is
 taken), a master (HTTP on 127.0.0.1:9900, or a free port) and three agents with
 different labels, runs ``uname -a; uptime`` on all of them with ``--parallel 2``
-through the ``mschedule`` CLI with live progress, prints the dashboard URL and a few
-commands to try, and keeps the fleet up until Ctrl-C; then it stops every process it
-started.
+through the ``mschedule`` CLI with live progress, prints the broker port, the dashboard
+URL, each agent's id and state directory and a few commands to try, writes ``demo.env``
+(``. ./demo.env`` points the README's commands at this fleet), and keeps the fleet up
+until Ctrl-C; then it stops every process it started and removes ``demo.env``.
 
     python -m harness.demo            # keep running until Ctrl-C
     python -m harness.demo --once     # run the sample rollout and exit (status = the CLI's)
@@ -34,6 +35,7 @@ import orjson
 from .agentproc import AgentProc, start_agent
 from .broker import Mosquitto, free_port
 from .fleet import TEST_FLAGS, MasterProc, start_master
+from .procs import ROOT
 
 DEMO_BROKER_PORT = 18830
 DEMO_HTTP_PORT = 9900
@@ -47,6 +49,9 @@ DEMO_AGENTS: tuple[dict[str, str], ...] = (
 )
 
 SAMPLE_SCRIPT = "uname -a; uptime"
+
+#: Where the demo writes the shell lines that point the README's commands at it.
+DEFAULT_ENV_FILE = ROOT / "demo.env"
 
 #: The master's production timings (None = its own default), instead of the test ones.
 PRODUCTION_TIMINGS = {name: None for name in TEST_FLAGS}
@@ -139,7 +144,45 @@ def cli_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mschedule_master.cli"]
 
 
-def try_these(url: str, broker_port: int, prefix: str) -> str:
+def env_lines(url: str, broker_port: int, agents: list[AgentProc]) -> str:
+    """What ``. ./demo.env`` sets: the README's later sections use these names."""
+    ids = " ".join(a.agent_id for a in agents)
+    return "\n".join([
+        "# written by `make demo` (harness/demo.py) for the README's commands; removed when it stops",
+        f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"   # mschedule, mschedule-master, ...",
+        f"export MSCHEDULE_MASTER={url}",
+        f"export MQTT_HOST=127.0.0.1 MQTT_PORT={broker_port}",
+        f"export AGENT={agents[0].agent_id}   # the first agent ({_labels(DEMO_AGENTS[0])})",
+        f"export AGENT_STATE={shlex.quote(str(agents[0].workdir))}   # its --state-dir",
+        f"export AGENTS='{ids}'",
+        "",
+    ])  # fmt: skip
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in labels.items())
+
+
+def write_env_file(path: Path, text: str) -> None:
+    """Written whole or not at all (a rename), readable by its owner only: it names the
+    fleet's ports and state (no secrets, but nobody else's business either)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def source_line(env_file: Path) -> str:
+    """How to load ``env_file`` in a shell: ``. ./demo.env`` when it is in the current
+    directory (or below), else by its absolute path."""
+    path = env_file.absolute()
+    if path.is_relative_to(Path.cwd()):
+        return f". ./{shlex.quote(str(path.relative_to(Path.cwd())))}"
+    return f". {shlex.quote(str(path))}"
+
+
+def try_these(url: str, broker_port: int, prefix: str, env_file: Path | None = None) -> str:
     cli = " ".join(shlex.quote(p) for p in cli_argv())
     if cli.startswith(str(Path.cwd())):
         cli = os.path.relpath(cli)
@@ -147,10 +190,19 @@ def try_these(url: str, broker_port: int, prefix: str) -> str:
     submit = orjson.dumps({"type": "submit", "payload": payload}).decode()
     rr = f"mosquitto_rr -p {broker_port} -t {prefix}/submit -e {prefix}/submit/reply/demo -W 10 -m '{submit}'"
     grab_id = r"""sed -n 's/.*"task_id":"\([0-9a-f]*\)".*/\1/p'"""
+    env = (
+        f"""
+  The README's commands, against this demo, in another shell:
+    {source_line(env_file)}    # sets PATH, MSCHEDULE_MASTER, MQTT_HOST, MQTT_PORT, AGENT, AGENT_STATE, AGENTS
+"""
+        if env_file is not None
+        else ""
+    )
     return f"""
   Dashboard:  {url}/
   API:        {url}/api/v1/openapi.json
-
+  Broker:     mqtt://127.0.0.1:{broker_port}
+{env}
   Try:
     export MSCHEDULE_MASTER={url}
     {cli} agents
@@ -197,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, default=DEMO_HTTP_PORT)
     p.add_argument("--broker-port", type=int, default=DEMO_BROKER_PORT)
     p.add_argument("--workdir", type=Path, help="state, databases and logs (default: a new temp dir)")
+    p.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE,
+                   help="where to write the shell lines for the README's commands (default ./demo.env)")
     args = p.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mschedule-demo-"))
@@ -207,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = Mosquitto(workdir / "broker", port=pick_port(args.broker_port), name="broker")
     fleet: DemoFleet | None = None
     status = 1
+    env_written = False
     try:
         print(f"demo: starting mosquitto on 127.0.0.1:{broker.port} (deploy/mosquitto/dev.conf)", flush=True)
         broker.start()
@@ -215,10 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         fleet = start_demo_fleet(workdir, broker.url, DEMO_PREFIX, http=http, master_flags=PRODUCTION_TIMINGS,
                                  agent_flags={"heartbeat": 2, "will_delay": 5})  # fmt: skip
         for a, lab in zip(fleet.agents, DEMO_AGENTS, strict=False):
-            print(f"  agent {a.agent_id[:12]}  " + " ".join(f"{k}={v}" for k, v in lab.items()), flush=True)
+            print(f"  agent {a.agent_id}  {_labels(lab)}  state {a.workdir}", flush=True)
+        write_env_file(args.env_file, env_lines(fleet.url, broker.port, fleet.agents))
+        env_written = True
         print(flush=True)
         status = run_sample(fleet.url)
-        print(try_these(fleet.url, broker.port, DEMO_PREFIX), flush=True)
+        print(try_these(fleet.url, broker.port, DEMO_PREFIX, args.env_file), flush=True)
         if args.once:
             return status
         print("demo: the fleet stays up; press Ctrl-C to stop it.", flush=True)
@@ -236,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         if fleet is not None:
             fleet.stop()
         broker.stop()
+        if env_written:
+            args.env_file.unlink(missing_ok=True)  # it would point at a fleet that is gone
         if args.workdir is None and status == 0:
             shutil.rmtree(workdir, ignore_errors=True)
         say(f"demo: stopped.{'' if status == 0 else f' Logs kept in {workdir}'}")

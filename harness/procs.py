@@ -99,10 +99,13 @@ class Proc:
 
 
 def flag_argv(flags: dict[str, object]) -> list[str]:
-    """``{"will_delay": 1, "x": None}`` -> ``["--will-delay", "1"]`` (None leaves a flag out)."""
+    """``{"will_delay": 1, "x": None, "no_stream": True}`` -> ``["--will-delay", "1", "--no-stream"]``
+    (None leaves a flag out; True is a flag without a value)."""
     argv: list[str] = []
     for name, value in flags.items():
-        if value is not None:
+        if value is True:
+            argv.append(f"--{name.replace('_', '-')}")
+        elif value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv
 
@@ -117,3 +120,28 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """``"PID: command line"`` of live processes (not this one) whose command line mentions
+    ``text`` (a test's workdir: what it started and must have stopped)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{proc.name}: {cmd}")
+    return found
+
+
+def kill_leftovers(workdir: Path) -> None:
+    """A failed test must not leave what it started (under ``workdir``) running."""
+    for entry in processes_mentioning(str(workdir)):
+        try:
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

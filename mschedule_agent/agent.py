@@ -27,14 +27,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
-from .executor import Executor
+from .executor import Executor, new_sha256
 from .fencing import EpochFence
 from .hostinfo import HostInfo
 from .intake import Intake, reject_code
 from .ledger import Ledger
+from .livestream import LiveOutput
 from .outbox import OUTBOX_SCAN, PRUNE_EVERY, RESEND_BATCH, STUCK_RESENDS, Outbox
 from .presence import Presence
-from .protocol import Topics
+from .protocol import Task, Topics
 from .runqueue import ORPHAN_GRACE_MAX, RunQueue
 from .transport import Incoming, Transport, Will
 
@@ -98,6 +99,7 @@ class Agent:
             publish=self._publish,
             results_topic=results,
             now=now,
+            live_output=self._live_output,
         )
         self.presence = Presence(
             agent_id=agent_id,
@@ -192,6 +194,16 @@ class Agent:
     # ------------------------------------------------------------------ publishing
     def _is_connected(self) -> bool:
         return self.transport.is_connected()
+
+    def _live_output(self, task: Task) -> LiveOutput | None:
+        """A run's live output (docs/protocol.md ``output``), unless streaming is off."""
+        if not (self.settings.stream and task.stream):
+            return None
+        topic = self.topics.output(self.id, task.id)
+        return LiveOutput(
+            task_id=task.id, agent_id=self.id, connected=self._is_connected, new_digest=new_sha256,
+            publish=lambda payload, qos: self._publish(topic, payload, qos=qos),
+        )  # fmt: skip
 
     def _publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Any:
         try:

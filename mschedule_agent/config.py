@@ -50,6 +50,7 @@ class Settings:
     ca_file: str | None = None  #: CA bundle for mqtts://
     log_level: str = "INFO"
     metrics: str | None = None  #: "HOST:PORT" to serve Prometheus metrics on; off by default
+    stream: bool = True  #: send scripts' output live while they run (docs/protocol.md ``output``)
 
     def __post_init__(self) -> None:
         _require(self.heartbeat > 0, "heartbeat", "must be > 0")
@@ -109,6 +110,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return {str(k): str(v) for k, v in value.items()}
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return dict(parse_label(str(v), source) for v in items)
+        if name == "stream":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return text in ("1", "true", "yes", "on")
         if name in ("state_dir", "id_file"):
             return Path(str(value))
         if name in ("max_tasks", "will_delay", "output_cap", "session_expiry"):
@@ -161,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     add("--resend", type=float, metavar="S", help=f"seconds between result re-sends until acked (default {DEFAULT_RESEND:g})")
     add("--ca-file", help="CA bundle for mqtts://")
     add("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    add("--no-stream", dest="stream", action="store_false", default=None,
+        help="do not send scripts' output live while they run (the result still carries it)")
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     return p
 

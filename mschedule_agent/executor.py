@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .capture import Captured, HeadTail
 from .protocol import TargetState
@@ -39,6 +40,19 @@ GROUP_POLL = 0.05
 DEFAULT_SHELL = "/bin/sh"
 
 
+class OutputSink(Protocol):
+    """Where a run's output goes as it is read, besides the result (see :mod:`.livestream`).
+    Called on the run's thread; its methods must not block and must not raise."""
+
+    def feed(self, stream: str, data: bytes) -> None: ...
+
+    def due_in(self, now: float) -> float | None: ...
+
+    def poll(self, now: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     task_id: str
@@ -52,6 +66,9 @@ class RunSpec:
     #: agent's durable RUNNING mark: a slow disk then stalls this run, not the MQTT
     #: thread). If it raises, nothing is executed: the outcome is FAILED, code None.
     before_exec: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    #: Live output: fed every piece of stdout/stderr as it is read, closed once the
+    #: streams are; None = the output goes only into the result.
+    output: OutputSink | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +88,14 @@ class Outcome:
 
 def file_sha256(path: str) -> str:
     """The sha256 (hex) of a file's bytes."""
-    h = _new_sha256()
+    h = new_sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _new_sha256():
+def new_sha256():
     """A sha256 from CPython's built-in implementation: ``hashlib`` would load OpenSSL's
     libcrypto (``_hashlib``, MBs of RSS), which an agent keeps out (test_agent_footprint)."""
     try:
@@ -156,6 +173,7 @@ class Run:
         self._term_reason = ""
         self._term_at: float | None = None  # monotonic time SIGTERM was sent
         self._killed_at: float | None = None  # monotonic time SIGKILL was sent
+        self._names: dict[int, str] = {}  #: stdout/stderr fd -> stream name, for the output sink
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -192,6 +210,8 @@ class Run:
             outcome = self._execute(path, started)
             if self.pid is not None:
                 outcome = dataclasses.replace(outcome, script_sha256=digest)
+                if self.spec.output is not None:
+                    self.spec.output.close()  # its output_end goes before the result
         except Exception as e:
             log.exception("run of task_id=%s failed inside the agent", self.spec.task_id)
             empty = Captured(b"", 0, False)
@@ -261,6 +281,8 @@ class Run:
     def _pump(self, proc: subprocess.Popen, out: HeadTail, err: HeadTail) -> None:
         sel = selectors.DefaultSelector()
         streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        self._names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        sink = self.spec.output
         for f in (proc.stdout, proc.stderr):
             os.set_blocking(f.fileno(), False)
             sel.register(f.fileno(), selectors.EVENT_READ, "out")
@@ -281,7 +303,11 @@ class Run:
                     exited_at = now
                 if exited_at is not None and self._finished(streams, exited_at, now):
                     return
-                for key, _ in sel.select(self._wait_time(deadline, exited_at, now, pidfd)):
+                if sink is not None:
+                    sink.poll(now)
+                wait = self._wait_time(deadline, exited_at, now, pidfd)
+                due = sink.due_in(now) if sink is not None else None
+                for key, _ in sel.select(wait if due is None else min(wait, due + 0.001)):
                     if key.data == "out":
                         self._read(sel, key.fd, streams)
                     elif key.data == "wake":
@@ -305,6 +331,8 @@ class Run:
             return
         if chunk:
             streams[fd].feed(chunk)
+            if self.spec.output is not None:
+                self.spec.output.feed(self._names[fd], chunk)
         else:
             sel.unregister(fd)
             del streams[fd]

@@ -278,6 +278,7 @@ class Task:
     output_cap: int | None = None  #: bytes kept per stream; None = the agent's default
     expires_at: float | None = None  #: epoch seconds; an agent receiving it later refuses it
     kill_grace: float = 5.0  #: seconds between SIGTERM and SIGKILL
+    stream: bool = True  #: send the output live while it runs (``output``); False: only in the result
     epoch: int | None = None  #: the sending leader's epoch (HA masters); older than one seen: refused
 
     def __post_init__(self) -> None:
@@ -417,6 +418,65 @@ class Reject:
         _check(self.code in REJECT_CODES, "code", f"code must be one of {sorted(REJECT_CODES)}")
 
 
+#: The two streams of a script's output, as ``output`` chunks name them.
+OUTPUT_STREAMS = ("stdout", "stderr")
+
+
+@message("output")
+class OutputChunk:
+    """Agent -> master on ``<prefix>/output/<agent_id>/<task_id>``: a piece of live output.
+
+    ``seq`` counts the task's chunks (both streams) from 0; ``offset`` is where ``data``
+    starts in its stream. ``skipped`` bytes of the stream, just before ``offset``, were
+    never sent (the agent fell behind and kept the head and a rolling tail): a gap that
+    ``skipped`` does not explain was lost on the way, and the final ``result`` fills it.
+    """
+
+    TYPE: ClassVar[str]
+    id: str  #: the task id
+    agent_id: str
+    seq: int
+    stream: str  #: "stdout" or "stderr"
+    offset: int
+    data: bytes
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check(self.seq >= 0, "seq", "seq must be >= 0")
+        _check(self.stream in OUTPUT_STREAMS, "stream", "stream must be stdout or stderr")
+        _check(self.offset >= 0, "offset", "offset must be >= 0")
+        _check(0 <= self.skipped <= self.offset, "skipped", "skipped must be between 0 and offset")
+
+
+@message("output_end")
+class OutputEnd:
+    """Agent -> master on ``<prefix>/output/<agent_id>/<task_id>``: the live output is over.
+
+    The totals and sha256 digests cover every byte each stream produced (sent, skipped or
+    lost): a follower holding ``stdout_bytes`` bytes with that digest has the whole stream.
+    """
+
+    TYPE: ClassVar[str]
+    id: str
+    agent_id: str
+    seq: int  #: one more than the last chunk's
+    stdout_bytes: int
+    stderr_bytes: int
+    stdout_sha256: str
+    stderr_sha256: str
+    skipped: int = 0  #: bytes of both streams never sent live
+
+    def __post_init__(self) -> None:
+        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check(self.seq >= 0, "seq", "seq must be >= 0")
+        for name in ("stdout", "stderr"):
+            _check(getattr(self, f"{name}_bytes") >= 0, f"{name}_bytes", f"{name}_bytes must be >= 0")
+            sha = getattr(self, f"{name}_sha256")
+            _check(is_sha256(sha), f"{name}_sha256", f"{name}_sha256 must be 64 lowercase hex digits")
+        _check(self.skipped >= 0, "skipped", "skipped must be >= 0")
+
+
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -459,6 +519,7 @@ class Submit:
     delivery_timeout: float | None = None  #: seconds for an agent to accept; None = master default
     job: str | None = None  #: run this saved job instead of a script
     version: int | None = None  #: the job's version; None = its default version
+    stream: bool = True  #: targets send their output live while it runs; False: only in the result
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.script, self.script_text, self.job))
@@ -502,6 +563,8 @@ class Submit:
 
         doc = to_payload(self)
         doc.update(request_id=None, script=_b64(self.script_bytes), script_text=None)
+        if self.stream:
+            del doc["stream"]  # the default: digests from before the field existed still match
         return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -634,6 +697,8 @@ Message = (
     | Started
     | Result
     | Reject
+    | OutputChunk
+    | OutputEnd
     | Submit
     | SubmitReply
     | Progress
@@ -889,6 +954,10 @@ class Topics:
     def results(self, agent_id: str) -> str:
         return f"{self.prefix}/results/{check_level(agent_id, 'agent id')}"
 
+    def output(self, agent_id: str, task_id: str) -> str:
+        """Live output of one task on one agent (``output`` chunks, then ``output_end``)."""
+        return f"{self.prefix}/output/{check_level(agent_id, 'agent id')}/{check_level(task_id, 'task id')}"
+
     def submit(self) -> str:
         return f"{self.prefix}/submit"
 
@@ -930,6 +999,11 @@ class Topics:
             f"{p}/submit",
         ]
 
+    def output_subscriptions(self) -> list[str]:
+        """The master's live-output subscriptions (taken at QoS 0: see docs/protocol.md)."""
+        p = self.prefix
+        return [f"{p}/output/+/+", f"{p}/dc/+/output/+/+"]
+
     def parse(self, topic: str) -> TopicInfo | None:
         """Classify a topic under this prefix; None when it is not one of ours."""
         p = self.prefix + "/"
@@ -947,6 +1021,8 @@ class Topics:
             return TopicInfo(kind=parts[2], agent_id=parts[1], dc=dc)
         if len(parts) == 2 and parts[0] == "results":
             return TopicInfo(kind="results", agent_id=parts[1], dc=dc)
+        if len(parts) == 3 and parts[0] == "output" and _topic_level_ok(parts[1]) and _topic_level_ok(parts[2]):
+            return TopicInfo(kind="output", agent_id=parts[1], dc=dc, task_id=parts[2])
         if parts == ["submit"] and dc is None:
             return TopicInfo(kind="submit", agent_id=None, dc=None)
         return None
@@ -957,6 +1033,7 @@ _AGENT_KINDS = frozenset({"status", "heartbeat", "tasks", "control"})
 
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
-    kind: str  #: status, heartbeat, tasks, control, results or submit
+    kind: str  #: status, heartbeat, tasks, control, results, output or submit
     agent_id: str | None
     dc: str | None  #: datacenter the message was bridged from; None = the master's own broker
+    task_id: str | None = None  #: the task of an ``output`` topic

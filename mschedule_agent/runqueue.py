@@ -16,7 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from .config import Settings
-from .executor import Executor, Outcome, Run, RunSpec
+from .executor import Executor, Outcome, OutputSink, Run, RunSpec
 from .ledger import Entry, Ledger, LedgerState
 from .outbox import Outbox, Publish
 from .protocol import DecodeError, Result, Started, TargetState, Task, decode_as, encode
@@ -43,8 +43,10 @@ class RunQueue:
         publish: Publish,
         results_topic: str,
         now: Callable[[], float],
+        live_output: Callable[[Task], OutputSink | None] | None = None,
     ) -> None:
         self.id = agent_id
+        self._live_output = live_output  #: a task's live output (livestream.py), or None
         self.settings = settings
         self.ledger = ledger
         self.executor = executor
@@ -177,6 +179,7 @@ class RunQueue:
             kill_grace=task.kill_grace,
             # Durable before the process exists, on the run's thread: not on the MQTT thread.
             before_exec=None if marked else functools.partial(self._mark_running, task_id),
+            output=self._live_output(task) if self._live_output is not None else None,
         )
         log.info("task_id=%s starting", task_id)
         self._running[task_id] = self.executor.start(

@@ -28,9 +28,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import openapi, probes, sse
+from . import follow, openapi, probes, sse
 from .coalesce import Coalescer
-from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task
+from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded
 from .states import TargetState, TaskState
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def task_json(
         "env": dict(t.env),
         "cwd": t.cwd,
         "output_cap": t.output_cap,
+        "stream": t.stream,
         "delivery_timeout": t.delivery_timeout,
         "counts": dict(t.counts),
         "target_count": t.target_count,
@@ -214,14 +215,20 @@ def parse_submit(body: Any) -> protocol.Submit:
     try:
         spec = protocol.from_payload(protocol.Submit, body)
     except DecodeError as e:
-        raise ApiError(400, _strip_prefix(e.message), e.field or None) from None
+        raise ApiError(400, _strip_prefix(e.message, e.field), e.field or None) from None
     if spec.version is not None and not 1 <= spec.version <= api_jobs.MAX_VERSION:
         raise ApiError(400, f"version must be between 1 and {api_jobs.MAX_VERSION}", "version")
     return spec
 
 
-def _strip_prefix(message: str) -> str:
-    return message.removeprefix("invalid submit: ")
+def _strip_prefix(message: str, field: str | None = None) -> str:
+    """The decoder's message for a person: ``parallel must be ...``, not ``invalid submit:
+    parallel: parallel must be ...`` (the field is in ``field`` and, once, in the words)."""
+    message = message.removeprefix("invalid submit: ")
+    head = f"{field}: "
+    if field and message.startswith(head) and field in message[len(head) :]:
+        message = message[len(head) :]
+    return message
 
 
 #: The spellings of a boolean query parameter (openapi.QUERY_BOOL lists the same).
@@ -287,6 +294,21 @@ async def get_agent(request: web.Request) -> web.Response:
     return json_response(agent_json(service_of(request).agent(request.match_info["agent_id"])))
 
 
+async def resolve_targets(request: web.Request) -> web.Response:
+    """Which agents ``targets`` select now, as a task would run on them; nothing runs."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object: {\"targets\": [selectors]}", "body")
+    unknown = sorted(set(body) - {"targets"})
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}", unknown[0])
+    targets = body.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        raise ApiError(400, "targets must be a non-empty list of selectors", "targets")
+    agents = service_of(request).resolve_targets(targets)
+    return json_response({"targets": targets, "count": len(agents), "agents": [agent_json(a) for a in agents]})
+
+
 async def submit_task(request: web.Request) -> web.Response:
     spec = parse_submit(await read_json(request))
     task = service_of(request).submit(spec)
@@ -305,7 +327,8 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise ApiError(400, f"state must be one of {names}", "state") from None
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 10**9)
-    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset)
+    id_prefix = request.query.get("id_prefix") or None
+    tasks = await read(service_of(request), "tasks", state=state, limit=limit, offset=offset, id_prefix=id_prefix)
     next_offset = offset + len(tasks) if len(tasks) == limit else None
     docs = [task_json(t, with_script=False) for t in tasks]
     return json_response({"tasks": docs, "limit": limit, "offset": offset, "next_offset": next_offset})
@@ -359,10 +382,13 @@ def with_hostnames(service: Service, task: Task) -> Task:
     return replace(task, targets=targets)
 
 
-async def get_output(request: web.Request) -> web.Response:
+async def get_output(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "stream must be stdout or stderr", "stream")
+    if query_bool(request, "follow"):  # tail -f: chunked, until the target ends (follow.py)
+        service, match = service_of(request), request.match_info
+        return await follow.follow_output(request, service, match["task_id"], match["agent_id"], stream)
     target = await read(service_of(request), "output", request.match_info["task_id"], request.match_info["agent_id"])
     data = target.stdout if stream == "stdout" else target.stderr
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
@@ -372,6 +398,9 @@ async def get_output(request: web.Request) -> web.Response:
         "X-Mschedule-Truncated": "true" if truncated else "false",
         "X-Mschedule-Total-Bytes": str(total),
     }
+    if not follow.ended(target):  # no result yet: what it has written so far, from its live output
+        data = await follow.so_far(service_of(request), target.task_id, target.agent_id, stream)
+        headers["X-Mschedule-Live"] = "true"
     if target.code is not None:
         headers["X-Mschedule-Exit-Code"] = str(target.code)
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
@@ -413,6 +442,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/task", legacy_submit),
     Route("GET", "/api/v1/agents", list_agents),
     Route("GET", "/api/v1/agents/{agent_id}", get_agent),
+    Route("POST", "/api/v1/targets/resolve", resolve_targets),
     Route("POST", "/api/v1/tasks", submit_task),
     Route("GET", "/api/v1/tasks", list_tasks),
     Route("GET", "/api/v1/tasks/{task_id}", get_task),
@@ -452,6 +482,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(404, str(e), e.what)
     except RequestConflict as e:
         return _error(409, str(e), e.field)
+    except TaskEnded as e:
+        return _error(409, str(e), "task")
     except InvalidRequest as e:
         return _error(400, str(e), e.field)
     except web.HTTPRequestEntityTooLarge:
@@ -551,6 +583,7 @@ def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | 
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
     sse.setup(app)
+    follow.setup(app)
     return app
 
 

@@ -2,9 +2,12 @@
 
     mschedule agents [--json]
     mschedule run -t SELECTOR [-t ...] [--parallel N|N%] [--fail-count N] [--fail-rate R|N%]
-                  [--timeout S] [--on-abort kill|drain] (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json]
+                  [--timeout S] [--on-abort kill|drain] [--delivery-timeout S] [--output-cap BYTES]
+                  [--env K=V] [--cwd DIR] [--name N] [--request-id ID] [--yes]
+                  (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json] [--follow] [--no-stream]
+    mschedule targets SELECTOR... [--json]
     mschedule status TASK [--json]
-    mschedule output TASK [AGENT] [--stderr]
+    mschedule output TASK [AGENT] [--stderr] [--follow]
     mschedule kill TASK
     mschedule tasks [--state S]
     mschedule job save|list|show|history|diff|default|run|push|pull ...   (see cli_jobs.py)
@@ -14,7 +17,10 @@
 
 The master is ``--master URL`` (or ``HOST:PORT``; before or after the command) or
 ``$MSCHEDULE_MASTER`` (default http://127.0.0.1:9900);
-the token is ``$MSCHEDULE_TOKEN``. Exit status: 0 success (for ``run``: the task ended
+the token is ``$MSCHEDULE_TOKEN``. Task and agent ids may be shortened to any unique
+prefix, as git's (tables show the shortest, at least 8 characters). ``run`` asks before
+starting on more than ``--confirm-over`` targets (``$MSCHEDULE_CONFIRM_OVER``, default 20)
+unless ``--yes``. Exit status: 0 success (for ``run``: the task ended
 SUCCEED), 1 the task did not succeed, 2 bad usage or a request the master refused,
 3 the master cannot be reached (or refused the token), 130 interrupted.
 """
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
     from .cli_http import Response
 
 DEFAULT_MASTER = "http://127.0.0.1:9900"
+DEFAULT_CONFIRM_OVER = 20  #: ``run`` asks before starting on more targets than this (unless --yes)
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -52,10 +59,14 @@ EXIT_INTERRUPTED = 130
 TASK_FINAL = frozenset({"SUCCEED", "FAILED", "KILLED"})
 SUCCEEDED = frozenset({"SUCCEED"})
 FAILED = frozenset({"FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"})
-ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
+ACTIVE = frozenset({"RUNNING"})  #: DISPATCHED is sent, not started: it counts as waiting
 TARGET_FINAL = FAILED | SUCCEEDED | {"CANCELLED"}
 
 PIPE_WIDTH = 240  #: table width when stdout is not a terminal
+SHORT_ID = 8  #: the progress bar shows this much of the task id
+BAR_WIDTH = 16  #: the progress bar's own width, in columns
+#: The progress line but its counts: spinner, "<id> RUNNING", bar, "9999/9999", "0:00:00", 5 gaps.
+BAR_FIXED = 1 + SHORT_ID + 1 + len("RUNNING") + BAR_WIDTH + 9 + 7 + 5
 KEEPALIVE_TIMEOUT = 40.0  #: the event stream sends a keep-alive every 15 s; give up on it after this
 POLL_INTERVAL = 2.0  #: at most this long between task reads while the event stream is down
 LIVE_CHECK = 30.0  #: with the stream up, read the task anyway after this long without events
@@ -279,21 +290,31 @@ def bucket_counts(counts: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def counts_text(counts: dict[str, int], markup: bool = False) -> str:
+def counts_text(counts: dict[str, int], markup: bool = False, *, nonzero: bool = False) -> str:
+    """``3 succeeded, 0 failed, 1 running, 0 waiting`` (killed and cancelled when any);
+    ``nonzero``: only the counts that are not 0 (the progress bar's short form)."""
     b = bucket_counts(counts)
     parts = [
-        ("green", f"{b['succeeded']} succeeded"),
-        ("red", f"{b['failed']} failed"),
-        ("yellow", f"{b['running']} running"),
-        ("", f"{b['waiting']} waiting"),
+        ("green", f"{b['succeeded']} succeeded", b["succeeded"]),
+        ("red", f"{b['failed']} failed", b["failed"]),
+        ("yellow", f"{b['running']} running", b["running"]),
+        ("", f"{b['waiting']} waiting", b["waiting"]),
     ]
     if b["killed"]:
-        parts.append(("magenta", f"{b['killed']} killed"))
+        parts.append(("magenta", f"{b['killed']} killed", b["killed"]))
     if b["cancelled"]:
-        parts.append(("dim", f"{b['cancelled']} cancelled"))
+        parts.append(("dim", f"{b['cancelled']} cancelled", b["cancelled"]))
+    shown = [(style, text) for style, text, n in parts if n or not nonzero]
     if not markup:
-        return ", ".join(text for _, text in parts)
-    return "  ".join(f"[{style}]{text}[/]" if style else text for style, text in parts)
+        return ", ".join(text for _, text in shown)
+    return "  ".join(f"[{style}]{text}[/]" if style else text for style, text in shown)
+
+
+def progress_text(counts: dict[str, int], total: int) -> str:
+    """``103/120 done: 3 failed, 10 running, 7 waiting`` (the counts that are not 0 but
+    the successes): short enough for a table cell at 80 columns."""
+    rest = counts_text({s: n for s, n in counts.items() if s not in SUCCEEDED}, nonzero=True)
+    return f"{done_count(counts)}/{total} done" + (f": {rest}" if rest else "")
 
 
 def done_count(counts: dict[str, int]) -> int:
@@ -360,26 +381,37 @@ def exit_text(t: dict[str, Any]) -> str:
     return f"{t['code']} (signal {t['signal']})" if t.get("signal") else str(t["code"])
 
 
-def targets_table(task: dict[str, Any]) -> Table:
+def targets_table(task: dict[str, Any], offline: frozenset[str] = frozenset()) -> Table:
+    """One row per target; ``offline``: agent ids known to be offline (a target not yet
+    accepted by one of them is waiting for it, not running)."""
+    from .cli_ids import shortest_unique
+    from .cli_text import visible
+
     out_table = table(f"task {task['id']}: {styled(task['state'])}")
-    for col in ("Agent", "Host", "State", "Exit", "Duration", "Output"):
-        out_table.add_column(col, overflow="fold")
-    for agent_id, t in sorted(task.get("targets", {}).items()):
-        out = target_output(t, "stdout").decode("utf-8", "replace").strip().splitlines()
+    for col in ("Agent", "Host", "State", "Exit", "Duration"):
+        out_table.add_column(col, no_wrap=col != "Host", overflow="fold")
+    out_table.add_column("Output", overflow="fold", ratio=1)
+    targets = task.get("targets", {})
+    short = shortest_unique(targets)
+    for agent_id, t in sorted(targets.items()):
+        out = visible(target_output(t, "stdout").decode("utf-8", "replace")).strip().splitlines()
         first = out[0][:60] + (" …" if len(out) > 1 or len(out[0]) > 60 else "") if out else ""
         if t.get("error"):
             first = first or f"error: {t['error']}"
         if t.get("reason") and t["state"] != "SUCCEED":
             first = first or t["reason"]
+        first = visible(first, keep_newlines=False)
         state = styled(t["state"])
+        if agent_id in offline and t["state"] in ("WAITING", "DISPATCHED") and not t.get("acked"):
+            state += " (agent offline: waiting for it)"
         if t.get("agent_state") and t["agent_state"] != t["state"]:
             state += f" (agent: {styled(t['agent_state'])})"  # a late result after the master's verdict
         if t.get("revised_from"):
             state += f" (revised from {t['revised_from']} at {when(t.get('revised_at'))})"
         if t.get("kill_pending"):
             state += " [magenta]KILL_PENDING[/]"  # asked to die; the agent has not confirmed it yet
-        out_table.add_row(escape(agent_id), escape(t.get("hostname") or ""), state, exit_text(t),
-                          duration(t.get("duration")), escape(first))  # fmt: skip
+        out_table.add_row(escape(short[agent_id]), escape(visible(t.get("hostname") or "", keep_newlines=False)),
+                          state, exit_text(t), duration(t.get("duration")), escape(first))  # fmt: skip
     return out_table
 
 
@@ -392,28 +424,34 @@ def cmd_agents(client: Client, args, console: Console) -> int:
     if args.json:
         print(json.dumps(agents, indent=2))
         return EXIT_OK
+    console.print(agents_table(agents, f"{plural(len(agents), 'agent')}"))
+    return EXIT_OK
+
+
+def agents_table(agents: list[dict[str, Any]], title: str) -> Table:
+    """The fleet, one row per agent, ids as their shortest unique prefixes."""
+    from .cli_ids import shortest_unique
+    from .cli_text import visible
+
     now = time.time()
-    out_table = table(f"{len(agents)} agents")
+    out_table = table(title)
     for col in ("ID", "Hostname", "IPs", "Labels", "Online", "Last heartbeat", "Running"):
-        out_table.add_column(col, overflow="fold")
+        out_table.add_column(col, overflow="fold", no_wrap=col in ("ID", "Online"))
+    short = shortest_unique(a["id"] for a in agents)
     for a in sorted(agents, key=lambda a: a["id"]):
         labels = " ".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
         online = "[green]online[/]" if a["online"] else "[red]offline[/]"
         seen = a.get("last_seen") or a.get("last_heartbeat")
-        out_table.add_row(escape(a["id"]), escape(a["hostname"]), escape(", ".join(a["ip"])), escape(labels), online,
-                      ago(seen, now), str(len(a.get("running") or [])))  # fmt: skip
-    console.print(out_table)
-    return EXIT_OK
+        out_table.add_row(escape(short[a["id"]]), escape(visible(a["hostname"], keep_newlines=False)),
+                          escape(", ".join(a["ip"])), escape(visible(labels, keep_newlines=False)), online,
+                          ago(seen, now), str(len(a.get("running") or [])))  # fmt: skip
+    return out_table
 
 
-def number(text: str) -> int | float | str:
-    """``"3"`` -> 3, ``"0.2"`` -> 0.2, anything else (``"20%"``) as given; the master validates."""
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
+def plural(n: int, word: str) -> str:
+    from .cli_text import plural as _plural
+
+    return _plural(n, word)
 
 
 def read_script(args) -> bytes:
@@ -436,13 +474,14 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "targets": args.target,
         "script": b64(script),
-        "parallel": number(args.parallel),
+        "parallel": args.parallel,
         "fail_count": args.fail_count,
         "timeout": args.timeout,
         "on_abort": args.on_abort,
     }
-    if args.fail_rate is not None:
-        body["fail_rate"] = number(args.fail_rate)
+    for name in ("fail_rate", "delivery_timeout", "output_cap", "request_id"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
     if args.name:
         body["name"] = args.name
     if args.env:
@@ -455,38 +494,53 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
         body["env"] = env
     if args.cwd:
         body["cwd"] = args.cwd
+    if getattr(args, "no_stream", False):
+        body["stream"] = False
     return body
 
 
 def cmd_run(client: Client, args, console: Console) -> int:
-    task = client.post("/api/v1/tasks", build_submit(args, read_script(args)))
+    from . import cli_ids, cli_targets
+
+    script = read_script(args)
+    args.target = cli_ids.agent_selectors(client, args.target)
+    if not args.yes:
+        cli_targets.confirm(client, args.target, args.confirm_over, console)
+    task = client.post("/api/v1/tasks", build_submit(args, script))
     if args.no_wait:
         print(json.dumps(task, indent=2) if args.json else task["id"])
         return EXIT_OK
     if not args.json:
-        n = task["target_count"]
-        console.print(f"task [bold]{task['id']}[/] submitted to {n} target{'s' if n != 1 else ''} "
+        console.print(f"task [bold]{task['id']}[/] submitted to {plural(task['target_count'], 'target')} "
                       f"(parallel {task['parallel']})", highlight=False)  # fmt: skip
-    task = follow(client, task["id"], console, show=not args.json)
+        waiting = offline_targets(client, task)
+        if waiting:
+            console.print(f"waiting for {plural(len(waiting), 'offline agent')}: {', '.join(waiting[:5])}"
+                          f"{' ...' if len(waiting) > 5 else ''}", highlight=False, markup=False)  # fmt: skip
+    task = follow(client, task["id"], console, show=not args.json, lines=args.follow and not args.json)
     return finish(task, console, args.json, all_output=args.show_output)
 
 
-def follow(client: Client, task_id: str, console: Console, *, show: bool) -> dict[str, Any]:
-    """Wait for the task to end, showing progress; Ctrl-C asks whether to kill it."""
+def follow(client: Client, task_id: str, console: Console, *, show: bool, lines: bool = False) -> dict[str, Any]:
+    """Wait for the task to end, showing progress; Ctrl-C asks whether to kill it.
+    ``lines``: print the targets' output lines as they come, prefixed by host."""
     watcher = EventWatcher(client, task_id).start()
     try:
-        return _follow(client, task_id, console, watcher, show)
+        return _follow(client, task_id, console, watcher, show, lines)
     finally:
         watcher.stop()
 
 
-def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
+def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, Any]:
     """Events drive it: the view redraws from their counts, the end is noticed when its event
     arrives. The task is read only at the start, after (re)subscribing, on ``resync`` and at
     the end; only while the stream is down does it poll."""
     import queue
 
+    from .cli_live import Lines
+
     view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
+    output = Lines()
     killing = False
     live = False  # subscribed: the stream will tell of every change
     read = True  # the task must be read (again)
@@ -512,6 +566,8 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     reached, read = time.monotonic(), False
                     view.update(task)
                 if task["state"] in TASK_FINAL:
+                    for agent_id, _stream, text in output.finish():
+                        view.line(output.prefixed(agent_id, text), shown=lines)
                     return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
                 try:
                     events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
@@ -520,6 +576,7 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     continue
                 for kind, doc in events:
                     live, read, task = _apply(kind, doc, live, read, task)
+                    _show_output(kind, doc, output, view, lines)
                 if not read:
                     view.update(task)
             except KeyboardInterrupt:
@@ -530,11 +587,34 @@ def _follow(client, task_id, console, watcher, show) -> dict[str, Any]:
                     console.print(f"task {task_id} keeps running; follow it with: mschedule status {task_id}",
                                   highlight=False, markup=False)  # fmt: skip
                     raise
-                client.post(f"/api/v1/tasks/{quote(task_id)}/kill")
+                try:
+                    client.post(f"/api/v1/tasks/{quote(task_id)}/kill")
+                except CliError as e:  # it ended meanwhile (409): show how
+                    if e.status == EXIT_UNREACHABLE:
+                        raise
+                    console.print(str(e), highlight=False, markup=False)
+                    read = True
+                    view.resume()
+                    continue
                 console.print(f"kill requested for task {task_id}; waiting for the targets to stop "
                               "(Ctrl-C again to stop waiting)", highlight=False)  # fmt: skip
                 killing = True
                 view.resume()
+
+
+def _show_output(kind: str, doc: dict[str, Any], output: Any, view: Any, lines: bool) -> None:
+    """An ``output`` event's whole lines: printed with ``--follow``; the latest line of each
+    target is shown under the progress bar either way. A target's end ends its last line."""
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    if kind == "output":
+        done = output.feed(data)
+    elif kind == "target" and data.get("state") in TARGET_FINAL and isinstance(data.get("agent_id"), str):
+        done = output.finish(data["agent_id"])
+    else:
+        return
+    for agent_id, _stream, text in done:
+        view.line(output.prefixed(agent_id, text), shown=lines)
+    view.latest({output.name(a): text for a, text in output.latest.items()})
 
 
 def poll_interval(target_count: int) -> float:
@@ -586,42 +666,65 @@ class _ProgressView:
 
     def __init__(self, console: Console, task_id: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
+        # Fits 80 columns: the short id, a fixed bar, and the counts (only those not 0) last,
+        # cut with an ellipsis to what the line has left rather than squeezing the bar away.
+        real = console.real if isinstance(console, LazyConsole) else console
+        left = max(10, real.width - BAR_FIXED)
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=BAR_WIDTH),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
             TimeElapsedColumn(),
-            console=console.real if isinstance(console, LazyConsole) else console,
+            TextColumn("{task.fields[counts]}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=left)),
+            console=real,
         )
         self.bar = self.progress.add_task(task_id, total=None, counts="")
+        from rich.console import Group
+        from rich.live import Live
+        from rich.text import Text
+
+        self._lines = Text("", no_wrap=True, overflow="ellipsis")
+        self.live = Live(Group(self.progress, self._lines), console=self.progress.console, refresh_per_second=8)
 
     def __enter__(self):
-        self.progress.start()
+        self.live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        self.live.stop()
+
+    def line(self, text: str, *, shown: bool) -> None:
+        """One whole line of a target's output, printed above the bar when ``shown``."""
+        if shown:
+            self.live.console.print(text, markup=False, highlight=False)
+
+    def latest(self, lines: dict[str, str]) -> None:
+        """Each target's latest line (the most recent targets), under the bar."""
+        from .cli_live import LATEST_ROWS
+
+        rows = list(lines.items())[-LATEST_ROWS:]
+        self._lines.plain = "\n".join(f"  {host}: {text}" for host, text in rows)
 
     def update(self, task: dict[str, Any]) -> None:
         self.progress.update(
             self.bar,
-            description=f"{task['id']} {task['state']}",
+            description=f"{task['id'][:SHORT_ID]} {task['state']}",
             total=task["target_count"],
             completed=done_count(task["counts"]),
-            counts=counts_text(task["counts"], markup=True),
+            counts=counts_text(task["counts"], markup=True, nonzero=True),
         )
 
     def note(self, text: str) -> None:
         self.progress.update(self.bar, description=text)
 
     def pause(self) -> None:
-        self.progress.stop()
+        self.live.stop()
 
     def resume(self) -> None:
-        self.progress.start()
+        self.live.start()
 
 
 class _LineView:
@@ -657,6 +760,13 @@ class _LineView:
             self.console.print(f"{time.strftime('%H:%M:%S')} {text}", highlight=False, markup=False)
         self.last_note = text
 
+    def line(self, text: str, *, shown: bool) -> None:
+        if shown:
+            self.console.print(text, highlight=False, markup=False)
+
+    def latest(self, lines: dict[str, str]) -> None:
+        pass  # no place to redraw: plain lines only
+
     def pause(self) -> None:
         pass
 
@@ -665,26 +775,33 @@ class _LineView:
 
 
 def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output: bool = False) -> int:
+    from .cli_text import visible
+
     status = EXIT_OK if task["state"] == "SUCCEED" else EXIT_TASK_FAILED
     if as_json:
         print(json.dumps(task, indent=2))
         return status
+    from .cli_ids import shortest_unique
+
     console.print(targets_table(task))
+    short = shortest_unique(task.get("targets", {}))
     for agent_id, t in sorted(task.get("targets", {}).items()):
         if t["state"] == "SUCCEED" and not all_output:
             continue
         out, err = target_output(t, "stdout"), target_output(t, "stderr")
         if not (out or err) and (t["state"] == "CANCELLED" or not (t.get("reason") or t.get("error"))):
             continue
-        console.rule(f"{escape(agent_id)}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
+        host = f" ({escape(visible(t['hostname'], keep_newlines=False))})" if t.get("hostname") else ""
+        console.rule(f"{escape(short[agent_id])}{host}: {styled(t['state'])}, exit {exit_text(t)}", align="left")
         if t.get("reason"):
-            console.print(f"reason: {t['reason']}", markup=False, highlight=False)
+            console.print(f"reason: {visible(t['reason'])}", markup=False, highlight=False)
         if t.get("error"):
-            console.print(f"error: {t['error']}", markup=False, highlight=False)
+            console.print(f"error: {visible(t['error'])}", markup=False, highlight=False)
         if out:
-            console.print(out.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False)
+            console.print(visible(out.decode("utf-8", "replace").rstrip("\n")), markup=False, highlight=False)
         if err:
-            console.print(err.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False, style="red")
+            console.print(visible(err.decode("utf-8", "replace").rstrip("\n")), markup=False, highlight=False,
+                          style="red")  # fmt: skip
     reason = f" ({task['reason']})" if task.get("reason") else ""
     console.print(f"task {task['id']} {styled(task['state'])}{escape(reason)}: {counts_text(task['counts'])}",
                   highlight=False)  # fmt: skip
@@ -695,6 +812,9 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
 
 
 def cmd_status(client: Client, args, console: Console) -> int:
+    from .cli_ids import task_id
+
+    args.task = task_id(client, args.task)
     task = client.get(f"/api/v1/tasks/{quote(args.task)}", outputs=1)
     if args.json:
         print(json.dumps(task, indent=2))
@@ -709,13 +829,45 @@ def cmd_status(client: Client, args, console: Console) -> int:
         console.print(f"created {when(task['created_at'])}, finished {when(task['finished_at'])}{revised}; "
                       f"targets {escape(' '.join(task['targets_spec']))}; {limits}", markup=False, highlight=False)
         console.print(counts_text(task["counts"]), highlight=False)
-        console.print(targets_table(task))  # fmt: skip
+        console.print(targets_table(task, offline_agents(client, task)))  # fmt: skip
     return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING") else EXIT_TASK_FAILED
 
 
+def offline_targets(client: Client, task: dict[str, Any]) -> list[str]:
+    """The task's targets whose agents are offline now, as "hostname (short id)": named on
+    purpose, they wait for their agents (until the delivery timeout), they do not run."""
+    from .cli_text import visible
+
+    offline = {a["id"]: a["hostname"] for a in client.get("/api/v1/agents", online="false")["agents"]}
+    if not offline:
+        return []
+    targets = task.get("targets") or client.get(f"/api/v1/tasks/{quote(task['id'])}").get("targets", {})
+    return [f"{visible(offline[a] or '', keep_newlines=False)} ({a[:SHORT_ID]})" for a in sorted(targets) if a in offline]
+
+
+def offline_agents(client: Client, task: dict[str, Any]) -> frozenset[str]:
+    """The task's targets whose agents are offline, when some target still waits for its agent."""
+    if not any(t["state"] in ("WAITING", "DISPATCHED") for t in task.get("targets", {}).values()):
+        return frozenset()
+    return frozenset(a["id"] for a in client.get("/api/v1/agents", online="false")["agents"])
+
+
 def cmd_output(client: Client, args, console: Console) -> int:
+    from .cli_ids import FULL, expand, task_id
+
     stream = "stderr" if args.stderr else "stdout"
     out = sys.stdout.buffer
+    args.task = task_id(client, args.task)
+    if args.agent and len(args.agent) < FULL:
+        targets = client.get(f"/api/v1/tasks/{quote(args.task)}").get("targets", {})
+        args.agent = expand(args.agent, targets, "agent")
+    if args.follow:
+        if not args.agent:
+            raise CliError("--follow needs an AGENT: mschedule output TASK AGENT --follow")
+        from .cli_live import follow_output
+
+        follow_output(client, args.task, args.agent, stream, out)
+        return EXIT_OK
     if args.agent:
         reply = client.request("GET", f"/api/v1/tasks/{quote(args.task)}/targets/{quote(args.agent)}/output",
                                query={"stream": stream})  # fmt: skip
@@ -734,6 +886,9 @@ def cmd_output(client: Client, args, console: Console) -> int:
 
 
 def cmd_kill(client: Client, args, console: Console) -> int:
+    from .cli_ids import task_id
+
+    args.task = task_id(client, args.task)
     task = client.post(f"/api/v1/tasks/{quote(args.task)}/kill")
     console.print(f"kill requested for task {task['id']} (now {task['state']}: {counts_text(task['counts'])})",
                   highlight=False, markup=False)  # fmt: skip
@@ -745,12 +900,16 @@ def cmd_tasks(client: Client, args, console: Console) -> int:
     if args.json:
         print(json.dumps(page["tasks"], indent=2))
         return EXIT_OK
+    from .cli_ids import shortest_unique
+    from .cli_text import visible
+
     out_table = table("tasks, newest first")
-    for col in ("ID", "Name", "State", "Targets", "Progress", "Created"):
-        out_table.add_column(col, overflow="fold")
+    for col in ("ID", "Name", "State", "Progress", "Created"):
+        out_table.add_column(col, overflow="fold", no_wrap=col in ("ID", "State", "Created"))
+    short = shortest_unique(t["id"] for t in page["tasks"])
     for t in page["tasks"]:
-        out_table.add_row(escape(t["id"]), escape(t["name"]), styled(t["state"]), str(t["target_count"]),
-                      counts_text(t["counts"]), when(t["created_at"]))  # fmt: skip
+        out_table.add_row(escape(short[t["id"]]), escape(visible(t["name"], keep_newlines=False)), styled(t["state"]),
+                          progress_text(t["counts"], t["target_count"]), when(t["created_at"]))  # fmt: skip
     console.print(out_table)
     return EXIT_OK
 
@@ -769,6 +928,8 @@ def b64(data: bytes) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import cli_args
+
     p = argparse.ArgumentParser(prog="mschedule", description="Run shell scripts on a fleet through mschedule-master.")
     p.add_argument("--master", default=os.environ.get("MSCHEDULE_MASTER", DEFAULT_MASTER),
                    help="master URL (env MSCHEDULE_MASTER; default %(default)s); token from env MSCHEDULE_TOKEN")
@@ -787,18 +948,32 @@ def parser() -> argparse.ArgumentParser:
                    help="agent id or selector (repeatable)")
     r.add_argument("-c", dest="command", metavar="COMMAND", help="the script as one command line")
     r.add_argument("script_file", nargs="?", metavar="SCRIPT_FILE", help="the script file ('-' = stdin)")
-    r.add_argument("--parallel", default="1", metavar="N|N%", help="targets running at once (default 1)")
-    r.add_argument("--fail-count", type=int, default=-1, metavar="N", help="abort after more than N failures")
-    r.add_argument("--fail-rate", default=None, metavar="R|N%", help="abort when failures exceed this share")
-    r.add_argument("--timeout", type=float, default=0, metavar="S", help="seconds per target (0 = none)")
+    r.add_argument("--parallel", type=cli_args.parallel, default=1, metavar="N|N%",
+                   help="targets running at once (default 1)")
+    r.add_argument("--fail-count", type=cli_args.fail_count, default=-1, metavar="N",
+                   help="abort after more than N failures (-1, the default: no limit)")
+    r.add_argument("--fail-rate", type=cli_args.fail_rate, default=None, metavar="R|N%",
+                   help="abort when failures exceed this share")
+    r.add_argument("--timeout", type=cli_args.seconds, default=0, metavar="S", help="seconds per target (0 = none)")
     r.add_argument("--on-abort", choices=("kill", "drain"), default="kill")
+    r.add_argument("--delivery-timeout", type=cli_args.positive_seconds, metavar="S",
+                   help="seconds an agent has to accept the task (default: the master's)")
+    r.add_argument("--output-cap", type=cli_args.byte_count, metavar="BYTES", help="keep at most this much output")
     r.add_argument("--name", default="")
     r.add_argument("--env", action="append", metavar="KEY=VALUE")
-    r.add_argument("--cwd")
+    r.add_argument("--cwd", metavar="DIR", help="run the script there (default /)")
+    r.add_argument("--request-id", metavar="ID", help="submitting the same request again returns the same task")
+    r.add_argument("-y", "--yes", action="store_true", help="start without asking, however many targets")
+    r.add_argument("--confirm-over", type=cli_args.count, metavar="N",
+                   default=os.environ.get("MSCHEDULE_CONFIRM_OVER", str(DEFAULT_CONFIRM_OVER)),
+                   help="ask before starting on more than N targets (env MSCHEDULE_CONFIRM_OVER; default %(default)s)")
     r.add_argument("--show-output", action="store_true", help="print every target's output at the end, not only "
                    "the failed ones")
     r.add_argument("--no-wait", action="store_true", help="print the task id and return")
     r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
+    r.add_argument("-f", "--follow", action="store_true", help="print the targets' output as it is written, "
+                   "each line prefixed by its host (default: the latest line of each target under the progress)")
+    r.add_argument("--no-stream", action="store_true", help="the targets send their output only at the end")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a task and its targets")
@@ -810,6 +985,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("task")
     o.add_argument("agent", nargs="?")
     o.add_argument("--stderr", action="store_true")
+    o.add_argument("-f", "--follow", action="store_true", help="with AGENT: print the output as it is written "
+                   "(tail -f), until the target ends")
     o.set_defaults(fn=cmd_output)
 
     k = sub.add_parser("kill", help="kill a task")
@@ -822,6 +999,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(fn=cmd_tasks)
 
+    from . import cli_targets  # targets SELECTOR...
+
+    cli_targets.add_commands(sub)
     from . import cli_jobs  # job, rerun, history (it imports this module's helpers)
 
     cli_jobs.add_commands(sub)

@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 
-from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, b64, escape, finish, follow, number, quote, styled, when
+from . import cli_args
+from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, b64, escape, finish, follow, quote, styled, when
 from .cli import table as new_table
 
 # rich, the jobs module (hashlib, tomllib, orjson) and getpass are imported where used (CLI start, issue 22).
@@ -62,10 +63,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     """``run``'s flags, each without a default: only those given override (or set) a
     job's defaults."""
     p.add_argument("-t", "--target", action="append", metavar="SELECTOR", help="agent id or selector (repeatable)")
-    p.add_argument("--parallel", metavar="N|N%", help="targets running at once")
-    p.add_argument("--fail-count", type=int, metavar="N", help="abort after more than N failures")
-    p.add_argument("--fail-rate", metavar="R|N%", help="abort when failures exceed this share")
-    p.add_argument("--timeout", type=float, metavar="S", help="seconds per target (0 = none)")
+    p.add_argument("--parallel", type=cli_args.parallel, metavar="N|N%", help="targets running at once")
+    p.add_argument("--fail-count", type=cli_args.fail_count, metavar="N", help="abort after more than N failures")
+    p.add_argument("--fail-rate", type=cli_args.fail_rate, metavar="R|N%", help="abort when failures exceed this share")
+    p.add_argument("--timeout", type=cli_args.seconds, metavar="S", help="seconds per target (0 = none)")
     p.add_argument("--on-abort", choices=("kill", "drain"))
     p.add_argument("--name", help="the task's name (default NAME@VERSION)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
@@ -78,11 +79,11 @@ def given_flags(args) -> dict[str, Any]:
     if args.target:
         out["targets"] = args.target
     if args.parallel is not None:
-        out["parallel"] = number(args.parallel)
+        out["parallel"] = args.parallel
     if args.fail_count is not None:
         out["fail_count"] = args.fail_count
     if args.fail_rate is not None:
-        out["fail_rate"] = number(args.fail_rate)
+        out["fail_rate"] = args.fail_rate
     if args.timeout is not None:
         out["timeout"] = args.timeout
     if args.on_abort is not None:

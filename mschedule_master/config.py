@@ -11,6 +11,7 @@ A config file may also define targeting groups, like an Ansible inventory::
     [groups]
     web = ["web-*"]
     canary = ["web-01", "role=canary"]
+    db = "role=db"          # a single string is a one-member group
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ DEFAULT_HTTP = "127.0.0.1:9900"
 DEFAULT_CLIENT_ID = "mschedule-master"
 DEFAULT_DELIVERY_TIMEOUT = 60.0  #: seconds an agent has to accept a task
 DEFAULT_REDELIVER_INTERVAL = 5.0  #: re-publish an unacknowledged task this often
+DEFAULT_REDELIVER_MAX = 20.0  #: ... the gap doubling up to this (and a kill to an absent agent's)
 DEFAULT_ACK_GRACE = 5.0  #: extra wait past a task's expiry before UNREACHABLE
 DEFAULT_LOST_GRACE = 60.0  #: agent offline this long mid-run -> LOST
 DEFAULT_LOST_MAX = 600.0  #: ... but while its datacenter's bridge is down, LOST only after this
@@ -62,6 +64,7 @@ class Settings:
     client_id: str = DEFAULT_CLIENT_ID
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
     redeliver_interval: float = DEFAULT_REDELIVER_INTERVAL
+    redeliver_max: float = DEFAULT_REDELIVER_MAX
     ack_grace: float = DEFAULT_ACK_GRACE
     lost_grace: float = DEFAULT_LOST_GRACE
     lost_max: float = DEFAULT_LOST_MAX
@@ -75,7 +78,7 @@ class Settings:
     lease: float = DEFAULT_LEASE  #: --db postgresql://: seconds a silent leader keeps the lead
 
     def __post_init__(self) -> None:
-        for name in ("delivery_timeout", "redeliver_interval", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
+        for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
@@ -139,6 +142,9 @@ def from_env(env: dict[str, str]) -> dict[str, object]:
 
 def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> Settings:
     merged = layers.merge((file_values, env_values, {k: v for k, v in flag_values.items() if v is not None}))
+    groups = merged.get("groups")
+    if isinstance(groups, dict):  # web = "role=web" is a one-member group, as web = ["role=web"]
+        merged["groups"] = {k: [v] if isinstance(v, str) else v for k, v in groups.items()}
     for name in _FLOATS & set(merged):
         try:
             merged[name] = float(merged[name])
@@ -163,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", dest="client_id", help=f"MQTT client id (default {DEFAULT_CLIENT_ID})")
     p.add_argument("--delivery-timeout", dest="delivery_timeout", type=float, help="seconds an agent has to accept a task")
     p.add_argument("--redeliver-interval", dest="redeliver_interval", type=float, help="re-publish unacked tasks this often")
+    p.add_argument("--redeliver-max", dest="redeliver_max", type=float,
+                   help=f"longest gap between re-publications (default {DEFAULT_REDELIVER_MAX:g})")
     p.add_argument("--ack-grace", dest="ack_grace", type=float, help="grace past expiry before UNREACHABLE")
     p.add_argument("--lost-grace", dest="lost_grace", type=float, help="seconds an agent may be offline mid-run before LOST")
     p.add_argument("--lost-max", dest="lost_max", type=float,

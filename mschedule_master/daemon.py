@@ -82,6 +82,14 @@ SYNC_RESEND = 5.0
 POLL_LEAD = 0.5
 
 
+def rollout_timing(s: config.Settings) -> Timing:
+    """The rollouts' timings, as the settings give them."""
+    return Timing(
+        delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, redeliver_max=s.redeliver_max,
+        ack_grace=s.ack_grace, lost_grace=s.lost_grace, lost_max=s.lost_max, kill_resend=s.kill_resend,
+    )  # fmt: skip
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     from . import logs
 
@@ -264,7 +272,8 @@ class Daemon:
         transport = MqttTransport(
             s.broker,
             client_id=s.client_id,
-            subscriptions=[(t, 1) for t in subscriptions],
+            # live output at QoS 0: the broker never queues it for an absent master (docs/protocol.md)
+            subscriptions=[(t, 1) for t in subscriptions] + [(t, 0) for t in self.topics.output_subscriptions()],
             on_message=self._on_message,
             on_connect=lambda _sp: self._connected(transport),
             will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),
@@ -274,10 +283,7 @@ class Daemon:
             transport=transport, topics=self.topics, instance=self.instance, client_id=s.client_id,
             started_at=self.started_at, republish=lambda: self._publish_status(transport), yield_to=self._yield,
         )  # fmt: skip
-        timing = Timing(
-            delivery_timeout=s.delivery_timeout, redeliver_interval=s.redeliver_interval, ack_grace=s.ack_grace,
-            lost_grace=s.lost_grace, lost_max=s.lost_max, kill_resend=s.kill_resend,
-        )  # fmt: skip
+        timing = rollout_timing(s)
         metrics = self._metrics or Metrics()
         store.on_commit = metrics.committed
         counted = metrics.counting(transport)

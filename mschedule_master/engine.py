@@ -173,7 +173,7 @@ class Engine:
             timeout=spec.timeout, parallel=spec.parallel, fail_rate=spec.fail_rate, fail_count=spec.fail_count,
             on_abort=spec.on_abort, env=dict(spec.env), cwd=spec.cwd, output_cap=spec.output_cap,
             delivery_timeout=delivery_timeout, state=TaskState.WAITING, reason="", created_at=now, finished_at=None,
-            counts={TargetState.WAITING.value: len(agent_ids)}, target_count=len(agent_ids),
+            counts={TargetState.WAITING.value: len(agent_ids)}, target_count=len(agent_ids), stream=spec.stream,
         )  # fmt: skip
         with self.batch():
             self.store.insert_task(task, agent_ids, spec.request_id, digest)
@@ -406,6 +406,7 @@ class Engine:
             msg = protocol.Task(
                 id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
                 fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
+                stream=t.stream,
                 epoch=self.epoch,
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))

@@ -120,7 +120,7 @@ class JobService:
         spec = Submit(
             targets=agent_ids, script=task.script, name=task.name, timeout=task.timeout, parallel=task.parallel,
             fail_rate=task.fail_rate, fail_count=task.fail_count, on_abort=task.on_abort, env=dict(task.env),
-            cwd=task.cwd, output_cap=task.output_cap, delivery_timeout=task.delivery_timeout,
+            cwd=task.cwd, output_cap=task.output_cap, delivery_timeout=task.delivery_timeout, stream=task.stream,
         )  # fmt: skip
         link = self.store.task_link(task_id)
         job, version = (link.job, link.job_version) if link else (None, None)

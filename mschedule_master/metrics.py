@@ -69,6 +69,13 @@ class Metrics:
         self.rejects = Counter(
             "mschedule_rejects_total", "Tasks agents refused, by reject code", ["reason"], registry=r
         )
+        self.live_chunks = Counter(
+            "mschedule_live_output_chunks_total",
+            "Live output chunks from agents: stored, duplicate (a copy seen before), refused (no running "
+            "target), gap (one before it was lost on the way)",
+            ["outcome"],
+            registry=r,
+        )
         self.messages_in = Counter(
             "mschedule_mqtt_messages_received_total", "MQTT messages the master applied", registry=r
         )
@@ -98,6 +105,9 @@ class Metrics:
 
     def duplicate_result(self) -> None:
         self.duplicate_results.inc()
+
+    def live_chunk(self, outcome: str) -> None:
+        self.live_chunks.labels(outcome).inc()
 
     def rejected(self, code: str) -> None:
         self.rejects.labels(code if code in REJECT_CODES else "other").inc()

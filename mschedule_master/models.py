@@ -90,6 +90,13 @@ class Task:
     #: when the task's state was last recomputed because a late report revised a target's
     #: verdict (see docs/rollout.md "Provisional verdicts"); None if never.
     revised_at: float | None = None
+    #: its targets send their output live while it runs (docs/protocol.md ``output``)
+    stream: bool = True
+
+
+#: Event kinds only a watcher of their one task receives (a live output chunk, its end):
+#: the fleet-wide stream would carry every running script's output to every page.
+TASK_ONLY_EVENTS = frozenset({"output", "output_end"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,15 @@ class NotFound(ServiceError):
         super().__init__(f"{what} {ident!r} not found")
         self.what = what
         self.ident = ident
+
+
+class TaskEnded(ServiceError):
+    """A kill of a task that had already ended (HTTP 409): nothing is left to kill."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        super().__init__(f"task {task_id} had already ended ({state}): nothing to kill")
+        self.task_id = task_id
+        self.state = state
 
 
 class InvalidRequest(ServiceError):
@@ -149,8 +165,15 @@ class Service(Protocol):
 
     def agent(self, agent_id: str) -> Agent: ...
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[Task]:
-        """Newest first, without targets."""
+    def resolve_targets(self, selectors: list[str]) -> list[Agent]:
+        """The agents a task with these selectors would run on, as it would order them
+        (nothing runs). Raises InvalidRequest (field ``targets``)."""
+        ...
+
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[Task]:
+        """Newest first, without targets; ``id_prefix``: only the ids that start with it."""
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> Task:
         """With targets (and their output unless ``outputs=False``, its last ``tail`` + 1 bytes

@@ -111,6 +111,7 @@ SCHEMAS: dict[str, Any] = {
             "cwd": {"type": ["string", "null"]},
             "output_cap": {"type": ["integer", "null"]},
             "delivery_timeout": _NUM,
+            "stream": {"type": "boolean", "description": "targets send their output live while it runs (default)"},
         },
     },  # fmt: skip
     "Target": {
@@ -188,6 +189,7 @@ SCHEMAS: dict[str, Any] = {
             "cwd": {"type": ["string", "null"]},
             "output_cap": {"type": ["integer", "null"]},
             "delivery_timeout": {"type": "number"},
+            "stream": {"type": "boolean", "description": "targets send their output live while it runs"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "target_count": {"type": "integer"},
             "targets": {
@@ -327,6 +329,27 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(_ref("Agent"), "the agent"), "401": _UNAUTH, "404": _err("unknown agent")},
         }
     },
+    "/api/v1/targets/resolve": {
+        "post": {
+            "summary": "Preview which agents selectors match now (what a task would run on); nothing runs",
+            "operationId": "resolveTargets",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"type": "object", "additionalProperties": False, "required": ["targets"], "properties": {
+                    "targets": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "\\S"},
+                                "description": "selectors, as a task's targets"}}},
+                "example": {"targets": ["role=web"]}}}},
+            "responses": {
+                "200": _json({"type": "object", "required": ["targets", "count", "agents"], "properties": {
+                    "targets": {"type": "array", "items": {"type": "string"}},
+                    "count": {"type": "integer", "minimum": 1},
+                    "agents": {"type": "array", "items": _ref("Agent"), "description": "in a task's order"}}},
+                    "the matching agents"),
+                "400": _err("bad JSON, or a selector that is malformed or matches no agent"),
+                "401": _UNAUTH,
+                "413": _err("body too large"),
+            },
+        }
+    },
     "/api/v1/tasks": {
         "post": {
             "summary": "Submit a task",
@@ -347,6 +370,7 @@ PATHS: dict[str, Any] = {
                        "only tasks in this state (upper or lower case)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
                 _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "tasks to skip"),
+                _query("id_prefix", {"type": "string"}, "only tasks whose id starts with this (the CLI's short ids)"),
             ],
             "responses": {
                 "200": _json(
@@ -391,11 +415,16 @@ PATHS: dict[str, Any] = {
                 _TASK_ID,
                 _AGENT_ID,
                 _query("stream", {"type": "string", "enum": ["stdout", "stderr"], "default": "stdout"}, "which stream"),
+                _query("follow", QUERY_BOOL,
+                       "tail -f: a chunked answer that carries the output as it is written and ends when the "
+                       "target does (bytes never sent live show as a line '[mschedule: N bytes skipped]')"),
             ],
             "responses": {
                 "200": {
                     "description": "raw bytes; X-Mschedule-State, X-Mschedule-Exit-Code, X-Mschedule-Truncated, "
-                    "X-Mschedule-Total-Bytes headers",
+                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow, and none of those). "
+                    "A target still running answers what it has written so far (its live output), with "
+                    "X-Mschedule-Live: true",
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "400": _err("bad stream"),
@@ -409,18 +438,27 @@ PATHS: dict[str, Any] = {
             "summary": "Kill the task: running targets are killed, waiting ones cancelled (no body)",
             "operationId": "killTask",
             "parameters": [_TASK_ID],
-            "responses": {"202": _json(_ref("Task"), "kill requested"), "401": _UNAUTH, "404": _err("unknown task")},
+            "responses": {"202": _json(_ref("Task"), "kill requested"), "401": _UNAUTH, "404": _err("unknown task"),
+                          "409": _err("the task had already ended: nothing to kill")},
         }
     },
     "/api/v1/events": {
         "get": {
             "summary": "Server-sent events (task, target, agent changes; hello; resync)",
-            "parameters": [_query("task", {"type": "string"}, "only this task's events")],
+            "parameters": [
+                _query("task", {"type": "string"}, "only this task's events"),
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "the id of the last event received (a reconnect): the events since come first, "
+                                "or resync when they are no longer all known"},
+            ],
             "responses": {
-                "200": {"description": "an event stream: hello first, then task, target, agent ... events; "
-                        "resync when events were dropped (re-read everything)",
+                "200": {"description": "an event stream: hello first, then the events missed since Last-Event-ID, "
+                        "then for an ended task its final state (a task event, data.final true), then task, "
+                        "target, agent ... events as they happen, each with an id; resync when events were "
+                        "dropped (re-read everything)",
                         "content": {"text/event-stream": {"schema": _ref("ServerSentEvent")}}},
                 "401": _UNAUTH,
+                "404": _err("unknown task"),
             },
         }
     },

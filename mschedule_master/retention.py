@@ -120,7 +120,7 @@ class Retention:
         with self.store.db() as c:
             ids = self._candidates(c, cutoff)
             for task_id in ids:
-                for table in ("targets", "events"):
+                for table in ("targets", "events", "live_output"):
                     n = c.execute(
                         f"delete from {table} where rowid in (select rowid from {table} where task_id=? limit ?)",
                         (task_id, budget),

@@ -17,9 +17,10 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
-from . import models
+from . import models, targeting
 from .engine import Engine
 from .jobservice import JobService
+from .liveoutput import LiveIngest, chunks_after
 from .models import NotFound
 from .reads import Reads
 from .registry import BRIDGE_CLIENT_PREFIX, Change, Registry
@@ -61,6 +62,7 @@ class MasterService:
         self.jobs = JobService(engine=engine, clock=clock)
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
+        self.live = LiveIngest(engine=engine, store=store)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 
@@ -70,7 +72,19 @@ class MasterService:
         return task
 
     def kill(self, task_id: str) -> models.Task:
+        before = self.store.get_task(task_id, with_targets=False)
+        if before is not None and before.state.final:
+            raise models.TaskEnded(task_id, before.state.value)
         return self.engine.kill(task_id)
+
+    def resolve_targets(self, selectors: list[str]) -> list[models.Agent]:
+        agents = self.registry.agents()
+        try:
+            ids = targeting.resolve(list(selectors), agents, self.engine.groups)
+        except ValueError as e:  # targeting.UnknownSelector and its kin
+            raise models.InvalidRequest(str(e), field="targets") from None
+        by_id = {a.id: a for a in agents}
+        return [by_id[i] for i in ids]
 
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None
@@ -91,14 +105,20 @@ class MasterService:
             raise NotFound("agent", agent_id)
         return a
 
-    def tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        return _tasks(self.store, state=state, limit=limit, offset=offset)
+    def tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[models.Task]:
+        return _tasks(self.store, state=state, limit=limit, offset=offset, id_prefix=id_prefix)
 
     def task(self, task_id: str, *, outputs: bool = True, targets: bool = True, tail: int | None = None) -> models.Task:
         return _task(self.store, task_id, outputs=outputs, targets=targets, tail=tail)
 
     def output(self, task_id: str, agent_id: str) -> models.Target:
         return _output(self.store, task_id, agent_id)
+
+    def live_chunks(self, task_id: str, agent_id: str, stream: str, offset: int) -> list[Any]:
+        """The live output of one running target's stream past ``offset`` (see :mod:`.liveoutput`)."""
+        return chunks_after(self.store, task_id, agent_id, stream, offset)
 
     async def read_off_loop(self, name: str, *args: Any, **kw: Any) -> Any:
         """``tasks``, ``task`` or ``output`` read in a reader thread (see :mod:`reads`), so a
@@ -172,6 +192,8 @@ class MasterService:
             self._status(info, incoming)
         elif info.kind == "heartbeat":
             self._heartbeat(info, incoming)
+        elif info.kind == "output":
+            self.live.handle(info, incoming)
         elif info.kind == "submit":
             self.submissions.handle(incoming)
         else:
@@ -252,4 +274,4 @@ def _output(store: Store, task_id: str, agent_id: str) -> models.Target:
     return t
 
 
-_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output}
+_READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output, "live_chunks": chunks_after}

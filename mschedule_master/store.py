@@ -149,6 +149,19 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "create index if not exists events_ts on events (ts)",
         ),
     ),
+    # Live output (mschedule_master/liveoutput.py, docs/protocol.md "output"): the agents'
+    # chunks while a target runs, by (task, agent, seq); deleted once the target ends.
+    (
+        "live-output-1",
+        (
+            """create table if not exists live_output (
+                task_id text not null, agent_id text not null, seq integer not null, stream text not null,
+                offset integer not null, skipped integer not null, data blob not null,
+                primary key (task_id, agent_id, seq))""",
+            "create index if not exists live_output_stream on live_output (task_id, agent_id, stream, offset)",
+            "alter table tasks add column stream integer not null default 1",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (
@@ -360,12 +373,12 @@ class Store:
             if request_id is not None and digest is not None:
                 c.execute("insert into request_digests (request_id, digest) values (?,?)", (request_id, digest))
             c.execute(
-                f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     task.id, task.name, task.script, _dumps(task.targets_spec), task.timeout, _dumps(task.parallel),
                     _dumps(task.fail_rate), task.fail_count, task.on_abort, _dumps(task.env), task.cwd,
                     task.output_cap, task.delivery_timeout, task.state.value, task.reason, task.created_at,
-                    task.finished_at, len(agent_ids), request_id,
+                    task.finished_at, len(agent_ids), request_id, int(task.stream),
                 ),
             )  # fmt: skip
             c.executemany(
@@ -493,12 +506,21 @@ class Store:
         targets = self.targets(task_id, outputs=outputs, tail=tail) if with_targets else None
         return _task(row, counts, targets)
 
-    def list_tasks(self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0) -> list[models.Task]:
-        sql, args = f"select {_TASK_COLS} from tasks", []
+    def list_tasks(
+        self, *, state: TaskState | None = None, limit: int = 50, offset: int = 0, id_prefix: str | None = None
+    ) -> list[models.Task]:
+        """Newest first; ``id_prefix``: only ids starting with it (a range on the key, as git's short ids)."""
+        where: list[str] = []
+        args: list[str | int] = []
         if state is not None:
-            sql, args = sql + " where state=?", [state.value]
-        rows = self._conn.execute(sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset])
-        rows = rows.fetchall()
+            where, args = ["state=?"], [state.value]
+        if id_prefix:
+            where += ["id >= ?", "id < ?"]
+            args += [id_prefix, id_prefix + "\U0010ffff"]
+        sql = f"select {_TASK_COLS} from tasks" + (" where " + " and ".join(where) if where else "")
+        rows = self._conn.execute(
+            sql + " order by created_at desc, rowid desc limit ? offset ?", [*args, limit, offset]
+        ).fetchall()
         counts = self._counts([r[0] for r in rows])
         return [_task(r, counts.get(r[0], {}), None) for r in rows]
 
@@ -602,11 +624,11 @@ class Store:
 
 _INSERT_TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, output_cap, "
-    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id"
+    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id, stream"
 )
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
-    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at"
+    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at, stream"
 )
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
@@ -625,7 +647,7 @@ def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None)
         fail_rate=json.loads(r[6]) if r[6] is not None else None, fail_count=r[7], on_abort=r[8],
         env=json.loads(r[9]), cwd=r[10], output_cap=r[11], delivery_timeout=r[12], state=TaskState(r[13]),
         reason=r[14], created_at=r[15], finished_at=r[16], counts=counts, target_count=r[17], targets=targets,
-        revised_at=r[18],
+        revised_at=r[18], stream=bool(r[19]),
     )  # fmt: skip
 
 

@@ -73,6 +73,12 @@ EXAMPLES: dict[str, p.Message] = {
         started_at=1700000003.0, finished_at=1700000033.5, error="timed out after 30 s",
     ),
     "reject": Reject(id="t1", agent_id="a1", code="expired", reason="received after expires_at"),
+    "output": p.OutputChunk(id="t1", agent_id="a1", seq=3, stream="stderr", offset=70000, data=b"\xff\xfe not utf-8\n",
+                            skipped=4096),
+    "output_end": p.OutputEnd(
+        id="t1", agent_id="a1", seq=4, stdout_bytes=10, stderr_bytes=70015, stdout_sha256="a" * 64,
+        stderr_sha256="b" * 64, skipped=4096,
+    ),
     "submit": Submit(
         targets=["label:role=web", "a1"], script=b"uptime\n", request_id="r1", name="uptime", timeout=10,
         parallel=2, fail_rate="10%", fail_count=1, on_abort="drain", env={"X": "1"}, cwd="/", output_cap=4096,
@@ -866,3 +872,49 @@ def test_a_result_reports_the_sha256_of_the_script_it_ran():
     with pytest.raises(ValueError) as info:
         Result(id="t", agent_id="a", state="SUCCEED", code=0, script_sha256="A" * 64)
     assert info.value.field == "script_sha256"
+
+
+# --------------------------------------------------------------------------- live output
+
+
+def test_output_topic_is_per_agent_per_task_and_parses_back_with_the_task():
+    t = Topics("prod/ms")
+    assert t.output("a1", "t1") == "prod/ms/output/a1/t1"
+    info = t.parse("prod/ms/output/a1/t1")
+    assert (info.kind, info.agent_id, info.task_id, info.dc) == ("output", "a1", "t1", None)
+    info = t.parse("prod/ms/dc/bj/output/a1/t1")
+    assert (info.kind, info.agent_id, info.task_id, info.dc) == ("output", "a1", "t1", "bj")
+    assert t.parse("prod/ms/output/a1") is None
+    assert t.parse("prod/ms/output/a1/t1/x") is None
+    assert "prod/ms/output/+/+" in t.output_subscriptions()
+    assert not any("output" in s for s in t.master_subscriptions())  # taken at QoS 0, apart
+
+
+@pytest.mark.parametrize(
+    "changes, field_name",
+    [({"stream": "stdin"}, "stream"), ({"seq": -1}, "seq"), ({"offset": 5, "skipped": 6}, "skipped"),
+     ({"data": "not base64!"}, "data"), ({"id": "a/b"}, "id")],
+)  # fmt: skip
+def test_a_bad_output_chunk_is_refused_with_its_field(changes, field_name):
+    with pytest.raises(p.DecodeError) as e:
+        decode(wire("output", payload_of("output", **changes)))
+    assert e.value.field == field_name
+
+
+def test_an_output_end_needs_real_sha256_digests():
+    with pytest.raises(p.DecodeError) as e:
+        decode(wire("output_end", payload_of("output_end", stdout_sha256="A" * 64)))
+    assert e.value.field == "stdout_sha256"
+
+
+def test_stream_defaults_to_on_and_an_unchanged_submit_keeps_its_old_digest():
+    assert decode(wire("task", payload_of("task", stream=...))).stream is True
+    s = EXAMPLES["submit"]
+    assert s.stream is True
+    assert dataclasses.replace(s, stream=False).digest() != s.digest()
+    doc = orjson.loads(encode(s))["payload"]
+    del doc["stream"]
+    doc.update(request_id=None, script=base64.b64encode(s.script_bytes).decode(), script_text=None)
+    import hashlib
+
+    assert hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest() == s.digest()

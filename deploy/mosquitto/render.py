@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Render mschedule's broker configs from the templates next to this file.
 
-    render.py central --out DIR --dc bj --dc sh [--operator alice]... [--master-port 1884]
-    render.py edge    --out DIR --dc bj --central HOST:PORT --credentials FILE
+    render.py central --out DIR --dc bj --dc sh [--operator alice]... [--port 1883] [--bind ADDR]
+                      [--master-port 1884] [--master-bind ADDR] [--data-dir DIR]
+    render.py edge    --out DIR --dc bj --central HOST:PORT --credentials FILE [--port 1883] [--bind ADDR]
 
 ``central`` writes DIR/mosquitto.conf (from central.conf), DIR/conf.d/master.conf (the
 master's own listener, from central-master.conf) and DIR/acl (agents, master,
@@ -32,6 +33,7 @@ DEFAULT_CONF_DIR = "/etc/mschedule/mosquitto"
 DEFAULT_DATA_DIR = "/var/lib/mschedule-broker"
 MASTER_USER = "mschedule-master"
 DEFAULT_MASTER_PORT = 1884
+DEFAULT_PORT = 1883  #: the main listener's port (agents, bridges, operators)
 
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -74,15 +76,22 @@ def check(value: str, pattern: re.Pattern, what: str) -> str:
     return value
 
 
+def listener(port: int, bind: str | None, what: str) -> str:
+    """A ``listener`` line's value: ``PORT`` (every interface) or ``PORT ADDRESS``."""
+    if not 0 < port < 65536:
+        raise RenderError(f"bad {what} port: {port}")
+    if bind is not None and not re.match(r"^[A-Za-z0-9_.:-]+$", bind):
+        raise RenderError(f"bad {what} bind address: {bind!r}")
+    return f"{port} {bind}" if bind else str(port)
+
+
 def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors: list[str], conf_dir: str,
                   data_dir: str, master_user: str = MASTER_USER, master_port: int = DEFAULT_MASTER_PORT,
-                  master_bind: str | None = None) -> dict[str, str]:
+                  master_bind: str | None = None, port: int = DEFAULT_PORT, bind: str | None = None) -> dict[str, str]:
     """The central broker's files, as {path relative to the config dir: text}."""
     check(prefix, _PREFIX, "topic prefix")
-    if not 0 < master_port < 65536:
-        raise RenderError(f"bad master port: {master_port}")
-    if master_bind is not None and not re.match(r"^[A-Za-z0-9_.:-]+$", master_bind):
-        raise RenderError(f"bad master bind address: {master_bind!r}")
+    main_listener = listener(port, bind, "listener")
+    master_listener = listener(master_port, master_bind, "master")
     for dc in dcs:
         check(dc, _LEVEL, "datacenter name")
     users = [master_user, *operators, *monitors, *map(bridge_user, dcs), *map(uplink_user, dcs)]
@@ -90,23 +99,24 @@ def central_files(*, prefix: str, dcs: list[str], operators: list[str], monitors
         check(user, _USER, "username")
     if len(set(users)) != len(users):
         raise RenderError(f"a user or datacenter is listed twice: {users}")
-    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir}
+    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir, "LISTENER": main_listener}
     acl = [fill(template("acl-agents"), base), fill(template("acl-central"), {**base, "MASTER_USER": master_user})]
     acl += [fill(template("acl-operator"), {**base, "USER": u}) for u in operators]
     acl += [fill(template("acl-monitor"), {**base, "USER": u}) for u in monitors]
     acl += [fill(template("acl-bridge"), {**base, "DC": dc}) for dc in dcs]
-    listener = f"{master_port} {master_bind}" if master_bind else str(master_port)
     return {
         "mosquitto.conf": fill(template("central.conf"), base),
-        "conf.d/master.conf": fill(template("central-master.conf"), {**base, "MASTER_LISTENER": listener}),
+        "conf.d/master.conf": fill(template("central-master.conf"), {**base, "MASTER_LISTENER": master_listener}),
         "acl": "".join(acl),
     }
 
 
 def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, uplink_password: str,
-               monitors: list[str], conf_dir: str, data_dir: str) -> dict[str, str]:
+               monitors: list[str], conf_dir: str, data_dir: str, port: int = DEFAULT_PORT,
+               bind: str | None = None) -> dict[str, str]:
     """One datacenter's edge mosquitto.conf (with its bridge) and acl."""
     check(prefix, _PREFIX, "topic prefix")
+    main_listener = listener(port, bind, "listener")
     check(dc, _LEVEL, "datacenter name")
     for user in monitors:
         check(user, _USER, "username")
@@ -115,7 +125,7 @@ def edge_files(*, prefix: str, dc: str, central: str, bridge_password: str, upli
     for user, password in ((bridge_user(dc), bridge_password), (uplink_user(dc), uplink_password)):
         if not password or any(c.isspace() for c in password):
             raise RenderError(f"bad password for {user}: empty or holds white space")
-    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir, "DC": dc}
+    base = {"PREFIX": prefix, "CONF_DIR": conf_dir, "DATA_DIR": data_dir, "DC": dc, "LISTENER": main_listener}
     conf = fill(template("edge.conf"), {**base, "CENTRAL_ADDRESS": central, "BRIDGE_PASSWORD": bridge_password,
                                         "UPLINK_PASSWORD": uplink_password})
     acl = [fill(template("acl-agents"), base)]
@@ -154,13 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--conf-dir", help="where the files will live (default: --out)")
         p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="persistence directory (default %(default)s)")
         p.add_argument("--monitor", action="append", default=[], help="a read-only username (repeat)")
+        p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the main listener's port (default %(default)s)")
+        p.add_argument("--bind", help="the main listener's address (default: every interface)")
     c = sub.choices["central"]
     c.add_argument("--dc", action="append", default=[], help="a bridged datacenter (repeat)")
     c.add_argument("--operator", action="append", default=[], help="an operator username (repeat)")
     c.add_argument("--master-user", default=MASTER_USER)
     c.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT,
                    help="the master's own listener (default %(default)s)")
-    c.add_argument("--master-bind", help="address of the master's listener (default: all)")
+    c.add_argument("--master-bind", help="address of the master's listener (default: every interface; give "
+                   "127.0.0.1 when the master runs on this host)")
     e = sub.choices["edge"]
     e.add_argument("--dc", required=True, help="this edge's datacenter name")
     e.add_argument("--central", required=True, help="central broker HOST:PORT")
@@ -172,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "central":
             files = central_files(prefix=args.prefix, dcs=args.dc, operators=args.operator, monitors=args.monitor,
                                   conf_dir=conf_dir, data_dir=args.data_dir, master_user=args.master_user,
-                                  master_port=args.master_port, master_bind=args.master_bind)
+                                  master_port=args.master_port, master_bind=args.master_bind, port=args.port,
+                                  bind=args.bind)
             write(args.out, files)
         else:
             files = edge_files(prefix=args.prefix, dc=args.dc, central=args.central,
                                bridge_password=read_password(args.credentials, bridge_user(args.dc)),
                                uplink_password=read_password(args.credentials, uplink_user(args.dc)),
-                               monitors=args.monitor, conf_dir=conf_dir, data_dir=args.data_dir)
+                               monitors=args.monitor, conf_dir=conf_dir, data_dir=args.data_dir, port=args.port,
+                               bind=args.bind)
             write(args.out, files, secret={"mosquitto.conf"})
     except (RenderError, OSError) as e:
         print(f"render.py: {e}", file=sys.stderr)

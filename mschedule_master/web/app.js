@@ -11,6 +11,7 @@ const BAD = new Set(["FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNRE
 const ACTIVE = new Set(["DISPATCHED", "RUNNING"]);
 const FALLBACK_POLL_MS = 5000;
 const MAX_OUTPUT = 8192; // bytes of each stream's tail shown per target; "show all" fetches the rest
+const LIVE_KEEP = 65536; // characters of live output kept per running target and stream
 
 const $ = (sel) => document.querySelector(sel);
 const state = {
@@ -22,6 +23,8 @@ const state = {
   refreshDelay: 150, // grows with the task's size so a big rollout is not re-read on every event
   fullOutput: new Map(), // agent id -> {out, err}: whole outputs the user asked for
   taskLimit: 50, // tasks listed; "show older tasks" adds 50 (the API's page is at most 500)
+  live: new Map(), // agent id -> live output of the shown task while the target runs (watchOutput)
+  liveStop: null, // aborts the shown task's output stream
 };
 
 // ------------------------------------------------------------------ helpers
@@ -184,6 +187,95 @@ async function readEvents() {
   }
 }
 
+// The shown task's own event stream carries its targets' live output ("output" events,
+// only on /api/v1/events?task=ID): each chunk is appended to its target's output as it
+// comes; the stored output replaces it once the target has ended.
+async function watchOutput(taskId) {
+  const stop = new AbortController();
+  state.liveStop = stop;
+  const url = `/api/v1/events?task=${encodeURIComponent(taskId)}`;
+  for (let attempt = 0; attempt < 100000 && !stop.signal.aborted; attempt++) {
+    try {
+      const resp = await fetch(url, { headers: { ...authHeaders(), Accept: "text/event-stream" }, signal: stop.signal });
+      if (resp.ok && resp.body) {
+        const reader = resp.body.getReader();
+        const dec = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const chunk = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            const m = /^data: (.*)$/m.exec(chunk);
+            if (m && /^event: output$/m.test(chunk)) onOutput(JSON.parse(m[1]).data);
+            else if (/^event: hello$/m.test(chunk)) seedLive(taskId, stop); // subscribed: read what came before
+          }
+        }
+      }
+    } catch (e) {
+      /* aborted, or the stream broke: reconnect unless aborted */
+    }
+    if (stop.signal.aborted) return;
+    await new Promise((r) => setTimeout(r, 1000 + Math.random() * 1000));
+  }
+}
+
+// What the running targets wrote before the page subscribed (at most the first 50 of them).
+async function seedLive(taskId, stop) {
+  try {
+    const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(taskId)}`);
+    const running = Object.values(t.targets || {}).filter((x) => ACTIVE.has(x.state)).slice(0, 50);
+    for (const x of running) {
+      const base = `/api/v1/tasks/${encodeURIComponent(taskId)}/targets/${encodeURIComponent(x.agent_id)}/output`;
+      for (const stream of ["stdout", "stderr"]) {
+        const resp = await fetch(`${base}?stream=${stream}`, { headers: authHeaders(), signal: stop.signal });
+        if (!resp.ok || resp.headers.get("X-Mschedule-Live") !== "true") continue;
+        const bytes = new Uint8Array(await resp.arrayBuffer());
+        if (bytes.length) onOutput({ agent_id: x.agent_id, stream, offset: 0, data: btoa(String.fromCharCode(...bytes)), encoding: "base64" });
+      }
+    }
+  } catch (e) {
+    /* the page re-reads on the next event anyway */
+  }
+}
+
+function stopWatchingOutput() {
+  if (state.liveStop) state.liveStop.abort();
+  state.liveStop = null;
+  state.live.clear();
+}
+
+function chunkBytes(d) {
+  if (d.encoding === "base64") return Uint8Array.from(atob(d.data), (c) => c.charCodeAt(0));
+  return new TextEncoder().encode(d.data);
+}
+
+function onOutput(d) {
+  if (!d || !d.agent_id || (d.stream !== "stdout" && d.stream !== "stderr")) return;
+  let l = state.live.get(d.agent_id);
+  if (!l) {
+    l = { stdout: "", stderr: "", ends: { stdout: 0, stderr: 0 },
+          dec: { stdout: new TextDecoder(), stderr: new TextDecoder() } };
+    state.live.set(d.agent_id, l);
+  }
+  const bytes = chunkBytes(d);
+  const end = l.ends[d.stream];
+  if (d.offset + bytes.length <= end) return; // seen already
+  let text = d.offset > end ? `\n[${d.offset - end} bytes skipped]\n` : "";
+  text += l.dec[d.stream].decode(d.offset < end ? bytes.subarray(end - d.offset) : bytes, { stream: true });
+  l.ends[d.stream] = d.offset + bytes.length;
+  l[d.stream] = (l[d.stream] + text).slice(-LIVE_KEEP);
+  const pre = document.querySelector(`#targets details[data-agent="${CSS.escape(d.agent_id)}"] pre.output`);
+  if (pre && pre.dataset.live === "1") {
+    pre.append(d.stream === "stderr" ? h("span", { class: "stderr" }, text) : text);
+  } else {
+    scheduleRefresh(); // no live view of this target yet: draw it
+  }
+}
+
 function scheduleRefresh() {
   if (state.refreshTimer) return;
   state.refreshTimer = setTimeout(() => {
@@ -258,6 +350,11 @@ function num(text) {
   return t; // "50%" or garbage: the master validates and names the field
 }
 
+// "parallel must be ..." already names its field: "parallel: parallel must be ..." says it twice.
+function fieldMessage(e) {
+  return e.field && !e.message.includes(e.field) ? `${e.field}: ${e.message}` : e.message;
+}
+
 async function submit(ev) {
   ev.preventDefault();
   const err = $("#submit-error");
@@ -280,7 +377,7 @@ async function submit(ev) {
     const task = await api("POST", "/api/v1/tasks", body);
     location.hash = `#/task/${encodeURIComponent(task.id)}`;
   } catch (e) {
-    err.textContent = e.field ? `${e.field}: ${e.message}` : e.message;
+    err.textContent = fieldMessage(e);
     err.hidden = false;
     const input = { script: "#script", script_text: "#script", targets: "#selectors" }[e.field] || `#${e.field}`;
     try {
@@ -335,12 +432,14 @@ async function loadTask(id) {
     ["created", when(t.created_at)],
     ["finished", when(t.finished_at)],
   ];
-  $("#task-meta").replaceChildren(...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-  $("#task-meta").append(...jobMeta(t)); // jobs.js: the job version it ran
+  const items = [...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]), ...jobMeta(t)]; // jobs.js
+  $("#task-meta").replaceChildren(...metaPairs(items));
   bar(t.counts, t.target_count, $("#task-bar"));
   $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
   $("#kill").disabled = FINAL_TASK.has(t.state);
+  const failedOrNotRun = Object.values(t.counts).length && Object.entries(t.counts).some(([s, n]) => n && s !== "SUCCEED");
+  $("#rerun-failed").disabled = !FINAL_TASK.has(t.state) || !failedOrNotRun;
   state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
   const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));
@@ -349,10 +448,46 @@ async function loadTask(id) {
   for (const x of targets) body.append(...targetRows(x, closed));
 }
 
+// Each label with its value in one grid cell, so a narrow window never wraps a label
+// to the end of one row and its value to the start of the next.
+function metaPairs(nodes) {
+  const out = [];
+  for (let i = 0; i < nodes.length; i += 2) out.push(h("div", { class: "meta-item" }, nodes[i], nodes[i + 1]));
+  return out;
+}
+
+// A running target's elapsed time, ticking between refreshes.
+function elapsedCell(x) {
+  if (x.state !== "RUNNING" || !x.started_at) return h("td", {}, dur(x.duration));
+  return h("td", { class: "elapsed", "data-started": String(x.started_at) }, `${dur(Date.now() / 1000 - x.started_at)} so far`);
+}
+
+function tickElapsed() {
+  for (const td of document.querySelectorAll("td.elapsed[data-started]")) {
+    td.textContent = `${dur(Date.now() / 1000 - Number(td.dataset.started))} so far`;
+  }
+}
+
+async function download(x, stream) {
+  const url = `/api/v1/tasks/${encodeURIComponent(state.taskId)}/targets/${encodeURIComponent(x.agent_id)}/output?stream=${stream}`;
+  try {
+    const resp = await fetch(url, { headers: authHeaders() }); // the token travels in a header: no plain link
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    const a = h("a", { href: URL.createObjectURL(await resp.blob()), download: `${state.taskId}-${x.hostname || x.agent_id}.${stream}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  } catch (e) {
+    alert(`could not download the output: ${e.message}`);
+  }
+}
+
 function targetRows(x, closed) {
   const full = state.fullOutput.get(x.agent_id);
-  const out = full ? full.out : decode(x.output, x.output_encoding);
-  const err = full ? full.err : decode(x.stderr, x.stderr_encoding);
+  const live = !full && ACTIVE.has(x.state) ? state.live.get(x.agent_id) : null; // running: what it wrote so far
+  const out = full ? full.out : live ? live.stdout : decode(x.output, x.output_encoding);
+  const err = full ? full.err : live ? live.stderr : decode(x.stderr, x.stderr_encoding);
   const row = h("tr", { "data-agent": x.agent_id, "data-state": x.state },
     h("td", { class: "mono", title: x.agent_id }, x.agent_id.slice(0, 12)),
     h("td", {}, x.hostname || ""),
@@ -364,10 +499,12 @@ function targetRows(x, closed) {
       x.reason ? h("div", { class: "muted small" }, x.reason) : null),
     h("td", { class: "mono exit" }, x.code === null ? "–" : x.signal ? `${x.code} (sig ${x.signal})` : String(x.code)),
     h("td", {}, when(x.started_at)),
-    h("td", {}, dur(x.duration)),
-    h("td", { class: "muted small" }, `${x.output_bytes} B out, ${x.stderr_bytes} B err`));
+    elapsedCell(x),
+    h("td", { class: "muted small" }, live ? "live" : `${x.output_bytes} B out, ${x.stderr_bytes} B err`,
+      !live && x.output_bytes ? h("button", { class: "link download", "data-stream": "stdout", onclick: () => download(x, "stdout") }, " ⤓ out") : null,
+      !live && x.stderr_bytes ? h("button", { class: "link download", "data-stream": "stderr", onclick: () => download(x, "stderr") }, " ⤓ err") : null));
   if (!out && !err) return [row];
-  const pre = h("pre", { class: "output" }, out);
+  const pre = h("pre", { class: "output", "data-live": live ? "1" : "0" }, out);
   if (x.output_truncated) pre.append(h("span", { class: "muted" }, "\n[the agent kept only the head and tail]"));
   if (err) pre.append(h("span", { class: "stderr" }, (out && !out.endsWith("\n") ? "\n" : "") + err));
   const clipped = !full && (x.output_clipped || x.stderr_clipped)
@@ -396,6 +533,28 @@ async function showAll(x) {
   }
 }
 
+// Re-run: the same script, limits and selectors (the selectors resolve again: today's fleet),
+// or only the targets that failed or never ran (the master's rerun, on those agents).
+async function rerun(failedOnly) {
+  try {
+    let task;
+    if (failedOnly) {
+      task = await api("POST", `/api/v1/tasks/${encodeURIComponent(state.taskId)}/rerun`, { failed: true });
+    } else {
+      const t = await api("GET", `/api/v1/tasks/${encodeURIComponent(state.taskId)}?targets=0`);
+      const body = { targets: t.targets_spec, parallel: t.parallel, fail_count: t.fail_count, timeout: t.timeout,
+        on_abort: t.on_abort, env: t.env, name: t.name, delivery_timeout: t.delivery_timeout };
+      for (const f of ["fail_rate", "cwd", "output_cap"]) if (t[f] !== null) body[f] = t[f];
+      if (t.script_encoding === "base64") body.script = t.script;
+      else body.script_text = t.script;
+      task = await api("POST", "/api/v1/tasks", body);
+    }
+    location.hash = `#/task/${encodeURIComponent(task.id)}`;
+  } catch (e) {
+    alert(`re-run failed: ${fieldMessage(e)}`);
+  }
+}
+
 async function kill() {
   if (!confirm(`Kill task ${state.taskId}? Running targets are killed, waiting ones cancelled.`)) return;
   try {
@@ -421,13 +580,20 @@ function route() {
   const m = location.hash.match(/^#\/task\/(.+)$/);
   if (!m && (jobsRoute() || schedulesRoute())) {
     // jobs.js: #/jobs, #/job/NAME[/VERSION]; schedules.js: #/schedules, #/schedule/NAME
+    stopWatchingOutput();
   } else if (m) {
+    const id = decodeURIComponent(m[1]);
+    if (state.taskId !== id || !state.liveStop) {
+      stopWatchingOutput();
+      watchOutput(id);
+    }
     state.route = "task";
-    state.taskId = decodeURIComponent(m[1]);
+    state.taskId = id;
     state.fullOutput.clear();
     $("#targets tbody").replaceChildren();
     show("#task-page");
   } else {
+    stopWatchingOutput();
     state.route = "home";
     state.taskId = null;
     state.refreshDelay = 150;
@@ -439,6 +605,9 @@ function route() {
 function init() {
   $("#submit-form").addEventListener("submit", submit);
   $("#kill").addEventListener("click", kill);
+  $("#rerun").addEventListener("click", () => rerun(false));
+  $("#rerun-failed").addEventListener("click", () => rerun(true));
+  setInterval(tickElapsed, 1000);
   $("#task-filter").addEventListener("change", () => loadTasks().catch(() => {}));
   $("#more-tasks").addEventListener("click", () => {
     state.taskLimit = Math.min(500, state.taskLimit + 50);

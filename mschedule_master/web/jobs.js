@@ -146,7 +146,7 @@ async function runJobVersion(ev) {
     const task = await api("POST", `/api/v1/jobs/${encodeURIComponent(jobsView.name)}/run`, body);
     location.hash = `#/task/${encodeURIComponent(task.id)}`;
   } catch (e) {
-    err.textContent = e.field ? `${e.field}: ${e.message}` : e.message;
+    err.textContent = fieldMessage(e); // app.js
     err.hidden = false;
   } finally {
     $("#job-run").disabled = false;

@@ -23,6 +23,8 @@ from mschedule_agent.protocol import (
     Heartbeat,
     Kill,
     Offline,
+    OutputChunk,
+    OutputEnd,
     Register,
     Reject,
     Result,
@@ -42,7 +44,11 @@ def msg_of(m):
 
 
 def is_(cls, task_id=None, **fields):
+    live = cls in (OutputChunk, OutputEnd)
+
     def pred(m):
+        if ("/output/" in m.topic) != live:
+            return False  # thousands of live chunks (a 100 MB writer): not decoded again at each wait
         x = msg_of(m)
         return (
             isinstance(x, cls)
@@ -121,14 +127,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def readme_one_liner() -> str:
     section = README.read_text().split("## Run a task by hand", 1)[1]
-    (line,) = [ln for ln in section.splitlines() if ln.startswith("mosquitto_pub ")]
+    (line,) = [ln for ln in section.splitlines() if ln.startswith("mosquitto_pub ") and "/tasks\"" in ln]
     return line
 
 
 def test_readme_mosquitto_pub_one_liner_runs_a_task_and_its_result_arrives(agent, watch, broker, prefix):
     aid = agent.agent_id
-    line = readme_one_liner().replace("-p 1883", f"-p {broker.port}").replace('"mschedule/', f'"{prefix}/')
-    subprocess.run(["bash", "-c", line], env={**os.environ, "AGENT": aid}, check=True, timeout=10)
+    line = readme_one_liner().replace('"mschedule/', f'"{prefix}/')
+    env = {**os.environ, "AGENT": aid, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(broker.port)}
+    subprocess.run(["bash", "-c", line], env=env, check=True, timeout=10)
     watch.wait_for(is_(Ack, "hello-1"), timeout=10)
     watch.wait_for(is_(Started, "hello-1"), timeout=10)
     (res,) = watch.wait_for(is_(Result, "hello-1"), timeout=15)
@@ -261,6 +268,12 @@ def test_huge_and_binary_output_is_capped_and_agent_memory_stays_bounded(agent, 
     assert r.state == "SUCCEED" and r.output_truncated and r.output_bytes == 104857600
     assert len(r.output) == 1024 * 1024 and set(r.output) == {ord("z")}
     assert r.stderr_truncated and r.stderr_bytes == 3000006 and r.stderr.startswith(b"\xff\xfetail")
+    (end,) = watch.wait_for(is_(OutputEnd, "big-1"), timeout=10)  # the live output's end marker: every byte counted
+    e = msg_of(end)
+    assert (e.stdout_bytes, e.stderr_bytes) == (104857600, 3000006)
+    import hashlib
+
+    assert e.stdout_sha256 == hashlib.sha256(b"z" * 104857600).hexdigest()
     hwm = vm_hwm_kib(agent.pid)
     print(f"agent VmHWM after a 100 MB stream: {hwm / 1024:.1f} MB")
     assert hwm < 90 * 1024, f"agent peak RSS {hwm} KiB"  # a 100 MB stream never sat in the agent's memory

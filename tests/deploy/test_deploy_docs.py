@@ -1,7 +1,8 @@
 """docs/deploy.md, run as written: every ``# step:`` block is executed with ``sh -eu`` in
 a scratch directory per host, with the page's variables pointing there and at
-loopback ports; the brokers, the master and one agent per datacenter then start from
-what the steps produced, and the operator's ``mosquitto_rr`` rollout must succeed."""
+loopback ports; the brokers start from the configs the steps rendered, the master and one
+agent per datacenter with the page's systemd-free ``# run:`` lines, and the operator's
+``mosquitto_rr`` rollout (on the group master.toml defines) must succeed."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from harness.agentproc import start_agent
 from harness.broker import ROOT, Mosquitto, free_port
-from harness.fleet import start_master
-from harness.procs import wait_until
+from harness.procs import Proc, wait_until
 from harness.require import require_tools
 
 DOC = ROOT / "docs" / "deploy.md"
 PREFIX = "mschedule"  # the page uses the default prefix; these brokers are the test's own
+
+
+OPT = str(Path(sys.executable).parent.parent)  # the virtualenv the page's step 1 makes
+DCS = "bj sh"
 
 
 def steps() -> dict[str, str]:
@@ -27,9 +31,20 @@ def steps() -> dict[str, str]:
     return dict(found)
 
 
+def run_lines() -> dict[str, str]:
+    """The ``# run:`` lines: long-running commands (the systemd-free way)."""
+    return dict(re.findall(r"```sh\n# run: ([\w-]+)\n(.*?)\n```", DOC.read_text(), re.S))
+
+
+def start_run_line(name: str, cwd: Path, **env: str) -> Proc:
+    cwd.mkdir(parents=True, exist_ok=True)
+    full = {**os.environ, "REPO": str(ROOT), "OPT": OPT, "DCS": DCS, **env}
+    return Proc(["sh", "-eu", "-c", run_lines()[name]], log_path=cwd / f"{name}.log", env=full, cwd=cwd).start()
+
+
 def run_step(name: str, cwd: Path, **env: str) -> str:
     cwd.mkdir(parents=True, exist_ok=True)
-    full = {**os.environ, "REPO": str(ROOT), **env}
+    full = {**os.environ, "REPO": str(ROOT), "OPT": OPT, "DCS": DCS, **env}
     p = subprocess.run(["sh", "-eu", "-c", steps()[name]], cwd=cwd, env=full, capture_output=True, text=True,
                        timeout=150)
     assert p.returncode == 0, f"step {name} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
@@ -41,8 +56,15 @@ def env_file(path: Path) -> dict[str, str]:
 
 
 def test_the_page_marks_every_step_the_deployment_needs():
-    assert list(steps()) == ["central", "central-credentials", "edge", "agent-id", "agent-user", "check-bridges",
-                             "operator"]
+    assert list(steps()) == ["central", "central-permissions", "central-credentials", "edge", "edge-permissions",
+                             "agent-id", "agent-user", "master-config", "check-bridges", "operator"]
+    assert list(run_lines()) == ["master", "agent"]
+
+
+def test_the_page_names_no_datacenter_outside_its_variables():
+    """bj and sh are the example's values of DCS and DC, not written into the steps."""
+    for name, block in steps().items():
+        assert not re.search(r"(?<![\w.$-])(bj|sh)(?![\w.-])", block), name
 
 
 def test_the_documented_steps_deploy_a_central_site_and_two_datacenters(tmp_path):
@@ -63,12 +85,20 @@ def deploy_as_documented(tmp_path: Path) -> None:
     central_port = free_port()
     central_addr = f"127.0.0.1:{central_port}"
     master_addr = f"127.0.0.1:{free_port()}"
+    http = f"127.0.0.1:{free_port()}"
     etc = {h: hosts[h] / "etc" for h in ("central", "bj", "sh")}
+    data = {h: hosts[h] / "data" for h in ("central", "bj", "sh")}
     running: list = []
     try:
         # 2. central
-        run_step("central", hosts["central"], ETC=str(etc["central"]), CENTRAL_MASTER=master_addr)
-        run_step("central-credentials", hosts["central"], ETC=str(etc["central"]), CENTRAL_MASTER=master_addr)
+        central_env = {"ETC": str(etc["central"]), "DATA": str(data["central"]), "CENTRAL": central_addr,
+                       "CENTRAL_MASTER": master_addr}  # fmt: skip
+        run_step("central", hosts["central"], **central_env)
+        run_step("central-permissions", hosts["central"], **central_env)
+        run_step("central-credentials", hosts["central"], **central_env)
+        conf = (etc["central"] / "mosquitto.conf").read_text()
+        assert re.search(rf"^listener {central_port}$", conf, re.M) and f"persistence_location {data['central']}/" in conf
+        assert f"listener {master_addr.split(':')[1]} 127.0.0.1" in (etc["central"] / "conf.d/master.conf").read_text()
         central = Mosquitto(hosts["central"], conf=etc["central"] / "mosquitto.conf", port=central_port, name="central")
         running.append(central.start())
         # 3. edges, each with the bridge credential "copied" from central
@@ -76,8 +106,13 @@ def deploy_as_documented(tmp_path: Path) -> None:
         for dc in ("bj", "sh"):
             hosts[dc].mkdir(parents=True, exist_ok=True)
             shutil.copy(hosts["central"] / f"bridge-{dc}.credentials", hosts[dc] / "bridge.credentials")
-            run_step("edge", hosts[dc], ETC=str(etc[dc]), DC=dc, CENTRAL=central_addr)
-            edges[dc] = Mosquitto(hosts[dc], conf=etc[dc] / "mosquitto.conf", name=dc)
+            edge_port = free_port()
+            edge_env = {"ETC": str(etc[dc]), "DATA": str(data[dc]), "DC": dc, "CENTRAL": central_addr,
+                        "EDGE": f"127.0.0.1:{edge_port}"}  # fmt: skip
+            run_step("edge", hosts[dc], **edge_env)
+            run_step("edge-permissions", hosts[dc], **edge_env)
+            assert re.search(rf"^listener {edge_port}$", (etc[dc] / "mosquitto.conf").read_text(), re.M)
+            edges[dc] = Mosquitto(hosts[dc], conf=etc[dc] / "mosquitto.conf", port=edge_port, name=dc)
             running.append(edges[dc].start())
         # 6. both bridges up, checked as the page does
         out = run_step("check-bridges", hosts["central"], ETC=str(etc["central"]), CENTRAL=central_addr)
@@ -85,11 +120,15 @@ def deploy_as_documented(tmp_path: Path) -> None:
             "$SYS/broker/connection/mschedule-bridge-bj/state 1",
             "$SYS/broker/connection/mschedule-bridge-sh/state 1",
         ], out
-        # 5. the master, with the credential the page gave it
-        master_url = env_file(hosts["central"] / "master.env")["MSCHEDULE_MASTER_BROKER"]
-        master = start_master(hosts["master"], master_url, PREFIX)
+        # 5. the master: its config made as the page says, started without systemd
+        shutil.copy(hosts["central"] / "master.env", hosts["master"].mkdir(parents=True) or hosts["master"])
+        master_etc = hosts["master"] / "etc-mschedule"
+        run_step("master-config", hosts["master"], MSCHEDULE_ETC=str(master_etc), MASTER_HTTP=http)
+        master = start_run_line("master", hosts["master"], MSCHEDULE_ETC=str(master_etc),
+                                MASTER_STATE=str(hosts["master"]))  # fmt: skip
         running.append(master)
-        # 4. one agent per datacenter
+        master.http_url = f"http://{http}"
+        # 4. one agent per datacenter, started without systemd
         agent_ids = {}
         for dc in ("bj", "sh"):
             state = hosts[f"agent-{dc}"] / "state"
@@ -97,17 +136,20 @@ def deploy_as_documented(tmp_path: Path) -> None:
             assert re.fullmatch(r"[0-9a-f]{32}", agent_id)
             run_step("agent-user", hosts[dc], ETC=str(etc[dc]), AGENT_ID=agent_id, EDGE=f"127.0.0.1:{edges[dc].port}")
             edges[dc].proc.send_signal(1)  # systemctl reload mschedule-broker
-            url = env_file(hosts[dc] / f"agent-{agent_id}.env")["MSCHEDULE_AGENT_BROKER"]
+            agent_etc = hosts[f"agent-{dc}"] / "etc-mschedule"
+            agent_etc.mkdir()
+            shutil.copy(hosts[dc] / f"agent-{agent_id}.env", agent_etc / "agent.env")  # "copy it to the agent"
             # The reload is asynchronous: the agent retries until the edge knows its user.
-            running.append(start_agent(state, url, PREFIX, timeout=60))
+            running.append(start_run_line("agent", hosts[f"agent-{dc}"], MSCHEDULE_ETC=str(agent_etc),
+                                          AGENT_STATE=str(state)))  # fmt: skip
             agent_ids[dc] = agent_id
-        wait_until(lambda: _online_dcs(master) == {agent_ids["bj"]: "bj", agent_ids["sh"]: "sh"}, 30,
+        wait_until(lambda: _online_dcs(master) == {agent_ids["bj"]: "bj", agent_ids["sh"]: "sh"}, 60,
                    what="the master seeing both agents online with their datacenters")
-        # 7. a rollout by the operator with mosquitto_rr and mosquitto_sub
-        out = run_step("operator", tmp_path / "operator", ETC=str(etc["central"]), CENTRAL=central_addr)
+        # 7. a rollout by the operator with mosquitto_rr and mosquitto_sub, on master.toml's group @bj
+        out = run_step("operator", tmp_path / "operator", ETC=str(etc["central"]), CENTRAL=central_addr, DC="bj")
         summary = out.splitlines()[-1]
         assert '"state":"SUCCEED"' in summary, out
-        assert agent_ids["bj"] in summary and agent_ids["sh"] not in summary, "dc=bj picked bj's agent only"
+        assert agent_ids["bj"] in summary and agent_ids["sh"] not in summary, "@bj picked bj's agent only"
     finally:
         for proc in reversed(running):
             proc.stop()

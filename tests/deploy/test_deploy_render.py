@@ -71,6 +71,7 @@ def test_edge_bridges_follow_the_decided_conventions():
         "agents/+/status out 1 mschedule/ mschedule/dc/bj/",
         "agents/+/heartbeat out 1 mschedule/ mschedule/dc/bj/",
         "results/+ out 1 mschedule/ mschedule/dc/bj/",
+        "output/+/+ out 0 mschedule/ mschedule/dc/bj/",  # live output: never queued (docs/protocol.md)
     ]
 
 
@@ -106,6 +107,7 @@ def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_brid
                      "mschedule-bridge-sh", "mschedule-uplink-sh"]
     assert ("pattern", "read mschedule/agents/%u/tasks") in acl
     assert ("pattern", "write mschedule/results/%u") in acl
+    assert ("pattern", "write mschedule/output/%u/+") in acl
     i = acl.index(("user", "mschedule-bridge-sh"))
     assert acl[i + 1 :] == [
         ("topic", "read mschedule/dc/sh/agents/+/tasks"),
@@ -115,12 +117,13 @@ def test_central_acl_has_agents_master_operators_monitors_and_one_block_per_brid
         ("topic", "write mschedule/dc/sh/agents/+/status"),
         ("topic", "write mschedule/dc/sh/agents/+/heartbeat"),
         ("topic", "write mschedule/dc/sh/results/+"),
+        ("topic", "write mschedule/dc/sh/output/+/+"),
     ]
 
 
 def test_edge_acl_holds_only_the_agent_patterns_and_monitors():
     acl = directives(edge(monitors=["mon"])["acl"])
-    assert [k for k, _ in acl].count("pattern") == 5
+    assert [k for k, _ in acl].count("pattern") == 6
     assert [v for k, v in acl if k == "user"] == ["mon"]
 
 
@@ -153,6 +156,18 @@ def test_central_refuses_bad_values(kw, message):
 def test_edge_refuses_bad_values(kw, message):
     with pytest.raises(render.RenderError, match=message):
         edge(**kw)
+
+
+@pytest.mark.parametrize("role", ["central", "edge"])
+def test_the_main_listener_takes_a_port_and_a_bind_address(role):
+    make = central if role == "central" else edge
+    assert dict(directives(make()["mosquitto.conf"]))["listener"] == "1883"  # every interface, by default
+    assert dict(directives(make(port=18831, bind="10.0.0.5")["mosquitto.conf"]))["listener"] == "18831 10.0.0.5"
+    assert dict(directives(make(data_dir="/srv/b")["mosquitto.conf"]))["persistence_location"] == "/srv/b/"
+    with pytest.raises(render.RenderError, match="listener port"):
+        make(port=70000)
+    with pytest.raises(render.RenderError, match="bind address"):
+        make(bind="a b")
 
 
 def test_an_unknown_placeholder_is_an_error_not_left_in_the_file():

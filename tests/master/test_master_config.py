@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mschedule_master import config
+from mschedule_master import config, daemon
 from mschedule_master.errors import ConfigError
 
 
@@ -27,7 +27,8 @@ def test_flags_beat_environment_which_beats_the_file(tmp_path):
         (["--log-level", "chatty"], {}, None, "log_level"),
         ([], {"MSCHEDULE_MASTER_LOST_GRACE": "soon"}, None, "lost_grace"),
         ([], {}, "bogus = 1\n", "bogus"),
-        ([], {}, "[groups]\nweb = 'web-*'\n", "groups"),
+        ([], {}, "[groups]\nweb = 1\n", "groups"),
+        ([], {}, "redeliver_max = 0\n", "redeliver_max"),
         ([], {}, "broker = [\n", "config"),
     ],
 )
@@ -49,3 +50,21 @@ def test_a_toml_key_spelled_with_dashes_is_the_setting_its_flag_names(tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(["--config", str(f)], {})
     assert "delivery_timeuot" in str(e.value)
+
+
+def test_a_group_given_as_one_string_is_a_one_member_group(tmp_path):
+    """docs/rollout.md: 'a single string is read as a one-member group'."""
+    f = tmp_path / "master.toml"
+    f.write_text("[groups]\ndb = 'role=db'\nweb = ['web-*', 'role=web']\n")
+    assert config.load(["--config", str(f)], {}).groups == {"db": ["role=db"], "web": ["web-*", "role=web"]}
+
+
+def test_redeliver_max_is_a_setting_of_file_environment_and_flag(tmp_path):
+    """docs/rollout.md's redeliver_max can be set, as its other timings."""
+    f = tmp_path / "master.toml"
+    f.write_text("redeliver-max = 30\n")
+    assert config.load([], {}).redeliver_max == config.DEFAULT_REDELIVER_MAX
+    assert config.load(["--config", str(f)], {}).redeliver_max == 30.0
+    assert config.load(["--config", str(f)], {"MSCHEDULE_MASTER_REDELIVER_MAX": "40"}).redeliver_max == 40.0
+    assert config.load(["--config", str(f), "--redeliver-max", "50"], {}).redeliver_max == 50.0
+    assert daemon.rollout_timing(config.load(["--redeliver-max", "50"], {})).redeliver_max == 50.0

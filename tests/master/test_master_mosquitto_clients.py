@@ -112,11 +112,10 @@ def _readme_block() -> str:
 
 def test_the_readme_one_liners_work_verbatim(broker, prefix, tmp_path):
     port = str(urlsplit(broker.url).port)
-    block = _readme_block().replace("-p 1883", f"-p {port}").replace("mschedule/", f"{prefix}/")
+    block = _readme_block().replace("mschedule/", f"{prefix}/")
+    env = {"USER": "tester", "PATH": "/usr/bin:/bin", "MQTT_HOST": "127.0.0.1", "MQTT_PORT": port}
     with Fleet(tmp_path, broker.url, prefix, agents=2):
-        run = subprocess.run(
-            ["bash", "-c", "set -e\n" + block], capture_output=True, text=True, timeout=120, env={"USER": "tester", "PATH": "/usr/bin:/bin"}
-        )
+        run = subprocess.run(["bash", "-c", "set -e\n" + block], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr
     reply = json.loads(run.stderr.strip().splitlines()[-1])["payload"]
     summary = json.loads(run.stdout)["payload"]

@@ -162,3 +162,13 @@ def test_migrations_run_once_each_on_an_existing_database(tmp_path, monkeypatch)
         names = [r[0] for r in c.execute("select name from migrations")]
     assert cols.count("extra") == 1
     assert sorted(names) == sorted([*(name for name, _ in landed), "t-extra"])
+
+
+def test_tasks_listed_by_id_prefix_are_the_ids_that_start_with_it(store):
+    """The CLI's short ids: a range on the key, not a scan."""
+    for i, task_id in enumerate(("ab12", "ab13", "ac00", "b")):
+        store.insert_task(_task(task_id, float(i)), ["a"])
+    assert [t.id for t in store.list_tasks(id_prefix="ab")] == ["ab13", "ab12"]
+    assert [t.id for t in store.list_tasks(id_prefix="ab1", limit=1)] == ["ab13"]
+    assert [t.id for t in store.list_tasks(id_prefix="ac0")] == ["ac00"]
+    assert store.list_tasks(id_prefix="z") == []

@@ -3,21 +3,19 @@ that serves it over HTTP from a loop thread, as the master daemon does."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fnmatch
 import itertools
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 
+from harness.api import LiveApi, serve_in_thread
 from mschedule_agent import protocol
-from mschedule_master import api
-from mschedule_master.models import Agent, Event, InvalidRequest, NotFound, Target, Task
+from mschedule_master.models import Agent, Event, InvalidRequest, NotFound, Target, Task, TaskEnded
 from mschedule_master.states import TargetState, TaskState
 
 
@@ -87,7 +85,8 @@ class FakeService:
         return self.task(task_id)
 
     def kill(self, task_id: str) -> Task:
-        self.task(task_id)
+        if self.task(task_id).state.final:
+            raise TaskEnded(task_id, self.task(task_id).state.value)
         self.killed.append(task_id)
         for agent_id, t in self.targets[task_id].items():
             if not t.state.final:
@@ -112,8 +111,12 @@ class FakeService:
         except KeyError:
             raise NotFound("agent", agent_id) from None
 
-    def tasks(self, *, state=None, limit=50, offset=0) -> list[Task]:
+    def resolve_targets(self, selectors: list[str]) -> list[Agent]:
+        return [self.agents_by_id[a] for a in self._resolve(selectors)]
+
+    def tasks(self, *, state=None, limit=50, offset=0, id_prefix=None) -> list[Task]:
         out = sorted(self.task_by_id.values(), key=lambda t: (t.created_at, t.id), reverse=True)
+        out = [t for t in out if t.id.startswith(id_prefix or "")]
         if state is not None:
             out = [t for t in out if t.state == state]
         return out[offset : offset + limit]
@@ -189,53 +192,6 @@ class FakeService:
     def _emit(self, ev: Event) -> None:
         for cb in list(self._subs):
             cb(ev)
-
-
-@dataclass
-class LiveApi:
-    """The API served from a loop thread; ``call`` runs a function on that loop."""
-
-    url: str
-    service: FakeService
-    loop: asyncio.AbstractEventLoop
-
-    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
-        async def run():
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
-
-
-def serve_in_thread(service, *, token: str | None = None) -> Iterator[LiveApi]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def start():
-        holder["runner"] = runner = await api.start_http(service, "127.0.0.1", 0, token=token)
-        holder["port"] = runner.addresses[0][1]
-
-    def run():
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        except BaseException as e:  # surfaced to the test below
-            holder["error"] = e
-        ready.set()
-        if "error" not in holder:
-            loop.run_forever()
-
-    thread = threading.Thread(target=run, name="api-loop", daemon=True)
-    thread.start()
-    if not ready.wait(15) or "error" in holder:
-        raise RuntimeError(f"API did not start: {holder.get('error')}")
-    try:
-        yield LiveApi(f"http://127.0.0.1:{holder['port']}", service, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(15)
-        loop.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from mschedule_master import api, openapi
+from mschedule_master import api, openapi, sse
 from mschedule_master.states import TargetState
 
 TOKEN = "s3cret-token"
@@ -358,7 +358,7 @@ def test_event_stream_delivers_the_tasks_events_only(fake_service):
             assert ev["task_id"] == ids[1] and ev["data"]["state"] == "RUNNING"
             resp.close()
             async with asyncio.timeout(10):
-                while fake_service.subscriber_count():
+                while sse.open_streams(c.app):
                     await asyncio.sleep(0.02)
 
     run(go())
@@ -372,7 +372,7 @@ def test_server_shutdown_ends_open_event_streams(fake_service):
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"http://127.0.0.1:{port}/api/v1/events") as resp:
                     await read_event(resp, "hello")
-                    assert fake_service.subscriber_count() == 1
+                    assert sse.open_streams(runner.app) == 1 and fake_service.subscriber_count() == 1
                     cleanup = asyncio.ensure_future(runner.cleanup())
                     async with asyncio.timeout(10):
                         while await resp.content.readline():

@@ -118,6 +118,15 @@ def test_kill_button_stops_a_running_task(ui_fleet, page, artifacts_dir):
     assert page.locator("#kill").is_disabled()
     assert "1 killed" in page.locator("#task-counts").inner_text()
     page.screenshot(path=str(artifacts_dir / "ui-task-killed.png"), full_page=True)
+    # One click re-runs what did not succeed: the killed and the cancelled target.
+    killed_id = page.locator("#task-id").inner_text()
+    page.click("#rerun-failed")
+    page.wait_for_url(lambda url: "#/task/" in url and killed_id not in url)
+    page.locator("#targets tbody tr[data-agent]").nth(1).wait_for()
+    assert page.locator("#targets tbody tr[data-agent]").count() == 2
+    page.once("dialog", lambda d: d.accept())
+    page.click("#kill")  # (sleep 120: do not leave it running)
+    page.locator("#task-state[data-state=KILLED]").wait_for(timeout=60_000)
 
 
 def test_bad_submission_shows_the_field(ui_fleet, page):
@@ -134,7 +143,7 @@ def test_bad_submission_shows_the_field(ui_fleet, page):
     page.fill("#parallel", "0")
     page.click("#submit")
     page.locator("#parallel.invalid").wait_for()
-    assert "parallel" in err.inner_text()
+    assert "parallel" in err.inner_text() and "parallel: parallel" not in err.inner_text()  # the field named once
     assert "#/task/" not in page.url
 
 
@@ -320,3 +329,59 @@ def test_schedules_view_lists_pauses_resumes_and_shows_fire_times_and_runs_with_
     page.wait_for_url("**/#/task/*")
     page.locator("#task-state[data-state=SUCCEED]").wait_for()
     assert "scheduled-from-page" in page.locator("#targets pre.output").inner_text()
+
+
+def test_task_page_shows_elapsed_time_keeps_labels_with_values_downloads_and_reruns(ui_fleet, page, tmp_path):
+    import json
+    import urllib.request
+
+    body = json.dumps({"targets": ["role=db"], "script_text": "echo started; sleep 3; echo done"}).encode()
+    req = urllib.request.Request(ui_fleet.url + "/api/v1/tasks", data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        task_id = json.loads(r.read())["id"]
+    page.goto(f"{ui_fleet.url}/#/task/{task_id}")
+    running = page.locator("#targets tbody tr[data-state=RUNNING] td.elapsed")
+    running.wait_for()
+    assert running.inner_text().endswith("so far")  # a running target's elapsed time
+    pairs = page.evaluate("""[...document.querySelectorAll('#task-meta > *')]
+                              .map(d => [d.className, d.children.length, d.children[0].tagName, d.children[1].tagName])""")
+    assert len(pairs) >= 8 and all(p == ["meta-item", 2, "DT", "DD"] for p in pairs), pairs  # label and value together
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    assert page.locator("#rerun-failed").is_disabled()  # nothing failed
+    with page.expect_download() as dl:
+        page.click("#targets button.download[data-stream=stdout]")
+    assert dl.value.path().read_bytes() == b"started\ndone\n"
+    assert dl.value.suggested_filename.startswith(task_id) and dl.value.suggested_filename.endswith(".stdout")
+    page.click("#rerun")  # the same script on the same selectors: a new task
+    page.wait_for_url(lambda url: "#/task/" in url and task_id not in url)
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    assert "role=db" in page.locator("#task-meta").inner_text()
+    new_id = page.locator("#task-id").inner_text()
+    with urllib.request.urlopen(f"{ui_fleet.url}/api/v1/tasks/{new_id}?targets=0", timeout=10) as r:
+        again = json.loads(r.read())
+    assert again["script"] == "echo started; sleep 3; echo done" and again["targets_spec"] == ["role=db"]
+
+
+def test_the_task_page_shows_a_running_targets_output_as_it_is_written(ui_fleet, page):
+    import json
+    import time
+    import urllib.request
+
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=db")
+    page.fill("#script", "echo start; sleep 5; echo end")
+    page.click("#submit")
+    page.wait_for_url("**/#/task/*")
+    page.wait_for_function("document.querySelector('#targets pre.output')?.textContent.includes('start')",
+                           timeout=10_000, polling=20)  # fmt: skip
+    seen = time.time()
+    task_id = page.url.rsplit("/", 1)[1]
+    with urllib.request.urlopen(f"{ui_fleet.url}/api/v1/tasks/{task_id}", timeout=10) as r:
+        (target,) = json.loads(r.read())["targets"].values()
+    assert seen - target["started_at"] < 1.0, f"start shown {seen - target['started_at']:.2f} s after the script started"
+    assert "end" not in page.locator("#targets pre.output").inner_text(), "shown only at the end"
+    assert page.locator("#targets tbody tr[data-state=RUNNING]").count() == 1
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=30_000)
+    assert page.locator("#targets pre.output").inner_text() == "start\nend\n"

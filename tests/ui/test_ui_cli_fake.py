@@ -6,6 +6,7 @@ test_ui_cli_e2e.py; these cover the CLI's own behaviour quickly.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+from mschedule_agent import protocol
 from mschedule_master import cli
 from mschedule_master.states import TargetState
 
@@ -71,7 +73,7 @@ def test_run_exits_1_and_shows_failed_output(live_api, capsys):
     t.join(20)
     out = capsys.readouterr().out
     assert rc == 1
-    assert "web1: FAILED, exit 7" in out and "disk full" in out and "partial" in out
+    assert "web1 (web1.example): FAILED, exit 7" in out and "disk full" in out and "partial" in out
     spec = live_api.service.submitted[0]
     assert spec.fail_count == 0 and spec.fail_rate == "10%"
 
@@ -113,10 +115,6 @@ class _Stdin:
     ("args", "needle"),
     [
         (["run", "-t", "nosuch", "-c", "true"], "targets: target selector 'nosuch' matched no agent"),
-        (["run", "-t", "web1", "--parallel", "0", "-c", "true"], "parallel"),
-        (["run", "-t", "web1", "--fail-rate", "3", "-c", "true"], "fail_rate"),
-        (["run", "-t", "web1", "--fail-count", "-4", "-c", "true"], "fail_count"),
-        (["run", "-t", "web1", "--on-abort", "drain", "--timeout", "-1", "-c", "true"], "timeout"),
         (["run", "-t", "web1"], "give the script"),
         (["run", "-t", "web1", "-c", "true", "x.sh"], "not both"),
         (["run", "-t", "web1", "/nonexistent/script.sh"], "cannot read /nonexistent/script.sh"),
@@ -133,6 +131,46 @@ def test_bad_input_is_one_line_and_exit_2(live_api, capsys, args, needle):
     assert needle in err and err.startswith("mschedule: error:")
     assert "\n" not in err and "Traceback" not in captured.err
     assert live_api.service.task_by_id == {}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "takes"),
+    [
+        ("--parallel", "1.5", "N (a whole number >= 1) or N%"),
+        ("--parallel", "0", "N (a whole number >= 1) or N%"),
+        ("--parallel", "120%", "N%"),
+        ("--fail-rate", "3", "a share from 0 to 1"),
+        ("--fail-count", "-4", "-1 (no limit)"),
+        ("--fail-count", "two", "a whole number >= 0"),
+        ("--timeout", "-1", "seconds"),
+        ("--delivery-timeout", "0", "seconds (a number > 0)"),
+        ("--output-cap", "1k", "a number of bytes"),
+        ("--confirm-over", "-1", "a whole number >= 0"),
+    ],
+)
+def test_number_flags_say_what_they_take(live_api, capsys, flag, value, takes):
+    with pytest.raises(SystemExit) as e:
+        mschedule(live_api, "run", "-t", "web1", flag, value, "-c", "true")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"argument {flag}: takes " in err and takes in err and f"got '{value}'" in err, err
+    assert live_api.service.task_by_id == {}
+
+
+def test_every_submit_field_has_a_run_flag(live_api):
+    """--delivery-timeout, --output-cap, --env, --cwd, --request-id ... reach the submit."""
+    argv = ["run", "-t", "web1", "--no-wait", "--parallel", "50%", "--fail-count", "0", "--fail-rate", "10%",
+            "--timeout", "30", "--on-abort", "drain", "--delivery-timeout", "7.5", "--output-cap", "4096",
+            "--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp", "--name", "nightly", "--request-id", "req-7",
+            "-c", "true"]  # fmt: skip
+    assert mschedule(live_api, *argv) == 0
+    spec = live_api.service.submitted[-1]
+    assert (spec.parallel, spec.fail_count, spec.fail_rate, spec.timeout, spec.on_abort) == ("50%", 0, "10%", 30, "drain")
+    assert (spec.delivery_timeout, spec.output_cap, spec.env, spec.cwd) == (7.5, 4096, {"A": "1", "B": "x=y"}, "/tmp")
+    assert (spec.name, spec.request_id) == ("nightly", "req-7")
+    covered = {"targets", "script", "script_text", "job", "version"}  # -t, -c/FILE; a job: `mschedule job run`
+    flags = {a.dest for a in cli.parser()._subparsers._group_actions[0].choices["run"]._actions}
+    for f in dataclasses.fields(protocol.Submit):
+        assert f.name in covered or f.name in flags, f.name
 
 
 def test_unreachable_master_is_one_line_and_exit_3(capsys):
@@ -179,6 +217,9 @@ def test_status_output_kill_and_tasks(live_api, capsys):
     assert "kill requested for task task0001 (now KILLED" in capsys.readouterr().out
     assert live_api.service.killed == ["task0001"]
     assert mschedule(live_api, "status", "task0001") == 1  # killed: not a success
+    capsys.readouterr()
+    assert mschedule(live_api, "kill", "task0001") == 2  # ended: nothing to kill (the API's 409)
+    assert "task task0001 had already ended (KILLED)" in capsys.readouterr().err
 
     assert mschedule(live_api, "tasks", "--state", "killed") == 0
     out = capsys.readouterr().out
@@ -242,7 +283,7 @@ def test_ctrl_c_asks_whether_to_kill(live_api, answer, killed):
     ("counts", "text"),
     [
         ({}, "0 succeeded, 0 failed, 0 running, 0 waiting"),
-        ({"SUCCEED": 2, "WAITING": 1, "DISPATCHED": 1, "RUNNING": 2}, "2 succeeded, 0 failed, 3 running, 1 waiting"),
+        ({"SUCCEED": 2, "WAITING": 1, "DISPATCHED": 1, "RUNNING": 2}, "2 succeeded, 0 failed, 2 running, 2 waiting"),
         ({"FAILED": 1, "TIMEOUT": 1, "LOST": 1, "UNREACHABLE": 1, "REJECTED": 1, "INTERRUPTED": 1},
          "0 succeeded, 6 failed, 0 running, 0 waiting"),
         ({"KILLED": 1, "CANCELLED": 2, "SUCCEED": 1},
@@ -358,7 +399,7 @@ def test_run_follows_events_reads_the_task_only_at_start_and_end_and_exits_at_on
 
     def drive():
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (service.task_by_id and service.subscriber_count()):
+        while time.monotonic() < deadline and not (service.task_by_id and live_api.open_streams()):
             time.sleep(0.01)
         time.sleep(0.3)  # the CLI has subscribed and read the task once
         task_id = sorted(service.task_by_id)[-1]

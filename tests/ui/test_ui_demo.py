@@ -13,35 +13,12 @@ from pathlib import Path
 import pytest
 
 from harness.broker import mosquitto_binary
-from harness.procs import ROOT
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (the demo's workdir)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd:
-            found.append(f"{proc.name}: {cmd}")
-    return found
-
-
-def kill_leftovers(workdir: Path) -> None:
-    """A failed test must not leave the demo's broker, master and agents running."""
-    for entry in processes_mentioning(str(workdir)):
-        try:
-            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+from harness.procs import ROOT, kill_leftovers, processes_mentioning
 
 
 def demo(workdir: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "harness.demo", "--workdir", str(workdir), "--http-port", "0", "--broker-port", "0"]
+    argv = [sys.executable, "-m", "harness.demo", "--workdir", str(workdir), "--http-port", "0", "--broker-port", "0",
+            "--env-file", str(workdir / "demo.env")]  # fmt: skip
     return subprocess.Popen([*argv, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
 
@@ -63,6 +40,10 @@ def test_demo_once_runs_the_sample_rollout_and_stops_everything(tmp_path, broker
     assert "3/3 done - 3 succeeded, 0 failed" in text, text
     assert text.count("load average") == 3, text  # every agent's uptime
     assert "Dashboard:  http://127.0.0.1:" in text and "mosquitto_rr -p" in text
+    assert re.search(r"Broker: +mqtt://127\.0\.0\.1:\d+", text), text
+    assert len(re.findall(r"agent [0-9a-f]{32}  role=\w+ zone=\w+  state /", text)) == 3, text  # ids, state dirs
+    assert f". {tmp_path / 'demo' / 'demo.env'}" in text, text  # the line to source
+    assert not (tmp_path / "demo" / "demo.env").exists()  # gone with the fleet it described
     assert "demo: stopped." in text
     leftovers = processes_mentioning(str(tmp_path / "demo"))
     kill_leftovers(tmp_path / "demo")

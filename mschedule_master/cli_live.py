@@ -1,0 +1,109 @@
+"""The CLI's live output: ``mschedule output TASK AGENT --follow`` and what ``mschedule run``
+shows of its targets' output while they run (docs: README "Live output").
+
+``follow_output`` copies the follow route's chunked answer to stdout as it comes (``tail
+-f``, ending with the target). :class:`Lines` turns the task's ``output`` events into whole
+lines per target and stream, for ``run --follow`` (``host: line``, interleaved like pdsh)
+and for the latest line per target that ``run`` shows under its progress bar.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+#: A follow waits this long (seconds) for the master to send something: a quiet script
+#: sends nothing for as long as it is quiet; a master that goes away closes the connection.
+FOLLOW_READ_TIMEOUT = 24 * 3600.0
+#: Longest line kept per target and stream before it is shown cut (a script printing
+#: without newlines must not grow the CLI).
+MAX_LINE = 4096
+#: Targets whose latest line ``run`` shows under its progress bar (the most recent ones).
+LATEST_ROWS = 8
+
+
+def follow_output(client: Any, task_id: str, agent_id: str, stream: str, out: BinaryIO) -> None:
+    """Write one target's ``stream`` to ``out`` as it is written, until the target ends."""
+    path = f"/api/v1/tasks/{quote(task_id, safe='')}/targets/{quote(agent_id, safe='')}/output"
+    resp = client.open("GET", path, query={"stream": stream, "follow": "1"}, timeout=FOLLOW_READ_TIMEOUT,
+                       accept="application/octet-stream")  # fmt: skip
+    with resp:
+        for piece in resp.pieces():
+            out.write(piece)
+            out.flush()
+
+
+def chunk_bytes(data: dict[str, Any]) -> bytes:
+    """The bytes of an ``output`` event's data (UTF-8 text or base64)."""
+    text = data.get("data")
+    if not isinstance(text, str):
+        return b""
+    if data.get("encoding") == "base64":
+        try:
+            return base64.b64decode(text)
+        except ValueError:
+            return b""
+    return text.encode("utf-8", "surrogateescape")
+
+
+class Lines:
+    """Whole lines out of ``output`` events, per (target, stream); the latest per target."""
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[str, str], bytes] = {}
+        self._ends: dict[tuple[str, str], int] = {}
+        self.hosts: dict[str, str] = {}
+        self.latest: OrderedDict[str, str] = OrderedDict()  #: agent id -> its latest line, most recent last
+
+    def name(self, agent_id: str) -> str:
+        return self.hosts.get(agent_id) or agent_id
+
+    def feed(self, data: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """One event's data -> the lines it completes, as ``(agent id, stream, text)``."""
+        agent_id, stream = data.get("agent_id"), data.get("stream")
+        offset = data.get("offset")
+        if not isinstance(agent_id, str) or stream not in ("stdout", "stderr") or not isinstance(offset, int):
+            return []
+        if isinstance(data.get("hostname"), str):
+            self.hosts[agent_id] = data["hostname"]
+        key = (agent_id, stream)
+        chunk = chunk_bytes(data)
+        end = self._ends.get(key, 0)
+        if offset + len(chunk) <= end:
+            return []  # seen already (a re-read after a resync)
+        lines: list[tuple[str, str, str]] = []
+        self._ends[key] = offset + len(chunk)
+        if offset > end:  # skipped by the agent, or lost on the way: say so
+            lines += self._flush(key)
+            lines.append((agent_id, stream, f"[mschedule: {offset - end} bytes skipped]"))
+        elif offset < end:
+            chunk = chunk[end - offset :]
+        buf = self._partial.get(key, b"") + chunk
+        *whole, rest = buf.split(b"\n")
+        if len(rest) > MAX_LINE:
+            whole.append(rest[:MAX_LINE] + b" [...]")
+            rest = b""
+        self._partial[key] = rest
+        lines += [(agent_id, stream, w.decode("utf-8", "replace")) for w in whole]
+        for _, _, text in lines[-1:]:
+            if text.strip():
+                self.latest[agent_id] = text
+                self.latest.move_to_end(agent_id)
+        return lines
+
+    def finish(self, agent_id: str | None = None) -> list[tuple[str, str, str]]:
+        """The unfinished last lines (of one target, or of all): the output ended there."""
+        out: list[tuple[str, str, str]] = []
+        for key in [k for k in self._partial if agent_id is None or k[0] == agent_id]:
+            out += self._flush(key)
+        return out
+
+    def _flush(self, key: tuple[str, str]) -> list[tuple[str, str, str]]:
+        rest = self._partial.pop(key, b"")
+        return [(key[0], key[1], rest.decode("utf-8", "replace"))] if rest else []
+
+    def prefixed(self, agent_id: str, text: str) -> str:
+        """``host: line``, as pdsh prints."""
+        return f"{self.name(agent_id)}: {text}"
