@@ -29,6 +29,7 @@ from typing import Any
 from .config import Settings
 from .executor import Executor, new_sha256
 from .fencing import EpochFence
+from .gate import Gate
 from .hostinfo import HostInfo
 from .intake import Intake, reject_code
 from .ledger import Ledger
@@ -67,6 +68,7 @@ class Agent:
         hostinfo: Callable[[], HostInfo],
         transport: Transport | None = None,
         transport_factory: Callable[[Agent], Transport] | None = None,
+        gate: Gate | None = None,
         fence: EpochFence | None = None,
     ) -> None:
         if (transport is None) == (transport_factory is None):
@@ -120,6 +122,8 @@ class Agent:
             lock=lock,
             publish=self._publish,
             now=now,
+            # what the tasks and control topics let through (signatures: gate.py); default: off
+            gate=gate if gate is not None else Gate(agent_id=agent_id, now=now),
             fence=fence or EpochFence(),
         )
         self.transport: Transport = transport if transport is not None else transport_factory(self)  # type: ignore[misc]

@@ -30,6 +30,8 @@ DEFAULT_RESEND = 5.0  #: seconds between re-sends of an unacknowledged result
 DEFAULT_HOSTINFO_REFRESH = 300.0  #: seconds between re-reads of hostname and addresses
 DEFAULT_SESSION_EXPIRY = 14 * 24 * 3600  #: seconds the broker keeps our session offline
 DEFAULT_KEEP_IDS = 30 * 24 * 3600.0  #: seconds a finished task id is kept for dedup
+DEFAULT_CLOCK_SKEW = 30.0  #: seconds of clock difference a signed message's window tolerates
+SIGNING_MODES = ("off", "audit", "enforce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,10 @@ class Settings:
     log_level: str = "INFO"
     metrics: str | None = None  #: "HOST:PORT" to serve Prometheus metrics on; off by default
     stream: bool = True  #: send scripts' output live while they run (docs/protocol.md ``output``)
+    signing: str = "off"  #: "off", "audit" or "enforce" (docs/security.md)
+    trust_file: Path | None = None  #: the trusted public keys (TOML, re-read when it changes)
+    clock_skew: float = DEFAULT_CLOCK_SKEW  #: seconds tolerated at both ends of a signed window
+    require_approval: bool = False  #: tasks also need an operator's offline approval of their job version
 
     def __post_init__(self) -> None:
         _require(self.heartbeat > 0, "heartbeat", "must be > 0")
@@ -64,6 +70,10 @@ class Settings:
             "an agent's datacenter is the one its messages arrive from (the bridge of its edge broker), "
             "never a label it gives itself: remove the dc label",
         )  # fmt: skip
+        _require(self.signing in SIGNING_MODES, "signing", f"must be one of {', '.join(SIGNING_MODES)}")
+        _require(self.signing == "off" or self.trust_file is not None, "trust_file", f"signing {self.signing} needs one")
+        _require(self.clock_skew >= 0, "clock_skew", "must be >= 0")
+        _require(not self.require_approval or self.signing != "off", "require_approval", "needs signing audit or enforce")
         if self.metrics is not None:
             host, _, port = self.metrics.rpartition(":")
             _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "metrics", "must be HOST:PORT")
@@ -110,20 +120,20 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return {str(k): str(v) for k, v in value.items()}
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return dict(parse_label(str(v), source) for v in items)
-        if name == "stream":
+        if name in ("stream", "require_approval"):
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
             if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(value)
             return text in ("1", "true", "yes", "on")
-        if name in ("state_dir", "id_file"):
+        if name in ("state_dir", "id_file", "trust_file"):
             return Path(str(value))
         if name in ("max_tasks", "will_delay", "output_cap", "session_expiry"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
-        if name in ("heartbeat", "resend", "hostinfo_refresh", "keep_ids"):
+        if name in ("heartbeat", "resend", "hostinfo_refresh", "keep_ids", "clock_skew"):
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
@@ -172,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     add("--no-stream", dest="stream", action="store_false", default=None,
         help="do not send scripts' output live while they run (the result still carries it)")
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    add("--signing", choices=SIGNING_MODES, help="check task signatures: off (default), audit or enforce")
+    add("--trust-file", metavar="trust.toml", help="trusted public keys (re-read when it changes)")
+    add("--require-approval", nargs="?", const="true", metavar="yes|no",
+        help="with signing: run only job versions an operator's offline key approved")
+    add("--clock-skew", type=float, metavar="S", help=f"seconds tolerated on signed windows (default {DEFAULT_CLOCK_SKEW:g})")
     return p
 
 

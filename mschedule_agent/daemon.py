@@ -32,6 +32,7 @@ from .agent import Agent  # noqa: E402
 from .errors import AgentError, ConfigError, IdentityError, LedgerError  # noqa: E402
 from .executor import Executor  # noqa: E402
 from .fencing import EpochFence  # noqa: E402
+from .gate import Gate  # noqa: E402
 from .hostinfo import collect  # noqa: E402
 from .identity import load_or_create_id  # noqa: E402
 from .ledger import Ledger  # noqa: E402
@@ -89,6 +90,7 @@ def build(settings: config.Settings) -> Agent:
     executor = Executor(tmp_dir=settings.state_dir / "run")
     executor.clean_stale()
     return Agent(
+        gate=make_gate(agent_id, settings),
         agent_id=agent_id,
         settings=settings,
         ledger=ledger,
@@ -98,6 +100,19 @@ def build(settings: config.Settings) -> Agent:
         transport_factory=make_transport,
         fence=EpochFence(settings.state_dir / "leader-epoch"),
     )
+
+
+def make_gate(agent_id: str, settings: config.Settings) -> Gate:
+    """The signing checks of docs/security.md; the trust file is read (and checked) now."""
+    trust = None
+    if settings.signing != "off":
+        from .trust import TrustStore  # only with signing: keeps tomllib out of an idle agent
+
+        assert settings.trust_file is not None  # Settings insists
+        trust = TrustStore(settings.trust_file)
+        log.info("signing %s: trusting %s", settings.signing, " ".join(trust.kids()) or "no key yet")
+    return Gate(agent_id=agent_id, mode=settings.signing, trust=trust, skew=settings.clock_skew, now=time.time,
+                require_approval=settings.require_approval)
 
 
 def _connect(transport: MqttTransport) -> None:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from .fencing import EpochFence
+from .gate import Gate, Refused
 from .ledger import Entry, Ledger, LedgerState
 from .outbox import Outbox, Publish
 from .protocol import (
@@ -25,7 +26,6 @@ from .protocol import (
     TargetState,
     Task,
     Topics,
-    decode_as,
     encode,
 )
 from .runqueue import RunQueue
@@ -55,9 +55,11 @@ class Intake:
         lock: threading.RLock,
         publish: Publish,
         now: Callable[[], float],
+        gate: Gate,
         fence: EpochFence | None = None,
     ) -> None:
         self.id = agent_id
+        self.gate = gate
         self.fence = fence or EpochFence()  #: highest leadership epoch seen (HA masters: fencing.py)
         self.ledger = ledger
         self._runs = runs
@@ -87,14 +89,25 @@ class Intake:
     # ------------------------------------------------------------------ tasks
     def _handle_task(self, msg: Incoming) -> None:
         try:
-            task = decode_as(msg.payload, Task)
+            opened = self.gate.open(msg.payload, Task)
         except DecodeError as e:
             self._bad_task(msg, e)
             return
-        assert isinstance(task, Task)  # decode_as(..., Task) returns one; said for the type checker
-        if self._stale(task.id, task.epoch, msg):
+        except Refused as e:
+            self._refused(msg, e)
             return
-        self._accept(task, msg)
+        assert isinstance(opened.message, Task)
+        if self._stale(opened.message.id, opened.message.epoch, msg):
+            return
+        self._accept(opened.message, msg, raw=opened.raw, audit=opened.audit)
+
+    def _refused(self, msg: Incoming, e: Refused) -> None:
+        """Signing enforced and this task fails a check: nothing runs, nothing is recorded
+        (a genuine copy with the same id may still come), and the publisher learns why."""
+        log.warning("task refused (task_id=%s, code=%s): %s", e.msg_id, e.code, e.reason)
+        if e.msg_id is None or self._known(e.msg_id) is None:
+            self._reject(e.msg_id, e.code, e.reason[:500])
+        msg.ack()
 
     def _stale(self, task_id: str, epoch: int | None, msg: Incoming) -> bool:
         """True (refused, rejected and acknowledged) when ``epoch`` is older than one seen."""
@@ -127,7 +140,7 @@ class Intake:
             log.exception("ledger lookup failed for task_id=%s", task_id)
             return None
 
-    def _accept(self, task: Task, msg: Incoming) -> None:
+    def _accept(self, task: Task, msg: Incoming, *, raw: bytes, audit: str = "") -> None:
         now = self._now()
         with self._lock:
             if self._runs.stopping:
@@ -147,10 +160,10 @@ class Intake:
                 # a task that has to wait is recorded ACCEPTED and runs after a restart.
                 start_now = self._runs.can_start_now()
                 state = LedgerState.RUNNING if start_now else LedgerState.ACCEPTED
-                self.ledger.insert(task.id, state, now=now, task=msg.payload, started_at=now if start_now else None)
+                self.ledger.insert(task.id, state, now=now, task=raw, started_at=now if start_now else None)
                 msg.ack()  # PUBACK only once the commit is on disk
                 # Still under the lock: no run can start (and say "started") before the ack.
-                self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now)))
+                self._publish(self._results_topic, encode(Ack(id=task.id, agent_id=self.id, at=now, audit=audit)))
                 if start_now:
                     try:
                         self._runs.start(task.id, task, marked=True)
@@ -181,9 +194,13 @@ class Intake:
     # ------------------------------------------------------------------ control
     def _handle_control(self, msg: Incoming) -> None:
         try:
-            ctl = decode_as(msg.payload, Kill, ResultAck)
+            ctl = self.gate.open(msg.payload, Kill, unsigned_ok=(ResultAck,)).message
         except DecodeError as e:
             log.warning("bad control message ignored (id=%s): %s", e.msg_id, e)
+            msg.ack()
+            return
+        except Refused as e:  # a kill that enforce refuses: its task runs on
+            log.warning("kill refused (task_id=%s, code=%s): %s", e.msg_id, e.code, e.reason)
             msg.ack()
             return
         if isinstance(ctl, Kill) and self._stale(ctl.id, ctl.epoch, msg):
@@ -192,7 +209,7 @@ class Intake:
             if self.ledger.ack_result(ctl.id):
                 log.info("task_id=%s result acknowledged by the master", ctl.id)
             self._outbox.remove(ctl.id)
-        else:
+        elif isinstance(ctl, Kill):
             self._kill(ctl)
         msg.ack()
 

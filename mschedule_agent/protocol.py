@@ -107,7 +107,11 @@ RESULT_STATES = frozenset(
 )
 
 #: Reasons an agent gives in a ``reject``.
-REJECT_CODES = frozenset({"bad_message", "bad_script", "too_large", "expired", "killed", "stale_epoch"})
+REJECT_CODES = frozenset(
+    {"bad_message", "bad_script", "too_large", "expired", "killed", "stale_epoch"}
+    # an agent that verifies signatures (docs/security.md) refuses with one of these:
+    | {"unsigned", "bad_signature", "untrusted_key", "wrong_audience", "downgrade", "not_yet_valid", "unapproved"}
+)
 
 #: Fields left out of the wire form when None, so that a peer older than the field still
 #: reads the message (decode refuses unknown fields): ``epoch`` is sent only by highly
@@ -332,6 +336,8 @@ class Ack:
     at: float
     state: str = "ACCEPTED"  #: the agent's ledger state: ACCEPTED, RUNNING or DONE
     duplicate: bool = False  #: True when the task id was already known
+    #: An agent in signing mode ``audit``: why ``enforce`` would have refused this task ("" = it would not).
+    audit: str = ""
 
     def __post_init__(self) -> None:
         _check_ids(id=self.id, agent_id=self.agent_id)
@@ -686,6 +692,134 @@ class MasterAnswer:
         _check_ids(nonce=self.nonce, instance=self.instance)
 
 
+#: The version of the signed header (:class:`SignedHeader`). An agent that enforces
+#: signatures refuses a header with a lower one (no downgrade); unsigned messages are v1.
+SIGNED_PROTOCOL = 2
+
+#: Message types that travel signed to an agent that verifies signatures.
+SIGNED_TYPES = frozenset({"task", "kill"})
+
+
+@message("signed")
+class Signed:
+    """Master -> agent, on the tasks or control topic: a task or kill with its signature.
+
+    Nothing here is trusted until checked (mschedule_agent/signing.py): ``sig`` is an
+    Ed25519 signature over the UTF-8 bytes of ``header`` (checked before ``header`` is
+    parsed); the header names the audience, the validity window and the sha256 of
+    ``body``, the inner message's wire bytes (checked before ``body`` is parsed).
+    """
+
+    TYPE: ClassVar[str]
+    kid: str  #: the signer's key id (a lookup hint: the header repeats it, signed)
+    header: str  #: JSON text of a SignedHeader; its UTF-8 bytes are what ``sig`` signs
+    sig: bytes  #: 64 bytes, base64 on the wire
+    body: str  #: the inner task/kill message, exactly as encode() wrote it (UTF-8 JSON text)
+
+    def __post_init__(self) -> None:
+        _check(_topic_level_ok(self.kid), "kid", "kid must be a non-empty key id")
+        _check(len(self.sig) == 64, "sig", "sig must be 64 bytes (Ed25519)")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHeader:
+    """What a signature covers besides the body's hash: who the message is for and when."""
+
+    protocol: int  #: SIGNED_PROTOCOL of the signer
+    kid: str  #: the signing key's id
+    type: str  #: the inner message's type: "task" or "kill"
+    id: str  #: the inner message's task id
+    aud: str  #: the agent id it is for (audience)
+    not_before: float  #: epoch seconds
+    expires_at: float  #: epoch seconds
+    body_sha256: str  #: sha256 (hex) of the body's bytes
+    script_sha256: str | None = None  #: sha256 (hex) of a task's script
+    #: An operator's approval of the job version the task runs (JSON text of an Approval),
+    #: signed offline by ``approval_kid``; agents with ``require_approval`` need it.
+    approval: str | None = None
+    approval_kid: str | None = None
+    approval_sig: bytes | None = None  #: Ed25519 signature of ``approval``'s UTF-8 bytes
+
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+        _check_ids(id=self.id, aud=self.aud, kid=self.kid)
+        parts = (self.approval, self.approval_kid, self.approval_sig)
+        _check(all(p is None for p in parts) or all(p is not None for p in parts), "approval",
+               "approval, approval_kid and approval_sig go together")  # fmt: skip
+        _check(self.type in SIGNED_TYPES, "type", f"type must be one of {sorted(SIGNED_TYPES)}")
+        _check(is_sha256(self.body_sha256), "body_sha256", "body_sha256 must be 64 lowercase hex digits")
+        sha = self.script_sha256
+        _check(sha is None or is_sha256(sha), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """What an operator's offline key signs: this job version's script may run."""
+
+    kid: str  #: the operator's key id
+    job: str
+    version: int
+    script_sha256: str
+    #: the environment and directory the script runs with: a script's behaviour depends on them
+    #: (bash runs functions it finds in BASH_FUNC_* variables), so they are approved with it
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    approves: str = "job_version"
+
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+        _check_ids(kid=self.kid)
+        _check(self.approves == "job_version", "approves", "approves must be 'job_version'")
+        _check(is_sha256(self.script_sha256), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
+
+
+def encode_approval(approval: Approval) -> str:
+    return orjson.dumps(to_payload(approval)).decode("utf-8")  # type: ignore[arg-type]
+
+
+def decode_approval(text: str) -> Approval:
+    data = text.encode("utf-8")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"approval: malformed JSON: {e}", data, e, field="approval") from e
+    return typing.cast(Approval, from_payload(Approval, doc, data))
+
+
+def encode_signed(kid: str, header: str, sig: bytes, body_json: bytes) -> bytes:
+    """``encode(Signed(kid, header, sig, body))`` when ``body_json`` is ``orjson.dumps(body)``:
+    a fan-out escapes its one body once, not once per agent (a test keeps the two equal)."""
+    Signed(kid=kid, header=header, sig=sig, body="")  # the same checks
+    head = orjson.dumps({"v": PROTOCOL_VERSION, "type": "signed", "payload": {"kid": kid, "header": header,
+                                                                               "sig": _b64(sig), "body": ""}})
+    assert head.endswith(b'"body":""}}')
+    data = head[: -len(b'""}}')] + body_json + b"}}"
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(len(data))
+    return data
+
+
+def json_string(text: str) -> bytes:
+    """``text`` as a JSON string (for :func:`encode_signed`)."""
+    return orjson.dumps(text)
+
+
+def encode_header(header: SignedHeader) -> str:
+    """The header's JSON text (what is signed, as UTF-8)."""
+    return orjson.dumps(to_payload(header)).decode("utf-8")  # type: ignore[arg-type]
+
+
+def decode_header(text: str) -> SignedHeader:
+    """Parse a header whose signature has been verified. Raises DecodeError."""
+    data = text.encode("utf-8")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"signed header: malformed JSON: {e}", data, e, field="header") from e
+    return typing.cast(SignedHeader, from_payload(SignedHeader, doc, data))
+
+
+
 Message = (
     Register
     | Offline
@@ -706,6 +840,7 @@ Message = (
     | MasterStatus
     | MasterChallenge
     | MasterAnswer
+    | Signed
 )
 
 # --------------------------------------------------------------------------- encode / decode
@@ -893,6 +1028,17 @@ def peek(data: bytes, name: str) -> str | None:
     payload = doc.get("payload") if isinstance(doc, dict) else None
     value = payload.get(name) if isinstance(payload, dict) else None
     return value if isinstance(value, str) else None
+
+
+def peek_text(text: str, name: str) -> str | None:
+    """The string field ``name`` of a flat JSON object in ``text``, when readable (used only
+    to address a reject to the task an unverifiable signed header claims to be)."""
+    try:
+        doc = orjson.loads(text.encode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get(name) if isinstance(doc, dict) else None
+    return value if isinstance(value, str) and _topic_level_ok(value) else None
 
 
 def decode_as(data: bytes, *classes: type) -> Message:

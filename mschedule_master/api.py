@@ -5,14 +5,15 @@ The daemon calls ``runner = await start_http(service, host, port, token=token)``
 listed in :data:`ROUTES` and documented in ``openapi.py`` (a test keeps them equal).
 
 JSON in and out. Errors are ``{"error": message, "field": name-or-null}`` with a 4xx
-status; bad input never produces a 500. With a token configured, every API route
-needs ``Authorization: Bearer <token>``; the page itself (static files) does not.
+status; bad input never produces a 500. With tokens configured, every API route
+needs ``Authorization: Bearer <token>``, and the token's role must allow the route
+(roles.py: viewer reads, operator runs and kills, admin changes jobs and schedules);
+the page itself (static files) does not.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import ipaddress
 import json
 import logging
@@ -28,7 +29,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import follow, openapi, probes, sse
+from . import follow, openapi, probes, roles, sse
+from .audit import ACTOR, AuditUnavailable
 from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded
 from .states import TargetState, TaskState
@@ -45,7 +47,7 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 SERVICE_KEY = sse.SERVICE_KEY
-TOKEN_KEY = web.AppKey("token", str)
+TOKENS_KEY = web.AppKey("tokens", roles.Tokens)
 COALESCE_KEY = web.AppKey("coalesce", Coalescer)
 
 
@@ -422,7 +424,7 @@ def audit(request: web.Request, what: str, task: Task) -> None:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return json_response(openapi.document(secured=bool(request.app.get(TOKEN_KEY))))
+    return json_response(openapi.document(secured=_secured(request.app)))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -464,6 +466,10 @@ from . import api_schedules  # noqa: E402  (its handlers use the helpers above)
 
 ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_schedules.ROUTES)
 
+from . import api_security  # noqa: E402  (its handlers use the helpers above)
+
+ROUTES += tuple(Route(method, path, handler) for method, path, handler in api_security.ROUTES)
+
 
 # ------------------------------------------------------------------ middleware
 
@@ -486,6 +492,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(409, str(e), "task")
     except InvalidRequest as e:
         return _error(400, str(e), e.field)
+    except AuditUnavailable as e:  # what could not be recorded was not done
+        return _error(503, str(e), "audit")
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "body")
     except web.HTTPMethodNotAllowed as e:
@@ -502,16 +510,42 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(500, "internal error (see the master's log)")
 
 
+def _secured(app: web.Application) -> bool:
+    return bool(app.get(TOKENS_KEY))
+
+
+def route_template(request: web.Request) -> str:
+    """``/api/v1/tasks/{task_id}/kill``: the route a request matched (its path when none)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    token = request.app.get(TOKEN_KEY)
-    if token and _needs_auth(request) and not _token_ok(request, token):
-        return json_response(
-            {"error": "missing or wrong bearer token", "field": "Authorization"},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="mschedule"'},
-        )
-    return await handler(request)
+    """Who is asking (the token's name, for the audit trail) and whether its role may."""
+    tokens = request.app.get(TOKENS_KEY)
+    if not _needs_auth(request):
+        return await handler(request)
+    if not tokens:  # loopback only (check_bind, browser guard): whoever can reach it is admin
+        reset = ACTOR.set(f"http:{request.remote}")
+    else:
+        token = tokens.match(_bearer(request))
+        if token is None:
+            return json_response(
+                {"error": "missing or wrong bearer token", "field": "Authorization"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="mschedule"'},
+            )
+        template = route_template(request)
+        if not roles.allows(token.role, request.method, template):
+            need = roles.required_role(request.method, template)
+            message = f"token {token.name!r} has role {token.role}; {request.method} {template} needs {need}"
+            return json_response({"error": message, "field": "Authorization"}, status=403)
+        reset = ACTOR.set(token.name)
+    try:
+        return await handler(request)
+    finally:
+        ACTOR.reset(reset)
 
 
 @web.middleware
@@ -527,7 +561,7 @@ async def browser_guard_middleware(request: web.Request, handler) -> web.StreamR
         return await handler(request)
     if request.method == "POST" and request.content_type != "application/json" and not _bodiless(request):
         raise ApiError(415, "send the request body as JSON (Content-Type: application/json)", "Content-Type")
-    if not request.app.get(TOKEN_KEY):
+    if not _secured(request.app):
         if not is_loopback(_hostname(request.host)):
             raise ApiError(403, f"Host {request.host!r} is not a loopback name; set a token to serve it", "Host")
         origin = request.headers.get("Origin")
@@ -559,23 +593,26 @@ def _needs_auth(request: web.Request) -> bool:
     return not request.path.startswith("/static/")
 
 
-def _token_ok(request: web.Request, token: str) -> bool:
+def _bearer(request: web.Request) -> str:
+    """The bearer token the request carries ("" when none)."""
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    return given.strip() if scheme.lower() == "bearer" else ""
 
 
 # ------------------------------------------------------------------ app
 
 
-def create_app(service: Service, *, token: str | None = None, ops: probes.Ops | None = None) -> web.Application:
+def create_app(
+    service: Service, *, token: str | None = None, tokens: roles.Tokens | None = None, ops: probes.Ops | None = None
+) -> web.Application:
+    """``token``: one admin token (named "token"); ``tokens``: tokens with roles (roles.py)."""
     middlewares = [errors_middleware, auth_middleware, browser_guard_middleware]
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[SERVICE_KEY] = service
-    if token:
-        app[TOKEN_KEY] = token
+    every = roles.Tokens([*(tokens.tokens() if tokens else []), *roles.parse({}, token).tokens()])
+    if every:
+        app[TOKENS_KEY] = every
     if ops is not None:
         app[probes.OPS_KEY] = ops
     app[COALESCE_KEY] = Coalescer(service.subscribe)
@@ -627,15 +664,16 @@ def check_bind(host: str, port: int, token: str | None) -> None:
 
 
 async def start_http(
-    service: Service, host: str, port: int, *, token: str | None = None, ops: probes.Ops | None = None
+    service: Service, host: str, port: int, *, token: str | None = None, tokens: roles.Tokens | None = None,
+    ops: probes.Ops | None = None,
 ) -> web.AppRunner:
     """Serve the API on ``host:port``; return the runner (``await runner.cleanup()`` stops it).
 
     Raises InsecureBind for a non-loopback host without a token: this API runs code on
     every machine of the fleet.
     """
-    check_bind(host, port, token)
-    app = create_app(service, token=token, ops=ops)
+    check_bind(host, port, token or ("tokens" if tokens else None))
+    app = create_app(service, token=token, tokens=tokens, ops=ops)
     server_log = ServerLog(logging.getLogger("aiohttp.server"))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=server_log)
     await runner.setup()

@@ -1008,6 +1008,12 @@ def parser() -> argparse.ArgumentParser:
     from . import cli_schedules  # schedule add|list|show|pause|resume|rm|next
 
     cli_schedules.add_commands(sub)
+    from . import cli_keys  # keys gen
+
+    cli_keys.add_commands(sub)
+    from . import cli_audit  # audit, audit verify
+
+    cli_audit.add_commands(sub)
     return p  # fmt: skip
 
 

@@ -76,6 +76,11 @@ class Settings:
     output_retention_days: float = DEFAULT_OUTPUT_RETENTION_DAYS
     log_format: str = "text"  #: "text" (key=value fields) or "json" (one object per line)
     lease: float = DEFAULT_LEASE  #: --db postgresql://: seconds a silent leader keeps the lead
+    #: the master's online private key (``mschedule keys gen``): each task and kill copy is
+    #: signed for its agent (docs/security.md). None: published unsigned.
+    signing_key: str | None = None
+    #: API tokens with roles, by name (roles.py): {"alice": {"role": "operator", "sha256": "..."}}
+    tokens: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
@@ -101,6 +106,16 @@ class Settings:
             isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self.groups.values()
         ):
             raise ConfigError("groups must map a name to a list of selector strings", "groups")
+        from . import roles
+
+        roles.parse(self.tokens, self.token)  # raises ConfigError
+
+    @property
+    def api_tokens(self) -> Any:
+        """The tokens and their roles (roles.Tokens): ``[tokens]`` plus ``token`` as an admin."""
+        from . import roles
+
+        return roles.parse(self.tokens, self.token)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -133,7 +148,7 @@ def from_toml(path: str | Path) -> dict[str, object]:
 
 def from_env(env: dict[str, str]) -> dict[str, object]:
     given = {key: value for _, key, value in layers.env_layer(env, ENV_PREFIX)}  # unknown names: ignored
-    wanted = [(name, ENV_PREFIX + name.upper()) for name in _FIELDS if name != "groups"]
+    wanted = [(name, ENV_PREFIX + name.upper()) for name in _FIELDS if name not in ("groups", "tokens")]
     out: dict[str, object] = {name: given[key] for name, key in wanted if key in given}
     if "token" not in out and env.get("MSCHEDULE_TOKEN"):
         out["token"] = env["MSCHEDULE_TOKEN"]
@@ -150,7 +165,7 @@ def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_va
             merged[name] = float(merged[name])
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, not {merged[name]!r}", name) from None
-    for name in set(merged) - _FLOATS - {"groups"}:
+    for name in set(merged) - _FLOATS - {"groups", "tokens"}:
         if merged[name] is not None and not isinstance(merged[name], str):
             raise ConfigError(f"{name} must be a string", name)
     return Settings(**merged)
@@ -177,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a datacenter's bridge may be down before its agents' running targets are LOST")  # fmt: skip
     p.add_argument("--kill-resend", dest="kill_resend", type=float, help="re-send kill this often")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--signing-key", dest="signing_key", help="private key file that signs tasks and kills (0600)")
     p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value, default) or json")
     p.add_argument("--retention-days", dest="retention_days", type=float,
                    help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")

@@ -36,7 +36,7 @@ from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
-from . import config
+from . import config, sealing
 from .dburl import is_postgres_url, redact
 from .engine import Engine
 from .errors import AlreadyRunning, ConfigError, MasterError, NotLeader, StoreError
@@ -183,7 +183,7 @@ class Daemon:
             elif s.http_address is not None:  # first: a bad address or port fails before we connect
                 from . import api
 
-                runner = await api.start_http(self.service, *s.http_address, token=s.token, ops=self.ops)
+                runner = await api.start_http(self.service, *s.http_address, tokens=s.api_tokens, ops=self.ops)
             connected, _ = await self._unless_stopped(transport.start)
             if not connected:
                 log.info("stopped before the broker could be reached")
@@ -289,7 +289,7 @@ class Daemon:
         counted = metrics.counting(transport)
         engine = Engine(
             store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
-            metrics=metrics,
+            metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
         )  # fmt: skip
         engine.epoch = getattr(store, "epoch", None)  # HA: the leader's (pgstore.py)
         engine.subscribe(ProgressPublisher(counted, self.topics))
@@ -311,6 +311,9 @@ class Daemon:
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
             reads=self.reads,
         )  # fmt: skip
+        self.service.audit.note_signing_key(engine.sealer.kid)
+        if isinstance(engine.sealer, sealing.Sealer):
+            engine.sealer.approvals = self.service.approvals.for_task
         if self.ha:  # standbys' submissions and kills reach the leader at once
             from .leadership import Notifications
 
@@ -607,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.http_address is not None:  # before the broker or the database is touched
             from . import api
 
-            api.check_bind(*settings.http_address, settings.token)
+            api.check_bind(*settings.http_address, settings.token or ("tokens" if settings.tokens else None))
+        sealing.check(settings.signing_key)
     except (ConfigError, ValueError) as e:  # api.InsecureBind is a ValueError
         print(f"mschedule-master: {e}", file=sys.stderr)
         return EXIT_REFUSED

@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .models import InvalidRequest, NotFound, RequestConflict
 from .registry import Change, Registry
 from .rollout import Action, Dispatch, Rollout, SendKill, TargetChanged, TaskChanged, Timing
+from .sealing import Unsealed
 from .states import TargetState, TaskState
 from .store import Store, StoredTask
 from .txn import Out, Txn
@@ -68,8 +69,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         resolver: Resolver = targeting.resolve,
         metrics: Metrics | None = None,
+        sealer: Unsealed | None = None,
     ) -> None:
         self.store = store
+        self.sealer = sealer or Unsealed()  #: signs each task/kill copy for its agent (sealing.py)
         self.transport = transport
         self.topics = topics
         self.registry = registry
@@ -379,7 +382,8 @@ class Engine:
                 touched.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
                 reason = "rollout aborted" if active.rollout.aborted else "task killed"
-                self.publish(topic, protocol.Kill(id=task_id, reason=reason, epoch=self.epoch))
+                body = protocol.encode(protocol.Kill(id=task_id, reason=reason, epoch=self.epoch))
+                self.txn.send(Out(topic, self.sealer.kill(body, task_id=task_id, agent_id=action.agent_id)))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
@@ -411,7 +415,10 @@ class Engine:
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)
-        self.txn.send(Out(topic, active.encoded[1], copy_of=(active, action.agent_id)))
+        payload = self.sealer.task(
+            active.encoded[1], task_id=t.id, script=t.script, agent_id=action.agent_id, expires_at=action.expires_at
+        )
+        self.txn.send(Out(topic, payload, copy_of=(active, action.agent_id)))
         self.metrics.dispatched(t.created_at, self.clock(), redeliver=action.redeliver)
         if not action.redeliver:
             log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})

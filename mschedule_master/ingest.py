@@ -107,6 +107,10 @@ class Ingest:
         self._txn.guard(active)
         active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
+            if msg.audit:  # an agent in signing mode audit: enforce would have refused this copy
+                log.warning("task %s: agent %s would refuse it when enforcing: %s", msg.id, agent_id, msg.audit,
+                            extra={"task_id": msg.id, "agent_id": agent_id})  # fmt: skip
+                self.store.add_event(now, "signing_audit", msg.id, agent_id, {"audit": msg.audit})
             target = r.targets[agent_id]
             if target.state.final and not msg.duplicate:
                 # e.g. UNREACHABLE: the verdict came before the ack (a slow broker or master)

@@ -16,6 +16,8 @@ from typing import Any
 from mschedule_agent.protocol import Submit
 
 from . import jobs, models, targeting
+from .approvals import STARTING
+from .audit import ACTOR, AuditLog
 from .engine import Engine
 from .jobs import JobContent, JobError, JobSummary, Version
 from .jobstore import JobStore, TaskLink
@@ -29,6 +31,7 @@ class JobService:
         self.engine = engine
         self.store = JobStore(engine.store)
         self.clock = clock
+        self.audit = AuditLog(engine.store, clock=clock)
 
     # ------------------------------------------------------------------ versions
     def save(
@@ -41,7 +44,11 @@ class JobService:
             content = jobs.make_content(script, description, defaults)
         except JobError as e:
             raise InvalidRequest(str(e), e.field) from None
-        version, created = self.store.save(name, content, author=author or "unknown", message=message, now=self.clock())
+        with self.engine.store.db():  # the version and its audit record, or neither
+            version, created = self.store.save(name, content, author=author or "unknown", message=message, now=self.clock())
+            if created:
+                self.audit.append("job_version", job=name, version=version.version, author=version.author,
+                                  script_sha256=version.script_sha256)  # fmt: skip
         if created:
             log.info("job %s: version %d saved by %s", name, version.version, version.author)
         return version, created
@@ -66,7 +73,10 @@ class JobService:
         return jobs.diff(self.store.get(name, a), self.store.get(name, b))
 
     def set_default(self, name: str, version: int | None) -> JobSummary:
-        return self.store.set_default(name, version)
+        with self.engine.store.db():
+            summary = self.store.set_default(name, version)
+            self.audit.append("job_default", job=name, version=version)
+        return summary
 
     def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         return self.store.runs(name, limit)
@@ -141,10 +151,26 @@ class JobService:
         submitted_by: str | None = None,
     ) -> tuple[models.Task, list[str]]:  # fmt: skip
         sha = hashlib.sha256(spec.script_bytes).hexdigest()
+        starting = STARTING.set((job, version) if job is not None and version is not None else None)
+        try:
+            return self._start_in_batch(spec, sha, job=job, version=version, rerun_of=rerun_of,
+                                        submitted_by=submitted_by)  # fmt: skip
+        finally:
+            STARTING.reset(starting)
+
+    def _start_in_batch(
+        self, spec: Submit, sha: str, *, job: str | None, version: int | None, rerun_of: str | None,
+        submitted_by: str | None,
+    ) -> tuple[models.Task, list[str]]:  # fmt: skip
         with self.engine.batch():  # the task and what it runs, in one commit
             task, targets = self.engine.submit(spec)
             self.store.link_task(task.id, job=job, version=version, script_sha256=sha, rerun_of=rerun_of,
                                  submitted_by=submitted_by)  # fmt: skip
+            # no record, no task: AuditUnavailable rolls the submission back (issue 16)
+            actor = ACTOR.get() if ACTOR.get() != "mqtt" or not submitted_by else submitted_by
+            self.audit.append("submit", task_id=task.id, actor=actor, selector=list(spec.targets), resolved=len(targets),
+                              job=job, version=version, script_sha256=sha, name=spec.name, author=submitted_by,
+                              rerun_of=rerun_of, request_id=spec.request_id)  # fmt: skip
         if job is not None:
             log.info("task %s runs job %s@%s", task.id, job, version, extra={"task_id": task.id})
         return task, targets

@@ -733,6 +733,72 @@ PATHS.update({
     },
 })  # fmt: skip
 
+_AUDIT_ACTIONS = ["submit", "kill", "approval", "outcome", "job_version", "job_default", "schedule_add",
+                  "schedule_pause", "schedule_resume", "schedule_remove", "signing_key"]  # audit.ACTIONS
+SCHEMAS["AuditRecord"] = {
+    "type": "object",
+    "description": "One record of the append-only, hash-chained audit trail (docs/security.md)",
+    "properties": {
+        "seq": {"type": "integer"},
+        "at": {"type": "number", "description": "epoch seconds"},
+        "actor": {"type": "string", "description": "the API token's name, mqtt, schedule:NAME or master"},
+        "action": {"type": "string", "enum": _AUDIT_ACTIONS},
+        "task_id": {"type": ["string", "null"]},
+        "detail": {"type": "object", "description": "selector and resolved count, job version, script sha256, outcome"},
+        "prev": {"type": "string", "description": "the previous record's hash"},
+        "hash": {"type": "string", "description": "sha256 of this record's fields and prev"},
+    },
+}
+PATHS.update({
+    "/api/v1/audit": {
+        "get": {
+            "summary": "Audit records, oldest first, after a sequence number",
+            "parameters": [
+                _query("after", {"type": "integer", "minimum": 0}, "only records with a higher seq"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows (default 100)"),
+                _query("task_id", {"type": "string"}, "only this task's records"),
+                _query("action", {"type": "string", "enum": _AUDIT_ACTIONS}, "only this action"),
+            ],
+            "responses": {"200": _json({"type": "object", "properties": {"records": {"type": "array",
+                          "items": _ref("AuditRecord")}}}, "records"), "401": _UNAUTH},
+        }
+    },
+    "/api/v1/audit/verify": {
+        "get": {
+            "summary": "Walk the hash chain: ok, or which records were edited or deleted",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "ok": {"type": "boolean"}, "count": {"type": "integer"}, "head_seq": {"type": "integer"},
+                "head_hash": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}}},
+                "the verdict"), "401": _UNAUTH},
+        }
+    },
+    "/api/v1/jobs/{name}/versions/{version}/approvals": {
+        "post": {
+            "summary": "Keep an operator's offline approval of this version (sent with its tasks' signatures)",
+            "parameters": [_JOB, {**_path_param("version", "version number"), "schema": {"type": "string",
+                                                                                         "pattern": "^[1-9][0-9]{0,8}$"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["public", "statement", "sig"], "additionalProperties": False,
+                "properties": {"public": {"type": "string", "description": "base64 Ed25519 public key"},
+                               "statement": {"type": "string", "description": "the signed approval, JSON text"},
+                               "sig": {"type": "string", "description": "base64 signature of statement"}}}}}},
+            "responses": {"201": _json({"type": "object", "properties": {
+                "job": {"type": "string"}, "version": {"type": "integer"}, "kid": {"type": "string"},
+                "script_sha256": {"type": "string"}}}, "kept"), "400": _err("not an approval of this version"),
+                "401": _UNAUTH, "404": _err("unknown job or version")},
+        }
+    },
+    "/api/v1/whoami": {
+        "get": {
+            "summary": "The caller's token name and role, and what the role may do",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+                "may": {"type": "object", "properties": {"read": {"type": "boolean"}, "run": {"type": "boolean"},
+                                                         "admin": {"type": "boolean"}}}}}, "who"), "401": _UNAUTH},
+        }
+    },
+})  # fmt: skip
+
 
 _EVENT_DATA = {
     "oneOf": [
@@ -758,6 +824,7 @@ SCHEMAS["ServerSentEvent"] = {
 }  # fmt: skip
 
 _FORBIDDEN = _err("without a token: a Host that is not loopback, or a cross-origin browser request")
+_ROLE_FORBIDDEN = _err("the token's role does not allow this operation (viewer < operator < admin)")
 _NOT_JSON = _err("the body is not Content-Type: application/json")
 
 
@@ -767,7 +834,9 @@ _AUTH_MODES = (
     "every operation but the page, this document and the probes, and answers 401 without it; a master without "
     "a token listens on loopback only, needs no Authorization, and answers 403 to a Host that is not loopback "
     "or a cross-origin Origin (no 401). This document is served for the master's own mode: it has the bearer "
-    "requirement when the master has a token, none when not."
+    "requirement when the master has a token, none when not. Each token has a role: viewer reads (GET), "
+    "operator also submits, kills and re-runs tasks and runs jobs, admin also changes jobs and schedules; "
+    "a token whose role is too low gets 403."
 )
 
 
@@ -842,6 +911,8 @@ def _with_guard_answers(paths: dict[str, Any], *, secured: bool) -> dict[str, An
             if not secured:
                 responses.pop("401", None)
                 responses["403"] = _FORBIDDEN
+            elif method != "get":
+                responses["403"] = _ROLE_FORBIDDEN
             if method == "post":
                 responses["415"] = _NOT_JSON
             if (op.get("requestBody") or any(p["in"] == "query" for p in op.get("parameters", ()))) and (

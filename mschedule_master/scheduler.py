@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import models
+from .audit import AuditLog
 from .engine import Engine
 from .errors import StoreError
 from .jobs import JobError, build_submit
@@ -56,6 +57,7 @@ class Scheduler:
         self.jobs = jobs
         self.store = ScheduleStore(engine.store)
         self.clock = clock
+        self._audit = AuditLog(engine.store, clock=clock)
         self._wake: dict[str, int | None] = {}  #: schedule -> its next fire time, once planned
         self._dirty: set[str] = set()  #: plan these at the next tick (a run ended, a resume)
         engine.subscribe(self._on_event)
@@ -69,7 +71,10 @@ class Scheduler:
         except JobError as e:
             raise InvalidRequest(str(e), e.field) from None
         try:
-            stored = self.store.add(s, now=self.clock(), created_by=created_by)
+            with self.engine.store.db():
+                stored = self.store.add(s, now=self.clock(), created_by=created_by)
+                self._audit.append("schedule_add", schedule=s.name, job=s.job, version=str(s.version), cron=s.cron,
+                                   tz=s.tz, created_by=created_by)  # fmt: skip
         except ScheduleExists as e:
             raise InvalidRequest(str(e), "name") from None
         log.info("schedule %s added: %s@%s on %r in %s", s.name, s.job, s.version, s.cron, s.tz)
@@ -83,19 +88,29 @@ class Scheduler:
         return self.store.get(name)
 
     def pause(self, name: str) -> StoredSchedule:
-        if self.store.set_paused(name, True, now=self.clock()):
+        with self.engine.store.db():
+            changed = self.store.set_paused(name, True, now=self.clock())
+            if changed:
+                self._audit.append("schedule_pause", schedule=name)
+        if changed:
             log.info("schedule %s paused", name)
         self._wake.pop(name, None)
         return self.store.get(name)
 
     def resume(self, name: str) -> StoredSchedule:
-        if self.store.set_paused(name, False, now=self.clock()):
+        with self.engine.store.db():
+            changed = self.store.set_paused(name, False, now=self.clock())
+            if changed:
+                self._audit.append("schedule_resume", schedule=name)
+        if changed:
             log.info("schedule %s resumed", name)
         self._dirty.add(name)
         return self.store.get(name)
 
     def remove(self, name: str) -> None:
-        self.store.remove(name)
+        with self.engine.store.db():
+            self.store.remove(name)
+            self._audit.append("schedule_remove", schedule=name)
         self._wake.pop(name, None)
         log.info("schedule %s removed", name)
 

@@ -18,6 +18,8 @@ from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
 from mschedule_agent.transport import Incoming
 
 from . import models, targeting
+from .approvals import Approvals
+from .audit import AuditLog
 from .engine import Engine
 from .jobservice import JobService
 from .liveoutput import LiveIngest, chunks_after
@@ -63,6 +65,9 @@ class MasterService:
         self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self.live = LiveIngest(engine=engine, store=store)
+        self.audit = AuditLog(store, clock=clock)
+        self.approvals = Approvals(store, clock=clock)
+        engine.subscribe(self._audit_outcome)
         self._last_flush = 0.0
         self._last_sweep = 0.0
 
@@ -75,7 +80,16 @@ class MasterService:
         before = self.store.get_task(task_id, with_targets=False)
         if before is not None and before.state.final:
             raise models.TaskEnded(task_id, before.state.value)
-        return self.engine.kill(task_id)
+        with self.engine.batch():  # the kill and its audit record, or neither
+            self.audit.append("kill", task_id=task_id)
+            return self.engine.kill(task_id)
+
+    def _audit_outcome(self, event: models.Event) -> None:
+        """A task's end, appended to the audit trail after the commit that decided it."""
+        if event.kind != "task" or not TaskState(event.data.get("state", "WAITING")).final or event.task_id is None:
+            return
+        self.audit.append("outcome", task_id=event.task_id, actor="master", state=event.data["state"],
+                          reason=event.data.get("reason", ""), counts=event.data.get("counts", {}))  # fmt: skip
 
     def resolve_targets(self, selectors: list[str]) -> list[models.Agent]:
         agents = self.registry.agents()

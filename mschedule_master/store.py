@@ -162,6 +162,32 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "alter table tasks add column stream integer not null default 1",
         ),
     ),
+    # audit.py (issue 16): who did what, append-only and hash-chained. AUTOINCREMENT keeps the
+    # highest seq ever used in sqlite_sequence, so a deleted last record leaves a visible gap.
+    (
+        "audit-1",
+        (
+            """create table audit (
+                seq integer primary key autoincrement, at real not null, actor text not null,
+                action text not null, task_id text, detail text not null,
+                prev text not null, hash text not null)""",
+            "create index audit_task on audit (task_id) where task_id is not null",
+            """create trigger audit_no_update before update on audit
+                begin select raise(abort, 'the audit trail is append-only'); end""",
+            """create trigger audit_no_delete before delete on audit
+                begin select raise(abort, 'the audit trail is append-only'); end""",
+        ),
+    ),
+    # approvals.py (issue 16): operators' offline signatures of job versions, sent with their tasks.
+    (
+        "approvals-1",
+        (
+            """create table job_approvals (
+                job text not null, version integer not null, kid text not null, statement text not null,
+                sig blob not null, created_at real not null, primary key (job, version, kid),
+                foreign key (job, version) references job_versions (job, version))""",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (

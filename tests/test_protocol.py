@@ -100,6 +100,7 @@ EXAMPLES: dict[str, p.Message] = {
     "master_answer": p.MasterAnswer(
         nonce="n1", instance="i1", client_id="mschedule-master", pid=42, host="central-1", started_at=1700000000.0
     ),
+    "signed": p.Signed(kid="ed25519-0123456789abcdef", header='{"protocol":2}', sig=bytes(64), body='{"v":1}'),
 }
 
 

@@ -112,8 +112,10 @@ function decode(text, encoding) {
 
 // ------------------------------------------------------------------ API
 
+// The token lives in sessionStorage: gone with the tab, never shared with other tabs or kept
+// on disk across browser restarts as localStorage would (issue 16).
 function authHeaders() {
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = sessionStorage.getItem(TOKEN_KEY);
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
@@ -602,7 +604,20 @@ function route() {
   refresh();
 }
 
+// What the token's role may do: the page hides the rest (style.css: [data-needs]). Until the
+// answer comes, body[data-role] is "viewer": nothing the role may not do is ever shown.
+async function loadRole() {
+  try {
+    const me = await api("GET", "/api/v1/whoami");
+    document.body.dataset.role = me.role;
+    $("#whoami").textContent = `${me.name} (${me.role})`;
+  } catch (e) {
+    document.body.dataset.role = "viewer";
+  }
+}
+
 function init() {
+  loadRole();
   $("#submit-form").addEventListener("submit", submit);
   $("#kill").addEventListener("click", kill);
   $("#rerun").addEventListener("click", () => rerun(false));
@@ -620,8 +635,9 @@ function init() {
   });
   $("#auth-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    localStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
     $("#auth").hidden = true;
+    loadRole();
     refresh();
   });
   window.addEventListener("hashchange", route);

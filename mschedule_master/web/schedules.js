@@ -63,7 +63,7 @@ function drawScheduleList(schedules) {
   body.replaceChildren();
   $("#schedules-empty").hidden = schedules.length > 0;
   for (const s of schedules) {
-    const toggle = h("button", { class: "link toggle", onclick: (ev) => { ev.stopPropagation(); pauseOrResume(s); } },
+    const toggle = h("button", { class: "link toggle", "data-needs": "admin", onclick: (ev) => { ev.stopPropagation(); pauseOrResume(s); } },
       s.paused ? "resume" : "pause");
     body.append(
       h("tr", { "data-schedule": s.name, class: s.name === schedulesView.name ? "selected" : "",

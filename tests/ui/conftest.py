@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,14 @@ class FakeService:
             return self.targets[task_id][agent_id]
         except KeyError:
             raise NotFound("target", agent_id) from None
+
+    def live_chunks(self, task_id: str, agent_id: str, stream: str, offset: int) -> list[Any]:
+        """A running target's bytes as one live chunk (what it has streamed so far)."""
+        from mschedule_master.liveoutput import Chunk
+
+        target = self.output(task_id, agent_id)
+        data = (target.stdout if stream == "stdout" else target.stderr) or b""
+        return [Chunk(stream, 0, 0, data)] if len(data) > offset else []
 
     def subscribe(self, callback):
         self._subs.append(callback)

@@ -558,10 +558,12 @@ def _spec():
 
 
 def test_openapi_documents_the_guard_answers():
-    """With a token: 401 (no browser guard's 403); without: the guard's 403 and no 401."""
+    """With a token: 401, and the role's 403 on what changes something (no browser guard's 403);
+    without: the guard's 403 and no 401."""
     paths = openapi.document(secured=True)["paths"]
     assert set(paths["/api/v1/tasks"]["post"]["responses"]) >= {"201", "400", "401", "413", "415"}
-    assert "403" not in paths["/api/v1/tasks"]["post"]["responses"]
+    assert "role" in paths["/api/v1/tasks"]["post"]["responses"]["403"]["description"]
+    assert "403" not in paths["/api/v1/tasks"]["get"]["responses"]  # every role reads
     assert "415" not in paths["/api/v1/tasks"]["get"]["responses"]
     assert "403" not in paths["/"]["get"]["responses"]
     loopback = openapi.document(secured=False)["paths"]["/api/v1/tasks"]["post"]["responses"]

@@ -179,7 +179,35 @@ def test_page_asks_for_the_token_when_the_master_needs_one(broker, tmp_path, pag
         page.locator("#fleet-empty").wait_for()  # the (empty) fleet loaded with the token
         page.locator("#live.on").wait_for()  # and the event stream connected with it
         assert page.locator("#auth").is_hidden()
-        assert page.evaluate("localStorage.getItem('mschedule.token')") == "page-secret"
+        assert page.evaluate("sessionStorage.getItem('mschedule.token')") == "page-secret"
+        assert page.evaluate("localStorage.getItem('mschedule.token')") is None  # never kept on disk
+        page.locator("body[data-role=admin]").wait_for()  # the single token is an admin's
+        assert page.locator("#submit-card").is_visible()
+    finally:
+        master.stop()
+
+
+def test_a_viewer_token_sees_no_run_form_and_no_kill_button(broker, tmp_path, page):
+    import uuid
+
+    from harness.fleet import start_master
+
+    config = tmp_path / "master.toml"
+    config.write_text('[tokens.carol]\nrole = "viewer"\ntoken = "viewer-page-secret-0123"\n')
+    master = start_master(tmp_path / "master", broker.url, f"view{uuid.uuid4().hex[:8]}/mschedule", config=str(config))
+    try:
+        page.expected_errors.append("status of 401 (Unauthorized)")
+        page.goto(master.http_url + "/")
+        page.locator("#auth").wait_for()
+        page.fill("#token", "viewer-page-secret-0123")
+        page.click("#auth-form button")
+        page.locator("body[data-role=viewer]").wait_for()
+        page.locator("#fleet-empty").wait_for()  # it reads
+        assert page.locator("#whoami").inner_text() == "carol (viewer)"
+        display = "e => getComputedStyle(e).display"
+        assert page.eval_on_selector("#submit-card", display) == "none"  # it may not run anything
+        assert page.eval_on_selector("#kill", display) == "none"  # nor kill (its own style, not its page's)
+        assert page.eval_on_selector("#job-run-form", display) == "none"
     finally:
         master.stop()
 
