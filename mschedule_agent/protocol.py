@@ -515,7 +515,7 @@ class Submit:
     request_id: str | None = None
     name: str = ""
     timeout: float = 0
-    parallel: int | str = 1
+    parallel: int | str | None = None  #: None: 1, but not "explicit" (the master's unplanned_target_limit)
     fail_rate: float | str | None = None
     fail_count: int = -1
     on_abort: str = "kill"
@@ -526,6 +526,9 @@ class Submit:
     job: str | None = None  #: run this saved job instead of a script
     version: int | None = None  #: the job's version; None = its default version
     stream: bool = True  #: targets send their output live while it runs; False: only in the result
+    #: a rollout plan: text ("1,pause,5,20%,rest") or a list of step objects; the master
+    #: checks it (mschedule_master/plan.py, docs/rollout.md "Plans")
+    plan: str | list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.script, self.script_text, self.job))
@@ -541,8 +544,10 @@ class Submit:
         _check(all(t.strip() for t in self.targets), "targets", "a target selector is empty")
         _check(self.request_id is None or _topic_level_ok(self.request_id), "request_id", "bad request_id")
         _check(self.timeout >= 0, "timeout", "timeout must be >= 0 (0 = no limit)")
-        validate_parallel(self.parallel)
+        if self.parallel is not None:
+            validate_parallel(self.parallel)
         validate_fail_rate(self.fail_rate)
+        _check(self.plan is None or len(self.plan) > 0, "plan", "plan is empty")
         _check(self.fail_count >= -1, "fail_count", "fail_count must be >= -1 (-1 = no limit)")
         _check(self.on_abort in ON_ABORT, "on_abort", f"on_abort must be one of {sorted(ON_ABORT)}")
         _check(
@@ -571,6 +576,10 @@ class Submit:
         doc.update(request_id=None, script=_b64(self.script_bytes), script_text=None)
         if self.stream:
             del doc["stream"]  # the default: digests from before the field existed still match
+        if doc["parallel"] is None:  # as before the field could be left out: the same request, the same digest
+            doc["parallel"] = 1
+        if doc["plan"] is None:
+            del doc["plan"]
         return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

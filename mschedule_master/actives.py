@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from mschedule_agent.transport import Publication
 
-from . import models
-from .rollout import Limits, Rollout
+from . import models, plan
+from .rollout import Limits, Progress, Rollout
 
 
 @dataclass(slots=True)
@@ -20,11 +20,17 @@ class Active:
     codes: dict[str, int | None] = field(default_factory=dict)  #: exit codes of the stored results, for the summary
     copies: dict[str, Publication] = field(default_factory=dict)  #: the last task copy sent to each unacked target
     script_sha256: str | None = None  #: of task.script, computed at the first result that reports one
+    progress: Progress = field(default_factory=Progress)  #: the plan's progress as last stored
 
 
 def limits(task: models.Task) -> Limits:
     """The rollout limits a task asked for."""
     return Limits(parallel=task.parallel, fail_rate=task.fail_rate, fail_count=task.fail_count, on_abort=task.on_abort)
+
+
+def plan_of(task: models.Task) -> plan.Plan | None:
+    """The rollout plan a task asked for (docs/rollout.md, "Plans"); None for none."""
+    return plan.parse(task.plan) if task.plan is not None else None
 
 
 def counts(active: Active) -> dict[str, int]:

@@ -29,10 +29,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import follow, openapi, probes, roles, sse
+from . import follow, openapi, plan, probes, roles, sse
 from .audit import ACTOR, AuditUnavailable
 from .coalesce import Coalescer
-from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded
+from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded, WrongState
+from .rollout import Limits
 from .states import TargetState, TaskState
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,12 @@ def task_json(
         "delivery_timeout": t.delivery_timeout,
         "counts": dict(t.counts),
         "target_count": t.target_count,
+        "plan": t.plan,
+        "plan_step": t.plan_step,
+        "paused_at": t.paused_at,
     }
+    if t.plan is not None:
+        doc["plan_stages"] = plan_stages(t)
     if with_script:
         doc["script"], doc["script_encoding"] = encode_output(t.script)
     if t.targets is not None:
@@ -354,6 +360,7 @@ async def get_task(request: web.Request) -> web.Response:
         task = await read(service, "task", task_id, **kw)
         task = with_hostnames(service, task)  # on the loop: the registry lives there
         links = api_jobs.task_links(service, task.id)  # on the loop: so does the store's connection
+        links.update(plan_history(service, task))
         return await render(service, lambda: dumps({**task_json(task, max_output=limit, outputs=outputs), **links}))
 
     query = (tuple(sorted(kw.items())), limit, outputs)
@@ -408,6 +415,71 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
 
 
+async def approve_task(request: web.Request) -> web.Response:
+    """Let a paused plan go on; body (optional): ``{"by": "who"}``."""
+    service = service_of(request)
+    by = await _who(request)
+    task = service.approve(request.match_info["task_id"], by)
+    audit(request, f"approved by {by}", task)
+    return json_response(task_json(with_hostnames(service, task), with_script=False))
+
+
+async def abort_task(request: web.Request) -> web.Response:
+    """Stop the task's rollout (it ends FAILED); body (optional): ``{"by": "who"}``."""
+    service = service_of(request)
+    by = await _who(request)
+    task = service.abort(request.match_info["task_id"], by)
+    audit(request, f"aborted by {by}", task)
+    return json_response(task_json(with_hostnames(service, task), with_script=False), status=202)
+
+
+async def _who(request: web.Request) -> str:
+    """Who: the token's name when a named token was used (a body's ``by`` is kept beside it),
+    else ``by`` from an optional JSON body, else ``http:<client address>``."""
+    body = await read_json(request) if request.body_exists else {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object (or no body)", "body")
+    unknown = sorted(set(body) - {"by"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
+    by = body.get("by")
+    if by is not None and (not isinstance(by, str) or len(by) > 200 or "\x00" in by):
+        raise ApiError(400, "by must be a string of at most 200 characters", "by")
+    actor = ACTOR.get()
+    if not actor.startswith(("http:", "mqtt")):  # a named token: who approves is who holds it
+        return actor if by in (None, actor) else f"{actor} (for {by})"
+    return by or f"http:{request.remote}"
+
+
+def plan_history(service: Service, t: Task) -> dict[str, Any]:
+    """Who approved a plan's pauses and when, and who aborted the task (its events)."""
+    store = getattr(service, "store", None)
+    if store is None:
+        return {}
+    out: dict[str, Any] = {}
+    if t.plan is not None:
+        out["approvals"] = [
+            {"by": e["data"].get("by"), "at": e["ts"], "step": e["data"].get("step")}
+            for e in sorted(store.events(t.id, kind="approved"), key=lambda e: e["ts"])
+        ]
+    aborts = store.events(t.id, kind="abort", limit=1)
+    if aborts:
+        out["aborted_by"] = {"by": aborts[0]["data"].get("by"), "at": aborts[0]["ts"]}
+    return out
+
+
+def plan_stages(t: Task) -> list[dict[str, Any]]:
+    """The task's plan as steps resolved against its targets (what the page and CLI show)."""
+    assert t.plan is not None
+    stages = plan.parse(t.plan).resolve(t.target_count, Limits(parallel=t.parallel).window(t.target_count))
+    return [
+        {"step": s.number, "pause": s.step.seconds if isinstance(s.step, plan.Pause) else None,
+         "kind": "pause" if s.is_pause else "batch", "targets": s.size, "parallel": None if s.is_pause else s.window,
+         "current": s.number == t.plan_step}
+        for s in stages
+    ]  # fmt: skip
+
+
 async def kill_task(request: web.Request) -> web.Response:
     service = service_of(request)
     task = service.kill(request.match_info["task_id"])
@@ -450,6 +522,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/tasks/{task_id}", get_task),
     Route("GET", "/api/v1/tasks/{task_id}/targets/{agent_id}/output", get_output),
     Route("POST", "/api/v1/tasks/{task_id}/kill", kill_task),
+    Route("POST", "/api/v1/tasks/{task_id}/approve", approve_task),
+    Route("POST", "/api/v1/tasks/{task_id}/abort", abort_task),
     Route("GET", "/api/v1/events", sse.events),
     Route("GET", "/api/v1/openapi.json", get_openapi, auth=False),
     Route("GET", "/", index, auth=False),
@@ -486,7 +560,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return _error(e.status, e.message, e.field)
     except NotFound as e:
         return _error(404, str(e), e.what)
-    except RequestConflict as e:
+    except (RequestConflict, WrongState) as e:
         return _error(409, str(e), e.field)
     except TaskEnded as e:
         return _error(409, str(e), "task")

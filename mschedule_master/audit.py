@@ -38,7 +38,7 @@ ACTOR: ContextVar[str] = ContextVar("mschedule_actor", default="mqtt")
 
 ACTIONS = frozenset(
     {"submit", "kill", "approval", "outcome", "job_version", "job_default", "schedule_add", "schedule_pause",
-     "schedule_resume", "schedule_remove", "signing_key"}
+     "schedule_resume", "schedule_remove", "signing_key", "plan_approve", "plan_abort"}
 )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
     mschedule agents [--json]
     mschedule run -t SELECTOR [-t ...] [--parallel N|N%] [--fail-count N] [--fail-rate R|N%]
+                  [--plan '1,pause,5,20%,rest' | --canary N]
                   [--timeout S] [--on-abort kill|drain] [--delivery-timeout S] [--output-cap BYTES]
                   [--env K=V] [--cwd DIR] [--name N] [--request-id ID] [--yes]
                   (-c 'COMMAND' | SCRIPT_FILE) [--no-wait] [--json] [--follow] [--no-stream]
@@ -9,6 +10,8 @@
     mschedule status TASK [--json]
     mschedule output TASK [AGENT] [--stderr] [--follow]
     mschedule kill TASK
+    mschedule approve TASK [--by WHO]      (a PAUSED plan goes on)
+    mschedule abort TASK [--by WHO]        (stop the rollout: it ends FAILED)
     mschedule tasks [--state S]
     mschedule job save|list|show|history|diff|default|run|push|pull ...   (see cli_jobs.py)
     mschedule schedule add|list|show|pause|resume|rm|next ...             (see cli_schedules.py)
@@ -474,11 +477,15 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "targets": args.target,
         "script": b64(script),
-        "parallel": args.parallel,
         "fail_count": args.fail_count,
         "timeout": args.timeout,
         "on_abort": args.on_abort,
     }
+    if args.parallel is not None:  # left out: 1, and the master's unplanned_target_limit applies
+        body["parallel"] = args.parallel
+    task_plan = plan_flag(args)
+    if task_plan is not None:
+        body["plan"] = task_plan
     for name in ("fail_rate", "delivery_timeout", "output_cap", "request_id"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
@@ -499,6 +506,61 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
     return body
 
 
+def plan_flag(args: argparse.Namespace) -> str | list[Any] | None:
+    """``--plan`` (its text, or JSON steps when it starts with '[') or ``--canary N``."""
+    if args.plan is not None and args.canary is not None:
+        raise CliError("give either --plan or --canary, not both")
+    if args.canary is not None:
+        return f"{args.canary},pause,rest"
+    if args.plan is not None and args.plan.lstrip().startswith("["):
+        try:
+            return json.loads(args.plan)
+        except ValueError as e:
+            raise CliError(f"--plan: not valid JSON: {e}") from None
+    return args.plan
+
+
+def add_plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", metavar="STEPS", help="rollout plan: steps like 1,pause,5,20%%,rest ('pause 10m' for a "
+                   "timed pause), or JSON steps with their own limits (docs/rollout.md)")
+    p.add_argument("--canary", metavar="N", help="N targets first, then pause until approved, then the rest "
+                   "(the plan N,pause,rest)")  # fmt: skip
+
+
+def _who(args: argparse.Namespace) -> dict[str, Any]:
+    if args.by:
+        return {"by": args.by}
+    from .cli_jobs import author
+
+    return {"by": author()}
+
+
+def cmd_approve(client: Client, args: argparse.Namespace, console: Console) -> int:
+    task = client.post(f"/api/v1/tasks/{quote(args.task)}/approve", _who(args))
+    console.print(f"task {task['id']} approved: now {task['state']} ({counts_text(task['counts'])})",
+                  highlight=False, markup=False)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
+    task = client.post(f"/api/v1/tasks/{quote(args.task)}/abort", _who(args))
+    console.print(f"abort requested for task {task['id']} (now {task['state']}: {counts_text(task['counts'])})",
+                  highlight=False, markup=False)  # fmt: skip
+    return EXIT_OK
+
+
+def plan_text(task: dict[str, Any]) -> str:
+    """``1 > [pause] > 4`` with the current step marked: what status shows of a plan."""
+    parts = []
+    for s in task.get("plan_stages") or []:
+        if s["kind"] == "pause":
+            word = "pause" if s["pause"] is None else f"pause {s['pause']:g}s"
+        else:
+            word = f"{s['targets']} (parallel {s['parallel']})"
+        parts.append(f"[{word}]" if s["current"] else word)
+    return " > ".join(parts)
+
+
 def cmd_run(client: Client, args, console: Console) -> int:
     from . import cli_ids, cli_targets
 
@@ -511,8 +573,9 @@ def cmd_run(client: Client, args, console: Console) -> int:
         print(json.dumps(task, indent=2) if args.json else task["id"])
         return EXIT_OK
     if not args.json:
+        plan_note = f"; plan {plan_text(task)}" if task.get("plan_stages") else ""
         console.print(f"task [bold]{task['id']}[/] submitted to {plural(task['target_count'], 'target')} "
-                      f"(parallel {task['parallel']})", highlight=False)  # fmt: skip
+                      f"(parallel {task['parallel']}{escape(plan_note)})", highlight=False)  # fmt: skip
         waiting = offline_targets(client, task)
         if waiting:
             console.print(f"waiting for {plural(len(waiting), 'offline agent')}: {', '.join(waiting[:5])}"
@@ -542,6 +605,7 @@ def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, A
     view = _ProgressView(console, task_id) if show and console.is_terminal else _LineView(console, task_id, show)
     output = Lines()
     killing = False
+    paused_noted = False  # the "approve with" hint was shown for the current pause
     live = False  # subscribed: the stream will tell of every change
     read = True  # the task must be read (again)
     task: dict[str, Any] = {}
@@ -569,6 +633,9 @@ def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, A
                     for agent_id, _stream, text in output.finish():
                         view.line(output.prefixed(agent_id, text), shown=lines)
                     return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                if task["state"] == "PAUSED" and not paused_noted:
+                    view.say(f"paused: go on with: mschedule approve {task_id} (or: mschedule abort {task_id})")
+                paused_noted = task["state"] == "PAUSED"
                 try:
                     events = _wait(watcher, LIVE_CHECK if live else poll_interval(task["target_count"]))
                 except queue.Empty:
@@ -720,6 +787,10 @@ class _ProgressView:
     def note(self, text: str) -> None:
         self.progress.update(self.bar, description=text)
 
+    def say(self, text: str) -> None:
+        """A line above the bar, kept (the bar's description changes with the next update)."""
+        self.progress.console.print(text, highlight=False, markup=False)
+
     def pause(self) -> None:
         self.live.stop()
 
@@ -754,6 +825,9 @@ class _LineView:
             highlight=False,
             markup=False,
         )
+
+    def say(self, text: str) -> None:
+        self.note(text)
 
     def note(self, text: str) -> None:
         if self.show and text != self.last_note:
@@ -828,9 +902,17 @@ def cmd_status(client: Client, args, console: Console) -> int:
         revised = f", verdict revised {when(task['revised_at'])}" if task.get("revised_at") else ""
         console.print(f"created {when(task['created_at'])}, finished {when(task['finished_at'])}{revised}; "
                       f"targets {escape(' '.join(task['targets_spec']))}; {limits}", markup=False, highlight=False)
+        if task.get("plan_stages"):
+            paused = f"; paused since {when(task['paused_at'])}" if task.get("paused_at") else ""
+            console.print(f"plan: {plan_text(task)}{paused}", markup=False, highlight=False)
+            for a in task.get("approvals") or []:
+                console.print(f"  step {a['step']} approved by {a['by']} {when(a['at'])}", markup=False, highlight=False)
+        if task.get("aborted_by"):
+            console.print(f"aborted by {task['aborted_by']['by']} {when(task['aborted_by']['at'])}", markup=False,
+                          highlight=False)  # fmt: skip
         console.print(counts_text(task["counts"]), highlight=False)
         console.print(targets_table(task, offline_agents(client, task)))  # fmt: skip
-    return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING") else EXIT_TASK_FAILED
+    return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING", "PAUSED") else EXIT_TASK_FAILED
 
 
 def offline_targets(client: Client, task: dict[str, Any]) -> list[str]:
@@ -948,8 +1030,9 @@ def parser() -> argparse.ArgumentParser:
                    help="agent id or selector (repeatable)")
     r.add_argument("-c", dest="command", metavar="COMMAND", help="the script as one command line")
     r.add_argument("script_file", nargs="?", metavar="SCRIPT_FILE", help="the script file ('-' = stdin)")
-    r.add_argument("--parallel", type=cli_args.parallel, default=1, metavar="N|N%",
+    r.add_argument("--parallel", type=cli_args.parallel, default=None, metavar="N|N%",
                    help="targets running at once (default 1)")
+    add_plan_flags(r)
     r.add_argument("--fail-count", type=cli_args.fail_count, default=-1, metavar="N",
                    help="abort after more than N failures (-1, the default: no limit)")
     r.add_argument("--fail-rate", type=cli_args.fail_rate, default=None, metavar="R|N%",
@@ -993,8 +1076,15 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("task")
     k.set_defaults(fn=cmd_kill)
 
+    for name, fn, text in (("approve", cmd_approve, "let a PAUSED plan go on (a timed pause ends early)"),
+                           ("abort", cmd_abort, "stop a task's rollout: waiting targets are cancelled, it ends FAILED")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("task")
+        q.add_argument("--by", metavar="WHO", help="who (default: user@host)")
+        q.set_defaults(fn=fn)
+
     t = sub.add_parser("tasks", help="list tasks, newest first")
-    t.add_argument("--state", type=str.upper, choices=("WAITING", "RUNNING", "SUCCEED", "FAILED", "KILLED"))
+    t.add_argument("--state", type=str.upper, choices=("WAITING", "RUNNING", "PAUSED", "SUCCEED", "FAILED", "KILLED"))
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--json", action="store_true")
     t.set_defaults(fn=cmd_tasks)

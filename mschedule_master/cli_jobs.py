@@ -18,7 +18,21 @@ import json
 import sys
 
 from . import cli_args
-from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, b64, escape, finish, follow, quote, styled, when
+from .cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Client,
+    CliError,
+    add_plan_flags,
+    b64,
+    escape,
+    finish,
+    follow,
+    plan_flag,
+    quote,
+    styled,
+    when,
+)
 from .cli import table as new_table
 
 # rich, the jobs module (hashlib, tomllib, orjson) and getpass are imported where used (CLI start, issue 22).
@@ -71,6 +85,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the task's name (default NAME@VERSION)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--cwd")
+    add_plan_flags(p)
 
 
 def given_flags(args) -> dict[str, Any]:
@@ -94,6 +109,9 @@ def given_flags(args) -> dict[str, Any]:
         out["env"] = parse_env(args.env)
     if args.cwd:
         out["cwd"] = args.cwd
+    task_plan = plan_flag(args)
+    if task_plan is not None:
+        out["plan"] = task_plan
     return out
 
 

@@ -51,6 +51,8 @@ DEFAULT_OUTPUT_RETENTION_DAYS = 0.0  #: their outputs sooner, when set (0 = with
 #: HA masters on PostgreSQL (leadership.py): a leader silent this long loses the lead; a
 #: standby takes over within about this (plus its poll and the restore). docs/deploy.md.
 DEFAULT_LEASE = 5.0
+#: a task over this many targets needs a plan or an explicit parallel (0 = no limit)
+DEFAULT_UNPLANNED_TARGET_LIMIT = 1000
 LOG_FORMATS = ("text", "json")
 
 
@@ -81,6 +83,7 @@ class Settings:
     signing_key: str | None = None
     #: API tokens with roles, by name (roles.py): {"alice": {"role": "operator", "sha256": "..."}}
     tokens: dict[str, Any] = field(default_factory=dict)
+    unplanned_target_limit: int = DEFAULT_UNPLANNED_TARGET_LIMIT
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
@@ -91,6 +94,12 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number of days >= 0 (0 = keep), not {value!r}", name)
+        limit = self.unplanned_target_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(
+                f"unplanned_target_limit must be a whole number of targets >= 0 (0 = no limit), not {limit!r}",
+                "unplanned_target_limit",
+            )
         if self.log_format not in LOG_FORMATS:
             formats = ", ".join(LOG_FORMATS)
             raise ConfigError(f"log_format must be one of {formats}, not {self.log_format!r}", "log_format")
@@ -125,6 +134,7 @@ class Settings:
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _FLOATS = {n for n, f in _FIELDS.items() if f.type == "float"}
+_INTS = {n for n, f in _FIELDS.items() if f.type == "int"}
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -165,7 +175,13 @@ def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_va
             merged[name] = float(merged[name])
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, not {merged[name]!r}", name) from None
-    for name in set(merged) - _FLOATS - {"groups", "tokens"}:
+    for name in _INTS & set(merged):
+        value = merged[name]
+        if isinstance(value, str) and value.strip().isdigit():
+            merged[name] = int(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number, not {value!r}", name)
+    for name in set(merged) - _FLOATS - _INTS - {"groups", "tokens"}:
         if merged[name] is not None and not isinstance(merged[name], str):
             raise ConfigError(f"{name} must be a string", name)
     return Settings(**merged)
@@ -198,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")
     p.add_argument("--output-retention-days", dest="output_retention_days", type=float,
                    help="drop targets' outputs sooner than their task (default: with the task)")
+    p.add_argument("--unplanned-target-limit", dest="unplanned_target_limit", type=int,
+                   help="refuse a task over this many targets with neither a plan nor a parallel; 0 = no limit "
+                        f"({DEFAULT_UNPLANNED_TARGET_LIMIT})")  # fmt: skip
     return p
 
 

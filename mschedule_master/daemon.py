@@ -290,6 +290,7 @@ class Daemon:
         engine = Engine(
             store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
             metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
+            unplanned_target_limit=s.unplanned_target_limit,
         )  # fmt: skip
         engine.epoch = getattr(store, "epoch", None)  # HA: the leader's (pgstore.py)
         engine.subscribe(ProgressPublisher(counted, self.topics))

@@ -30,13 +30,13 @@ from mschedule_agent import protocol
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, Transport
 
-from . import models, targeting
-from .actives import Active, counts, limits
+from . import models, plan, targeting
+from .actives import Active, counts, limits, plan_of
 from .ingest import REJECT_STATES, REVIVED_KEPT, Ingest
 from .metrics import Metrics
-from .models import InvalidRequest, NotFound, RequestConflict
+from .models import InvalidRequest, NotFound, RequestConflict, WrongState
 from .registry import Change, Registry
-from .rollout import Action, Dispatch, Rollout, SendKill, TargetChanged, TaskChanged, Timing
+from .rollout import MANUAL_ABORT, Action, Dispatch, Progress, Rollout, SendKill, TargetChanged, TaskChanged, Timing
 from .sealing import Unsealed
 from .states import TargetState, TaskState
 from .store import Store, StoredTask
@@ -55,6 +55,10 @@ Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[
 #: Timing is a frozen dataclass: one default instance is safe to share.
 DEFAULT_TIMING = Timing()
 
+#: A task over this many targets with neither a plan nor an explicit parallel is refused
+#: (master config ``unplanned_target_limit``; 0 = no limit).
+UNPLANNED_TARGET_LIMIT = 1000
+
 
 class Engine:
     def __init__(
@@ -70,9 +74,11 @@ class Engine:
         resolver: Resolver = targeting.resolve,
         metrics: Metrics | None = None,
         sealer: Unsealed | None = None,
+        unplanned_target_limit: int = UNPLANNED_TARGET_LIMIT,
     ) -> None:
         self.store = store
         self.sealer = sealer or Unsealed()  #: signs each task/kill copy for its agent (sealing.py)
+        self.unplanned_target_limit = unplanned_target_limit
         self.transport = transport
         self.topics = topics
         self.registry = registry
@@ -133,11 +139,13 @@ class Engine:
             memory = active.rollout.targets
             snapshots = [replace(memory[s.agent_id]) if s.agent_id in earlier else s for s in stored.snapshots]
             rollout = Rollout.restore(
-                task_id, limits(active.task), targets=snapshots, task_state=stored.task.state,
-                reason=stored.task.reason, timing=self._timing(active.task),
+                task_id, limits(active.task), targets=snapshots, task_state=stored.task.state, reason="",
+                timing=self._timing(active.task), plan=plan_of(active.task), progress=stored.progress,
             )  # fmt: skip
             codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
-            rebuilt = self._active[task_id] = Active(active.task, rollout, codes=codes, copies=active.copies)
+            rebuilt = self._active[task_id] = Active(
+                active.task, rollout, codes=codes, copies=active.copies, progress=stored.progress or Progress()
+            )
             self.txn.touched(rebuilt, earlier)
             log.warning("task %s: rollout rebuilt from the database", task_id, extra={"task_id": task_id})
             now = self.clock()
@@ -168,15 +176,18 @@ class Engine:
             raise InvalidRequest(str(e), field="targets") from None
         if not agent_ids:
             raise InvalidRequest("the targets match no agent", field="targets")
+        task_plan = self._checked_plan(spec, len(agent_ids))
         now = self.clock()
         task_id = uuid.uuid4().hex
         delivery_timeout = spec.delivery_timeout or self.timing.delivery_timeout
         task = models.Task(
             id=task_id, name=spec.name, script=spec.script_bytes, targets_spec=list(spec.targets),
-            timeout=spec.timeout, parallel=spec.parallel, fail_rate=spec.fail_rate, fail_count=spec.fail_count,
-            on_abort=spec.on_abort, env=dict(spec.env), cwd=spec.cwd, output_cap=spec.output_cap,
-            delivery_timeout=delivery_timeout, state=TaskState.WAITING, reason="", created_at=now, finished_at=None,
-            counts={TargetState.WAITING.value: len(agent_ids)}, target_count=len(agent_ids), stream=spec.stream,
+            timeout=spec.timeout, parallel=spec.parallel if spec.parallel is not None else 1, fail_rate=spec.fail_rate,
+            fail_count=spec.fail_count, on_abort=spec.on_abort, env=dict(spec.env), cwd=spec.cwd,
+            output_cap=spec.output_cap, delivery_timeout=delivery_timeout, state=TaskState.WAITING, reason="",
+            created_at=now, finished_at=None, counts={TargetState.WAITING.value: len(agent_ids)},
+            target_count=len(agent_ids), plan=task_plan.to_json() if task_plan is not None else None,
+            stream=spec.stream,
         )  # fmt: skip
         with self.batch():
             self.store.insert_task(task, agent_ids, spec.request_id, digest)
@@ -185,7 +196,7 @@ class Engine:
                 self._hand_over("task", task_id)
                 log.info("task %s stored for %d target(s); the leader runs it", task_id, len(agent_ids), extra={"task_id": task_id})
                 return task, agent_ids
-            rollout = Rollout(task_id, agent_ids, limits(task), timing=self._timing(task), now=now)
+            rollout = Rollout(task_id, agent_ids, limits(task), timing=self._timing(task), now=now, plan=task_plan)
             active = self._active[task_id] = Active(task, rollout)
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": counts(active), "created": True})
             log.info("task %s created for %d target(s)", task_id, len(agent_ids), extra={"task_id": task_id})
@@ -194,6 +205,67 @@ class Engine:
                 return self.store.get_task(task_id, with_targets=False) or task, agent_ids
             # from memory: a read of the targets' counts would sit before the commit (and the reply)
             return replace(task, state=rollout.state, reason=rollout.reason, counts=counts(active)), agent_ids
+
+    def _checked_plan(self, spec: protocol.Submit, n_targets: int) -> plan.Plan | None:
+        """The submission's plan, parsed; and the safety limit: a task over
+        ``unplanned_target_limit`` targets needs a plan or an explicit parallel."""
+        if spec.plan is not None:
+            try:
+                return plan.parse(spec.plan)
+            except plan.PlanError as e:
+                raise InvalidRequest(str(e), field="plan") from None
+        limit = self.unplanned_target_limit
+        if spec.parallel is None and limit and n_targets > limit:
+            raise InvalidRequest(
+                f"refused: {n_targets} targets, more than unplanned_target_limit {limit}, with neither a plan nor "
+                "parallel; give a plan (--plan 1,pause,10%,rest or --canary 1: a few first, then the rest once "
+                "approved) or say how many at once (--parallel 1 runs them one at a time)",
+                field="plan",
+            )
+        return None
+
+    def approve(self, task_id: str, by: str) -> models.Task:
+        """Let a paused plan go on (a timed pause ends early); recorded as an ``approved``
+        event with who and when. Raises NotFound, or WrongState when it is not paused."""
+        with self.batch():
+            active = self._active.get(task_id)
+            if active is None or not active.rollout.paused:
+                self._not_paused(task_id, active)
+            assert active is not None
+            now = self.clock()
+            step = active.rollout.stages[active.rollout.stage].number
+            self.store.add_event(now, "approved", task_id, None, {"by": by, "step": step})
+            log.info("task %s: approved by %s at step %d", task_id, by, step, extra={"task_id": task_id})
+            self._apply(active, active.rollout.approve(now, by), now)
+        return self._task_now(task_id)
+
+    def abort(self, task_id: str, by: str) -> models.Task:
+        """Stop the task's rollout as a tripped limit would (on_abort says what happens to the
+        running targets); it ends FAILED, "aborted by <by>". Raises NotFound, or WrongState
+        when the task has ended or was already killed or aborted."""
+        with self.batch():
+            active = self._active.get(task_id)
+            if active is None or active.rollout.aborted or active.rollout.killed:
+                if not self.store.task_exists(task_id):
+                    raise NotFound("task", task_id)
+                raise WrongState(f"task {task_id} cannot be aborted: it has ended, or was already killed or aborted")
+            now = self.clock()
+            self.store.add_event(now, "abort", task_id, None, {"by": by})
+            self.store.require_sync()
+            log.info("task %s: aborted by %s", task_id, by, extra={"task_id": task_id})
+            self._apply(active, active.rollout.abort(now, f"{MANUAL_ABORT}{by}"), now)
+        return self._task_now(task_id)
+
+    def _not_paused(self, task_id: str, active: Active | None) -> None:
+        if active is None and not self.store.task_exists(task_id):
+            raise NotFound("task", task_id)
+        state = active.rollout.state.value if active is not None else "ended"
+        raise WrongState(f"task {task_id} is not paused (it is {state}): only a paused plan can be approved")
+
+    def _task_now(self, task_id: str) -> models.Task:
+        task = self.store.get_task(task_id, with_targets=False)
+        assert task is not None
+        return task
 
     def kill(self, task_id: str, reason: str = "killed by user") -> models.Task:
         with self.batch():
@@ -262,14 +334,16 @@ class Engine:
             self.emit("task", task_id, data)
 
     def _restore_one(self, st: StoredTask, now: float, deaf: float | None = None) -> None:
-        killed = bool(self.store.events(st.task.id, kind="kill", limit=1))  # a revised abort must not pass for a kill
+        kills = self.store.events(st.task.id, kind="kill", limit=1)  # a revised abort must not pass for a kill
+        # the stored reason of an unfinished task says how it paused or resumed; a kill's is in its event
+        reason = kills[0]["data"].get("reason", "") if kills else ""
         rollout = Rollout.restore(
             st.task.id, limits(st.task), targets=st.snapshots, task_state=st.task.state,
-            reason=st.task.reason, timing=self._timing(st.task), killed=killed,
+            reason=reason, timing=self._timing(st.task), killed=bool(kills), plan=plan_of(st.task), progress=st.progress,
         )  # fmt: skip
         rollout.defer(self._deaf_at_start if deaf is None else deaf)
         codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
-        active = self._active[st.task.id] = Active(st.task, rollout, codes=codes)
+        active = self._active[st.task.id] = Active(st.task, rollout, codes=codes, progress=st.progress or Progress())
         log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
         self._apply(active, rollout.resume(now), now)
 
@@ -390,6 +464,12 @@ class Engine:
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
         touched.update(active.rollout.pop_dirty())
+        progress = active.rollout.progress
+        if progress != active.progress:
+            self.txn.guard(active)
+            stage = active.rollout.stages[progress.stage]
+            self.store.set_plan_progress(task_id, progress, stage.number)
+            active.progress = progress
         self.txn.touched(active, touched)
         if active.rollout.state.final and task_id in self._active:
             del self._active[task_id]

@@ -20,9 +20,9 @@ from mschedule_agent.protocol import Ack, Reject, Result, Started, Topics
 from mschedule_agent.transport import Incoming
 
 from . import models
-from .actives import Active, limits
+from .actives import Active, limits, plan_of
 from .metrics import Metrics
-from .rollout import Action, Rollout, Timing
+from .rollout import Action, Progress, Rollout, Timing
 from .states import TARGET_PROVISIONAL, TargetState
 from .store import Store
 from .txn import Txn
@@ -198,10 +198,12 @@ class Ingest:
             return None
         rollout = Rollout.restore(
             task_id, limits(st.task), targets=st.snapshots, task_state=st.task.state, reason=st.task.reason,
-            timing=self._timing(st.task),
+            timing=self._timing(st.task), plan=plan_of(st.task), progress=st.progress,
         )  # fmt: skip
         codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
-        active = self._active[task_id] = Active(st.task, rollout, codes=codes)  # _apply drops it if it stays final
+        active = self._active[task_id] = Active(  # _apply drops it if it stays final
+            st.task, rollout, codes=codes, progress=st.progress or Progress()
+        )
         self._revived[task_id] = active
         while len(self._revived) > REVIVED_KEPT:
             self._revived.popitem(last=False)

@@ -23,10 +23,12 @@ from typing import Any
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError, Submit, is_job_name
 
+from . import plan
+
 #: The ``submit`` fields a job may give defaults for, in the order they are shown.
 DEFAULT_FIELDS = (
     "targets", "name", "timeout", "parallel", "fail_rate", "fail_count", "on_abort", "env", "cwd", "output_cap",
-    "delivery_timeout",
+    "delivery_timeout", "plan",
 )  # fmt: skip
 
 #: Target states a ``rerun --failed`` runs again: failed, or never run to the end.
@@ -135,6 +137,11 @@ def normalize_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
         raise JobError(f"unknown default(s): {', '.join(unknown)} (known: {', '.join(DEFAULT_FIELDS)})", unknown[0])
     given = {k: v for k, v in defaults.items() if v is not None}
     spec = to_submit(given, {"script_text": "x", "targets": given.get("targets") or ["x"]})
+    if spec.plan is not None:
+        try:
+            plan.parse(spec.plan)
+        except plan.PlanError as e:
+            raise JobError(str(e), "plan") from None
     return {k: getattr(spec, k) for k in DEFAULT_FIELDS if k in given}
 
 
@@ -223,6 +230,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: a plan's step ({batch = 1, fail_count = 0})
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 

@@ -131,6 +131,7 @@ class JobService:
             targets=agent_ids, script=task.script, name=task.name, timeout=task.timeout, parallel=task.parallel,
             fail_rate=task.fail_rate, fail_count=task.fail_count, on_abort=task.on_abort, env=dict(task.env),
             cwd=task.cwd, output_cap=task.output_cap, delivery_timeout=task.delivery_timeout, stream=task.stream,
+            plan=task.plan,
         )  # fmt: skip
         link = self.store.task_link(task_id)
         job, version = (link.job, link.job_version) if link else (None, None)

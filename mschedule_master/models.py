@@ -92,6 +92,12 @@ class Task:
     revised_at: float | None = None
     #: its targets send their output live while it runs (docs/protocol.md ``output``)
     stream: bool = True
+    #: its rollout plan in JSON form (docs/rollout.md "Plans"); None: no plan, one batch
+    plan: list[dict[str, Any]] | None = None
+    #: the plan's current step, numbered as the user wrote them (an implicit rest: one past the last)
+    plan_step: int | None = None
+    #: since when the plan waits at a pause (the task is PAUSED); None when not paused
+    paused_at: float | None = None
 
 
 #: Event kinds only a watcher of their one task receives (a live output chunk, its end):
@@ -137,6 +143,10 @@ class InvalidRequest(ServiceError):
         self.field = field
 
 
+class WrongState(InvalidRequest):
+    """The task's state does not allow it (approve a task that is not paused): HTTP 409."""
+
+
 class RequestConflict(InvalidRequest):
     """A ``request_id`` already names a task made from a different request (HTTP 409)."""
 
@@ -159,6 +169,12 @@ class Service(Protocol):
         starts the rollout. Raises InvalidRequest (unknown selector, empty target set)."""
 
     def kill(self, task_id: str) -> Task: ...
+
+    def approve(self, task_id: str, by: str) -> Task:
+        """Let a paused plan go on. Raises NotFound, WrongState (not paused)."""
+
+    def abort(self, task_id: str, by: str) -> Task:
+        """Stop the task's rollout; it ends FAILED. Raises NotFound, WrongState (ended, killed or aborted)."""
 
     def agents(self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None) -> list[Agent]:
         """``label`` is ``key=value``; ``hostname`` may be a glob."""

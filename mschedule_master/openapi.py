@@ -10,7 +10,7 @@ from typing import Any
 
 from mschedule_agent.protocol import PROTOCOL_VERSION
 
-TASK_STATES = ["WAITING", "RUNNING", "SUCCEED", "FAILED", "KILLED"]
+TASK_STATES = ["WAITING", "RUNNING", "PAUSED", "SUCCEED", "FAILED", "KILLED"]
 TARGET_STATES = [
     "WAITING", "DISPATCHED", "RUNNING", "SUCCEED", "FAILED", "TIMEOUT",
     "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED", "CANCELLED",
@@ -102,7 +102,13 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "timeout": {"type": "number", "minimum": 0, "description": "seconds, 0 = no limit"},
             "parallel": {"oneOf": [{"type": "integer", "minimum": 1},
-                                   {"type": "string", "pattern": "^\\d+(\\.\\d+)?%$"}]},
+                                   {"type": "string", "pattern": "^\\d+(\\.\\d+)?%$"}, {"type": "null"}],
+                         "description": "targets at once; null/absent = 1, but a task over the master's "
+                         "unplanned_target_limit then needs a plan"},
+            "plan": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": _ref("PlanStep")},
+                               {"type": "null"}],
+                     "description": "a rollout plan (docs/rollout.md, Plans): text like '1,pause,5,20%,rest' "
+                     "('pause 10m' for a timed pause) or a list of steps"},
             "fail_rate": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}],
                           "description": "-1/null = none, a fraction 0..1, or 'N%'"},
             "fail_count": {"type": "integer", "minimum": -1, "description": "-1 = no limit"},
@@ -114,6 +120,39 @@ SCHEMAS: dict[str, Any] = {
             "stream": {"type": "boolean", "description": "targets send their output live while it runs (default)"},
         },
     },  # fmt: skip
+    "PlanStep": {
+        "type": "object",
+        "description": "a batch ({batch: N | 'N%' | 'rest', parallel, fail_count, fail_rate, min_finished, ignore}) "
+        "or a pause ({pause: true} until approved, or seconds, or a duration like '10m')",
+        "properties": {
+            "batch": {"type": ["integer", "string"]},
+            "parallel": {"type": ["integer", "string"], "description": "default: the task's window; 'N%' of the batch"},
+            "fail_count": {"type": "integer", "minimum": -1, "description": "over this step's targets; -1 = none"},
+            "fail_rate": {"type": ["number", "string"], "description": "over this step's finished targets"},
+            "min_finished": {"type": "integer", "minimum": 0, "description": "finished targets before the rate is judged"},
+            "ignore": {"type": "array", "items": {"type": "string", "enum": ["FAILED", "TIMEOUT", "LOST",
+                       "UNREACHABLE", "INTERRUPTED", "REJECTED"]},
+                       "description": "failure states that do not count toward this step's limits"},
+            "pause": {"type": ["boolean", "number", "string"]},
+        },
+    },
+    "PlanStage": {
+        "type": "object",
+        "description": "a plan step resolved against the task's targets",
+        "properties": {
+            "step": {"type": "integer", "description": "the step's number as written (an implicit rest: one past the last)"},
+            "kind": {"type": "string", "enum": ["batch", "pause"]},
+            "targets": {"type": "integer"},
+            "parallel": {"type": ["integer", "null"]},
+            "pause": {**_NUM, "description": "a timed pause's seconds; null: until approved"},
+            "current": {"type": "boolean"},
+        },
+    },
+    "Who": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"by": {**_AUTHOR, "description": "who; the master records http:<client address> without it"}},
+    },
     "Target": {
         "type": "object",
         "properties": {
@@ -192,6 +231,17 @@ SCHEMAS: dict[str, Any] = {
             "stream": {"type": "boolean", "description": "targets send their output live while it runs"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "target_count": {"type": "integer"},
+            "plan": {"type": ["array", "null"], "items": _ref("PlanStep"), "description": "its plan; null = none"},
+            "plan_step": {"type": ["integer", "null"], "description": "the plan's current step"},
+            "paused_at": {**_NUM, "description": "since when the plan waits at a pause (state PAUSED)"},
+            "plan_stages": {"type": "array", "items": _ref("PlanStage"), "description": "with a plan"},
+            "approvals": {
+                "type": "array", "description": "GET one task with a plan: who approved its pauses, when, at which step",
+                "items": {"type": "object", "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"},
+                                                           "step": {"type": ["integer", "null"]}}},
+            },
+            "aborted_by": {"type": "object", "description": "GET one task a person aborted: who and when",
+                           "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"}}},
             "targets": {
                 "type": "object",
                 "additionalProperties": _ref("Target"),
@@ -250,7 +300,7 @@ SCHEMAS: dict[str, Any] = {
             "description": {"type": "string"},
             "defaults": {"type": ["object", "null"], "description": "any of: " + ", ".join(
                 ("targets", "name", "timeout", "parallel", "fail_rate", "fail_count", "on_abort", "env", "cwd",
-                 "output_cap", "delivery_timeout"))},
+                 "output_cap", "delivery_timeout", "plan"))},
             "author": _AUTHOR,
             "message": {"type": "string"},
         },
@@ -276,6 +326,8 @@ _TASK_LINKS = {
     "GetTask": {"operationId": "getTask", "parameters": _BY_ID},
     "GetOutput": {"operationId": "getOutput", "parameters": _BY_ID},
     "KillTask": {"operationId": "killTask", "parameters": _BY_ID},
+    "ApproveTask": {"operationId": "approveTask", "parameters": _BY_ID},
+    "AbortTask": {"operationId": "abortTask", "parameters": _BY_ID},
     "RerunTask": {"operationId": "rerunTask", "parameters": _BY_ID},
 }
 _JOB = {**_path_param("name", "job name"), "example": "hello"}
@@ -440,6 +492,35 @@ PATHS: dict[str, Any] = {
             "parameters": [_TASK_ID],
             "responses": {"202": _json(_ref("Task"), "kill requested"), "401": _UNAUTH, "404": _err("unknown task"),
                           "409": _err("the task had already ended: nothing to kill")},
+        }
+    },
+    "/api/v1/tasks/{task_id}/approve": {
+        "post": {
+            "summary": "Let a paused plan go on (a timed pause ends early); recorded with who and when",
+            "operationId": "approveTask",
+            "parameters": [_TASK_ID],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("Who")}}},
+            "responses": {
+                "200": _json(_ref("Task"), "approved: the plan goes on"),
+                "401": _UNAUTH,
+                "404": _err("unknown task"),
+                "409": _err("the task is not paused"),
+            },
+        }
+    },
+    "/api/v1/tasks/{task_id}/abort": {
+        "post": {
+            "summary": "Stop the task's rollout as a tripped limit would (on_abort: kill or drain the running "
+            "targets); it ends FAILED, 'aborted by ...'",
+            "operationId": "abortTask",
+            "parameters": [_TASK_ID],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("Who")}}},
+            "responses": {
+                "202": _json(_ref("Task"), "abort requested"),
+                "401": _UNAUTH,
+                "404": _err("unknown task"),
+                "409": _err("the task has ended, or was killed or aborted already"),
+            },
         }
     },
     "/api/v1/events": {

@@ -183,6 +183,7 @@ _PG_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 foreign key (job, version) references job_versions (job, version))""",
         ),
     ),
+    ("plans-1", ("alter table tasks add column plan text", "alter table tasks add column plan_progress text")),
 )
 
 #: Serialises migrations of masters starting together (a transaction-scoped advisory lock).

@@ -33,6 +33,15 @@ ADDED (optional to use):
     r.on_agent_offline(agent_id, now, unheard=True)   # offline because its datacenter's bridge is down
     r.final, r.failures, r.active, r.window, r.aborted, r.killed
 
+PLANS (docs/rollout.md "Plans"; mschedule_master/plan.py):
+
+    r = Rollout(..., plan=Plan)          # steps: batches and pauses; None = one batch of all
+    r = Rollout.restore(..., plan=Plan, progress=Progress)   # back at its step or pause
+    actions = r.approve(now, by="alice")   # a paused plan goes on ([] when not paused)
+    actions = r.abort(now, reason)         # stop the plan as a tripped limit would
+    r.paused, r.paused_at, r.pause_ends_at, r.stages, r.stage
+    r.progress -> Progress                 # persist it whenever it changes
+
 PERSISTENCE: on TargetChanged store the whole snapshot ``r.targets[agent_id]`` (its
 fields are already updated). Fields also change WITHOUT a state change -- ``acked``
 (on_ack), ``kill_requested`` (with every first SendKill), ``last_sent_at``,
@@ -56,7 +65,8 @@ from fractions import Fraction
 
 from mschedule_agent.protocol import parse_percent
 
-from .states import TARGET_PROVISIONAL, TargetState, TaskState, check_target_transition
+from .plan import Batch, Plan, Stage, format_duration, single_stage
+from .states import TARGET_PROVISIONAL, TargetState, TaskState, check_target_transition, check_task_transition
 
 _T = TargetState
 
@@ -239,11 +249,26 @@ class TaskChanged:
 
 Action = Dispatch | SendKill | TargetChanged | TaskChanged
 
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a rollout stands in its plan, as the store keeps it (restore() takes it back).
+
+    ``stage`` indexes the plan's resolved stages (a task without a plan has one);
+    ``paused_at`` is set while it waits at a pause; ``aborted`` is why a step's limits or a
+    person stopped the plan (a task's own limits are derived from its targets instead)."""
+
+    stage: int = 0
+    paused_at: float | None = None
+    aborted: str | None = None
+
 _ACTIVE = (_T.DISPATCHED, _T.RUNNING)
 #: Verdicts the master reached without hearing from the agent: a later report replaces them.
 PROVISIONAL = TARGET_PROVISIONAL
 #: Appended to an abort's reason once late reports have revised the failures behind it.
 ABORT_STANDS = "; the abort stands, though late reports revised its failures"
+#: How a person's abort (:meth:`Rollout.abort`, the engine's ``aborted by <who>``) begins.
+MANUAL_ABORT = "aborted by "
 _VALUES = {s: s.value for s in TargetState}  #: Enum.value is a slow descriptor; counts() runs per event
 
 
@@ -258,9 +283,10 @@ class Rollout:
         *,
         timing: Timing = Timing(),
         now: float,
+        plan: Plan | None = None,
     ) -> None:
         targets = [TargetSnapshot(agent_id=a, seq=i) for i, a in enumerate(agent_ids)]
-        self._setup(task_id, limits, timing, targets)
+        self._setup(task_id, limits, timing, targets, plan)
 
     @classmethod
     def restore(
@@ -273,31 +299,50 @@ class Rollout:
         reason: str = "",
         timing: Timing = Timing(),
         killed: bool | None = None,
+        plan: Plan | None = None,
+        progress: Progress | None = None,
     ) -> Rollout:
         """Rebuild a rollout from its stored targets (after a master restart).
 
         Whether the user had killed it is ``killed`` when given, else inferred: no limit
         tripped, and some target has kill_requested or is CANCELLED. Otherwise whether it
         had been aborted follows from the stored failures (the limits are monotonic).
-        ``reason`` (the stored task reason) becomes the kill reason.
+        ``reason`` (the stored task reason) becomes the kill reason. ``plan`` and
+        ``progress`` (the stored :class:`Progress`) put a plan back at its step or pause.
         """
         self = cls.__new__(cls)
-        self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq))
+        self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq), plan)
         self.state = task_state
         self.reason = reason
+        if progress is not None:
+            self._stage = min(max(progress.stage, 0), len(self._stages) - 1)
+            self._judged = self._stage - 1
+            self.window = self._stages[self._stage].window
+            self.paused_at = progress.paused_at if self._stages[self._stage].is_pause else None
+            self._plan_abort = progress.aborted
         least = limits.first_tripping(self._n)
         tripped = least is not None and self._failures >= least
         if task_state.final:  # kept for a late report that revises a verdict
+            self._judged = self._stage  # its last step was judged when it ended: that decision stands
             self.killed = task_state is TaskState.KILLED
-            self.aborted = task_state is TaskState.FAILED and (tripped or reason.startswith(("fail_count ", "fail_rate ")))
+            self.aborted = task_state is TaskState.FAILED and (
+                tripped or self._plan_abort is not None or reason.startswith(("fail_count ", "fail_rate "))
+            )
             self._end_reason = reason.split(ABORT_STANDS)[0]
             return self
         cancelled = any(t.state is _T.CANCELLED for t in self._targets.values())
         if killed is None:
-            killed = not tripped and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
+            killed = (
+                not tripped
+                and self._plan_abort is None
+                and any(t.kill_requested or t.state is _T.CANCELLED for t in self._targets.values())
+            )
         if killed:
             self.killed = True
             self._end_reason = reason or "killed by user"
+        elif self._plan_abort is not None:
+            self.aborted = True
+            self._end_reason = self._plan_abort
         elif tripped or cancelled:  # cancelled without a kill: an abort (its failures may since be revised)
             self.aborted = True
             self._end_reason = (limits.trip_reason(least, self._n) if least is not None else None) or reason
@@ -305,7 +350,9 @@ class Rollout:
             self._schedule(t)
         return self
 
-    def _setup(self, task_id: str, limits: Limits, timing: Timing, targets: list[TargetSnapshot]) -> None:
+    def _setup(
+        self, task_id: str, limits: Limits, timing: Timing, targets: list[TargetSnapshot], plan: Plan | None
+    ) -> None:
         if not targets:
             raise ValueError("a rollout needs at least one target")
         self.task_id = task_id
@@ -322,11 +369,27 @@ class Rollout:
             raise ValueError("duplicate agent id in targets")
         self._order = [t.agent_id for t in targets]
         self._n = len(targets)
-        self.window = limits.window(self._n)
+        self.plan = plan
+        default_window = limits.window(self._n)
+        self._stages = plan.resolve(self._n, default_window) if plan is not None else single_stage(self._n, default_window)
+        self._stage = 0  #: index in _stages of the current step
+        self._judged = -1  #: the last stage whose end was judged against its limits
+        self.paused_at: float | None = None  #: set while the plan waits at a pause
+        self._plan_abort: str | None = None  #: why a step's limits or a person aborted the plan
+        self.window = self._stages[0].window
         self._next = 0  #: index in _order from which to look for the next WAITING target
         self._counts = {s: 0 for s in TargetState}
+        self._stage_of: dict[str, int] = {}
+        n_stages = len(self._stages)
+        self._open = [0] * n_stages  #: per stage: its targets not final yet
+        self._finished = [0] * n_stages  #: per stage: its targets final, CANCELLED left out
+        self._fails = [0] * n_stages  #: per stage: failures that count toward its limits
+        for i, stage in enumerate(self._stages):
+            for agent_id in self._order[stage.start : stage.end]:
+                self._stage_of[agent_id] = i
         for t in targets:
             self._counts[t.state] += 1
+            self._count_stage(t.agent_id, t.state, 1)
         self._failures = sum(n for s, n in self._counts.items() if s.failure)
         self._active = {t.agent_id for t in targets if t.state in _ACTIVE}
         self._heap: list[tuple[float, int, str]] = []
@@ -362,7 +425,38 @@ class Rollout:
         heap = self._heap
         while heap and self._due.get(heap[0][2]) != heap[0][0]:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        due = heap[0][0] if heap else None
+        pause_end = self.pause_ends_at
+        if pause_end is not None and (due is None or pause_end < due):
+            return pause_end
+        return due
+
+    @property
+    def paused(self) -> bool:
+        """The plan waits at a pause (the task is PAUSED)."""
+        return self.paused_at is not None
+
+    @property
+    def pause_ends_at(self) -> float | None:
+        """When a timed pause ends by itself; None when not paused or until approved."""
+        if self.paused_at is None or self.final:
+            return None
+        seconds = self._stages[self._stage].pause_seconds
+        return None if seconds is None else self.paused_at + seconds
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self._stages
+
+    @property
+    def stage(self) -> int:
+        """Index in :attr:`stages` of the current step."""
+        return self._stage
+
+    @property
+    def progress(self) -> Progress:
+        """What the store keeps of the plan's progress; persist it whenever it changes."""
+        return Progress(self._stage, self.paused_at, self._plan_abort)
 
     def pop_dirty(self) -> list[str]:
         dirty = sorted(self._dirty, key=lambda a: self._targets[a].seq)
@@ -399,6 +493,25 @@ class Rollout:
         actions += self.tick(now)
         actions += self._fill(now)
         actions += self._check_final()
+        return actions
+
+    def approve(self, now: float, by: str) -> list[Action]:
+        """A person lets a paused plan go on (a timed pause ends early). Returns ``[]`` when
+        the plan is not paused: check :attr:`paused` first to tell the person why."""
+        if not self.paused or self.final or self.aborted or self.killed:
+            return []
+        return self._leave_pause(now, f"approved by {by}")
+
+    def abort(self, now: float, reason: str) -> list[Action]:
+        """Stop the plan as a tripped limit would: nothing more is dispatched, WAITING targets
+        are CANCELLED, active ones killed or drained (``on_abort``); the task ends FAILED with
+        ``reason``. Returns ``[]`` on a task already final, killed or aborted."""
+        if self.final or self.killed or self.aborted:
+            return []
+        self._plan_abort = reason
+        actions = self._abort(now, reason) + self._check_final()
+        if self.state is TaskState.PAUSED:  # active targets still draining: it runs until they end
+            actions.append(self._set_task(TaskState.RUNNING, ""))
         return actions
 
     def kill(self, now: float, reason: str = "killed by user") -> list[Action]:
@@ -515,6 +628,11 @@ class Rollout:
                 continue  # stale entry
             del self._due[agent_id]
             actions += self._tick_target(self._targets[agent_id], now)
+        pause_end = self.pause_ends_at
+        if pause_end is not None and now >= pause_end and not (self.aborted or self.killed):
+            seconds = self._stages[self._stage].pause_seconds
+            assert seconds is not None  # pause_ends_at is set only for a timed pause
+            actions += self._leave_pause(now, f"pause of {format_duration(seconds)} over")
         return actions
 
     def defer(self, seconds: float) -> None:
@@ -592,6 +710,8 @@ class Rollout:
         t.state = new
         self._counts[old] -= 1
         self._counts[new] += 1
+        self._count_stage(t.agent_id, old, -1)
+        self._count_stage(t.agent_id, new, 1)
         if old.failure:  # only a revised verdict leaves a failure
             self._failures -= 1
         if new.failure:
@@ -620,7 +740,7 @@ class Rollout:
         if new.active and (self.killed or (self.aborted and self.limits.on_abort == "kill")):
             actions += self._kill_active(now)
         elif new.failure and not self.aborted and not self.killed:
-            why = self.limits.trip_reason(self._failures, self._n)
+            why = self.limits.trip_reason(self._failures, self._n) or self._step_trip(self._stage_of[t.agent_id], ended=False)
             if why is not None:
                 actions += self._abort(now, why)
         actions += self._check_final(revised=True)
@@ -630,8 +750,9 @@ class Rollout:
         t.finished_at = now
         t.offline_since = None
         actions: list[Action] = [self._move(t, state, reason)]
-        if state.failure and not self.aborted and not self.killed:
-            why = self.limits.trip_reason(self._failures, self._n)
+        if not self.aborted and not self.killed:
+            why = self.limits.trip_reason(self._failures, self._n) if state.failure else None
+            why = why or self._step_trip(self._stage_of[t.agent_id], ended=False)
             if why is not None:
                 actions += self._abort(now, why)
         actions += self._fill(now)
@@ -669,12 +790,33 @@ class Rollout:
         return actions
 
     def _fill(self, now: float) -> list[Action]:
-        """Dispatch WAITING targets in seq order until the window is full."""
-        if self.aborted or self.killed or self.final:
-            return []
+        """Dispatch WAITING targets of the current step in seq order until the window is
+        full; when the step has ended within its limits, go on to the next one (a batch is
+        filled the same way, a pause is entered)."""
+        actions: list[Action] = []
+        while not (self.aborted or self.killed or self.final or self.paused):
+            stage = self._stages[self._stage]
+            if stage.is_pause:
+                actions += self._enter_pause(now)
+                break
+            actions += self._dispatch_window(now, stage.end)
+            if self._open[self._stage] or self._judged >= self._stage:
+                break
+            self._judged = self._stage
+            why = self._step_trip(self._stage, ended=True)
+            if why is not None:
+                actions += self._abort(now, why)
+                break
+            if self._stage + 1 >= len(self._stages):
+                break
+            self._stage += 1
+            self.window = self._stages[self._stage].window
+        return actions
+
+    def _dispatch_window(self, now: float, end: int) -> list[Action]:
         actions: list[Action] = []
         expires_at = now + self.timing.delivery_timeout
-        while len(self._active) < self.window and self._next < self._n:
+        while len(self._active) < self.window and self._next < end:
             t = self._targets[self._order[self._next]]
             self._next += 1
             if t.state is not _T.WAITING:
@@ -687,6 +829,57 @@ class Rollout:
             actions.append(self._move(t, _T.DISPATCHED, ""))
             actions.append(Dispatch(t.agent_id, expires_at))
         return actions
+
+    def _enter_pause(self, now: float) -> list[Action]:
+        stage = self._stages[self._stage]
+        seconds = stage.pause_seconds
+        nxt = next(s for s in self._stages[self._stage + 1 :] if not s.is_pause)  # resolve() keeps one
+        self.paused_at = now
+        until = "approved" if seconds is None else f"approved, or for {format_duration(seconds)}"
+        why = f"paused at step {stage.number} until {until}; next: {nxt.size} target{'' if nxt.size == 1 else 's'}"
+        return [self._set_task(TaskState.PAUSED, why)]
+
+    def _leave_pause(self, now: float, why: str) -> list[Action]:
+        self.paused_at = None
+        self._judged = self._stage
+        self._stage += 1
+        self.window = self._stages[self._stage].window
+        actions: list[Action] = [self._set_task(TaskState.RUNNING, why)]
+        actions += self._fill(now)
+        actions += self._check_final()
+        return actions
+
+    def _count_stage(self, agent_id: str, state: TargetState, delta: int) -> None:
+        i = self._stage_of.get(agent_id)
+        if i is None:
+            return
+        if not state.final:
+            self._open[i] += delta
+        elif state is not _T.CANCELLED:
+            self._finished[i] += delta
+            step = self._stages[i].step
+            if isinstance(step, Batch) and step.counts(state):
+                self._fails[i] += delta
+
+    def _step_trip(self, i: int, *, ended: bool) -> str | None:
+        """Why stage ``i``'s own limits stop the plan, or None; remembered as the plan's abort."""
+        why = self._step_reason(i, ended=ended)
+        if why is not None:
+            self._plan_abort = why
+        return why
+
+    def _step_reason(self, i: int, *, ended: bool) -> str | None:
+        step = self._stages[i].step
+        if not isinstance(step, Batch) or self.plan is None:
+            return None
+        why = step.trip_reason(self._fails[i], self._finished[i], ended=ended)
+        return None if why is None else f"step {self._stages[i].number}: {why}"
+
+    def _any_limit_trips(self) -> bool:
+        """Whether the task's or any step's limits trip on the failures as they stand now."""
+        if self.limits.trip_reason(self._failures, self._n) is not None:
+            return True
+        return any(self._step_reason(i, ended=True) is not None for i in range(len(self._stages)))
 
     def _check_final(self, *, revised: bool = False) -> list[Action]:
         """End the task once nothing is open. After a revision (``revised``), a task that had
@@ -711,7 +904,7 @@ class Rollout:
         if self.killed:
             return TaskState.KILLED, self._end_reason
         if self.aborted:
-            stands = self.revised and self.limits.trip_reason(self._failures, self._n) is None
+            stands = self.revised and not self._end_reason.startswith(MANUAL_ABORT) and not self._any_limit_trips()
             return TaskState.FAILED, self._end_reason + (ABORT_STANDS if stands else "")
         if c[_T.SUCCEED] == self._n:
             return TaskState.SUCCEED, ("the target succeeded" if self._n == 1 else f"all {self._n} targets succeeded")
@@ -724,6 +917,9 @@ class Rollout:
 
     def _set_task(self, new: TaskState, reason: str) -> TaskChanged:
         old = self.state
+        check_task_transition(old, new)
+        if new is not TaskState.PAUSED:
+            self.paused_at = None
         self.state = new
         self.reason = reason
         return TaskChanged(old, new, reason, self.revised)

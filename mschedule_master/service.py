@@ -100,6 +100,16 @@ class MasterService:
         by_id = {a.id: a for a in agents}
         return [by_id[i] for i in ids]
 
+    def approve(self, task_id: str, by: str) -> models.Task:
+        with self.engine.batch():  # the approval and its audit record, or neither
+            self.audit.append("plan_approve", task_id=task_id, by=by)
+            return self.engine.approve(task_id, by)
+
+    def abort(self, task_id: str, by: str) -> models.Task:
+        with self.engine.batch():
+            self.audit.append("plan_abort", task_id=task_id, by=by)
+            return self.engine.abort(task_id, by)
+
     def agents(
         self, *, online: bool | None = None, label: str | None = None, hostname: str | None = None
     ) -> list[models.Agent]:

@@ -14,6 +14,7 @@ from enum import Enum
 class TaskState(str, Enum):
     WAITING = "WAITING"  #: stored, nothing dispatched yet
     RUNNING = "RUNNING"  #: at least one target dispatched, not finished
+    PAUSED = "PAUSED"  #: its plan waits at a pause: for approval, or until a timed pause ends
     SUCCEED = "SUCCEED"  #: every target succeeded
     FAILED = "FAILED"  #: aborted by a failure threshold, or some target failed
     KILLED = "KILLED"  #: killed by a user
@@ -24,6 +25,30 @@ class TaskState(str, Enum):
 
 
 TASK_FINAL = frozenset({TaskState.SUCCEED, TaskState.FAILED, TaskState.KILLED})
+
+_K = TaskState
+#: task state -> the states it may move to. A final task moves again only when a late
+#: report revises its verdict (to another final state) or reopens it (RUNNING).
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    _K.WAITING: frozenset({_K.RUNNING, _K.PAUSED} | TASK_FINAL),  #: PAUSED: the plan opens with a pause
+    _K.RUNNING: frozenset({_K.PAUSED} | TASK_FINAL),
+    _K.PAUSED: frozenset({_K.RUNNING} | TASK_FINAL),  #: approved / pause over; or killed, aborted
+    _K.SUCCEED: frozenset({_K.RUNNING} | TASK_FINAL),
+    _K.FAILED: frozenset({_K.RUNNING} | TASK_FINAL),
+    _K.KILLED: frozenset({_K.RUNNING} | TASK_FINAL),
+}
+
+
+class TaskTransitionError(ValueError):
+    def __init__(self, old: TaskState, new: TaskState) -> None:
+        super().__init__(f"task cannot move from {old.value} to {new.value}")
+        self.old = old
+        self.new = new
+
+
+def check_task_transition(old: TaskState, new: TaskState) -> None:
+    if new not in TASK_TRANSITIONS[old]:
+        raise TaskTransitionError(old, new)
 
 
 class TargetState(str, Enum):

@@ -31,7 +31,7 @@ from mschedule_agent import protocol
 from . import models
 from .dburl import is_postgres_url
 from .errors import StoreError
-from .rollout import TargetSnapshot
+from .rollout import Progress, TargetSnapshot
 from .states import TargetState, TaskState
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,15 @@ _MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 foreign key (job, version) references job_versions (job, version))""",
         ),
     ),
+    # Rollout plans (mschedule_master/plan.py, docs/rollout.md "Plans"): the plan as submitted
+    # (its JSON form) and where the rollout stands in it (rollout.Progress as JSON).
+    (
+        "plans-1",
+        (
+            "alter table tasks add column plan text",
+            "alter table tasks add column plan_progress text",
+        ),
+    ),
 )
 
 _SNAPSHOT_COLUMNS = (
@@ -216,6 +225,7 @@ class StoredTask:
 
     task: models.Task
     snapshots: list[TargetSnapshot]
+    progress: Progress | None = None  #: where its plan stands; None when never stored
 
 
 #: Largest write-ahead log kept between transactions (bytes); SQLite's auto-checkpoint
@@ -399,17 +409,19 @@ class Store:
             if request_id is not None and digest is not None:
                 c.execute("insert into request_digests (request_id, digest) values (?,?)", (request_id, digest))
             c.execute(
-                f"insert into tasks ({_INSERT_TASK_COLS}) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"insert into tasks ({_INSERT_TASK_COLS}) values ({_INSERT_TASK_MARKS})",
                 (
                     task.id, task.name, task.script, _dumps(task.targets_spec), task.timeout, _dumps(task.parallel),
                     _dumps(task.fail_rate), task.fail_count, task.on_abort, _dumps(task.env), task.cwd,
                     task.output_cap, task.delivery_timeout, task.state.value, task.reason, task.created_at,
                     task.finished_at, len(agent_ids), request_id, int(task.stream),
+                    _dumps(task.plan) if task.plan is not None else None,
                 ),
             )  # fmt: skip
             c.executemany(
                 "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
-                [(task.id, a, TargetState.WAITING.value, 0) for a in agent_ids],
+                # seq = dispatch order from the start: a restore sorts by it, and a plan's steps are seq ranges
+                [(task.id, a, TargetState.WAITING.value, i) for i, a in enumerate(agent_ids)],
             )
             self.require_sync()
 
@@ -426,6 +438,12 @@ class Store:
         rows = [(*_snapshot_values(s), task_id, s.agent_id) for s in snapshots]
         with self.db() as c:
             c.executemany(_SAVE_SNAPSHOT_SQL, rows)
+
+    def set_plan_progress(self, task_id: str, progress: Progress, step: int) -> None:
+        """Where the task's plan stands; ``step`` is the user's step number shown for it."""
+        doc = {"stage": progress.stage, "step": step, "paused_at": progress.paused_at, "aborted": progress.aborted}
+        with self.db() as c:
+            c.execute("update tasks set plan_progress=? where id=?", (_dumps(doc), task_id))
 
     def set_target_reason(self, task_id: str, agent_id: str, reason: str) -> None:
         with self.db() as c:
@@ -451,7 +469,10 @@ class Store:
             return None
         cols = ", ".join(("agent_id",) + _SNAPSHOT_COLUMNS)
         rows = self._conn.execute(f"select {cols} from targets where task_id=? order by rowid", (task_id,))
-        return StoredTask(task, [_snapshot(r) for r in rows])
+        row = self._conn.execute("select plan_progress from tasks where id=?", (task_id,)).fetchone()
+        doc = json.loads(row[0]) if row and row[0] else None
+        progress = Progress(doc["stage"], doc["paused_at"], doc["aborted"]) if doc else None
+        return StoredTask(task, [_snapshot(r) for r in rows], progress)
 
     def heard_until(self) -> float | None:
         """The listening clock's persisted mark: time up to which deadlines have been accounted."""
@@ -650,11 +671,13 @@ class Store:
 
 _INSERT_TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, output_cap, "
-    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id, stream"
+    "delivery_timeout, state, reason, created_at, finished_at, target_count, request_id, stream, plan"
 )
+_INSERT_TASK_MARKS = ",".join("?" * len(_INSERT_TASK_COLS.split(",")))
 _TASK_COLS = (
     "id, name, script, targets_spec, timeout, parallel, fail_rate, fail_count, on_abort, env, cwd, "
-    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at, stream"
+    "output_cap, delivery_timeout, state, reason, created_at, finished_at, target_count, revised_at, stream, plan, "
+    "plan_progress"
 )
 _TARGET_COLS = (
     "t.task_id, t.agent_id, t.state, t.acked, t.code, t.signal, t.reason, t.dispatched_at, "
@@ -673,8 +696,15 @@ def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None)
         fail_rate=json.loads(r[6]) if r[6] is not None else None, fail_count=r[7], on_abort=r[8],
         env=json.loads(r[9]), cwd=r[10], output_cap=r[11], delivery_timeout=r[12], state=TaskState(r[13]),
         reason=r[14], created_at=r[15], finished_at=r[16], counts=counts, target_count=r[17], targets=targets,
-        revised_at=r[18], stream=bool(r[19]),
+        revised_at=r[18], stream=bool(r[19]), plan=json.loads(r[20]) if r[20] else None, **_plan_fields(r[21]),
     )  # fmt: skip
+
+
+def _plan_fields(progress: str | None) -> dict[str, Any]:
+    if not progress:
+        return {}
+    doc = json.loads(progress)
+    return {"plan_step": doc.get("step"), "paused_at": doc.get("paused_at")}
 
 
 def _target(r: tuple) -> models.Target:

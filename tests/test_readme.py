@@ -33,7 +33,7 @@ NOT_RUN = {
 }
 
 #: Sections that must work against the demo as printed: no system broker, no system paths.
-DEMO_SECTIONS = ("Using mschedule", "Run a task by hand", "Start a rollout with mosquitto_pub")
+DEMO_SECTIONS = ("Using mschedule", "Rollout plans", "Run a task by hand", "Start a rollout with mosquitto_pub")
 
 
 def sh_blocks() -> list[tuple[str, str]]:
@@ -173,6 +173,13 @@ def test_the_cli_block(demo):
     assert "3 agents" in out.stdout and out.stdout.count("online") >= 3
     assert "2 succeeded, 0 failed" in out.stdout and "3 succeeded, 0 failed" in out.stdout
     assert re.search(r"kill requested for task [0-9a-f]{32}", out.stdout), out.stdout
+
+
+def test_the_plans_block(demo):
+    (block,) = blocks_of("Rollout plans")
+    out = demo.sh(block, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 succeeded, 0 failed" in out.stdout, out.stdout
 
 
 def test_the_curl_block(demo):

@@ -373,6 +373,7 @@ async function submit(ev) {
     if (v !== undefined) body[f] = v;
   }
   if ($("#name").value.trim()) body.name = $("#name").value.trim();
+  if (planField() !== undefined) body.plan = planField(); // plan.js
   const button = $("#submit");
   button.disabled = true;
   try {
@@ -442,6 +443,7 @@ async function loadTask(id) {
   $("#kill").disabled = FINAL_TASK.has(t.state);
   const failedOrNotRun = Object.values(t.counts).length && Object.entries(t.counts).some(([s, n]) => n && s !== "SUCCEED");
   $("#rerun-failed").disabled = !FINAL_TASK.has(t.state) || !failedOrNotRun;
+  renderPlan(t); // plan.js: its steps, Approve / Abort
   state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
   const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));

@@ -61,7 +61,7 @@ class FakeService:
             script=spec.script_bytes,
             targets_spec=list(spec.targets),
             timeout=spec.timeout,
-            parallel=spec.parallel,
+            parallel=spec.parallel if spec.parallel is not None else 1,
             fail_rate=spec.fail_rate,
             fail_count=spec.fail_count,
             on_abort=spec.on_abort,

@@ -413,3 +413,22 @@ def test_the_task_page_shows_a_running_targets_output_as_it_is_written(ui_fleet,
     assert page.locator("#targets tbody tr[data-state=RUNNING]").count() == 1
     page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=30_000)
     assert page.locator("#targets pre.output").inner_text() == "start\nend\n"
+
+
+def test_a_canary_from_the_page_pauses_shows_its_plan_and_the_approve_button_runs_the_rest(ui_fleet, page):
+    page.goto(ui_fleet.url + "/")
+    page.locator("#fleet tbody tr").nth(2).wait_for()
+    page.fill("#selectors", "role=web")
+    page.fill("#script", "echo canary")
+    page.fill("#plan", "1,pause,rest")
+    page.click("#submit")
+    page.wait_for_url("**/#/task/*")
+    page.locator("#task-state[data-state=PAUSED]").wait_for(timeout=60_000)
+    assert page.locator("#task-plan li").count() == 3
+    assert "pause until approved" in page.locator("#task-plan li.current").inner_text()
+    assert page.locator("#approve").is_visible() and not page.locator("#abort").is_disabled()
+    page.once("dialog", lambda d: d.accept())
+    page.click("#approve")
+    page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
+    assert page.locator("#targets tbody tr[data-state=SUCCEED]").count() == 2
+    assert page.locator("#approve").is_hidden() and page.locator("#abort").is_disabled()
