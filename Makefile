@@ -15,6 +15,7 @@ demo: bootstrap
 test: BROWSER=1
 test: bootstrap
 	$(PY) -m ruff check mschedule_agent mschedule_master harness bench tests scripts
+	$(PY) -m mypy mschedule_agent mschedule_master  # --strict: [tool.mypy] in pyproject.toml
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The API contract run of `make test` (tests/ui/test_api_contract.py), with more cases per
@@ -29,4 +30,4 @@ bench: bootstrap
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

@@ -127,7 +127,9 @@ def start_master(
 
 class Fleet:
     """A master and ``agents`` agents on one broker and prefix; a context manager that
-    stops them all. ``agent_flags`` go to every agent, ``master_flags`` to the master."""
+    stops them all. ``agent_flags`` go to every agent, ``master_flags`` to the master.
+    ``agent_brokers``: agent i connects to ``agent_brokers[i % len]`` instead (the nodes of
+    a clustered broker); ``mqtt_version="3.1.1"`` goes to the master, agents and client."""
 
     def __init__(
         self,
@@ -139,14 +141,19 @@ class Fleet:
         labels: dict[str, str] | None = None,
         agent_flags: dict | None = None,
         master_flags: dict | None = None,
+        agent_brokers: list[str] | None = None,
+        mqtt_version: str = "5",
     ) -> None:
         self.workdir = Path(workdir)
         self.broker_url = broker_url
         self.prefix = prefix
         self.n_agents = agents
         self.labels = labels
-        self.agent_flags = dict(agent_flags or {})
-        self.master_flags = dict(master_flags or {})
+        self.agent_brokers = list(agent_brokers or [broker_url])
+        self.mqtt_version = mqtt_version
+        version = {} if mqtt_version == "5" else {"mqtt_version": mqtt_version}
+        self.agent_flags = {**version, **(agent_flags or {})}
+        self.master_flags = {**version, **(master_flags or {})}
         self.master: MasterProc | None = None
         self.agents: list = []
         self._client = None
@@ -169,7 +176,8 @@ class Fleet:
         for i in range(self.n_agents):
             self.agents.append(
                 start_agent(
-                    self.workdir / f"agent{i}", self.broker_url, self.prefix, self.labels, wait=False,
+                    self.workdir / f"agent{i}", self.agent_brokers[i % len(self.agent_brokers)], self.prefix,
+                    self.labels, wait=False,
                     env={AGENT_INDEX_ENV: str(i)}, **self.agent_flags,
                 )  # fmt: skip
             )
@@ -199,7 +207,8 @@ class Fleet:
 
             p = self.prefix
             self._client = Collector(
-                self.broker_url, [f"{p}/tasks/+/summary", f"{p}/tasks/+/progress", f"{p}/submit/reply/+"]
+                self.broker_url, [f"{p}/tasks/+/summary", f"{p}/tasks/+/progress", f"{p}/submit/reply/+"],
+                mqtt_version=self.mqtt_version,
             ).__enter__()
         return self._client
 

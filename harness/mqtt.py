@@ -16,10 +16,11 @@ _ids = itertools.count()
 class Collector:
     """Subscribes to ``topics`` and records every message; ``wait_for`` polls them.
 
-    Use as a context manager; it connects with a clean, non-persistent session.
+    Use as a context manager; it connects with a clean, non-persistent session, in MQTT 5
+    or (``mqtt_version="3.1.1"``) 3.1.1.
     """
 
-    def __init__(self, url: str, topics: list[str], *, client_id: str | None = None) -> None:
+    def __init__(self, url: str, topics: list[str], *, client_id: str | None = None, mqtt_version: str = "5") -> None:
         self.messages: list[Incoming] = []
         self.arrivals: list[float] = []  #: time.monotonic() at each message's arrival (same order)
         self._cond = threading.Condition()
@@ -32,6 +33,7 @@ class Collector:
             clean_start=True,
             session_expiry=0,
             manual_ack=False,
+            mqtt_version=mqtt_version,
         )
         self._subscribed = threading.Event()
 

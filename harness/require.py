@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from .broker import mosquitto_binary
+from .nats import nats_binary
 
 #: What installs each tool on Debian (the bootstrap installs these).
 _APT = {
@@ -19,6 +20,7 @@ _APT = {
     "jq": "jq",
     "openssl": "openssl",
     "chromium": "chromium",
+    "nats-server": "nats-server",
     "initdb": "postgresql",
 }
 
@@ -31,6 +33,8 @@ def in_ci() -> bool:
 def _have(tool: str) -> bool:
     if tool == "mosquitto":
         return mosquitto_binary() is not None
+    if tool == "nats-server":
+        return nats_binary() is not None
     if tool == "initdb":  # Debian keeps the server binaries off PATH
         from .postgres import pg_bindir
 

@@ -126,7 +126,10 @@ class Agent:
             gate=gate if gate is not None else Gate(agent_id=agent_id, now=now),
             fence=fence or EpochFence(),
         )
-        self.transport: Transport = transport if transport is not None else transport_factory(self)  # type: ignore[misc]
+        if transport is None:
+            assert transport_factory is not None  # exactly one of them was given (checked above)
+            transport = transport_factory(self)
+        self.transport: Transport = transport
 
     # ------------------------------------------------------------------ wiring helpers
     @property

@@ -16,7 +16,7 @@ from . import __version__ as _version
 from . import layers
 from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, ProtocolError, Topics, check_level
-from .transport import BrokerURL
+from .transport import MQTT_VERSIONS, BrokerURL, check_mqtt_version, portable_topic
 
 ENV_PREFIX = "MSCHEDULE_AGENT_"
 
@@ -30,6 +30,7 @@ DEFAULT_RESEND = 5.0  #: seconds between re-sends of an unacknowledged result
 DEFAULT_HOSTINFO_REFRESH = 300.0  #: seconds between re-reads of hostname and addresses
 DEFAULT_SESSION_EXPIRY = 14 * 24 * 3600  #: seconds the broker keeps our session offline
 DEFAULT_KEEP_IDS = 30 * 24 * 3600.0  #: seconds a finished task id is kept for dedup
+DEFAULT_MQTT_VERSION = "5"  #: "3.1.1" for brokers without MQTT 5 (NATS, RabbitMQ): docs/protocol.md
 DEFAULT_CLOCK_SKEW = 30.0  #: seconds of clock difference a signed message's window tolerates
 SIGNING_MODES = ("off", "audit", "enforce")
 
@@ -52,6 +53,7 @@ class Settings:
     ca_file: str | None = None  #: CA bundle for mqtts://
     log_level: str = "INFO"
     metrics: str | None = None  #: "HOST:PORT" to serve Prometheus metrics on; off by default
+    mqtt_version: str = DEFAULT_MQTT_VERSION
     stream: bool = True  #: send scripts' output live while they run (docs/protocol.md ``output``)
     signing: str = "off"  #: "off", "audit" or "enforce" (docs/security.md)
     trust_file: Path | None = None  #: the trusted public keys (TOML, re-read when it changes)
@@ -77,6 +79,14 @@ class Settings:
         if self.metrics is not None:
             host, _, port = self.metrics.rpartition(":")
             _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "metrics", "must be HOST:PORT")
+        try:
+            check_mqtt_version(self.mqtt_version)
+        except ValueError as e:
+            raise ConfigError("mqtt_version", str(e)) from None
+        _require(
+            self.mqtt_version == "5" or portable_topic(self.topic_prefix), "topic_prefix",
+            "must hold no '.' or ' ' with MQTT 3.1.1 (NATS refuses them in topic names)",
+        )  # fmt: skip
         try:
             BrokerURL.parse(self.broker)
             Topics(self.topic_prefix)
@@ -179,6 +189,8 @@ def parser() -> argparse.ArgumentParser:
     add("--resend", type=float, metavar="S", help=f"seconds between result re-sends until acked (default {DEFAULT_RESEND:g})")
     add("--ca-file", help="CA bundle for mqtts://")
     add("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    add("--mqtt-version", choices=MQTT_VERSIONS,
+        help=f"MQTT protocol: 5, or 3.1.1 for brokers without MQTT 5 (NATS): no will delay (default {DEFAULT_MQTT_VERSION})")
     add("--no-stream", dest="stream", action="store_false", default=None,
         help="do not send scripts' output live while they run (the result still carries it)")
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 
 from .paho_import import import_paho
 
@@ -61,7 +62,8 @@ def _handle(agent: Agent, msg: Incoming) -> None:
 
 
 def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttTransport:
-    """The agent's MQTT connection: persistent session, manual acks, delayed retained will."""
+    """The agent's MQTT connection: persistent session, manual acks, delayed retained will
+    (MQTT 3.1.1: a will without delay)."""
     s = agent.settings
     return MqttTransport(
         s.broker,
@@ -75,6 +77,7 @@ def make_transport(agent: Agent, *, network: NetworkLoop | None = None) -> MqttT
         ca_file=s.ca_file,
         manual_ack=True,
         network=network,
+        mqtt_version=s.mqtt_version,
     )
 
 
@@ -131,12 +134,14 @@ def run(agent: Agent) -> None:
     event: raising from it could land inside logging, which would swallow it."""
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    transport: MqttTransport = agent.transport  # type: ignore[assignment]
+    transport = agent.transport
+    if not isinstance(transport, MqttTransport):  # build() gave it make_transport: it is one
+        raise TypeError(f"run() drives an agent on an MqttTransport, not on {type(transport).__name__}")
     agent.recover()
     threading.Thread(target=_connect, args=(transport,), name="mqtt-connect", daemon=True).start()
     try:

@@ -95,17 +95,24 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def new_sha256():
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def new_sha256() -> _Hash:
     """A sha256 from CPython's built-in implementation: ``hashlib`` would load OpenSSL's
     libcrypto (``_hashlib``, MBs of RSS), which an agent keeps out (test_agent_footprint)."""
     try:
-        from _sha2 import sha256  # CPython >= 3.12
+        # CPython's private modules: typeshed has no stub of them for Python 3.11
+        from _sha2 import sha256  # type: ignore[import-not-found]  # CPython >= 3.12
     except ImportError:
         try:
-            from _sha256 import sha256  # CPython 3.11
+            from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
         except ImportError:  # another Python: the standard way
             from hashlib import sha256
-    return sha256()
+    h: _Hash = sha256()
+    return h
 
 
 def interpreter(script: bytes, path: str) -> list[str]:
@@ -161,7 +168,15 @@ class Executor:
 class Run:
     """One script run on its own thread. ``kill(state, reason)`` from any thread."""
 
-    def __init__(self, spec, *, tmp_dir, now, on_started, on_done) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        *,
+        tmp_dir: str,
+        now: Callable[[], float],
+        on_started: Callable[[int], None],
+        on_done: Callable[[Outcome], None],
+    ) -> None:
         self.spec = spec
         self.pid: int | None = None
         self._tmp_dir = tmp_dir
@@ -275,15 +290,17 @@ class Run:
         self._pump(proc, out, err)
         return self._outcome(proc, out, err, started)
 
-    def _never_ran(self, started, state, error, out, err) -> Outcome:
+    def _never_ran(self, started: float, state: str, error: str, out: HeadTail, err: HeadTail) -> Outcome:
         return Outcome(state, None, None, out.result(), err.result(), started, self._now(), None, error)
 
-    def _pump(self, proc: subprocess.Popen, out: HeadTail, err: HeadTail) -> None:
+    def _pump(self, proc: subprocess.Popen[bytes], out: HeadTail, err: HeadTail) -> None:
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # both are pipes (_execute)
         sel = selectors.DefaultSelector()
-        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-        self._names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        streams = {stdout.fileno(): out, stderr.fileno(): err}
+        self._names = {stdout.fileno(): "stdout", stderr.fileno(): "stderr"}
         sink = self.spec.output
-        for f in (proc.stdout, proc.stderr):
+        for f in (stdout, stderr):
             os.set_blocking(f.fileno(), False)
             sel.register(f.fileno(), selectors.EVENT_READ, "out")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -318,13 +335,13 @@ class Run:
             sel.close()
             if pidfd is not None:
                 os.close(pidfd)
-            proc.stdout.close()
-            proc.stderr.close()
+            stdout.close()
+            stderr.close()
             if proc.poll() is None:  # only reachable through an agent bug; never leave it behind
                 _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def _read(self, sel, fd: int, streams: dict) -> None:
+    def _read(self, sel: selectors.BaseSelector, fd: int, streams: dict[int, HeadTail]) -> None:
         try:
             chunk = os.read(fd, CHUNK)
         except BlockingIOError:
@@ -337,7 +354,7 @@ class Run:
             sel.unregister(fd)
             del streams[fd]
 
-    def _escalate(self, proc: subprocess.Popen, now: float) -> None:
+    def _escalate(self, proc: subprocess.Popen[bytes], now: float) -> None:
         """SIGTERM once a stop was requested; SIGKILL the group after the grace period."""
         with self._lock:
             wanted = self._term_state is not None
@@ -348,7 +365,7 @@ class Run:
             self._killed_at = now
             _killpg(proc.pid, signal.SIGKILL)
 
-    def _finished(self, streams: dict, exited_at: float, now: float) -> bool:
+    def _finished(self, streams: dict[int, HeadTail], exited_at: float, now: float) -> bool:
         if self._term_at is not None:
             # Stopping on purpose: wait until the whole group is gone (or SIGKILL gave up).
             if _group_alive(self.pid):
@@ -356,7 +373,7 @@ class Run:
             return not streams or now >= exited_at + DRAIN_AFTER_EXIT
         return not streams or now >= exited_at + DRAIN_AFTER_EXIT
 
-    def _wait_time(self, deadline, exited_at, now, pidfd) -> float:
+    def _wait_time(self, deadline: float | None, exited_at: float | None, now: float, pidfd: int | None) -> float:
         waits = [1.0 if pidfd is not None else GROUP_POLL]
         if deadline is not None:
             waits.append(deadline - now)
@@ -366,7 +383,7 @@ class Run:
             waits.append(min(GROUP_POLL, exited_at + DRAIN_AFTER_EXIT - now))
         return max(0.0, min(waits))
 
-    def _outcome(self, proc: subprocess.Popen, out: HeadTail, err: HeadTail, started: float) -> Outcome:
+    def _outcome(self, proc: subprocess.Popen[bytes], out: HeadTail, err: HeadTail, started: float) -> Outcome:
         rc = proc.returncode
         sig = -rc if rc < 0 else None
         code = 128 + sig if sig is not None else rc

@@ -79,7 +79,7 @@ class Gate:
         ``unsigned_ok`` is taken unsigned in every mode, e.g. ``result_ack``).
 
         Raises DecodeError for a message that cannot be read, Refused (enforce only)."""
-        outer = decode_as(data, Signed, *classes, *unsigned_ok)
+        outer: Message = decode_as(data, Signed, *classes, *unsigned_ok)
         if isinstance(outer, unsigned_ok):
             return Opened(outer, data)
         if self.mode == "off":
@@ -115,7 +115,7 @@ class Gate:
         self._check_header(header)
         if sha256_hex(body) != header.body_sha256:
             raise Refused("bad_signature", "the body is not the one the signed header hashes", header.id)
-        inner = decode_as(body, *classes)
+        inner: Message = decode_as(body, *classes)
         if inner.TYPE != header.type or getattr(inner, "id", None) != header.id:
             raise Refused("bad_signature", "the signed header does not describe its body", header.id)
         if isinstance(inner, Task) and header.script_sha256 != sha256_hex(inner.script):

@@ -43,7 +43,7 @@ def _interface_ipv4() -> list[str]:
             addrs = netifaces.ifaddresses(iface)
         except (OSError, ValueError):
             continue
-        for entry in addrs.get(netifaces.AF_INET, []):
+        for entry in addrs.get(netifaces.InterfaceType.AF_INET, []):
             if entry.get("addr"):
                 found.append(entry["addr"])
     return found

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .errors import LedgerError
 
@@ -88,7 +89,7 @@ class Entry:
 _COLUMNS = "id, state, received_at, task, started_at, finished_at, result, result_acked, pid, pid_start"
 
 
-def _entry(row: tuple) -> Entry:
+def _entry(row: tuple[Any, ...]) -> Entry:
     return Entry(row[0], LedgerState(row[1]), row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9])
 
 
@@ -181,7 +182,8 @@ class Ledger:
 
     def count(self) -> int:
         with self._lock:
-            return self._db.execute("select count(*) from tasks").fetchone()[0]
+            n: int = self._db.execute("select count(*) from tasks").fetchone()[0]
+        return n
 
     # ------------------------------------------------------------------ writes
     def insert(
@@ -244,7 +246,7 @@ class Ledger:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple, durable: bool = True) -> None:
+    def _move(self, task_id: str, to: LedgerState, sets: str, args: tuple[Any, ...], durable: bool = True) -> None:
         with self.db(durable=durable) as c:
             row = c.execute("select state from tasks where id = ?", (task_id,)).fetchone()
             if row is None:

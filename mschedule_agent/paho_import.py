@@ -10,13 +10,14 @@ import importlib
 import importlib.util
 import sys
 import types
+from typing import Any
 
 
 class _Deferred(types.ModuleType):
     """Stands in for a module paho imports but a plain TCP connection never uses; the
     real module is imported on the first attribute access (thread-safe: the import lock)."""
 
-    def __getattr__(self, attr: str):
+    def __getattr__(self, attr: str) -> Any:
         module = importlib.import_module(self.__name__)
         vars(self).update(vars(module))  # later accesses skip __getattr__
         return getattr(module, attr)
@@ -51,7 +52,7 @@ def import_paho(*, defer_unused: bool = False) -> types.ModuleType:
         if "urllib.request" in stand_ins:
             import urllib
 
-            urllib.request = stand_ins["urllib.request"]  # type: ignore[attr-defined]  # replaced by a real import
+            urllib.request = stand_ins["urllib.request"]  # replaced by a real import
         import paho.mqtt.client
     finally:
         for name, stand_in in stand_ins.items():

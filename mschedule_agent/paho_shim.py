@@ -29,7 +29,13 @@ import socket
 import sys
 import types
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as _ms
+    from paho.mqtt.client import MQTTMessageInfo, PayloadType, SocketLike
+    from paho.mqtt.enums import MQTTErrorCode
+    from paho.mqtt.properties import Properties
 
 from .paho_import import import_paho
 
@@ -51,7 +57,7 @@ _CLIENT_METHODS = {
     "_send_publish": ["self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"],
 }
 #: ... module constants, and MQTTMessageInfo's attributes.
-_MODULE_NAMES = ("mqtt_ms_queued", "mqtt_ms_wait_for_puback", "mqtt_ms_wait_for_pubrec", "MQTTErrorCode")
+_MODULE_NAMES = ("mqtt_ms_queued", "mqtt_ms_wait_for_puback", "mqtt_ms_wait_for_pubrec", "MQTT_ERR_SUCCESS")
 _INFO_ATTRS = ("_condition", "_published")
 
 
@@ -101,8 +107,11 @@ class PahoPublication:
         # paho's wait_for_publish raises while disconnected although the message stays
         # queued for the reconnect; wait on its condition directly instead.
         info = self._info
+        if info.rc == _paho().MQTT_ERR_QUEUE_SIZE:  # dropped, never sent: nothing to wait for
+            return False
         with info._condition:
-            return info._condition.wait_for(lambda: info._published, timeout)
+            published: bool = info._condition.wait_for(lambda: info._published, timeout)
+        return published
 
 
 class BufferedSocket:
@@ -138,7 +147,7 @@ class BufferedSocket:
     def pending(self) -> int:
         return len(self._data) - self._pos
 
-    def send(self, buf) -> int:
+    def send(self, buf: bytes | bytearray) -> int:
         return self._sock.send(buf)
 
     def fileno(self) -> int:
@@ -150,15 +159,16 @@ class BufferedSocket:
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 _check()
-_ms = _paho()
+if not TYPE_CHECKING:  # the same module as the import above, through import_paho (the agent's deferral)
+    _ms = _paho()
 
 
-class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
+class InflightClient(_ms.Client):
     """paho's client minus one quadratic cost.
 
     Beyond ``max_inflight`` unacknowledged QoS>0 messages, paho marks new publishes
@@ -172,11 +182,18 @@ class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
     (``_messages_reconnect_reset_out``); sending mirrors paho's ``_update_inflight``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued_mids: deque[int] = deque()
 
-    def publish(self, topic, payload=None, qos=0, retain=False, properties=None):  # type: ignore[override]
+    def publish(
+        self,
+        topic: str,
+        payload: PayloadType = None,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> MQTTMessageInfo:
         with self._out_message_mutex:
             info = super().publish(topic, payload, qos, retain, properties)
             if qos > 0:
@@ -185,7 +202,7 @@ class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
                     self._queued_mids.append(info.mid)
         return info
 
-    def _create_socket(self):  # type: ignore[override]
+    def _create_socket(self) -> SocketLike:
         sock = super()._create_socket()
         return BufferedSocket(sock) if type(sock) is socket.socket else sock
 
@@ -197,7 +214,7 @@ class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
             return super()._sock_recv(bufsize)
         return sock.recv(bufsize)  # BlockingIOError / b"" / OSError: as paho's plain path
 
-    def _sock_send(self, buf) -> int:
+    def _sock_send(self, buf: bytes | bytearray) -> int:
         sock = self._sock
         if type(sock) is not BufferedSocket:
             return super()._sock_send(buf)
@@ -212,7 +229,7 @@ class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
             super()._messages_reconnect_reset_out()
             self._queued_mids = deque(mid for mid, m in self._out_messages.items() if m.state == _ms.mqtt_ms_queued)
 
-    def _update_inflight(self) -> _ms.MQTTErrorCode:
+    def _update_inflight(self) -> MQTTErrorCode:
         queued = self._queued_mids
         while queued and self._inflight_messages < self._max_inflight_messages:
             m = self._out_messages.get(queued.popleft())
@@ -221,6 +238,6 @@ class InflightClient(_ms.Client):  # type: ignore[misc,name-defined]
             self._inflight_messages += 1
             m.state = _ms.mqtt_ms_wait_for_puback if m.qos == 1 else _ms.mqtt_ms_wait_for_pubrec
             rc = self._send_publish(m.mid, m.topic.encode("utf-8"), m.payload, m.qos, m.retain, m.dup, properties=m.properties)
-            if rc != _ms.MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc != _ms.MQTT_ERR_SUCCESS:
                 return rc
-        return _ms.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return _ms.MQTT_ERR_SUCCESS

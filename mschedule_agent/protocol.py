@@ -22,6 +22,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -131,30 +132,38 @@ def parse_percent(value: str) -> float | None:
 
 # --------------------------------------------------------------------------- messages
 
-_REGISTRY: dict[str, type] = {}
+#: type name -> message class; every class made by :func:`message` (all of them are in
+#: the :data:`Message` union below).
+_REGISTRY: dict[str, type[Message]] = {}
+
+_M = typing.TypeVar("_M")
 
 
-def message(type_name: str):
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def message(type_name: str) -> Callable[[type[_M]], type[_M]]:
     """Class decorator: a frozen dataclass that travels as ``{"type": type_name, ...}``.
 
     Every message also refuses non-finite floats (JSON has no NaN/Infinity: orjson would
     write ``null``) and integers outside 64 bits (orjson cannot write them), so whatever
     can be constructed can be encoded and decoded back.
+    (``dataclass_transform`` tells type checkers that the fields are dataclass fields.)
     """
 
-    def wrap(cls):
+    def wrap(cls: type[_M]) -> type[_M]:
         own_check = cls.__dict__.get("__post_init__")
 
-        def __post_init__(self) -> None:
+        def __post_init__(self: object) -> None:
             _check_numbers(self)
             if own_check is not None:
                 own_check(self)
 
-        cls.__post_init__ = __post_init__
-        cls = dataclass(frozen=True, slots=True)(cls)
-        cls.TYPE = type_name
-        _REGISTRY[type_name] = cls
-        return cls
+        target: Any = cls  # the class is completed here, dynamically: a checker cannot follow it
+        target.__post_init__ = __post_init__
+        made = dataclass(frozen=True, slots=True)(cls)
+        registered = typing.cast("type[Message]", made)  # each message class is in the Message union
+        registered.TYPE = type_name
+        _REGISTRY[type_name] = registered
+        return made
 
     return wrap
 
@@ -792,7 +801,7 @@ def decode_approval(text: str) -> Approval:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise DecodeError(f"approval: malformed JSON: {e}", data, e, field="approval") from e
-    return typing.cast(Approval, from_payload(Approval, doc, data))
+    return from_payload(Approval, doc, data)
 
 
 def encode_signed(kid: str, header: str, sig: bytes, body_json: bytes) -> bytes:
@@ -825,7 +834,7 @@ def decode_header(text: str) -> SignedHeader:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise DecodeError(f"signed header: malformed JSON: {e}", data, e, field="header") from e
-    return typing.cast(SignedHeader, from_payload(SignedHeader, doc, data))
+    return from_payload(SignedHeader, doc, data)
 
 
 
@@ -853,6 +862,12 @@ Message = (
 )
 
 # --------------------------------------------------------------------------- encode / decode
+
+_Msg = typing.TypeVar("_Msg", bound=Message)
+_Payload = typing.TypeVar("_Payload")  #: a message, or a signed header or approval (not sent alone)
+_Msg2 = typing.TypeVar("_Msg2", bound=Message)
+_Msg3 = typing.TypeVar("_Msg3", bound=Message)
+_Msg4 = typing.TypeVar("_Msg4", bound=Message)
 
 
 def _b64(data: bytes) -> str:
@@ -889,7 +904,7 @@ def _schema(cls: type) -> _Schema:
     return s
 
 
-def _options(tp: Any) -> tuple:
+def _options(tp: Any) -> tuple[Any, ...]:
     if typing.get_origin(tp) in (Union, types.UnionType):
         return typing.get_args(tp)
     return (tp,)
@@ -977,7 +992,7 @@ _UPGRADES: dict[type, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def from_payload(cls: type, payload: Any, data: bytes = b"") -> Message:
+def from_payload(cls: type[_Payload], payload: Any, data: bytes = b"") -> _Payload:
     """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API)."""
     type_name = getattr(cls, "TYPE", cls.__name__)
     msg_id = _readable_id(payload)
@@ -1050,11 +1065,25 @@ def peek_text(text: str, name: str) -> str | None:
     return value if isinstance(value, str) and _topic_level_ok(value) else None
 
 
-def decode_as(data: bytes, *classes: type) -> Message:
-    """Decode and insist on one of ``classes`` (e.g. only Task/Kill on an agent's topics)."""
+@typing.overload
+def decode_as(data: bytes, cls: type[_Msg], /) -> _Msg: ...
+@typing.overload
+def decode_as(data: bytes, c1: type[_Msg], c2: type[_Msg2], /) -> _Msg | _Msg2: ...
+@typing.overload
+def decode_as(data: bytes, c1: type[_Msg], c2: type[_Msg2], c3: type[_Msg3], /) -> _Msg | _Msg2 | _Msg3: ...
+@typing.overload
+def decode_as(
+    data: bytes, c1: type[_Msg], c2: type[_Msg2], c3: type[_Msg3], c4: type[_Msg4], /
+) -> _Msg | _Msg2 | _Msg3 | _Msg4: ...
+@typing.overload
+def decode_as(data: bytes, /, *classes: type[_Msg]) -> _Msg: ...
+def decode_as(data: bytes, /, *classes: type[Any]) -> Message:
+    """Decode and insist on one of ``classes`` (e.g. only Task/Kill on an agent's topics).
+    To a type checker the result is of the classes given (their union, for up to four)."""
+    wanted: tuple[type[Message], ...] = classes
     msg = decode(data)
-    if not isinstance(msg, classes):
-        names = ", ".join(c.TYPE for c in classes)
+    if not isinstance(msg, wanted):
+        names = ", ".join(c.TYPE for c in wanted)
         raise DecodeError(
             f"unexpected message type {msg.TYPE!r} here (expected {names})",
             data,

@@ -4,8 +4,12 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 :class:`Incoming` values and :class:`Publication` handles, and tests can swap in
 :class:`MemoryTransport`. What this wrapper guarantees, on top of paho 2.x:
 
-* MQTT v5 with a persistent session (``clean_start=False`` + a session expiry);
-  subscriptions are (re)made in ``on_connect``, so a reconnect renews them.
+* MQTT v5 with a persistent session (``clean_start=False`` + a session expiry), or
+  MQTT 3.1.1 (``mqtt_version="3.1.1"``, for clustered brokers such as NATS) with
+  ``clean_session=False``: no will delay, no response topic or correlation data, no
+  subscription options, no DISCONNECT reason; topic names without ``.`` or space (NATS
+  drops a connection that publishes one, and paho would re-send it forever).
+  Subscriptions are (re)made in ``on_connect``, so a reconnect renews them.
 * Manual acknowledgement: an incoming QoS-1 message is PUBACKed only when the
   receiver calls :meth:`Incoming.ack` (after it has recorded the message durably).
 * Every paho callback is wrapped: an exception is logged, never allowed to kill
@@ -31,16 +35,26 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from .paho_import import import_paho
 from .paho_shim import InflightClient, PahoPublication
 from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge
 
-paho = import_paho()  # already imported by paho_shim (after the agent's deferral, if any)
+if TYPE_CHECKING:  # the checker reads paho's own types; the same module as import_paho's
+    import paho.mqtt.client as paho
+    from paho.mqtt.client import ConnectFlags, DisconnectFlags, SocketLike
+    from tenacity import RetryCallState
+else:
+    paho = import_paho()  # already imported by paho_shim (after the agent's deferral, if any)
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +63,33 @@ RECONNECT_BASE = 0.5
 RECONNECT_CAP = 30.0
 
 
-def backoff_delay(attempt: int, *, base: float = RECONNECT_BASE, cap: float = RECONNECT_CAP, rand=random.random) -> float:
+def backoff_delay(
+    attempt: int, *, base: float = RECONNECT_BASE, cap: float = RECONNECT_CAP, rand: Callable[[], float] = random.random
+) -> float:
     """Seconds to wait before reconnect attempt ``attempt`` (0-based): full jitter."""
-    return max(0.05, rand() * min(cap, base * (2 ** min(attempt, 30))))
+    return max(0.05, rand() * min(cap, base * (2.0 ** min(attempt, 30))))
 
 
 class TransportError(Exception):
     """The broker could not be reached or refused us."""
+
+
+#: The MQTT versions the transport speaks: "5" (the default) and "3.1.1".
+MQTT_VERSIONS = ("5", "3.1.1")
+#: Characters a 3.1.1-mode topic may not hold: NATS maps ``/`` to ``.`` and refuses both.
+NON_PORTABLE_TOPIC_CHARS = ". "
+
+
+def check_mqtt_version(text: str) -> str:
+    """``text`` when it names a supported MQTT version, else ValueError saying which are."""
+    if text not in MQTT_VERSIONS:
+        raise ValueError(f"MQTT version must be one of {', '.join(MQTT_VERSIONS)}, not {text!r}")
+    return text
+
+
+def portable_topic(topic: str) -> bool:
+    """True when every 3.1.1 broker mschedule supports takes ``topic`` (no ``.``, no space)."""
+    return not any(c in topic for c in NON_PORTABLE_TOPIC_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +126,8 @@ class BrokerURL:
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
-def _retain_as_published(qos: int) -> paho.SubscribeOptions:
-    opts = paho.SubscribeOptions
+def _retain_as_published(qos: int) -> SubscribeOptions:
+    opts = SubscribeOptions
     return opts(qos=qos, retainAsPublished=True, retainHandling=opts.RETAIN_SEND_IF_NEW_SUB)
 
 
@@ -125,7 +159,7 @@ class Incoming:
     retain: bool
     response_topic: str | None = None
     correlation_data: bytes | None = None
-    _ack: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    _ack: Callable[[], object] | None = field(default=None, repr=False, compare=False)
 
     def ack(self) -> None:
         if self._ack is not None:
@@ -172,7 +206,7 @@ class MqttTransport:
         client_id: str,
         subscriptions: Iterable[tuple[str, int]] = (),
         on_message: MessageHandler | None = None,
-        on_connect: Callable[[bool], None] | None = None,
+        on_connect: Callable[[bool], object] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         will: Will | None = None,
         clean_start: bool = False,
@@ -184,6 +218,7 @@ class MqttTransport:
         manual_ack: bool = True,
         network: NetworkLoop | None = None,
         retain_as_published: Iterable[str] = (),
+        mqtt_version: str = "5",
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id
@@ -200,6 +235,8 @@ class MqttTransport:
         self._session_expiry = session_expiry
         self._keepalive = keepalive
         self._max_payload = max_payload
+        self.mqtt_version = check_mqtt_version(mqtt_version)
+        self._v5 = mqtt_version == "5"
         self._connected = threading.Event()
         self._disconnected = threading.Event()
         self._subscribed = threading.Event()  #: the broker granted this connection's subscriptions
@@ -210,9 +247,10 @@ class MqttTransport:
         self.connect_count = 0
 
         c = InflightClient(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else clean_start,  # 3.1.1: the broker keeps the session until a clean one
             manual_ack=manual_ack,
         )
         c.max_inflight_messages_set(max_inflight)
@@ -224,11 +262,7 @@ class MqttTransport:
 
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
-            props = None
-            if will.delay:
-                props = Properties(PacketTypes.WILLMESSAGE)
-                props.WillDelayInterval = int(will.delay)
-            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=self._will_props(will))
         c.on_connect = self._guard(self._handle_connect)
         c.on_disconnect = self._guard(self._handle_disconnect)
         c.on_connect_fail = self._guard(self._handle_connect_fail)
@@ -243,14 +277,29 @@ class MqttTransport:
         self._client = c
         self._rejitter()
 
+    def _will_props(self, will: Will) -> Properties | None:
+        if not will.delay:
+            return None
+        if not self._v5:
+            log.info(
+                "MQTT 3.1.1 has no will delay: the broker publishes %s as soon as it sees the connection gone "
+                "(a network blip shows this client offline until it reconnects)", will.topic,
+            )  # fmt: skip
+            return None
+        props = Properties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = int(will.delay)
+        return props
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, *, connect_timeout: float | None = None) -> None:
         """Connect (retrying with jittered backoff, forever unless ``connect_timeout``)
         and start the network thread, which then reconnects by itself."""
         if self._stopping:
             return
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry
+        props: Properties | None = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry
         try:
             self._connect(props)
         except OSError as e:
@@ -260,12 +309,15 @@ class MqttTransport:
         if self._network is None:
             self._client.loop_start()
 
-    def _connect(self, props: Properties) -> None:
+    def _connect(self, props: Properties | None) -> None:
+        if not self._v5:  # 3.1.1: clean_session was given to the client; no properties
+            self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+            return
         self._client.connect(
             self.url.host, self.url.port, keepalive=self._keepalive, clean_start=self._clean_start, properties=props
         )
 
-    def _retry_connect(self, props: Properties, connect_timeout: float | None) -> bool:
+    def _retry_connect(self, props: Properties | None, connect_timeout: float | None) -> bool:
         """The first connect failed: retry it with tenacity's jittered backoff. tenacity
         (and the concurrent/asyncio modules it imports, ~3.7 MB) is imported only here, so a
         process whose first connect succeeds never loads it. False: stopped meanwhile."""
@@ -275,9 +327,7 @@ class MqttTransport:
             wait=wait_random_exponential(multiplier=RECONNECT_BASE, max=RECONNECT_CAP),
             retry=retry_if_exception_type(OSError),
             stop=stop_after_delay(connect_timeout) if connect_timeout is not None else (lambda _s: False),
-            before_sleep=lambda rs: log.warning(
-                "cannot reach broker %s (%s); will retry", self.url, rs.outcome.exception()
-            ),
+            before_sleep=self._log_retry,
             reraise=True,
         )
         time.sleep(backoff_delay(0))  # tenacity's first attempt is immediate: the wait after the failed one
@@ -290,6 +340,10 @@ class MqttTransport:
         except OSError as e:
             raise TransportError(f"cannot reach broker {self.url}: {e}") from e
         return True
+
+    def _log_retry(self, rs: RetryCallState) -> None:
+        error = rs.outcome.exception() if rs.outcome is not None else None  # set before a retry's sleep
+        log.warning("cannot reach broker %s (%s); will retry", self.url, error)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until the broker has answered this connection's SUBSCRIBE (its SUBACK):
@@ -309,9 +363,11 @@ class MqttTransport:
         A clean DISCONNECT means the broker does not publish the last will; so when a final
         message was not acknowledged in time (the broker is slow or gone), the DISCONNECT
         asks for the will (MQTT v5 reason 0x04): whoever reads our status learns we left.
+        MQTT 3.1.1 has no such reason: the socket is closed without a DISCONNECT instead,
+        which makes the broker publish the will all the same.
         """
         self._stopping = True
-        pubs = []
+        pubs: list[Publication] = []
         for topic, payload, retain in final:
             try:
                 pubs.append(self.publish(topic, payload, retain=retain))
@@ -324,13 +380,26 @@ class MqttTransport:
                 self._client.disconnect()
             else:
                 log.warning("final messages not acknowledged within %.1f s; disconnecting with the last will", timeout)
-                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+                self._disconnect_with_will()
             if self._network is not None:
                 self._disconnected.wait(max(0.1, deadline - time.monotonic()))
         finally:
             if self._network is None:
                 self._client.loop_stop()
             self._connected.clear()
+
+    def _disconnect_with_will(self) -> None:
+        if self._v5:
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+            return
+        if self._network is None:
+            self._client.loop_stop()  # first: paho's thread would reconnect after the socket closes
+        sock = self._client.socket()  # 3.1.1: a connection lost without DISCONNECT publishes the will
+        if isinstance(sock, socket.socket):  # (a websocket wrapper has no shutdown: it closes below)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ publishing
     def publish(
@@ -345,6 +414,8 @@ class MqttTransport:
     ) -> Publication:
         if len(payload) + len(topic) > self._max_payload:
             raise MessageTooLarge(len(payload) + len(topic), self._max_payload)
+        if not self._v5:
+            self._check_v311(topic, response_topic, correlation_data)
         props = None
         if response_topic is not None or correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -353,17 +424,30 @@ class MqttTransport:
             if correlation_data is not None:
                 props.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            log.error(
+                "publish to %s dropped by paho: every one of its 65535 packet ids is taken by an unacknowledged "
+                "QoS-1 message (tasks, kills and results are re-sent end to end; progress is not)", topic,
+            )  # fmt: skip
+        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("publish to %s returned %s; paho keeps it queued", topic, paho.error_string(info.rc))
         return PahoPublication(info)
 
+    @staticmethod
+    def _check_v311(topic: str, response_topic: str | None, correlation_data: bytes | None) -> None:
+        if response_topic is not None or correlation_data is not None:
+            raise ValueError("MQTT 3.1.1 has no response topic or correlation data: reply on a request-id topic")
+        if not portable_topic(topic):
+            raise ValueError(f"topic {topic[:200]!r} holds '.' or ' ', which 3.1.1 brokers such as NATS refuse")
+
     # ------------------------------------------------------------------ callbacks
-    def _guard(self, fn):
-        def wrapped(*args, **kwargs):
+    def _guard(self, fn: Callable[_P, _R]) -> Callable[_P, _R | None]:
+        def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
             try:
                 return fn(*args, **kwargs)
             except Exception:
                 log.exception("error in MQTT callback %s; carrying on", fn.__name__)
+                return None
 
         wrapped.__name__ = fn.__name__
         return wrapped
@@ -372,17 +456,22 @@ class MqttTransport:
         # paho doubles its delay without jitter; pin min=max to our own jittered value.
         d = backoff_delay(self._attempt)
         self._attempt += 1
+        # paho annotates int seconds; it only waits them, and a float keeps the jitter
         self._client.reconnect_delay_set(min_delay=d, max_delay=d)  # type: ignore[arg-type]
 
-    def _handle_socket_open(self, client, userdata, sock) -> None:
+    def _handle_socket_open(self, client: paho.Client, userdata: Any, sock: SocketLike) -> None:
+        set_option = getattr(sock, "setsockopt", None)  # a TCP socket's (not in paho's SocketLike)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
+            if set_option is not None:
+                set_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
             pass
         if self._network is not None:
             self._network._register(client, sock)
 
-    def _handle_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
+    def _handle_connect(
+        self, client: paho.Client, userdata: Any, flags: ConnectFlags, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self.url, reason_code)
             self._rejitter()
@@ -393,9 +482,9 @@ class MqttTransport:
         self.connect_count += 1
         self._subscribed.clear()
         if self.subscriptions:
-            rap = self._retain_as_published
+            rap = self._retain_as_published if self._v5 else frozenset()  # 3.1.1: no subscription options
             self._sub_mid = client.subscribe(
-                [(t, _retain_as_published(q) if t in rap else q) for t, q in self.subscriptions]
+                [(t, _retain_as_published(q) if t in rap else SubscribeOptions(qos=q)) for t, q in self.subscriptions]
             )[1]
         else:
             self._subscribed.set()
@@ -404,7 +493,14 @@ class MqttTransport:
         if self._on_connect is not None:
             self._on_connect(bool(flags.session_present))
 
-    def _handle_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        disconnect_flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self._subscribed.clear()
@@ -425,32 +521,38 @@ class MqttTransport:
         except OSError as e:
             self._rejitter()
             log.warning("reconnect to %s failed (%s); will retry", self.url, e)
-            self._network.call_later(backoff_delay(self._attempt - 1), self._network_reconnect)
+            if self._network is not None:  # always: only the network loop schedules this method
+                self._network.call_later(backoff_delay(self._attempt - 1), self._network_reconnect)
 
-    def _handle_connect_fail(self, client, userdata) -> None:
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._rejitter()
         log.warning("reconnect to %s failed; will retry", self.url)
 
-    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _handle_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Properties | None
+    ) -> None:
         for rc in reason_codes:
             if rc.is_failure:
                 log.error("subscription refused by %s: %s", self.url, rc)
         if mid == self._sub_mid:
             self._subscribed.set()
 
-    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
         if reason_code.is_failure:
             log.error("broker refused publish mid=%s: %s (not authorised?)", mid, reason_code)
 
-    def _handle_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
-        ack = None
+        ack: Callable[[], object] | None = None
         if msg.qos > 0:
             mid, qos = msg.mid, msg.qos
             ack = lambda: client.ack(mid, qos)  # noqa: E731
-        incoming = Incoming(msg.topic, msg.payload, msg.qos, bool(msg.retain), response_topic, corr, ack)
+        # bytes(): paho annotates bytes | bytearray; it decodes bytes, which bytes() returns as they are
+        incoming = Incoming(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), response_topic, corr, ack)
         if self._on_message is None:
             incoming.ack()
             return
@@ -519,10 +621,10 @@ class NetworkLoop:
     # socket callbacks (any thread). The fd is read now: by the time the queued
     # operation runs, paho may already have closed the socket.
     # On the loop thread itself (a publish from a message handler) they apply at once.
-    def _register(self, client: paho.Client, sock) -> None:
+    def _register(self, client: paho.Client, sock: SocketLike) -> None:
         self._update(sock.fileno(), client, selectors.EVENT_READ)
 
-    def _want_write(self, client: paho.Client, sock, on: bool) -> None:
+    def _want_write(self, client: paho.Client, sock: SocketLike, on: bool) -> None:
         self._update(sock.fileno(), client, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0))
 
     def _update(self, fd: int, client: paho.Client | None, events: int) -> None:
@@ -531,14 +633,14 @@ class NetworkLoop:
         else:
             self.call_soon(lambda: self._apply(fd, client, events))
 
-    def _unregister(self, sock) -> None:
+    def _unregister(self, sock: SocketLike) -> None:
         self._update(sock.fileno(), None, 0)
 
     def _apply(self, fd: int, client: paho.Client | None, events: int) -> None:
         if fd < 0:
             return
         try:
-            if events == 0:
+            if events == 0 or client is None:  # no client: only _unregister, with events 0
                 if fd in self._clients:
                     self._clients.pop(fd)
                     self._sel.unregister(fd)
@@ -632,7 +734,16 @@ class MemoryTransport:
         self._max_payload = max_payload
         self._lock = threading.Lock()
 
-    def publish(self, topic, payload, *, qos=1, retain=False, response_topic=None, correlation_data=None):
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> Publication:
         if len(payload) + len(topic) > self._max_payload:
             raise MessageTooLarge(len(payload) + len(topic), self._max_payload)
         with self._lock:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
@@ -197,7 +198,7 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-def json_response(doc: Any, status: int = 200, **kw) -> web.Response:
+def json_response(doc: Any, status: int = 200, **kw: Any) -> web.Response:
     return web.json_response(doc, status=status, dumps=dumps, **kw)
 
 
@@ -553,7 +554,7 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
@@ -585,7 +586,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
 
 
 def _secured(app: web.Application) -> bool:
-    return bool(app.get(TOKENS_KEY))
+    return TOKENS_KEY in app and bool(app[TOKENS_KEY])
 
 
 def route_template(request: web.Request) -> str:
@@ -595,7 +596,7 @@ def route_template(request: web.Request) -> str:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is asking (the token's name, for the audit trail) and whether its role may."""
     tokens = request.app.get(TOKENS_KEY)
     if not _needs_auth(request):
@@ -623,7 +624,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 @web.middleware
-async def browser_guard_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def browser_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Keep other web sites from driving this API through the user's browser.
 
     A POST must be JSON (a cross-site form or ``no-cors`` fetch cannot send that without

@@ -20,7 +20,7 @@ MAX_ROWS = 1000
 
 
 def jobs_of(request: web.Request) -> JobService:
-    jobs = getattr(_api.service_of(request), "jobs", None)
+    jobs: JobService | None = getattr(_api.service_of(request), "jobs", None)  # not every Service keeps jobs
     if jobs is None:
         raise _api.ApiError(501, "this master keeps no jobs")
     return jobs

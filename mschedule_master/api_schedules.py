@@ -21,7 +21,7 @@ FIELDS = frozenset({"name", "job", "version", "cron", "tz", "overlap", "misfire"
 
 
 def schedules_of(request: web.Request) -> Scheduler:
-    schedules = getattr(_api.service_of(request), "schedules", None)
+    schedules: Scheduler | None = getattr(_api.service_of(request), "schedules", None)  # nor schedules
     if schedules is None:
         raise _api.ApiError(501, "this master keeps no schedules")
     return schedules

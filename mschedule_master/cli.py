@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
     from .cli_http import Response
 
+    #: What ``main`` calls for a command (``set_defaults(fn=...)``).
+    Command = Callable[["Client", argparse.Namespace, Console], int]
+
 DEFAULT_MASTER = "http://127.0.0.1:9900"
 DEFAULT_CONFIRM_OVER = 20  #: ``run`` asks before starting on more targets than this (unless --yes)
 
@@ -154,7 +157,7 @@ class Client:
                 raise self._http_error(resp)
         return resp
 
-    def request(self, method: str, path: str, **kw) -> Reply:
+    def request(self, method: str, path: str, **kw: Any) -> Reply:
         resp = self.open(method, path, **kw)
         try:
             with resp:
@@ -162,7 +165,7 @@ class Client:
         except OSError as e:  # the connection broke mid-answer
             raise CliError(f"lost the connection to the master at {self.shown} ({e})", EXIT_UNREACHABLE) from None
 
-    def get(self, path: str, **query) -> Any:
+    def get(self, path: str, **query: Any) -> Any:
         return self._json(self.request("GET", path, query=query))
 
     def post(self, path: str, body: Any = None) -> Any:
@@ -194,7 +197,8 @@ class Client:
 
 def sse_events(lines: Iterator[bytes]) -> Iterator[tuple[str, str]]:
     """``(event, data)`` per server-sent event in ``lines``; comments and ids are skipped."""
-    kind, data = "message", []
+    kind = "message"
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
         if not line:
@@ -421,7 +425,7 @@ def targets_table(task: dict[str, Any], offline: frozenset[str] = frozenset()) -
 # ------------------------------------------------------------------ commands
 
 
-def cmd_agents(client: Client, args, console: Console) -> int:
+def cmd_agents(client: Client, args: argparse.Namespace, console: Console) -> int:
     query = {"online": {True: "true", False: "false"}.get(args.online), "label": args.label, "hostname": args.hostname}
     agents = client.get("/api/v1/agents", **query)["agents"]
     if args.json:
@@ -457,11 +461,12 @@ def plural(n: int, word: str) -> str:
     return _plural(n, word)
 
 
-def read_script(args) -> bytes:
+def read_script(args: argparse.Namespace) -> bytes:
     if args.command is not None:
         if args.script_file is not None:
             raise CliError("give either -c COMMAND or SCRIPT_FILE, not both")
-        return args.command.encode()
+        command: str = args.command
+        return command.encode()
     if args.script_file is None:
         raise CliError("give the script: -c 'COMMAND' or a SCRIPT_FILE ('-' reads stdin)")
     if args.script_file == "-":
@@ -473,7 +478,7 @@ def read_script(args) -> bytes:
         raise CliError(f"cannot read {args.script_file}: {e.strerror}") from None
 
 
-def build_submit(args, script: bytes) -> dict[str, Any]:
+def build_submit(args: argparse.Namespace, script: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "targets": args.target,
         "script": b64(script),
@@ -501,7 +506,7 @@ def build_submit(args, script: bytes) -> dict[str, Any]:
         body["env"] = env
     if args.cwd:
         body["cwd"] = args.cwd
-    if getattr(args, "no_stream", False):
+    if getattr(args, "stream", True) is False:
         body["stream"] = False
     return body
 
@@ -514,10 +519,12 @@ def plan_flag(args: argparse.Namespace) -> str | list[Any] | None:
         return f"{args.canary},pause,rest"
     if args.plan is not None and args.plan.lstrip().startswith("["):
         try:
-            return json.loads(args.plan)
+            steps: list[Any] = json.loads(args.plan)
         except ValueError as e:
             raise CliError(f"--plan: not valid JSON: {e}") from None
-    return args.plan
+        return steps
+    text: str | None = args.plan
+    return text
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -561,7 +568,7 @@ def plan_text(task: dict[str, Any]) -> str:
     return " > ".join(parts)
 
 
-def cmd_run(client: Client, args, console: Console) -> int:
+def cmd_run(client: Client, args: argparse.Namespace, console: Console) -> int:
     from . import cli_ids, cli_targets
 
     script = read_script(args)
@@ -594,7 +601,8 @@ def follow(client: Client, task_id: str, console: Console, *, show: bool, lines:
         watcher.stop()
 
 
-def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, Any]:
+def _follow(client: Client, task_id: str, console: Console, watcher: EventWatcher, show: bool,
+            lines: bool = False) -> dict[str, Any]:
     """Events drive it: the view redraws from their counts, the end is noticed when its event
     arrives. The task is read only at the start, after (re)subscribing, on ``resync`` and at
     the end; only while the stream is down does it poll."""
@@ -632,7 +640,8 @@ def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, A
                 if task["state"] in TASK_FINAL:
                     for agent_id, _stream, text in output.finish():
                         view.line(output.prefixed(agent_id, text), shown=lines)
-                    return client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                    final: dict[str, Any] = client.get(f"/api/v1/tasks/{quote(task_id)}", outputs=1)
+                    return final
                 if task["state"] == "PAUSED" and not paused_noted:
                     view.say(f"paused: go on with: mschedule approve {task_id} (or: mschedule abort {task_id})")
                 paused_noted = task["state"] == "PAUSED"
@@ -672,7 +681,8 @@ def _follow(client, task_id, console, watcher, show, lines=False) -> dict[str, A
 def _show_output(kind: str, doc: dict[str, Any], output: Any, view: Any, lines: bool) -> None:
     """An ``output`` event's whole lines: printed with ``--follow``; the latest line of each
     target is shown under the progress bar either way. A target's end ends its last line."""
-    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    raw = doc.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if kind == "output":
         done = output.feed(data)
     elif kind == "target" and data.get("state") in TARGET_FINAL and isinstance(data.get("agent_id"), str):
@@ -702,9 +712,12 @@ def _wait(watcher: EventWatcher, timeout: float) -> list[tuple[str, dict[str, An
     return events
 
 
-def _apply(kind: str, doc: dict[str, Any], live: bool, read: bool, task: dict[str, Any]):
+def _apply(
+    kind: str, doc: dict[str, Any], live: bool, read: bool, task: dict[str, Any]
+) -> tuple[bool, bool, dict[str, Any]]:
     """One event on (live, read, task): a task's counts and state come in its events."""
-    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    given = doc.get("data")
+    data: dict[str, Any] = given if isinstance(given, dict) else {}
     if kind == "hello":
         return True, True, task  # subscribed now: read once, to catch what happened before
     if kind == "lost":
@@ -756,11 +769,11 @@ class _ProgressView:
         self._lines = Text("", no_wrap=True, overflow="ellipsis")
         self.live = Live(Group(self.progress, self._lines), console=self.progress.console, refresh_per_second=8)
 
-    def __enter__(self):
+    def __enter__(self) -> _ProgressView:
         self.live.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.live.stop()
 
     def line(self, text: str, *, shown: bool) -> None:
@@ -804,13 +817,13 @@ class _LineView:
     def __init__(self, console: Console, task_id: str, show: bool) -> None:
         self.console = console
         self.show = show
-        self.last: tuple | None = None
+        self.last: tuple[str, tuple[tuple[str, int], ...]] | None = None
         self.last_note = ""
 
-    def __enter__(self):
+    def __enter__(self) -> _LineView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
 
     def update(self, task: dict[str, Any]) -> None:
@@ -885,7 +898,7 @@ def finish(task: dict[str, Any], console: Console, as_json: bool, *, all_output:
     return status
 
 
-def cmd_status(client: Client, args, console: Console) -> int:
+def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
     from .cli_ids import task_id
 
     args.task = task_id(client, args.task)
@@ -934,7 +947,7 @@ def offline_agents(client: Client, task: dict[str, Any]) -> frozenset[str]:
     return frozenset(a["id"] for a in client.get("/api/v1/agents", online="false")["agents"])
 
 
-def cmd_output(client: Client, args, console: Console) -> int:
+def cmd_output(client: Client, args: argparse.Namespace, console: Console) -> int:
     from .cli_ids import FULL, expand, task_id
 
     stream = "stderr" if args.stderr else "stdout"
@@ -967,7 +980,7 @@ def cmd_output(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_kill(client: Client, args, console: Console) -> int:
+def cmd_kill(client: Client, args: argparse.Namespace, console: Console) -> int:
     from .cli_ids import task_id
 
     args.task = task_id(client, args.task)
@@ -977,7 +990,7 @@ def cmd_kill(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_tasks(client: Client, args, console: Console) -> int:
+def cmd_tasks(client: Client, args: argparse.Namespace, console: Console) -> int:
     page = client.get("/api/v1/tasks", state=args.state, limit=args.limit)
     if args.json:
         print(json.dumps(page["tasks"], indent=2))
@@ -1056,7 +1069,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the task as JSON (no progress)")
     r.add_argument("-f", "--follow", action="store_true", help="print the targets' output as it is written, "
                    "each line prefixed by its host (default: the latest line of each target under the progress)")
-    r.add_argument("--no-stream", action="store_true", help="the targets send their output only at the end")
+    r.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="the targets send their output only at the end (the submit's stream: false)")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a task and its targets")
@@ -1165,9 +1179,11 @@ def hoist_master(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = parser().parse_args(hoist_master(sys.argv[1:] if argv is None else list(argv)))
-    console = console or LazyConsole()
+    if console is None:
+        lazy: Any = LazyConsole()  # passes for a Console: it hands every attribute to one made on first use
+        console = lazy
     client = Client(master_url(args.master), os.environ.get("MSCHEDULE_TOKEN") or None)
-    fn: Callable[[Client, Any, Console], int] = args.fn
+    fn: Command = args.fn
     try:
         return fn(client, args, console)
     except CliError as e:

@@ -88,7 +88,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     add_plan_flags(p)
 
 
-def given_flags(args) -> dict[str, Any]:
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The run fields the flags give, as ``submit`` fields."""
     out: dict[str, Any] = {}
     if args.target:
@@ -130,7 +130,8 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 def latest_or_none(client: Client, name: str) -> dict[str, Any] | None:
     try:
-        return client.get(f"/api/v1/jobs/{quote(name)}/versions/latest")
+        latest: dict[str, Any] = client.get(f"/api/v1/jobs/{quote(name)}/versions/latest")
+        return latest
     except CliError as e:
         if "not found" in str(e):
             return None
@@ -142,7 +143,7 @@ def open_bytes(path: str) -> bytes:
         return f.read()
 
 
-def cmd_save(client: Client, args, console: Console) -> int:
+def cmd_save(client: Client, args: argparse.Namespace, console: Console) -> int:
     try:
         script = sys.stdin.buffer.read() if args.file == "-" else open_bytes(args.file)
     except OSError as e:
@@ -163,7 +164,7 @@ def cmd_save(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_list(client: Client, args, console: Console) -> int:
+def cmd_list(client: Client, args: argparse.Namespace, console: Console) -> int:
     found = client.get("/api/v1/jobs")["jobs"]
     if args.json:
         return print_json(found)
@@ -178,7 +179,7 @@ def cmd_list(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_show(client: Client, args, console: Console) -> int:
+def cmd_show(client: Client, args: argparse.Namespace, console: Console) -> int:
     name, version = split_ref(args.ref)
     doc = client.get(f"/api/v1/jobs/{quote(name)}/versions/{quote(version or 'default')}")
     if args.json:
@@ -198,7 +199,7 @@ def cmd_show(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_history(client: Client, args, console: Console) -> int:
+def cmd_history(client: Client, args: argparse.Namespace, console: Console) -> int:
     doc = client.get(f"/api/v1/jobs/{quote(args.job)}")
     runs = client.get(f"/api/v1/jobs/{quote(args.job)}/runs", limit=args.limit)["runs"]
     if args.json:
@@ -221,7 +222,7 @@ def cmd_history(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_diff(client: Client, args, console: Console) -> int:
+def cmd_diff(client: Client, args: argparse.Namespace, console: Console) -> int:
     doc = client.get(f"/api/v1/jobs/{quote(args.job)}/diff", **{"from": args.v1, "to": args.v2})
     if args.json:
         return print_json(doc)
@@ -229,7 +230,7 @@ def cmd_diff(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_default(client: Client, args, console: Console) -> int:
+def cmd_default(client: Client, args: argparse.Namespace, console: Console) -> int:
     if args.version == "latest":
         version = None
     elif args.version.isdigit():
@@ -244,7 +245,7 @@ def cmd_default(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_run(client: Client, args, console: Console) -> int:
+def cmd_run(client: Client, args: argparse.Namespace, console: Console) -> int:
     name, version = split_ref(args.ref)
     body = {**given_flags(args), "author": author()}
     if version is not None:
@@ -253,12 +254,12 @@ def cmd_run(client: Client, args, console: Console) -> int:
     return _follow_task(client, task, args, console, f"{name}@{task['job_version']}")
 
 
-def cmd_rerun(client: Client, args, console: Console) -> int:
+def cmd_rerun(client: Client, args: argparse.Namespace, console: Console) -> int:
     task = client.post(f"/api/v1/tasks/{quote(args.task)}/rerun", {"failed": args.failed, "author": author()})
     return _follow_task(client, task, args, console, f"re-run of {args.task}")
 
 
-def _follow_task(client: Client, task: dict[str, Any], args, console: Console, what: str) -> int:
+def _follow_task(client: Client, task: dict[str, Any], args: argparse.Namespace, console: Console, what: str) -> int:
     """As ``mschedule run`` does: print the id (--no-wait) or follow the task to its end."""
     if args.no_wait:
         return print_json(task) if args.json else (print(task["id"]) or EXIT_OK)
@@ -270,7 +271,7 @@ def _follow_task(client: Client, task: dict[str, Any], args, console: Console, w
     return finish(done, console, args.json, all_output=args.show_output)
 
 
-def cmd_push(client: Client, args, console: Console) -> int:
+def cmd_push(client: Client, args: argparse.Namespace, console: Console) -> int:
     from . import jobs
 
     try:
@@ -295,7 +296,7 @@ def cmd_push(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_pull(client: Client, args, console: Console) -> int:
+def cmd_pull(client: Client, args: argparse.Namespace, console: Console) -> int:
     name, version = split_ref(args.ref)
     doc = client.get(f"/api/v1/jobs/{quote(name)}/versions/{quote(version or 'default')}")
     import base64
@@ -314,7 +315,7 @@ def cmd_pull(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_agent_history(client: Client, args, console: Console) -> int:
+def cmd_agent_history(client: Client, args: argparse.Namespace, console: Console) -> int:
     rows = client.get(f"/api/v1/agents/{quote(args.agent)}/history", limit=args.limit)["history"]
     if args.json:
         return print_json(rows)
@@ -335,7 +336,7 @@ def cmd_agent_history(client: Client, args, console: Console) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def add_commands(sub) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``job``, ``rerun`` and ``history`` to the ``mschedule`` subcommands."""
     j = sub.add_parser("job", help="saved jobs with versions (docs/jobs.md)")
     js = j.add_subparsers(dest="job_cmd", required=True, metavar="JOB_COMMAND")

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from .cli import Command
+
 OUTCOME_STYLE = {"fired": "green", "caught-up": "cyan", "missed": "yellow", "skipped-overlap": "yellow",
                  "queued": "blue", "not-started": "red"}  # fmt: skip
 
@@ -50,7 +52,7 @@ def _path(name: str, tail: str = "") -> str:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_add(client: Client, args, console: Console) -> int:
+def cmd_add(client: Client, args: argparse.Namespace, console: Console) -> int:
     body: dict[str, Any] = {"name": args.schedule, "job": args.job, "cron": args.cron, "tz": args.tz,
                             "overlap": args.overlap, "misfire": args.misfire, "paused": args.paused,
                             "overrides": given_flags(args), "author": author()}  # fmt: skip
@@ -67,7 +69,7 @@ def _summary(doc: dict[str, Any]) -> str:
             f"misfire {doc['misfire']}")  # fmt: skip
 
 
-def cmd_list(client: Client, args, console: Console) -> int:
+def cmd_list(client: Client, args: argparse.Namespace, console: Console) -> int:
     found = client.get("/api/v1/schedules")["schedules"]
     if args.json:
         return print_json(found)
@@ -82,7 +84,7 @@ def cmd_list(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_show(client: Client, args, console: Console) -> int:
+def cmd_show(client: Client, args: argparse.Namespace, console: Console) -> int:
     doc = client.get(_path(args.schedule))
     if args.json:
         return print_json(doc)
@@ -108,15 +110,15 @@ def cmd_show(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_pause(client: Client, args, console: Console) -> int:
+def cmd_pause(client: Client, args: argparse.Namespace, console: Console) -> int:
     return _done(client.post(_path(args.schedule, "/pause")), "paused", args, console)
 
 
-def cmd_resume(client: Client, args, console: Console) -> int:
+def cmd_resume(client: Client, args: argparse.Namespace, console: Console) -> int:
     return _done(client.post(_path(args.schedule, "/resume")), "resumed", args, console)
 
 
-def _done(doc: dict[str, Any], what: str, args, console: Console) -> int:
+def _done(doc: dict[str, Any], what: str, args: argparse.Namespace, console: Console) -> int:
     if args.json:
         return print_json(doc)
     tail = f"; next fire time {at(doc['next_fire'], doc['tz'])}" if doc["next_fire"] else ""
@@ -124,7 +126,7 @@ def _done(doc: dict[str, Any], what: str, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_rm(client: Client, args, console: Console) -> int:
+def cmd_rm(client: Client, args: argparse.Namespace, console: Console) -> int:
     doc = client._json(client.request("DELETE", _path(args.schedule)))
     if args.json:
         return print_json(doc)
@@ -132,7 +134,7 @@ def cmd_rm(client: Client, args, console: Console) -> int:
     return EXIT_OK
 
 
-def cmd_next(client: Client, args, console: Console) -> int:
+def cmd_next(client: Client, args: argparse.Namespace, console: Console) -> int:
     tz = client.get(_path(args.schedule))["tz"]
     times = client.get(_path(args.schedule, "/next"), n=args.n)["next"]
     if args.json:
@@ -148,7 +150,7 @@ def cmd_next(client: Client, args, console: Console) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def add_commands(sub) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``schedule`` to the ``mschedule`` subcommands."""
     s = sub.add_parser("schedule", help="run a job on a cron (docs/schedules.md)")
     ss = s.add_subparsers(dest="schedule_cmd", required=True, metavar="SCHEDULE_COMMAND")
@@ -180,6 +182,6 @@ def add_commands(sub) -> None:
         _add(p, fn)
 
 
-def _add(p: argparse.ArgumentParser, fn) -> None:
+def _add(p: argparse.ArgumentParser, fn: Command) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=fn)

@@ -53,5 +53,5 @@ class Coalescer:
 
     def _idle(self) -> None:
         if not self._inflight and self._unsubscribe is not None:
-            self._unsubscribe, unsubscribe = None, self._unsubscribe
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
             unsubscribe()

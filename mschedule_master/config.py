@@ -26,7 +26,7 @@ from typing import Any
 
 from mschedule_agent import layers
 from mschedule_agent.protocol import DEFAULT_PREFIX
-from mschedule_agent.transport import BrokerURL
+from mschedule_agent.transport import MQTT_VERSIONS, BrokerURL, check_mqtt_version, portable_topic
 
 from .errors import ConfigError
 
@@ -53,6 +53,7 @@ DEFAULT_OUTPUT_RETENTION_DAYS = 0.0  #: their outputs sooner, when set (0 = with
 DEFAULT_LEASE = 5.0
 #: a task over this many targets needs a plan or an explicit parallel (0 = no limit)
 DEFAULT_UNPLANNED_TARGET_LIMIT = 1000
+DEFAULT_MQTT_VERSION = "5"  #: "3.1.1" for brokers without MQTT 5 (NATS, RabbitMQ): docs/protocol.md
 LOG_FORMATS = ("text", "json")
 
 
@@ -77,6 +78,7 @@ class Settings:
     retention_days: float = DEFAULT_RETENTION_DAYS
     output_retention_days: float = DEFAULT_OUTPUT_RETENTION_DAYS
     log_format: str = "text"  #: "text" (key=value fields) or "json" (one object per line)
+    mqtt_version: str = DEFAULT_MQTT_VERSION
     lease: float = DEFAULT_LEASE  #: --db postgresql://: seconds a silent leader keeps the lead
     #: the master's online private key (``mschedule keys gen``): each task and kill copy is
     #: signed for its agent (docs/security.md). None: published unsigned.
@@ -105,6 +107,12 @@ class Settings:
             raise ConfigError(f"log_format must be one of {formats}, not {self.log_format!r}", "log_format")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}", "log_level")
+        try:
+            check_mqtt_version(self.mqtt_version)
+        except ValueError as e:
+            raise ConfigError(str(e), "mqtt_version") from None
+        if self.mqtt_version != "5" and not portable_topic(self.topic_prefix):
+            raise ConfigError("topic_prefix must hold no '.' or ' ' with MQTT 3.1.1 (NATS refuses them)", "topic_prefix")
         if self.http != "off":
             parse_hostport(self.http)
         try:
@@ -210,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--signing-key", dest="signing_key", help="private key file that signs tasks and kills (0600)")
     p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (key=value, default) or json")
+    p.add_argument("--mqtt-version", dest="mqtt_version", choices=MQTT_VERSIONS,
+                   help=f"MQTT protocol: 5, or 3.1.1 for brokers without MQTT 5 such as NATS (default {DEFAULT_MQTT_VERSION})")
     p.add_argument("--retention-days", dest="retention_days", type=float,
                    help=f"delete finished tasks this many days after they end; 0 = never ({DEFAULT_RETENTION_DAYS:g})")
     p.add_argument("--output-retention-days", dest="output_retention_days", type=float,

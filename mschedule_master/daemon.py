@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, TypeVarTuple
 
 from mschedule_agent import memory, protocol
 from mschedule_agent.protocol import Topics
@@ -62,7 +62,13 @@ from .service import BRIDGE_STATE_TOPIC, MasterService
 from .store import Store
 from .submissions import ProgressPublisher
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+_Ts = TypeVarTuple("_Ts")
 
 #: Messages applied per transaction at most.
 BATCH_MAX = 2000
@@ -96,7 +102,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     logs.setup(level, fmt)
 
 
-def acquire_lock(db: str):
+def acquire_lock(db: str) -> TextIO:
     """An exclusive lock on ``<db>.lock`` held for the process's life (the open file)."""
     path = Path(db + ".lock")
     f = open(path, "a+")
@@ -277,7 +283,8 @@ class Daemon:
             on_message=self._on_message,
             on_connect=lambda _sp: self._connected(transport),
             will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),
-            retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live
+            retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live (v5)
+            mqtt_version=s.mqtt_version,
         )
         self._guard = RivalGuard(
             transport=transport, topics=self.topics, instance=self.instance, client_id=s.client_id,
@@ -310,7 +317,7 @@ class Daemon:
         self.reads = Reads(s.db, opener=_pg_reader(s.db) if self.ha else None)
         self.service = MasterService(
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
-            reads=self.reads,
+            reads=self.reads, portable_topics=s.mqtt_version != "5",
         )  # fmt: skip
         self.service.audit.note_signing_key(engine.sealer.kid)
         if isinstance(engine.sealer, sealing.Sealer):
@@ -343,7 +350,7 @@ class Daemon:
         except Exception:
             log.exception("could not take over a standby's %s for task %s; the sweep retries", channel, task_id)
 
-    async def _shutdown(self, runner, transport: MqttTransport, store: Store) -> None:
+    async def _shutdown(self, runner: web.AppRunner | None, transport: MqttTransport, store: Store) -> None:
         log.info("shutting down")
         assert self._loop is not None
         if self._notifications is not None:
@@ -365,23 +372,30 @@ class Daemon:
         if self._lead is not None:
             self._lead.close()  # last: the lead is released once everything is saved
 
-    async def _unless_stopped(self, fn, *args):
+    async def _unless_stopped(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> tuple[bool, _R | None]:
         """Run blocking ``fn(*args)`` in a daemon thread; return ``(True, result)``, or
         ``(False, None)`` when SIGTERM comes first (the thread is abandoned)."""
         assert self._loop is not None and self._stop is not None
         loop = self._loop
-        done: asyncio.Future = loop.create_future()
+        done: asyncio.Future[tuple[_R | None, Exception | None]] = loop.create_future()
 
         def call() -> None:
+            outcome: tuple[_R | None, Exception | None]
             try:
                 outcome = (fn(*args), None)
             except Exception as e:  # handed to the loop, which raises it
                 outcome = (None, e)
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
+
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(outcome)
+
+            loop.call_soon_threadsafe(settle)
 
         threading.Thread(target=call, name=getattr(fn, "__name__", "blocking"), daemon=True).start()
         stopping = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [done, stopping]  # (two result types: Future is invariant)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             return False, None
         stopping.cancel()

@@ -329,7 +329,9 @@ class Engine:
             task = self.store.get_task(task_id, with_targets=False)
             if task is None:
                 continue
-            data = {"state": task.state.value, "old": task.state.value, "reason": task.reason, "counts": task.counts}
+            data: dict[str, Any] = {
+                "state": task.state.value, "old": task.state.value, "reason": task.reason, "counts": task.counts
+            }
             data["targets"] = self.store.target_states(task_id)
             self.emit("task", task_id, data)
 

@@ -29,7 +29,7 @@ WAKE = 1.0  #: seconds between two looks when no event comes
 HOLE_WAIT = 2.0  #: seconds a chunk missing in the middle is waited for before it is passed
 FOLLOW_MAX = 7 * 24 * 3600.0  #: seconds a follow may last
 
-_STOPS_KEY = web.AppKey("follow_stops", set)
+_STOPS_KEY = web.AppKey("follow_stops", set[asyncio.Event])
 
 
 def setup(app: web.Application) -> None:
@@ -38,7 +38,8 @@ def setup(app: web.Application) -> None:
 
 
 async def _stop_all(app: web.Application) -> None:
-    for stop in list(app[_STOPS_KEY]):
+    stops: set[asyncio.Event] = app[_STOPS_KEY]
+    for stop in list(stops):
         stop.set()
 
 

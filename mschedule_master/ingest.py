@@ -97,9 +97,10 @@ class Ingest:
             log.info("agent %s refused task %s from an older leader: %s", agent_id, msg.id, msg.reason)
             self.store.add_event(now, "stale_epoch", msg.id, agent_id, {"reason": msg.reason})
             return
-        active = self._active.get(msg.id)
-        if active is None and not (isinstance(msg, Reject) and msg.code == "expired"):  # that one only confirms
-            active = self._revivable(msg.id, agent_id)
+        task_id = msg.id  # None only in a reject of something unreadable: no task of ours
+        active = self._active.get(task_id) if task_id is not None else None
+        if active is None and task_id is not None and not (isinstance(msg, Reject) and msg.code == "expired"):
+            active = self._revivable(task_id, agent_id)  # (an expired reject only confirms)
         if active is None or agent_id not in active.rollout.targets:
             self._stray(msg, agent_id, info.dc, now, active is not None)
             return
@@ -158,12 +159,15 @@ class Ingest:
                   f"{active.script_sha256} (it reported {msg.state})")  # fmt: skip
         return TargetState.FAILED, reason
 
-    def _stray(self, msg: protocol.Message, agent_id: str, dc: str | None, now: float, task_active: bool) -> None:
+    def _stray(
+        self, msg: Ack | Started | Result | Reject, agent_id: str, dc: str | None, now: float, task_active: bool
+    ) -> None:
         """A message for a finished or unknown task, or from an agent that is no target."""
-        task_id = msg.id  # type: ignore[union-attr]
-        known = task_active or self.store.task_exists(task_id)
-        is_target = known and self.store.get_target(task_id, agent_id) is not None
+        task_id = msg.id  # None only in a reject of something unreadable: no task of ours
+        known = task_active or (task_id is not None and self.store.task_exists(task_id))
+        is_target = known and task_id is not None and self.store.get_target(task_id, agent_id) is not None
         if isinstance(msg, Result):
+            task_id = msg.id  # a result always names its task
             stored = is_target and self.store.record_result(task_id, agent_id, msg, now)
             if is_target and not stored:
                 self.metrics.duplicate_result()

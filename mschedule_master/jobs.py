@@ -290,7 +290,8 @@ def read_dir(directory: Path | str) -> list[JobFile]:
         if not is_job_name(p.name):
             raise JobFileError(p, None, "the file name is not a valid job name (letters, digits, '.', '_', '-')")
         side = p.with_name(p.name + SIDE_SUFFIX)
-        description, defaults = ("", {})
+        description = ""
+        defaults: dict[str, Any] = {}
         if side.exists():
             description, defaults = parse_side_file(side, _read_text(side))
         try:

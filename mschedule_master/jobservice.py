@@ -8,6 +8,7 @@ job version, re-run origin, submitter). Runs on the master's event-loop thread.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 from collections.abc import Callable
@@ -57,7 +58,7 @@ class JobService:
         return self.save(name, content.script, description=content.description, defaults=content.defaults,
                          author=author, message=message)  # fmt: skip
 
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         return self.store.list()
 
     def summary(self, name: str) -> JobSummary:
@@ -66,7 +67,7 @@ class JobService:
     def get(self, name: str, version: int | None = None) -> Version:
         return self.store.get(name, version)
 
-    def versions(self, name: str) -> list[Version]:
+    def versions(self, name: str) -> builtins.list[Version]:
         return self.store.versions(name)
 
     def diff(self, name: str, a: int, b: int) -> str:
@@ -78,13 +79,13 @@ class JobService:
             self.audit.append("job_default", job=name, version=version)
         return summary
 
-    def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+    def runs(self, name: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return self.store.runs(name, limit)
 
     def footprint(self, name: str, version: int) -> dict[str, dict[str, Any]]:
         return self.store.footprint(name, version)
 
-    def agent_history(self, agent_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    def agent_history(self, agent_id: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         if self.engine.registry.get(agent_id) is None and not self.store.agent_history(agent_id, 1):
             raise NotFound("agent", agent_id)
         return self.store.agent_history(agent_id, limit)
@@ -93,7 +94,7 @@ class JobService:
         return self.store.task_link(task_id)
 
     # ------------------------------------------------------------------ runs
-    def submit(self, spec: Submit, *, submitted_by: str | None = None) -> tuple[models.Task, list[str]]:
+    def submit(self, spec: Submit, *, submitted_by: str | None = None) -> tuple[models.Task, builtins.list[str]]:
         """Start a task: a script, or (``spec.job``) a saved job version."""
         if spec.job is not None:
             return self.run(spec.job, spec.version, jobs.overrides_of(spec), request_id=spec.request_id,
@@ -103,7 +104,7 @@ class JobService:
     def run(
         self, name: str, version: int | None, overrides: dict[str, Any], *, request_id: str | None = None,
         submitted_by: str | None = None,
-    ) -> tuple[models.Task, list[str]]:  # fmt: skip
+    ) -> tuple[models.Task, builtins.list[str]]:  # fmt: skip
         """Run ``name@version`` (its default version when None); ``overrides`` are
         ``submit`` fields that replace the version's defaults."""
         v = self.store.get(name, version)
@@ -115,7 +116,7 @@ class JobService:
 
     def rerun(
         self, task_id: str, *, failed_only: bool = False, submitted_by: str | None = None
-    ) -> tuple[models.Task, list[str]]:
+    ) -> tuple[models.Task, builtins.list[str]]:
         """A new task running ``task_id``'s script and limits again, on all its targets or
         (``failed_only``) on those that failed or did not run; linked by ``rerun_of``."""
         task = self.engine.store.get_task(task_id)
@@ -137,7 +138,7 @@ class JobService:
         job, version = (link.job, link.job_version) if link else (None, None)
         return self._start(spec, job=job, version=version, rerun_of=task_id, submitted_by=submitted_by)
 
-    def _check_exact(self, agent_ids: list[str]) -> None:
+    def _check_exact(self, agent_ids: builtins.list[str]) -> None:
         """Agent ids as selectors also match hostnames: refuse a re-run that would reach more."""
         try:
             resolved = targeting.resolve(agent_ids, self.engine.registry.agents(), {})
@@ -150,7 +151,7 @@ class JobService:
     def _start(
         self, spec: Submit, *, job: str | None, version: int | None, rerun_of: str | None = None,
         submitted_by: str | None = None,
-    ) -> tuple[models.Task, list[str]]:  # fmt: skip
+    ) -> tuple[models.Task, builtins.list[str]]:  # fmt: skip
         sha = hashlib.sha256(spec.script_bytes).hexdigest()
         starting = STARTING.set((job, version) if job is not None and version is not None else None)
         try:
@@ -162,7 +163,7 @@ class JobService:
     def _start_in_batch(
         self, spec: Submit, sha: str, *, job: str | None, version: int | None, rerun_of: str | None,
         submitted_by: str | None,
-    ) -> tuple[models.Task, list[str]]:  # fmt: skip
+    ) -> tuple[models.Task, builtins.list[str]]:  # fmt: skip
         with self.engine.batch():  # the task and what it runs, in one commit
             task, targets = self.engine.submit(spec)
             self.store.link_task(task.id, job=job, version=version, script_sha256=sha, rerun_of=rerun_of,

@@ -8,13 +8,17 @@ task refers to them. Reads return :mod:`.jobs` dataclasses.
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jobs import JobContent, JobSummary, Version
 from .models import NotFound
 from .store import Store
+
+if TYPE_CHECKING:
+    import sqlite3
 
 _VERSION_COLS = (
     "job, version, content_sha256, script_sha256, script, description, defaults, author, message, created_at"
@@ -39,7 +43,7 @@ class JobStore:
         self.store = store
 
     @property
-    def _conn(self):
+    def _conn(self) -> sqlite3.Connection:
         return self.store._conn
 
     # ------------------------------------------------------------------ versions
@@ -91,10 +95,10 @@ class JobStore:
             raise NotFound("job", name)
         return out[0]
 
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         return self._summaries("", ())
 
-    def _summaries(self, where: str, args: tuple) -> list[JobSummary]:
+    def _summaries(self, where: str, args: tuple[Any, ...]) -> builtins.list[JobSummary]:
         rows = self._conn.execute(
             "select j.name, v.version, j.default_version, v.description, v.created_at, v.author from jobs j "
             "join job_versions v on v.job = j.name and v.version = "
@@ -133,9 +137,10 @@ class JobStore:
         if row is None:
             return None
         reported = dict(self._conn.execute("select agent_id, script_sha256 from targets where task_id=?", (task_id,)))
-        return TaskLink(task_id, *row, reported=reported)
+        job, job_version, script_sha256, rerun_of, submitted_by = row
+        return TaskLink(task_id, job, job_version, script_sha256, rerun_of, submitted_by, reported)
 
-    def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+    def runs(self, name: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The job's tasks, newest first: version, task, when, who, state and target counts."""
         self.summary(name)
         rows = self._conn.execute(
@@ -147,7 +152,7 @@ class JobStore:
         keys = ("task_id", "version", "created_at", "finished_at", "state", "submitted_by", "rerun_of", "target_count")
         return [{**dict(zip(keys, r, strict=True)), "counts": counts.get(r[0], {})} for r in rows]
 
-    def agent_history(self, agent_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    def agent_history(self, agent_id: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """What ran on an agent, newest first: the task, its job version, the script's
         sha256 the master sent and the one the agent reported, and how it ended."""
         rows = self._conn.execute(
@@ -175,7 +180,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _version(r: tuple) -> Version:
+def _version(r: tuple[Any, ...]) -> Version:
     content = JobContent(script=r[4], description=r[5], defaults=json.loads(r[6]))
     return Version(job=r[0], version=r[1], content=content, content_sha256=r[2], script_sha256=r[3], author=r[7],
                    message=r[8], created_at=r[9])  # fmt: skip

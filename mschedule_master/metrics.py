@@ -22,7 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -163,7 +163,7 @@ class _StateCollector(Collector):
         self.inbox_depth: Callable[[], int] | None = None
         self.leadership: Callable[[], tuple[bool, int]] | None = None
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []  # values only at collect(): nothing to check for name clashes up front
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -182,8 +182,8 @@ class _StateCollector(Collector):
             yield online
         if self.task_states is not None:
             tasks = GaugeMetricFamily("mschedule_tasks", "Tasks in the database, by state", labels=["state"])
-            for state, n in sorted(self.task_states().items()):
-                tasks.add_metric([state], n)
+            for state, count in sorted(self.task_states().items()):
+                tasks.add_metric([state], count)
             yield tasks
         if self.inbox_depth is not None:
             yield GaugeMetricFamily(

@@ -7,6 +7,7 @@ without updating both sides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -197,6 +198,6 @@ class Service(Protocol):
 
     def output(self, task_id: str, agent_id: str) -> Target: ...
 
-    def subscribe(self, callback) -> Any:
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """``callback(Event)`` is called on the loop for every event; returns an
         unsubscribe function."""

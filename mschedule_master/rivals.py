@@ -90,6 +90,7 @@ def find_live_rival(settings: config.Settings, topics: Topics, instance: str) ->
         clean_start=True,
         session_expiry=0,
         manual_ack=False,
+        mqtt_version=settings.mqtt_version,
     )
     try:
         probe.start(connect_timeout=10)

@@ -482,7 +482,7 @@ class Rollout:
             if t.kill_requested:
                 t.kill_sent_at = now
                 actions.append(SendKill(agent_id))
-            elif not t.acked and t.state is _T.DISPATCHED and now < t.expires_at:
+            elif not t.acked and t.state is _T.DISPATCHED and t.expires_at is not None and now < t.expires_at:
                 t.last_sent_at = now
                 actions.append(Dispatch(agent_id, t.expires_at, redeliver=True))
             self._touch(t)

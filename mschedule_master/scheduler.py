@@ -17,6 +17,7 @@ Runs on the master's event-loop thread.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import time
@@ -81,7 +82,7 @@ class Scheduler:
         self._dirty.add(s.name)
         return stored
 
-    def list(self) -> list[StoredSchedule]:
+    def list(self) -> builtins.list[StoredSchedule]:
         return self.store.list()
 
     def get(self, name: str) -> StoredSchedule:
@@ -114,12 +115,12 @@ class Scheduler:
         self._wake.pop(name, None)
         log.info("schedule %s removed", name)
 
-    def next_times(self, name: str, n: int, after: float | None = None) -> list[int]:
+    def next_times(self, name: str, n: int, after: float | None = None) -> builtins.list[int]:
         if not 1 <= n <= MAX_PREVIEW:
             raise InvalidRequest(f"n must be 1..{MAX_PREVIEW}", "n")
         return next_fire_times(self.store.get(name).schedule, self.clock() if after is None else after, n)
 
-    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+    def runs(self, name: str, limit: int = 20) -> builtins.list[dict[str, Any]]:
         self.store.get(name)
         return self.store.runs(name, limit)
 

@@ -9,14 +9,18 @@ decided once however many masters (or lives of one master) plan it. Reads return
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import NotFound
 from .schedules import DEFAULT_VERSION, Misfire, Outcome, Overlap, Schedule, State, check_outcome_transition
 from .states import TASK_FINAL
 from .store import Store
+
+if TYPE_CHECKING:
+    import sqlite3
 
 _COLS = (
     "name, job, version, cron, tz, overlap, misfire, paused, overrides, since, created_at, created_by, missed_earlier"
@@ -46,7 +50,7 @@ class ScheduleStore:
         self.store = store
 
     @property
-    def _conn(self):
+    def _conn(self) -> sqlite3.Connection:
         return self.store._conn
 
     # ------------------------------------------------------------------ schedules
@@ -70,10 +74,10 @@ class ScheduleStore:
             raise NotFound("schedule", name)
         return _stored(row)
 
-    def list(self) -> list[StoredSchedule]:
+    def list(self) -> builtins.list[StoredSchedule]:
         return [_stored(r) for r in self._conn.execute(f"select {_COLS} from schedules order by name")]
 
-    def active_names(self) -> list[str]:
+    def active_names(self) -> builtins.list[str]:
         """The schedules that are not paused."""
         return [n for (n,) in self._conn.execute("select name from schedules where paused=0")]
 
@@ -161,7 +165,7 @@ class ScheduleStore:
         row = self._conn.execute("select schedule from schedule_fires where task_id=?", (task_id,)).fetchone()
         return None if row is None else row[0]
 
-    def runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+    def runs(self, name: str, limit: int = 20) -> builtins.list[dict[str, Any]]:
         """The schedule's records, newest fire time first, with their tasks' states."""
         rows = self._conn.execute(
             "select f.fire_time, f.outcome, f.recorded_at, f.task_id, f.error, t.state, t.finished_at "
@@ -179,7 +183,7 @@ class ScheduleStore:
         return dict(rows.fetchall())
 
 
-def _stored(r: tuple) -> StoredSchedule:
+def _stored(r: tuple[Any, ...]) -> StoredSchedule:
     version: int | str = r[2] if r[2] == DEFAULT_VERSION else int(r[2])
     s = Schedule(
         name=r[0], job=r[1], version=version, cron=r[3], tz=r[4], overlap=Overlap.parse(r[5]),

@@ -11,7 +11,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Heartbeat, Offline, Register, Topics
@@ -34,6 +34,8 @@ from .targeting import has_label
 
 log = logging.getLogger(__name__)
 
+_FromAgent = Register | Offline | Heartbeat  # what an agent's status and heartbeat topics carry
+
 #: ``$SYS/broker/connection/<bridge client id>/state`` ("1" up, "0" down).
 BRIDGE_STATE_PREFIX = "$SYS/broker/connection/"
 BRIDGE_STATE_TOPIC = "$SYS/broker/connection/+/state"
@@ -53,6 +55,7 @@ class MasterService:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 5.0,
         reads: Reads | None = None,
+        portable_topics: bool = False,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -62,7 +65,7 @@ class MasterService:
         self.flush_interval = flush_interval
         self.reads = reads
         self.jobs = JobService(engine=engine, clock=clock)
-        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit)
+        self.submissions = SubmitHandler(engine, topics, submit=self.jobs.submit, portable_topics=portable_topics)
         self.schedules = Scheduler(engine=engine, jobs=self.jobs, clock=clock)
         self.live = LiveIngest(engine=engine, store=store)
         self.audit = AuditLog(store, clock=clock)
@@ -241,7 +244,15 @@ class MasterService:
         if msg is not None:
             self._agent_changed(self.registry.on_heartbeat(msg, info.dc, self.clock(), retained=incoming.retain))
 
-    def _decode(self, incoming: Incoming, info: protocol.TopicInfo, *classes: type) -> Any:
+    @overload
+    def _decode(self, incoming: Incoming, info: protocol.TopicInfo, cls: type[Heartbeat], /) -> Heartbeat | None: ...
+    @overload
+    def _decode(
+        self, incoming: Incoming, info: protocol.TopicInfo, c1: type[Register], c2: type[Offline], /
+    ) -> Register | Offline | None: ...
+    def _decode(
+        self, incoming: Incoming, info: protocol.TopicInfo, *classes: type[Register] | type[Offline] | type[Heartbeat]
+    ) -> _FromAgent | None:
         try:
             msg = protocol.decode_as(incoming.payload, *classes)
         except protocol.DecodeError as e:

@@ -511,15 +511,16 @@ class Store:
         with self.db() as c:
             c.execute("update targets set script_sha256=? where task_id=? and agent_id=?", (sha256, task_id, agent_id))
 
-    def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict) -> None:
+    def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict[str, Any]) -> None:
         with self.db() as c:
             c.execute(
                 "insert into events (ts, kind, task_id, agent_id, data) values (?,?,?,?,?)",
                 (ts, kind, task_id, agent_id, _dumps(data)),
             )
 
-    def events(self, task_id: str | None = None, kind: str | None = None, limit: int = 1000) -> list[dict]:
-        sql, args = "select ts, kind, task_id, agent_id, data from events where 1=1", []
+    def events(self, task_id: str | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = "select ts, kind, task_id, agent_id, data from events where 1=1"
+        args: list[Any] = []
         if task_id is not None:
             sql, args = sql + " and task_id=?", [*args, task_id]
         if kind is not None:
@@ -639,7 +640,7 @@ class Store:
     def incremental_vacuum(self, pages: int) -> int:
         """Hand up to ``pages`` free pages back to the file system (``auto_vacuum=incremental``
         databases; a no-op otherwise). Returns how many were free before."""
-        free = self._conn.execute("pragma freelist_count").fetchone()[0]
+        free: int = self._conn.execute("pragma freelist_count").fetchone()[0]
         if free and not self._depth:
             self._conn.executescript(f"pragma incremental_vacuum({int(pages)});")  # execute() frees one page only
         return free
@@ -690,7 +691,7 @@ _TARGET_COLS_NO_OUTPUT = _TARGET_COLS.replace("t.stdout, t.stderr,", "NULL, NULL
 assert _TARGET_COLS_NO_OUTPUT != _TARGET_COLS
 
 
-def _task(r: tuple, counts: dict[str, int], targets: list[models.Target] | None) -> models.Task:
+def _task(r: tuple[Any, ...], counts: dict[str, int], targets: list[models.Target] | None) -> models.Task:
     return models.Task(
         id=r[0], name=r[1], script=r[2], targets_spec=json.loads(r[3]), timeout=r[4], parallel=json.loads(r[5]),
         fail_rate=json.loads(r[6]) if r[6] is not None else None, fail_count=r[7], on_abort=r[8],
@@ -707,7 +708,7 @@ def _plan_fields(progress: str | None) -> dict[str, Any]:
     return {"plan_step": doc.get("step"), "paused_at": doc.get("paused_at")}
 
 
-def _target(r: tuple) -> models.Target:
+def _target(r: tuple[Any, ...]) -> models.Target:
     return models.Target(
         task_id=r[0], agent_id=r[1], state=TargetState(r[2]), acked=bool(r[3]), code=r[4], signal=r[5],
         reason=r[6], dispatched_at=r[7], started_at=r[8], finished_at=r[9], stdout=r[10] or b"",
@@ -717,14 +718,14 @@ def _target(r: tuple) -> models.Target:
     )  # fmt: skip
 
 
-def _snapshot_values(s: TargetSnapshot) -> tuple:
+def _snapshot_values(s: TargetSnapshot) -> tuple[Any, ...]:
     return (
         s.state.value, s.seq, int(s.acked), s.dispatched_at, s.last_sent_at, s.expires_at, s.started_at,
         s.finished_at, int(s.kill_requested), s.kill_sent_at, s.offline_since, s.unheard_since,
     )  # fmt: skip
 
 
-def _snapshot(r: tuple) -> TargetSnapshot:
+def _snapshot(r: tuple[Any, ...]) -> TargetSnapshot:
     return TargetSnapshot(
         agent_id=r[0], state=TargetState(r[1]), seq=r[2], acked=bool(r[3]), dispatched_at=r[4], last_sent_at=r[5],
         expires_at=r[6], started_at=r[7], finished_at=r[8], kill_requested=bool(r[9]), kill_sent_at=r[10],

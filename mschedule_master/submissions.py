@@ -6,7 +6,9 @@
   refused), else to ``<prefix>/submit/reply/<request_id>``. A repeated request id (a QoS-1
   redelivery, or a user pressing enter twice) gets the first task's reply again instead
   of a second task; the same id with a different request is refused. A retained submit
-  is never run: it is refused and cleared.
+  is never run: it is refused and cleared. With MQTT 3.1.1 (``portable_topics``) a
+  request id holding ``.`` or a space is refused unanswered: its reply topic is one that
+  3.1.1 brokers such as NATS refuse.
 * :class:`ProgressPublisher`: one ``progress`` on ``<prefix>/tasks/<task_id>/progress``
   per target change, and a retained ``summary`` on ``<prefix>/tasks/<task_id>/summary``
   when the task ends.
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Submit, SubmitReply, Topics
-from mschedule_agent.transport import Incoming, Transport
+from mschedule_agent.transport import Incoming, Transport, portable_topic
 
 from . import models
 from .engine import Engine
@@ -31,9 +33,15 @@ log = logging.getLogger(__name__)
 
 class SubmitHandler:
     def __init__(
-        self, engine: Engine, topics: Topics, *, submit: Callable[[Submit], tuple[models.Task, list[str]]] | None = None
+        self,
+        engine: Engine,
+        topics: Topics,
+        *,
+        submit: Callable[[Submit], tuple[models.Task, list[str]]] | None = None,
+        portable_topics: bool = False,
     ) -> None:
         self.engine = engine
+        self.portable_topics = portable_topics  #: MQTT 3.1.1: reply topics without '.' or ' '
         self.topics = topics
         self._submit = submit or engine.submit  #: a job submit needs the master's JobService
         self.reply_prefix = f"{topics.prefix}/submit/reply/"
@@ -52,6 +60,12 @@ class SubmitHandler:
             spec = protocol.decode_as(incoming.payload, Submit)
         except protocol.DecodeError as e:
             self._refuse(incoming, str(e), e.field)
+            return
+        if self.portable_topics and spec.request_id and not portable_topic(spec.request_id):
+            log.warning(
+                "refused a submission (request %r): with MQTT 3.1.1 a request id may not hold '.' or ' ' "
+                "(its reply topic would be refused by the broker); nobody to answer", spec.request_id[:200],
+            )  # fmt: skip
             return
         try:
             task, targets = self._submit(spec)
@@ -94,10 +108,14 @@ class SubmitHandler:
                 "a submission names the response topic %r, outside %s: nothing is published there",
                 incoming.response_topic[:200], self.reply_prefix,
             )  # fmt: skip
-        if reply.request_id and protocol._topic_level_ok(reply.request_id):
+        if reply.request_id and protocol._topic_level_ok(reply.request_id) and self._portable(reply.request_id):
             self.engine.publish(self.topics.submit_reply(reply.request_id), reply)
         else:
             log.warning("submission has neither a usable response topic nor a request_id: nobody to answer")
+
+
+    def _portable(self, request_id: str) -> bool:
+        return not self.portable_topics or portable_topic(request_id)
 
 
 def _raw_request_id(data: bytes) -> str | None:
@@ -124,8 +142,8 @@ class ProgressPublisher:
             )  # fmt: skip
             self.transport.publish(self.topics.task_progress(event.task_id), protocol.encode(msg), qos=1)
         elif event.kind == "task" and TaskState(d["state"]).final:
-            msg = protocol.Summary(
+            summary = protocol.Summary(
                 task_id=event.task_id, state=d["state"], counts=d["counts"], ts=event.ts, reason=d.get("reason", ""),
                 targets=d.get("targets", {}),
             )  # fmt: skip
-            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(msg), qos=1, retain=True)
+            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(summary), qos=1, retain=True)

@@ -101,7 +101,7 @@ def parse_selector(s: str) -> Selector:
 def resolve(
     selectors: list[str],
     agents: Iterable[Agent],
-    groups: Mapping[str, list[str]] | None = None,
+    groups: Mapping[str, list[str] | str] | None = None,
 ) -> list[str]:
     """The agent ids ``selectors`` name, by hostname then id. Raises :class:`UnknownSelector`."""
     if not selectors:
@@ -117,7 +117,7 @@ def resolve(
 
 
 class _Resolver:
-    def __init__(self, agents: list[Agent], groups: Mapping[str, list[str]]) -> None:
+    def __init__(self, agents: list[Agent], groups: Mapping[str, list[str] | str]) -> None:
         self.agents = agents
         self.groups = groups
         self.by_id = {a.id: a for a in agents}

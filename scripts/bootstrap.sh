@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything mschedule's demo and tests need on a fresh Debian/Ubuntu machine:
-# mosquitto + mosquitto-clients and postgresql (apt-get, when missing), a virtualenv at $VENV with the
+# mosquitto + mosquitto-clients, nats-server and postgresql (apt-get, when missing), a virtualenv at $VENV with the
 # package and its test extras. Safe to run again: it skips what is already there.
 #   BROWSER=1 also installs Debian's chromium for the browser test.
 set -euo pipefail
@@ -11,6 +11,7 @@ PYTHON=${PYTHON:-python3}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)  # the NATS-cluster tests (MQTT 3.1.1)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)  # docs/protocol.md decodes results with jq (tested)
 # tests/partition/ makes network namespaces and blackholes a veth (ip, tc)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || need_apt+=(iproute2)
@@ -28,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq || { echo "bootstrap: apt-get update failed" >&2; exit 1; }
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
         || { echo "bootstrap: apt-get install ${need_apt[*]} failed" >&2; exit 1; }
-    # Debian starts mosquitto (and postgresql) as services on install; mschedule never uses those.
+    # Debian starts mosquitto (and nats-server, postgresql) as services on install; mschedule never uses those.
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -171,6 +171,9 @@ def test_every_submit_field_has_a_run_flag(live_api):
     flags = {a.dest for a in cli.parser()._subparsers._group_actions[0].choices["run"]._actions}
     for f in dataclasses.fields(protocol.Submit):
         assert f.name in covered or f.name in flags, f.name
+    assert spec.stream is True
+    assert mschedule(live_api, "run", "-t", "web1", "--no-wait", "--no-stream", "-c", "true") == 0
+    assert live_api.service.submitted[-1].stream is False
 
 
 def test_unreachable_master_is_one_line_and_exit_3(capsys):
