@@ -110,7 +110,7 @@ class AuditLog:
         return _record(row) if row else None
 
 
-def _highest(c: sqlite3.Connection) -> int:
+def _highest(c: Any) -> int:
     """The highest seq ever used: SQLite keeps it in sqlite_sequence (AUTOINCREMENT), so a deleted
     last record shows as a gap. On PostgreSQL (pgstore.py) the highest stored one: there the
     append-only trigger is the guard against deleting the last record."""

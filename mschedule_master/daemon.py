@@ -203,7 +203,7 @@ class Daemon:
             await self._shutdown(runner, transport, store)
         return self.exit_code
 
-    async def _stand_by(self, store: Store) -> tuple[object | None, bool]:
+    async def _stand_by(self, store: Store) -> tuple[web.AppRunner | None, bool]:
         """(HA) Serve the API as a standby until this master takes the lead: (the HTTP
         runner, True), or (runner, False) when stopped first."""
         from .leadership import Leadership
@@ -245,9 +245,9 @@ class Daemon:
                 pass
         return runner, False
 
-    async def _shutdown_standby(self, runner: object | None, store: Store) -> None:
+    async def _shutdown_standby(self, runner: web.AppRunner | None, store: Store) -> None:
         if runner is not None:
-            await runner.cleanup()  # type: ignore[attr-defined]
+            await runner.cleanup()
         if self._lead is not None:
             self._lead.close()
         if getattr(self, "reads", None) is not None:
