@@ -153,7 +153,7 @@ _PG_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             """create table if not exists live_output (
                 task_id text not null, agent_id text not null, seq bigint not null, stream text not null,
                 "offset" bigint not null, skipped bigint not null, data bytea not null,
-                primary key (task_id, agent_id, seq))""",
+                rowid bigint generated always as identity, primary key (task_id, agent_id, seq))""",
             'create index if not exists live_output_stream on live_output (task_id, agent_id, stream, "offset")',
             "alter table tasks add column stream bigint not null default 1",
         ),
