@@ -42,17 +42,23 @@ TEST_FLAGS = {"delivery_timeout": 10, "redeliver_interval": 1, "ack_grace": 1, "
 AGENT_INDEX_ENV = "MSCHEDULE_TEST_AGENT"
 
 
+#: What a master logs once it runs: as the leader (or the only master), or as an HA standby.
+READY = "master ready"
+STANDBY = "standby: serving the API"
+
+
 class MasterProc(Proc):
-    def __init__(self, argv, *, workdir: Path, db: Path, http_url: str | None, **kw) -> None:
+    def __init__(self, argv, *, workdir: Path, db: Path | str, http_url: str | None, **kw) -> None:
         super().__init__(argv, **kw)
         self.workdir = Path(workdir)
-        self.db = Path(db)
+        self.db = db if isinstance(db, str) and "://" in db else Path(db)  #: an SQLite path, or a PostgreSQL URL
         self.http_url = http_url
+        self.ready_texts: tuple[str, ...] = (READY,)
 
     def wait_ready(self, timeout: float = 30.0, *, after: int = 0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "master ready" in self.log()[after:]:
+            if any(t in self.log()[after:] for t in self.ready_texts):
                 return
             if not self.running():
                 break
@@ -67,8 +73,10 @@ class MasterProc(Proc):
         return self
 
 
-def master_argv(workdir: Path, broker_url: str, prefix: str, *, http: str, client_id: str, **flags) -> list[str]:
-    argv = ["--broker", broker_url, "--db", str(workdir / "master.db"), "--topic-prefix", prefix]
+def master_argv(
+    workdir: Path, broker_url: str, prefix: str, *, http: str, client_id: str, db: str | None = None, **flags
+) -> list[str]:
+    argv = ["--broker", broker_url, "--db", db or str(workdir / "master.db"), "--topic-prefix", prefix]
     argv += ["--http", http, "--client-id", client_id]
     return argv + flag_argv({**TEST_FLAGS, **flags})
 
@@ -83,18 +91,22 @@ def start_master(
     wait: bool = True,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
+    db: str | None = None,
     **flags,
 ) -> MasterProc:
     """Start ``python -m mschedule_master`` with its database in ``workdir``. ``http``:
-    True = a free loopback port, False = off, or "HOST:PORT". Log: ``workdir/master.log``."""
+    True = a free loopback port, False = off, or "HOST:PORT". Log: ``workdir/master.log``.
+    ``db``: a ``postgresql://`` URL instead (HA masters: ready once leading or standing by)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     client_id = client_id or f"mschedule-master-{uuid.uuid4().hex[:8]}"
     for attempt in range(3):
         address = f"127.0.0.1:{free_port()}" if http is True else "off" if http is False else http
-        argv = [sys.executable, "-m", "mschedule_master", *master_argv(workdir, broker_url, prefix, http=address, client_id=client_id, **flags)]
+        argv = [sys.executable, "-m", "mschedule_master", *master_argv(workdir, broker_url, prefix, http=address, client_id=client_id, db=db, **flags)]
         http_url = None if address == "off" else f"http://{address}"
-        proc = MasterProc(argv, workdir=workdir, db=workdir / "master.db", http_url=http_url, log_path=workdir / "master.log", env=env)
+        proc = MasterProc(argv, workdir=workdir, db=db or workdir / "master.db", http_url=http_url, log_path=workdir / "master.log", env=env)
+        if db is not None:
+            proc.ready_texts = (READY, STANDBY)
         offset = len(proc.log())
         proc.start()
         if not wait:

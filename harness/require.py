@@ -21,6 +21,7 @@ _APT = {
     "openssl": "openssl",
     "chromium": "chromium",
     "nats-server": "nats-server",
+    "initdb": "postgresql",
 }
 
 
@@ -34,6 +35,10 @@ def _have(tool: str) -> bool:
         return mosquitto_binary() is not None
     if tool == "nats-server":
         return nats_binary() is not None
+    if tool == "initdb":  # Debian keeps the server binaries off PATH
+        from .postgres import pg_bindir
+
+        return pg_bindir() is not None
     return shutil.which(tool) is not None
 
 

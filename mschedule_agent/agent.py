@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import Settings
 from .executor import Executor, new_sha256
+from .fencing import EpochFence
 from .gate import Gate
 from .hostinfo import HostInfo
 from .intake import Intake, reject_code
@@ -68,6 +69,7 @@ class Agent:
         transport: Transport | None = None,
         transport_factory: Callable[[Agent], Transport] | None = None,
         gate: Gate | None = None,
+        fence: EpochFence | None = None,
     ) -> None:
         if (transport is None) == (transport_factory is None):
             raise TypeError("give exactly one of transport, transport_factory")
@@ -122,6 +124,7 @@ class Agent:
             now=now,
             # what the tasks and control topics let through (signatures: gate.py); default: off
             gate=gate if gate is not None else Gate(agent_id=agent_id, now=now),
+            fence=fence or EpochFence(),
         )
         if transport is None:
             assert transport_factory is not None  # exactly one of them was given (checked above)

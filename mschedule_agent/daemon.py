@@ -32,6 +32,7 @@ from . import config, memory  # noqa: E402
 from .agent import Agent  # noqa: E402
 from .errors import AgentError, ConfigError, IdentityError, LedgerError  # noqa: E402
 from .executor import Executor  # noqa: E402
+from .fencing import EpochFence  # noqa: E402
 from .gate import Gate  # noqa: E402
 from .hostinfo import collect  # noqa: E402
 from .identity import load_or_create_id  # noqa: E402
@@ -100,6 +101,7 @@ def build(settings: config.Settings) -> Agent:
         now=time.time,
         hostinfo=collect,
         transport_factory=make_transport,
+        fence=EpochFence(settings.state_dir / "leader-epoch"),
     )
 
 

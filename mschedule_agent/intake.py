@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from .fencing import EpochFence
 from .gate import Gate, Refused
 from .ledger import Entry, Ledger, LedgerState
 from .outbox import Outbox, Publish
@@ -55,9 +56,11 @@ class Intake:
         publish: Publish,
         now: Callable[[], float],
         gate: Gate,
+        fence: EpochFence | None = None,
     ) -> None:
         self.id = agent_id
         self.gate = gate
+        self.fence = fence or EpochFence()  #: highest leadership epoch seen (HA masters: fencing.py)
         self.ledger = ledger
         self._runs = runs
         self._outbox = outbox
@@ -94,6 +97,8 @@ class Intake:
             self._refused(msg, e)
             return
         assert isinstance(opened.message, Task)
+        if self._stale(opened.message.id, opened.message.epoch, msg):
+            return
         self._accept(opened.message, msg, raw=opened.raw, audit=opened.audit)
 
     def _refused(self, msg: Incoming, e: Refused) -> None:
@@ -103,6 +108,16 @@ class Intake:
         if e.msg_id is None or self._known(e.msg_id) is None:
             self._reject(e.msg_id, e.code, e.reason[:500])
         msg.ack()
+
+    def _stale(self, task_id: str, epoch: int | None, msg: Incoming) -> bool:
+        """True (refused, rejected and acknowledged) when ``epoch`` is older than one seen."""
+        refusal = self.fence.admit(epoch)
+        if refusal is None:
+            return False
+        log.warning("task_id=%s: %s; refused", task_id, refusal)
+        self._reject(task_id, "stale_epoch", refusal)
+        msg.ack()
+        return True
 
     def _bad_task(self, msg: Incoming, e: DecodeError) -> None:
         task_id = e.msg_id
@@ -187,6 +202,8 @@ class Intake:
         except Refused as e:  # a kill that enforce refuses: its task runs on
             log.warning("kill refused (task_id=%s, code=%s): %s", e.msg_id, e.code, e.reason)
             msg.ack()
+            return
+        if isinstance(ctl, Kill) and self._stale(ctl.id, ctl.epoch, msg):
             return
         if isinstance(ctl, ResultAck):
             if self.ledger.ack_result(ctl.id):

@@ -109,10 +109,15 @@ RESULT_STATES = frozenset(
 
 #: Reasons an agent gives in a ``reject``.
 REJECT_CODES = frozenset(
-    {"bad_message", "bad_script", "too_large", "expired", "killed"}
+    {"bad_message", "bad_script", "too_large", "expired", "killed", "stale_epoch"}
     # an agent that verifies signatures (docs/security.md) refuses with one of these:
     | {"unsigned", "bad_signature", "untrusted_key", "wrong_audience", "downgrade", "not_yet_valid", "unapproved"}
 )
+
+#: Fields left out of the wire form when None, so that a peer older than the field still
+#: reads the message (decode refuses unknown fields): ``epoch`` is sent only by highly
+#: available masters (docs/protocol.md "Leadership epochs").
+_OMITTED_WHEN_NONE = frozenset({"epoch"})
 
 ON_ABORT = frozenset({"kill", "drain"})
 
@@ -287,6 +292,7 @@ class Task:
     expires_at: float | None = None  #: epoch seconds; an agent receiving it later refuses it
     kill_grace: float = 5.0  #: seconds between SIGTERM and SIGKILL
     stream: bool = True  #: send the output live while it runs (``output``); False: only in the result
+    epoch: int | None = None  #: the sending leader's epoch (HA masters); older than one seen: refused
 
     def __post_init__(self) -> None:
         _check(_topic_level_ok(self.id), "id", "task id must be a non-empty topic level")
@@ -294,6 +300,7 @@ class Task:
         _check(len(self.script) <= MAX_SCRIPT_BYTES, "script", f"script exceeds {MAX_SCRIPT_BYTES} bytes")
         _check(self.timeout >= 0, "timeout", "timeout must be >= 0 (0 = no limit)")
         _check(self.kill_grace >= 0, "kill_grace", "kill_grace must be >= 0")
+        _check(self.epoch is None or self.epoch >= 1, "epoch", "epoch must be >= 1")
         _check(
             self.output_cap is None or 0 <= self.output_cap <= MAX_OUTPUT_CAP,
             "output_cap",
@@ -309,9 +316,11 @@ class Kill:
     TYPE: ClassVar[str]
     id: str
     reason: str = ""
+    epoch: int | None = None  #: as Task.epoch
 
     def __post_init__(self) -> None:
         _check(_topic_level_ok(self.id), "id", "task id must be a non-empty topic level")
+        _check(self.epoch is None or self.epoch >= 1, "epoch", "epoch must be >= 1")
 
 
 @message("result_ack")
@@ -951,6 +960,9 @@ def to_payload(msg: Message) -> dict[str, Any]:
     """The ``payload`` object of a message (bytes fields as base64)."""
     s = _schema(type(msg))
     out = {f.name: getattr(msg, f.name) for f in s.fields}
+    for name in _OMITTED_WHEN_NONE.intersection(out):
+        if out[name] is None:
+            del out[name]
     for name in s.byte_fields:
         if out[name] is not None:
             out[name] = _b64(out[name])

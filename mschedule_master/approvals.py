@@ -55,7 +55,8 @@ class Approvals:
         if not signature_ok(public, statement.encode("utf-8"), sig):
             raise InvalidRequest("the signature does not verify with that public key", "sig")
         with self.store.db() as c:
-            c.execute("insert or replace into job_approvals values (?,?,?,?,?,?)",
+            c.execute("insert into job_approvals values (?,?,?,?,?,?) on conflict (job, version, kid) do update "
+                      "set statement=excluded.statement, sig=excluded.sig, created_at=excluded.created_at",
                       (job, v.version, kid, statement, sig, self.clock()))  # fmt: skip
             self.audit.append("approval", job=job, version=v.version, kid=kid, script_sha256=v.script_sha256)
         log.info("job %s@%d approved by operator key %s", job, v.version, kid)

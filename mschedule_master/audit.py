@@ -110,9 +110,19 @@ class AuditLog:
         return _record(row) if row else None
 
 
+def _highest(c: Any) -> int:
+    """The highest seq ever used: SQLite keeps it in sqlite_sequence (AUTOINCREMENT), so a deleted
+    last record shows as a gap. On PostgreSQL (pgstore.py) the highest stored one: there the
+    append-only trigger is the guard against deleting the last record."""
+    if isinstance(c, sqlite3.Connection):
+        row = c.execute("select seq from sqlite_sequence where name = 'audit'").fetchone()
+    else:
+        row = c.execute("select max(seq) from audit").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def _append(c: sqlite3.Connection, at: float, actor: str, action: str, task_id: str | None, detail: dict[str, Any]) -> Record:
-    row = c.execute("select seq from sqlite_sequence where name = 'audit'").fetchone()
-    seq = (row[0] if row else 0) + 1
+    seq = _highest(c) + 1
     last = c.execute("select hash from audit order by seq desc limit 1").fetchone()
     prev = last[0] if last else GENESIS
     text = orjson.dumps(detail, option=orjson.OPT_SORT_KEYS).decode()
@@ -157,8 +167,7 @@ def verify(c: sqlite3.Connection, *, max_problems: int = 20) -> Verdict:
         prev, expected_seq = digest, seq + 1
         if len(problems) >= max_problems:
             break
-    row = c.execute("select seq from sqlite_sequence where name = 'audit'").fetchone()
-    highest = row[0] if row else 0
+    highest = _highest(c)
     if len(problems) < max_problems and highest >= expected_seq:
         problems.append(f"records {expected_seq}..{highest} are missing at the end (deleted)")
     return Verdict(not problems, count, expected_seq - 1, prev, problems)

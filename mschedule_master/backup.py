@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
+from .dburl import is_postgres_url, redact
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ class Copied:
 
 def backup(db: str, dest: str) -> Copied:
     """Copy the database ``db`` to ``dest`` consistently; raise BackupError."""
+    if is_postgres_url(db):
+        raise BackupError(
+            f"{redact(db)} is a PostgreSQL database: back it up with PostgreSQL's tools "
+            "(pg_dump, or its base backups and WAL archiving; docs/deploy.md 'High availability')"
+        )
     if not Path(db).is_file():
         raise BackupError(f"no database at {db}")
     started = time.monotonic()

@@ -48,6 +48,9 @@ DEFAULT_KILL_RESEND = 5.0  #: re-send kill this often until the target reports
 DEFAULT_FLUSH_INTERVAL = 5.0  #: persist agents' last_seen this often
 DEFAULT_RETENTION_DAYS = 30.0  #: finished tasks are deleted this long after they ended (0 = never)
 DEFAULT_OUTPUT_RETENTION_DAYS = 0.0  #: their outputs sooner, when set (0 = with the task)
+#: HA masters on PostgreSQL (leadership.py): a leader silent this long loses the lead; a
+#: standby takes over within about this (plus its poll and the restore). docs/deploy.md.
+DEFAULT_LEASE = 5.0
 #: a task over this many targets needs a plan or an explicit parallel (0 = no limit)
 DEFAULT_UNPLANNED_TARGET_LIMIT = 1000
 DEFAULT_MQTT_VERSION = "5"  #: "3.1.1" for brokers without MQTT 5 (NATS, RabbitMQ): docs/protocol.md
@@ -76,6 +79,7 @@ class Settings:
     output_retention_days: float = DEFAULT_OUTPUT_RETENTION_DAYS
     log_format: str = "text"  #: "text" (key=value fields) or "json" (one object per line)
     mqtt_version: str = DEFAULT_MQTT_VERSION
+    lease: float = DEFAULT_LEASE  #: --db postgresql://: seconds a silent leader keeps the lead
     #: the master's online private key (``mschedule keys gen``): each task and kill copy is
     #: signed for its agent (docs/security.md). None: published unsigned.
     signing_key: str | None = None
@@ -84,7 +88,7 @@ class Settings:
     unplanned_target_limit: int = DEFAULT_UNPLANNED_TARGET_LIMIT
 
     def __post_init__(self) -> None:
-        for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval"):
+        for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name != "ack_grace"):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}", name)
@@ -195,7 +199,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mschedule-master", description="The mschedule master daemon.")
     p.add_argument("--config", help="TOML settings file (also defines [groups])")
     p.add_argument("--broker", help=f"MQTT broker URL (default {DEFAULT_BROKER})")
-    p.add_argument("--db", help=f"SQLite database path (default {DEFAULT_DB})")
+    p.add_argument("--db", help=f"SQLite database path, or a postgresql:// URL for HA masters (default {DEFAULT_DB})")
+    p.add_argument("--lease", type=float,
+                   help=f"PostgreSQL only: seconds a leader that stopped answering keeps the lead ({DEFAULT_LEASE:g})")
     p.add_argument("--topic-prefix", dest="topic_prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--http", help=f"HTTP API address HOST:PORT, or 'off' (default {DEFAULT_HTTP})")
     p.add_argument("--token", help="HTTP API bearer token (or env MSCHEDULE_TOKEN)")

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -36,8 +37,19 @@ from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
 from . import config, sealing
+from .dburl import is_postgres_url, redact
 from .engine import Engine
-from .errors import AlreadyRunning, ConfigError, MasterError
+from .errors import AlreadyRunning, ConfigError, MasterError, NotLeader, StoreError
+from .ha import (
+    KILLS_CHANNEL,
+    SWEEP_INTERVAL,
+    TASKS_CHANNEL,
+    ServiceSwitch,
+    Standby,
+    on_notification,
+    sweep,
+    take_over_requests,
+)
 from .listening import ListeningClock
 from .metrics import Metrics
 from .probes import READY_BACKLOG, Ops
@@ -72,6 +84,8 @@ DEFER_MIN = 1.0
 HEARD_PERSIST_EVERY = 1.0
 #: Re-send the catch-up ping this often (seconds) while it has not come back.
 SYNC_RESEND = 5.0
+#: (HA) A standby tries to take the lead this often at most (seconds; lease / 5 when shorter).
+POLL_LEAD = 0.5
 
 
 def rollout_timing(s: config.Settings) -> Timing:
@@ -126,6 +140,14 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = EXIT_STOPPED
+        #: HA masters on PostgreSQL (ha.py, leadership.py): None for one master on SQLite
+        self.ha = is_postgres_url(settings.db)
+        self._lead: Any = None  #: leadership.Leadership (imported with psycopg, HA only)
+        self._notifications: Any = None  #: leadership.Notifications
+        self._switch: ServiceSwitch | None = None
+        self._metrics: Metrics | None = None
+        self.ops: Ops | None = None
+        self._next_sweep = 0.0
 
     async def run(self) -> int:
         s = self.settings
@@ -134,21 +156,37 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
 
-        finished, other = await self._unless_stopped(find_live_rival, s, self.topics, self.instance)
-        if not finished:
-            log.info("stopped before the broker could be reached")
-            return EXIT_STOPPED
-        if other is not None:
-            log.error(
-                "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix and "
-                "answered a challenge; refusing to start", other.client_id, other.pid, other.host,
-            )  # fmt: skip
-            return EXIT_REFUSED
-
-        store, transport = self._build()
         runner = None
+        if self.ha:  # HA masters: the database's advisory lock, not a broker challenge, says who runs
+            from .pgstore import PgStore
+
+            store: Store = PgStore(s.db, lease=s.lease)
+            try:
+                runner, led = await self._stand_by(store)
+            except BaseException:
+                await self._shutdown_standby(runner, store)
+                raise
+            if not led:
+                await self._shutdown_standby(runner, store)
+                return self.exit_code
+        else:
+            finished, other = await self._unless_stopped(find_live_rival, s, self.topics, self.instance)
+            if not finished:
+                log.info("stopped before the broker could be reached")
+                return EXIT_STOPPED
+            if other is not None:
+                log.error(
+                    "another mschedule-master (client id %s, pid %s on %s) is online on this broker and prefix and "
+                    "answered a challenge; refusing to start", other.client_id, other.pid, other.host,
+                )  # fmt: skip
+                return EXIT_REFUSED
+            store = Store(s.db)
+
+        store, transport = self._build(store)
         try:
-            if s.http_address is not None:  # first: a bad address or port fails before we connect
+            if self._switch is not None:
+                self._switch.switch(self.service)
+            elif s.http_address is not None:  # first: a bad address or port fails before we connect
                 from . import api
 
                 runner = await api.start_http(self.service, *s.http_address, tokens=s.api_tokens, ops=self.ops)
@@ -157,17 +195,80 @@ class Daemon:
                 log.info("stopped before the broker could be reached")
                 return self.exit_code
             log.info(
-                "master ready: broker %s, prefix %s, db %s, http %s", transport.url, self.topics.prefix, s.db, s.http
-            )
+                "master ready: broker %s, prefix %s, db %s, http %s", transport.url, self.topics.prefix,
+                redact(s.db), s.http,
+            )  # fmt: skip
             await self._timer()
         finally:
             await self._shutdown(runner, transport, store)
         return self.exit_code
 
-    def _build(self) -> tuple[Store, MqttTransport]:
-        """The store, registry, transport, engine and service; unfinished tasks restored."""
+    async def _stand_by(self, store: Store) -> tuple[web.AppRunner | None, bool]:
+        """(HA) Serve the API as a standby until this master takes the lead: (the HTTP
+        runner, True), or (runner, False) when stopped first."""
+        from .leadership import Leadership
+
+        assert self._stop is not None and self._loop is not None
         s = self.settings
-        store = Store(s.db)
+        self._lead = lead = Leadership(s.db, instance=self.instance, host=socket.gethostname(), lease=s.lease)
+        self.reads = Reads(s.db, opener=_pg_reader(s.db))
+        standby = Standby(store=store, topics=self.topics, groups=s.groups, reads=self.reads)
+        self._metrics = Metrics()
+        self._metrics.watch(task_states=store.task_state_counts, leadership=self._leadership_gauges)
+        self.ops = Ops(self._metrics, {"store": store.check_writable}, leadership=self._leadership_info)
+        self._switch = ServiceSwitch(standby.service)
+        self.service = standby.service
+        runner = None
+        if s.http_address is not None:
+            from . import api
+
+            runner = await api.start_http(self._switch, *s.http_address, token=s.token, ops=self.ops)
+        log.info("standby: serving the API from %s; waiting to lead (lease %g s)", redact(s.db), s.lease)
+        while not self._stop.is_set():
+            epoch = await self._loop.run_in_executor(None, lead.try_acquire, time.time())
+            if epoch is not None:
+                store.epoch = epoch  # type: ignore[attr-defined]  # a PgStore: every transaction checks it
+                log.warning("leading now (epoch %d): restoring the unfinished rollouts", epoch)
+                self._took_lead_at = time.time()
+                return runner, True
+            try:
+                standby.refresh(time.time())
+            except StoreError as e:  # its connection is gone: a restart reconnects (exit 1)
+                log.error("standby: the database failed (%s); exiting, a restart reconnects", e)
+                self.exit_code = EXIT_FAILED
+                return runner, False
+            except Exception:
+                log.warning("standby: cannot re-read the agents; will retry", exc_info=True)
+            try:
+                await asyncio.wait_for(self._stop.wait(), min(POLL_LEAD, s.lease / 5))
+            except TimeoutError:
+                pass
+        return runner, False
+
+    async def _shutdown_standby(self, runner: web.AppRunner | None, store: Store) -> None:
+        if runner is not None:
+            await runner.cleanup()
+        if self._lead is not None:
+            self._lead.close()
+        if getattr(self, "reads", None) is not None:
+            self.reads.close()
+        store.close()
+
+    def _leadership_info(self) -> dict[str, object]:
+        lead = self._lead
+        leading = lead is not None and lead.epoch is not None and lead.lost() is None
+        read = getattr(getattr(self.service, "store", None), "leadership", None)  # a PgStore's
+        epoch, leader, host, since = read() if read is not None else (0, "", "", 0.0)
+        return {"role": "leader" if leading else "standby", "instance": self.instance, "epoch": epoch,
+                "leader": leader, "leader_host": host, "since": since}  # fmt: skip
+
+    def _leadership_gauges(self) -> tuple[bool, int]:
+        info = self._leadership_info()
+        return info["role"] == "leader", int(info["epoch"])  # type: ignore[call-overload]
+
+    def _build(self, store: Store) -> tuple[Store, MqttTransport]:
+        """The registry, transport, engine and service on ``store``; unfinished tasks restored."""
+        s = self.settings
         registry = Registry()
         registry.load(store.load_agents(), time.time())
         self._status_topic = status_topic = self.topics.master_status()
@@ -190,7 +291,7 @@ class Daemon:
             started_at=self.started_at, republish=lambda: self._publish_status(transport), yield_to=self._yield,
         )  # fmt: skip
         timing = rollout_timing(s)
-        metrics = Metrics()
+        metrics = self._metrics or Metrics()
         store.on_commit = metrics.committed
         counted = metrics.counting(transport)
         engine = Engine(
@@ -198,6 +299,7 @@ class Daemon:
             metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
             unplanned_target_limit=s.unplanned_target_limit,
         )  # fmt: skip
+        engine.epoch = getattr(store, "epoch", None)  # HA: the leader's (pgstore.py)
         engine.subscribe(ProgressPublisher(counted, self.topics))
         metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
         self.retention = Retention(
@@ -206,8 +308,13 @@ class Daemon:
             metrics=metrics,
         )  # fmt: skip
         checks = {"broker": lambda: _broker_check(transport), "store": store.check_writable, "inbox": self._inbox_check}
-        self.ops = Ops(metrics, checks)
-        self.reads = Reads(s.db)
+        if self.ops is None:
+            self.ops = Ops(metrics, checks)
+        else:  # HA: the API's probes, taken over from the standby
+            self.ops.checks.clear()
+            self.ops.checks.update(checks)
+            self.reads.close()
+        self.reads = Reads(s.db, opener=_pg_reader(s.db) if self.ha else None)
         self.service = MasterService(
             engine=engine, registry=registry, store=store, topics=self.topics, flush_interval=s.flush_interval,
             reads=self.reads, portable_topics=s.mqtt_version != "5",
@@ -215,27 +322,55 @@ class Daemon:
         self.service.audit.note_signing_key(engine.sealer.kid)
         if isinstance(engine.sealer, sealing.Sealer):
             engine.sealer.approvals = self.service.approvals.for_task
+        if self.ha:  # standbys' submissions and kills reach the leader at once
+            from .leadership import Notifications
+
+            self._notifications = Notifications(s.db, (TASKS_CHANNEL, KILLS_CHANNEL), self._notified)
+            self._notifications.start()
         restored = engine.restore()
         log.info("restored %d unfinished task(s); %d known agent(s)", restored, len(registry))
+        if self.ha:
+            killed = take_over_requests(engine, store)
+            log.warning(
+                "took the lead in %.2f s: %d unfinished task(s) restored, %d kill(s) asked of standbys carried out",
+                time.time() - self._took_lead_at, restored, killed,
+            )  # fmt: skip
         self._transport = transport
         self._listening = ListeningClock(heard_until=store.heard_until() or time.time())
         return store, transport
 
+    def _notified(self, channel: str, task_id: str) -> None:
+        """(the LISTEN thread) A standby stored a task or a kill: handled on the loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_notification, channel, task_id)
+
+    def _on_notification(self, channel: str, task_id: str) -> None:
+        try:
+            on_notification(self.service.engine, channel, task_id)
+        except Exception:
+            log.exception("could not take over a standby's %s for task %s; the sweep retries", channel, task_id)
+
     async def _shutdown(self, runner: web.AppRunner | None, transport: MqttTransport, store: Store) -> None:
         log.info("shutting down")
         assert self._loop is not None
+        if self._notifications is not None:
+            self._notifications.stop()
         if runner is not None:
             await runner.cleanup()
         try:
-            self._drain()
-            self.service.flush_agents()
+            if self._lead is None or self._lead.lost() is None:  # a replaced leader may commit nothing
+                self._drain()
+                self.service.flush_agents()
         except Exception:
             log.exception("could not save the last messages and agents; the broker will re-deliver them")
         offline = status_payload("offline", self.instance, self.settings.client_id)
-        final = [(self._status_topic, offline, True)] if transport.is_connected() else []
+        stepped_down = self._lead is not None and self._lead.lost() is not None  # the new leader's status stays
+        final = [(self._status_topic, offline, True)] if transport.is_connected() and not stepped_down else []
         await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
         self.reads.close()
         store.close()
+        if self._lead is not None:
+            self._lead.close()  # last: the lead is released once everything is saved
 
     async def _unless_stopped(self, fn: Callable[[*_Ts], _R], *args: *_Ts) -> tuple[bool, _R | None]:
         """Run blocking ``fn(*args)`` in a daemon thread; return ``(True, result)``, or
@@ -334,6 +469,9 @@ class Daemon:
         if batch:
             try:
                 self.service.handle_batch(batch)
+            except NotLeader as e:  # not PUBACKed: the broker hands them to the new leader's session
+                self._step_down(str(e))
+                return
             except Exception:
                 # Only the store can fail here (each message is guarded): memory and disk may
                 # now disagree, so stop; the broker re-delivers the un-acked batch to the next run.
@@ -344,8 +482,9 @@ class Daemon:
             log.info("caught up with the broker: deadlines run again")
 
     def _yield(self, _other: protocol.MasterAnswer) -> None:
-        """A live master started after this one shares this broker and prefix: exit 2."""
-        self.exit_code = EXIT_REFUSED
+        """A live master started after this one shares this broker and prefix: exit 2 (HA: a
+        newer leader; exit 1, so that a supervisor restarts this one as a standby)."""
+        self.exit_code = EXIT_FAILED if self.ha else EXIT_REFUSED
         assert self._stop is not None
         self._stop.set()
 
@@ -359,16 +498,24 @@ class Daemon:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
                 pass
+            if self._lead is not None and (why := self._lead.lost()) is not None:
+                self._step_down(why)
+                return
             self._guard.tick()
             memory.heap.tick()
             try:
+                if self.ha and time.time() >= self._next_sweep:
+                    self._next_sweep = time.time() + SWEEP_INTERVAL
+                    sweep(self.service.engine, self.service.store)
                 hearing = self._hearing(time.time())
                 self.service.housekeeping(verdicts=hearing)
                 if hearing:  # like verdicts: a run's overlap is judged only on a caught-up view of it
                     self.service.schedules.tick()
                 if not self._behind():
                     self.retention.tick(time.time())
-            except sqlite3.Error:
+            except NotLeader as e:
+                self._step_down(str(e))
+            except (sqlite3.Error, StoreError):
                 self._fatal("the database failed during housekeeping")
             except Exception:
                 log.exception("housekeeping failed; will retry in %.1f s", TICK_MAX)
@@ -430,6 +577,14 @@ class Daemon:
         age = 0.0 if oldest is None else time.monotonic() - oldest
         return None if age < READY_BACKLOG else f"inbox {age:.0f} s behind ({len(self._inbox)} message(s))"
 
+    def _step_down(self, why: str) -> None:
+        """(HA) The lead is gone: publish nothing more, exit 1 (a supervisor restarts this
+        master, which then stands by). Agents refuse what an old leader still sends."""
+        log.critical("stepping down: %s; exiting (restarted, this master stands by)", why)
+        self.exit_code = EXIT_FAILED
+        assert self._stop is not None
+        self._stop.set()
+
     def _fatal(self, message: str, *args: object) -> None:
         # called from except blocks: exc_info is the error that stops the master
         log.critical(message + "; stopping (a restart resumes from the database)", *args, exc_info=True)  # noqa: LOG014
@@ -442,6 +597,17 @@ class Daemon:
 EXIT_STOPPED = 0  #: stopped by SIGTERM/SIGINT
 EXIT_FAILED = 1  #: could not run (database, broker, a failed batch): a restart resumes from the database
 EXIT_REFUSED = 2  #: bad settings, or another live master: a restart would not help
+
+
+def _pg_reader(url: str) -> Callable[[], Store]:
+    """A reader thread's store on PostgreSQL (reads.py): its own connection, no migration."""
+
+    def open_reader() -> Store:
+        from .pgstore import PgStore
+
+        return PgStore(url, migrate=False)
+
+    return open_reader
 
 
 def _broker_check(transport: MqttTransport) -> str | None:
@@ -466,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     setup_logging(settings.log_level, settings.log_format)
     try:
-        lock = acquire_lock(settings.db)
+        lock = None if is_postgres_url(settings.db) else acquire_lock(settings.db)  # PostgreSQL: leadership.py
     except AlreadyRunning as e:
         log.error("%s", e)
         return EXIT_REFUSED
@@ -482,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot run: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
         return EXIT_FAILED
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 if __name__ == "__main__":
     sys.exit(main())

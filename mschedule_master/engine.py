@@ -89,6 +89,12 @@ class Engine:
         self.metrics = metrics or Metrics(process=False)
         self._active: dict[str, Active] = {}
         self._deaf_at_start = 0.0  #: set by restore(): time since the last run stopped listening
+        #: HA masters (leadership.py): the leader's epoch, stamped on tasks and kills (None: one master)
+        self.epoch: int | None = None
+        #: False on an HA standby: submissions and kills are stored and passed to the leader, nothing is run
+        self.driving = True
+        #: on a standby: called with (channel, id) inside the transaction that stored a task or a kill
+        self.notify: Callable[[str, str], None] | None = None
         self.txn = Txn(store=store, transport=transport, clock=clock, rebuild=self._rebuild)
         self.ingest = Ingest(
             store=store, txn=self.txn, topics=topics, metrics=self.metrics, clock=clock, active=self._active,
@@ -186,6 +192,10 @@ class Engine:
         with self.batch():
             self.store.insert_task(task, agent_ids, spec.request_id, digest)
             self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
+            if not self.driving:  # an HA standby: stored; the leader starts it (ha.py)
+                self._hand_over("task", task_id)
+                log.info("task %s stored for %d target(s); the leader runs it", task_id, len(agent_ids), extra={"task_id": task_id})
+                return task, agent_ids
             rollout = Rollout(task_id, agent_ids, limits(task), timing=self._timing(task), now=now, plan=task_plan)
             active = self._active[task_id] = Active(task, rollout)
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": counts(active), "created": True})
@@ -263,6 +273,10 @@ class Engine:
             if active is None:
                 if not self.store.task_exists(task_id):
                     raise NotFound("task", task_id)
+                if not self.driving:  # an HA standby: recorded; the leader kills it
+                    self.store.add_event(self.clock(), "kill_requested", task_id, None, {"reason": reason})
+                    self.store.require_sync()
+                    self._hand_over("kill", task_id)
             else:
                 now = self.clock()
                 self.store.add_event(now, "kill", task_id, None, {"reason": reason})
@@ -292,6 +306,22 @@ class Engine:
             self._announce_recent_ends(now)
         return len(stored)
 
+    def _hand_over(self, what: str, task_id: str) -> None:
+        if self.notify is not None:
+            self.notify(what, task_id)
+
+    def adopt(self, task_id: str) -> bool:
+        """HA leader: drive a task another master stored (a standby's submission). False when
+        it is driven already, finished, or unknown."""
+        if task_id in self._active:
+            return False
+        stored = self.store.load_task(task_id)
+        if stored is None or stored.task.state.final:
+            return False
+        with self.batch():
+            self.guarded(f"adoption of task {task_id}", self._restore_one, stored, self.clock(), 0.0)
+        return task_id in self._active
+
     def _announce_recent_ends(self, now: float) -> None:
         """Tell watchers again how recently finished tasks ended: a crash between the final
         commit and the summary's publication would otherwise leave no summary."""
@@ -305,7 +335,7 @@ class Engine:
             data["targets"] = self.store.target_states(task_id)
             self.emit("task", task_id, data)
 
-    def _restore_one(self, st: StoredTask, now: float) -> None:
+    def _restore_one(self, st: StoredTask, now: float, deaf: float | None = None) -> None:
         kills = self.store.events(st.task.id, kind="kill", limit=1)  # a revised abort must not pass for a kill
         # the stored reason of an unfinished task says how it paused or resumed; a kill's is in its event
         reason = kills[0]["data"].get("reason", "") if kills else ""
@@ -313,7 +343,7 @@ class Engine:
             st.task.id, limits(st.task), targets=st.snapshots, task_state=st.task.state,
             reason=reason, timing=self._timing(st.task), killed=bool(kills), plan=plan_of(st.task), progress=st.progress,
         )  # fmt: skip
-        rollout.defer(self._deaf_at_start)
+        rollout.defer(self._deaf_at_start if deaf is None else deaf)
         codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
         active = self._active[st.task.id] = Active(st.task, rollout, codes=codes, progress=st.progress or Progress())
         log.info("task %s restored (%s)", st.task.id, st.task.state.value, extra={"task_id": st.task.id})
@@ -428,7 +458,7 @@ class Engine:
                 touched.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
                 reason = "rollout aborted" if active.rollout.aborted else "task killed"
-                body = protocol.encode(protocol.Kill(id=task_id, reason=reason))
+                body = protocol.encode(protocol.Kill(id=task_id, reason=reason, epoch=self.epoch))
                 self.txn.send(Out(topic, self.sealer.kill(body, task_id=task_id, agent_id=action.agent_id)))
             elif isinstance(action, TargetChanged):
                 touched.add(action.agent_id)
@@ -463,6 +493,7 @@ class Engine:
                 id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
                 fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
                 stream=t.stream,
+                epoch=self.epoch,
             )  # fmt: skip
             active.encoded = (action.expires_at, protocol.encode(msg))
         topic = self._topics_for(action.agent_id).tasks(action.agent_id)

@@ -93,6 +93,10 @@ class Ingest:
                 msg.id, msg.agent_id, agent_id, extra={"agent_id": agent_id, "task_id": msg.id},
             )  # fmt: skip
         now = self._clock()
+        if isinstance(msg, Reject) and msg.code == "stale_epoch":  # about an old leader's message, not the target
+            log.info("agent %s refused task %s from an older leader: %s", agent_id, msg.id, msg.reason)
+            self.store.add_event(now, "stale_epoch", msg.id, agent_id, {"reason": msg.reason})
+            return
         task_id = msg.id  # None only in a reject of something unreadable: no task of ours
         active = self._active.get(task_id) if task_id is not None else None
         if active is None and task_id is not None and not (isinstance(msg, Reject) and msg.code == "expired"):

@@ -58,8 +58,8 @@ class JobStore:
                 return _version(row), False
             number = 1 if row is None else row[1] + 1
             if row is None:
-                c.execute("insert or ignore into jobs (name, default_version, created_at) values (?, null, ?)",
-                          (name, now))  # fmt: skip
+                c.execute("insert into jobs (name, default_version, created_at) values (?, null, ?) "
+                          "on conflict (name) do nothing", (name, now))  # fmt: skip
             c.execute(
                 f"insert into job_versions ({_VERSION_COLS}) values (?,?,?,?,?,?,?,?,?,?)",
                 (

@@ -107,8 +107,8 @@ class LiveIngest:
             return
         with self.store.db() as c:
             inserted = c.execute(
-                "insert or ignore into live_output (task_id, agent_id, seq, stream, offset, skipped, data) "
-                "values (?,?,?,?,?,?,?)",
+                "insert into live_output (task_id, agent_id, seq, stream, \"offset\", skipped, data) "
+                "values (?,?,?,?,?,?,?) on conflict do nothing",
                 (msg.id, msg.agent_id, msg.seq, msg.stream, msg.offset, msg.skipped, msg.data),
             ).rowcount
             if not inserted:
@@ -117,8 +117,8 @@ class LiveIngest:
                 return
             # The cap: the head, and the latest cap - head bytes; older chunks in between go.
             c.execute(
-                "delete from live_output where task_id=? and agent_id=? and stream=? and offset >= ? "
-                "and offset + length(data) <= ?",
+                "delete from live_output where task_id=? and agent_id=? and stream=? and \"offset\" >= ? "
+                "and \"offset\" + length(data) <= ?",
                 (msg.id, msg.agent_id, msg.stream, head, msg.offset + len(msg.data) - (cap - head)),
             )
         self.stored += 1
@@ -177,8 +177,8 @@ class LiveIngest:
 def chunks_after(store: Store, task_id: str, agent_id: str, stream: str, offset: int) -> list[Chunk]:
     """The stored chunks of one stream that hold bytes at or past ``offset``, in order."""
     rows = store._conn.execute(
-        "select offset, skipped, data from live_output where task_id=? and agent_id=? and stream=? "
-        "and offset + length(data) > ? order by offset limit 1000",
+        "select \"offset\", skipped, data from live_output where task_id=? and agent_id=? and stream=? "
+        "and \"offset\" + length(data) > ? order by \"offset\" limit 1000",  # quoted: a keyword in PostgreSQL
         (task_id, agent_id, stream, offset),
     )
     return [Chunk(stream, r[0], r[1], bytes(r[2])) for r in rows]

@@ -135,13 +135,16 @@ class Metrics:
         agents: Callable[[], Iterable[Any]] | None = None,
         task_states: Callable[[], dict[str, int]] | None = None,
         inbox_depth: Callable[[], int] | None = None,
+        leadership: Callable[[], tuple[bool, int]] | None = None,
     ) -> None:
-        """Sources read at each scrape (on the master's loop thread, as the API runs)."""
+        """Sources read at each scrape (on the master's loop thread, as the API runs).
+        ``leadership``: (this master leads, the database's epoch), for HA masters."""
         s = self._state
-        s.agents, s.task_states, s.inbox_depth = (
+        s.agents, s.task_states, s.inbox_depth, s.leadership = (
             agents or s.agents,
             task_states or s.task_states,
             inbox_depth or s.inbox_depth,
+            leadership or s.leadership,
         )
 
     def render(self) -> bytes:
@@ -158,6 +161,7 @@ class _StateCollector(Collector):
         self.agents: Callable[[], Iterable[Any]] | None = None
         self.task_states: Callable[[], dict[str, int]] | None = None
         self.inbox_depth: Callable[[], int] | None = None
+        self.leadership: Callable[[], tuple[bool, int]] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # values only at collect(): nothing to check for name clashes up front
@@ -185,6 +189,10 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(
                 "mschedule_inbox_depth", "MQTT messages received, not yet applied", value=self.inbox_depth()
             )
+        if self.leadership is not None:
+            leading, epoch = self.leadership()
+            yield GaugeMetricFamily("mschedule_master_leader", "1 on the HA master that leads, 0 on standbys", value=int(leading))
+            yield GaugeMetricFamily("mschedule_master_leadership_epoch", "The leadership epoch in the database", value=epoch)
 
 
 class _CountingTransport:

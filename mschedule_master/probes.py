@@ -8,6 +8,9 @@
   :data:`READY_BACKLOG` seconds). A readiness probe (systemd watchdog scripts, Kubernetes
   ``readinessProbe``): route no submissions to a master that is not ready.
 * ``/metrics``: the Prometheus text format (see :mod:`metrics`).
+* HA masters on PostgreSQL (docs/deploy.md): ``/readyz`` also says who leads
+  (``leadership``: this master's role, the epoch, the leader's instance and host); a
+  standby is ready (it serves reads and takes submissions for the leader).
 
 The probes need no token (they reveal nothing but "ok" or a check's name); ``/metrics``
 needs it when one is set, as every API route does (Prometheus sends it with
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -39,6 +43,8 @@ class Ops:
 
     metrics: Metrics | None = None
     checks: dict[str, Check] = field(default_factory=dict)
+    #: HA masters on PostgreSQL: who leads, as /readyz shows it (role, epoch, leader, host, since)
+    leadership: Callable[[], dict[str, Any]] | None = None
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         results: dict[str, str] = {}
@@ -63,10 +69,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, checks = _ops(request).readiness()
+    ops = _ops(request)
+    ready, checks = ops.readiness()
     if not ready:
         log.debug("not ready: %s", checks)
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    if ops.leadership is not None:
+        try:
+            body["leadership"] = ops.leadership()
+        except Exception as e:
+            body["leadership"] = {"error": f"cannot read the leadership: {e}"}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

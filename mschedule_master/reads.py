@@ -52,17 +52,21 @@ class ReadOnlyStore(Store):
 class Reads:
     """``await reads.run(fn, *args)`` runs ``fn(store, *args)`` in a reader thread."""
 
-    def __init__(self, path: str, *, threads: int = READ_THREADS) -> None:
+    def __init__(
+        self, path: str, *, threads: int = READ_THREADS, opener: Callable[[], Store] | None = None
+    ) -> None:
         self.path = path
+        #: a reader thread's store: SQLite read-only by default; pgstore's PgStore(migrate=False) for PostgreSQL
+        self._open: Callable[[], Store] = opener or (lambda: ReadOnlyStore(path))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mschedule-read")
         self._local = threading.local()
-        self._opened: list[ReadOnlyStore] = []
+        self._opened: list[Store] = []
         self._lock = threading.Lock()
 
-    def _store(self) -> ReadOnlyStore:
+    def _store(self) -> Store:
         store = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = ReadOnlyStore(self.path)
+            store = self._local.store = self._open()
             with self._lock:
                 self._opened.append(store)
         return store

@@ -160,7 +160,7 @@ class Retention:
                     "(stdout is not null or stderr is not null)",
                     (task_id,),
                 ).rowcount
-                c.execute("insert or ignore into outputs_expired (task_id) values (?)", (task_id,))
+                c.execute("insert into outputs_expired (task_id) values (?) on conflict do nothing", (task_id,))
                 self._count("outputs", n)
                 budget -= max(n, 1)
                 if budget <= 0:

@@ -27,6 +27,7 @@ from typing import Any
 from . import models
 from .audit import AuditLog
 from .engine import Engine
+from .errors import StoreError
 from .jobs import JobError, build_submit
 from .jobservice import JobService
 from .models import InvalidRequest, NotFound
@@ -141,7 +142,7 @@ class Scheduler:
                     self.plan_one(name, now)
                 except NotFound:
                     self._wake.pop(name, None)  # removed meanwhile
-                except sqlite3.Error:
+                except (sqlite3.Error, StoreError):  # StoreError: pgstore's DatabaseError, or NotLeader
                     raise  # the daemon stops: memory and disk may disagree (as for a batch of messages)
                 except Exception:
                     self._wake[name] = int(now + RETRY_AFTER)

@@ -29,6 +29,7 @@ from typing import Any
 from mschedule_agent import protocol
 
 from . import models
+from .dburl import is_postgres_url
 from .errors import StoreError
 from .rollout import Progress, TargetSnapshot
 from .states import TargetState, TaskState
@@ -203,6 +204,16 @@ _SNAPSHOT_COLUMNS = (
     "finished_at", "kill_requested", "kill_sent_at", "offline_since", "unheard_since",
 )  # fmt: skip
 
+_AGENT_COLS = (
+    "id", "hostname", "ip", "labels", "version", "capacity", "online", "dc", "started_at", "last_seen",
+    "last_heartbeat", "heartbeat_interval", "running",
+)  # fmt: skip
+#: An upsert (SQLite 3.24+ and PostgreSQL both take it), not SQLite's ``insert or replace``.
+_SAVE_AGENT_SQL = (
+    f"insert into agents ({', '.join(_AGENT_COLS)}) values ({','.join('?' * len(_AGENT_COLS))}) on conflict (id) "
+    f"do update set {', '.join(f'{c}=excluded.{c}' for c in _AGENT_COLS[1:])}"
+)
+
 _SAVE_SNAPSHOT_SQL = (
     f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
 )
@@ -226,7 +237,19 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def open_store(db: str) -> Store:
+    """The store ``db`` names: a ``postgresql://`` URL (pgstore.py), else an SQLite file path."""
+    if is_postgres_url(db):
+        from .pgstore import PgStore
+
+        return PgStore(db)
+    return Store(db)
+
+
 class Store:
+    #: What a failed statement raises (the daemon stops on these; pgstore.py's differ).
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         try:
@@ -352,7 +375,7 @@ class Store:
                 continue
             for stmt in statements:
                 c.execute(stmt)
-            c.execute("insert into migrations (name, applied_at) values (?, strftime('%s','now'))", (name,))
+            c.execute("insert into migrations (name, applied_at) values (?, ?)", (name, time.time()))
             log.info("database migrated: %s", name)
 
     # ------------------------------------------------------------------ agents
@@ -365,7 +388,7 @@ class Store:
             for a in agents
         ]  # fmt: skip
         with self.db() as c:
-            c.executemany("insert or replace into agents values (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            c.executemany(_SAVE_AGENT_SQL, rows)
 
     def load_agents(self) -> list[models.Agent]:
         rows = self._conn.execute("select * from agents").fetchall()
@@ -458,7 +481,11 @@ class Store:
 
     def set_heard_until(self, ts: float) -> None:
         with self.db() as c:
-            c.execute("insert or replace into listening (id, heard_until) values (1, ?)", (ts,))
+            c.execute(
+                "insert into listening (id, heard_until) values (1, ?) "
+                "on conflict (id) do update set heard_until=excluded.heard_until",
+                (ts,),
+            )
 
     def record_result(self, task_id: str, agent_id: str, result: protocol.Result, now: float) -> bool:
         """Store a target's result once. False when it was already stored (or no such target)."""
@@ -574,7 +601,7 @@ class Store:
         cols = _TARGET_COLS if outputs else _TARGET_COLS_NO_OUTPUT
         if outputs and tail is not None:
             n = int(tail) + 1
-            cols = _TARGET_COLS.replace("t.stdout, t.stderr,", f"substr(t.stdout, -{n}), substr(t.stderr, -{n}),")
+            cols = _TARGET_COLS.replace("t.stdout, t.stderr,", f"{self._tail('t.stdout', n)}, {self._tail('t.stderr', n)},")
         rows = self._conn.execute(
             f"select {cols} from targets t left join agents a on a.id = t.agent_id "
             "where t.task_id=? order by t.rowid",
@@ -602,6 +629,13 @@ class Store:
     def task_state_counts(self) -> dict[str, int]:
         """Task state -> how many tasks the database holds in it (for metrics)."""
         return dict(self._conn.execute("select state, count(*) from tasks group by state").fetchall())
+
+    def _tail(self, column: str, n: int) -> str:
+        """SQL for the last ``n`` bytes of a blob column."""
+        return f"substr({column}, -{int(n)})"
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell other masters on the database (PostgreSQL's NOTIFY); one master per SQLite file: no-op."""
 
     def incremental_vacuum(self, pages: int) -> int:
         """Hand up to ``pages`` free pages back to the file system (``auto_vacuum=incremental``

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything mschedule's demo and tests need on a fresh Debian/Ubuntu machine:
-# mosquitto + mosquitto-clients and nats-server (apt-get, when missing), a virtualenv at $VENV with the
+# mosquitto + mosquitto-clients, nats-server and postgresql (apt-get, when missing), a virtualenv at $VENV with the
 # package and its test extras. Safe to run again: it skips what is already there.
 #   BROWSER=1 also installs Debian's chromium for the browser test.
 set -euo pipefail
@@ -15,6 +15,8 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_a
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)  # docs/protocol.md decodes results with jq (tested)
 # tests/partition/ makes network namespaces and blackholes a veth (ip, tc)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || need_apt+=(iproute2)
+# tests/master/test_pg*.py and the HA failover tests start a private PostgreSQL (harness/postgres.py)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ "${BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 
@@ -27,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq || { echo "bootstrap: apt-get update failed" >&2; exit 1; }
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
         || { echo "bootstrap: apt-get install ${need_apt[*]} failed" >&2; exit 1; }
-    # Debian starts mosquitto (and nats-server) as services on install; mschedule never uses those.
+    # Debian starts mosquitto (and nats-server, postgresql) as services on install; mschedule never uses those.
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -41,7 +43,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -m pip install -q -e '.[master,test]' 2>&1 | grep -v "^WARNING: Location" || true
     unset PYTHONWARNINGS
-    "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, pytest' \
+    "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, psycopg, pytest' \
         || { echo "bootstrap: python dependencies did not install" >&2; exit 1; }
     touch "$stamp"
 fi

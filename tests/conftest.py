@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.broker import Mosquitto
+from harness.postgres import Postgres
 from harness.require import in_ci, require_tools
 from mschedule_agent.protocol import Topics
 
@@ -37,6 +38,36 @@ def own_broker(tmp_path) -> Mosquitto:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """One private PostgreSQL for the session (harness/postgres.py); each test makes its
+    own database with ``postgres.create_database()``."""
+    require_tools("initdb", why="the PostgreSQL store and the HA masters run on a real PostgreSQL")
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """"sqlite" unless a module lists ``BACKENDS`` (then each test runs on each of them)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db(backend, tmp_path, request) -> str:
+    """A fresh master database of the test's backend: an SQLite path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return str(tmp_path / "master.db")
+    return request.getfixturevalue("postgres").create_database()
+
+
+def pytest_generate_tests(metafunc) -> None:
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backends, indirect=True)
 
 
 @pytest.fixture

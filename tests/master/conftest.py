@@ -14,7 +14,7 @@ from mschedule_master.engine import Engine
 from mschedule_master.registry import Registry
 from mschedule_master.rollout import Timing
 from mschedule_master.service import MasterService
-from mschedule_master.store import Store
+from mschedule_master.store import Store, open_store
 from mschedule_master.submissions import ProgressPublisher
 
 
@@ -79,7 +79,7 @@ def make_rig(path, *, timing: Timing | None = None, groups=None) -> Rig:
     clock = Clock()
     topics = Topics("test")
     transport = MemoryTransport()
-    store = Store(str(path))
+    store = open_store(str(path))
     registry = Registry()
     timing = timing or Timing(delivery_timeout=10, redeliver_interval=2, ack_grace=1, lost_grace=5, kill_resend=2)
     engine = Engine(store=store, transport=transport, topics=topics, registry=registry, timing=timing, groups=groups, clock=clock)
@@ -89,13 +89,15 @@ def make_rig(path, *, timing: Timing | None = None, groups=None) -> Rig:
 
 
 @pytest.fixture
-def rig(tmp_path) -> Rig:
-    r = make_rig(tmp_path / "master.db")
+def rig(db) -> Rig:
+    """On SQLite; on PostgreSQL too in a module that lists ``BACKENDS`` (tests/conftest.py)."""
+    r = make_rig(db)
     yield r
     r.store.close()
 
 
 @pytest.fixture
 def rig_factory():
-    """``rig_factory(db_path)``: a fresh Rig on that database (e.g. to simulate a restart)."""
+    """``rig_factory(db)``: a fresh Rig on that database (an SQLite path or a PostgreSQL URL),
+    e.g. to simulate a restart."""
     return make_rig

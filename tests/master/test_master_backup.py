@@ -72,3 +72,11 @@ def test_backup_of_a_missing_database_says_so(tmp_path):
     ]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert p.returncode == 1 and "no database at" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_postgresql_database_is_sent_to_its_own_tools_without_showing_its_password(capsys):
+    from mschedule_master import backup
+
+    assert backup.main(["/tmp/x.db", "--db", "postgresql://u:s3cret@db.example/ms"]) == 1
+    err = capsys.readouterr().err
+    assert "pg_dump" in err and "s3cret" not in err and "u:***@db.example" in err

@@ -13,6 +13,8 @@ from mschedule_master import retention
 from mschedule_master.retention import DAY, Policy, Retention
 from mschedule_master.states import TaskState
 
+BACKENDS = ("sqlite", "postgresql")  # tests taking `rig` or `db` run on both stores (tests/conftest.py)
+
 
 def _finish(rig, task_id, agents, output=b"out\n"):
     for a in agents:
@@ -88,7 +90,9 @@ def test_nothing_is_deleted_with_retention_off_and_outputs_go_with_their_task_by
     assert Policy(days=0, output_days=7).output_cutoff(1e9) == 1e9 - 7 * DAY
 
 
-def test_freed_pages_are_handed_back(rig):
+def test_freed_pages_are_handed_back(rig, backend):
+    if backend != "sqlite":
+        pytest.skip("SQLite's incremental vacuum; PostgreSQL's autovacuum reclaims space itself")
     rig.register("a")
     task_id = rig.submit(["a"]).task_id
     _finish(rig, task_id, ["a"], output=b"x" * 2_000_000)

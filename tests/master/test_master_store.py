@@ -12,7 +12,7 @@ from mschedule_master import models
 from mschedule_master.errors import StoreError
 from mschedule_master.rollout import TargetSnapshot
 from mschedule_master.states import TargetState, TaskState
-from mschedule_master.store import Store
+from mschedule_master.store import Store, open_store
 
 
 def _task(task_id: str, created_at: float, state=TaskState.WAITING, **kw) -> models.Task:
@@ -25,9 +25,12 @@ def _task(task_id: str, created_at: float, state=TaskState.WAITING, **kw) -> mod
     return models.Task(**base)
 
 
+BACKENDS = ("sqlite", "postgresql")  # each test that takes `store` runs on both (tests/conftest.py)
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "s.db"))
+def store(db):
+    s = open_store(db)
     yield s
     s.close()
 
@@ -104,35 +107,44 @@ def test_a_savepoint_is_opened_only_by_a_write_and_undoes_only_what_followed(sto
     assert [e["kind"] for e in store.events()] == ["kept", "also kept", "after"]
 
 
-def test_agents_persist_across_reopen(tmp_path):
-    s = Store(str(tmp_path / "s.db"))
+def test_agents_persist_across_reopen(db):
+    s = open_store(db)
     a = models.Agent(
         id="a", hostname="h", ip=["10.0.0.1"], labels={"role": "web"}, version="1", capacity=2, online=True, dc="bj",
         started_at=1.0, last_seen=2.0, last_heartbeat=2.0, heartbeat_interval=5.0, running=["t"],
     )  # fmt: skip
     s.save_agents([a])
+    s.save_agents([a])  # saved again: replaced, not doubled
     s.close()
-    s = Store(str(tmp_path / "s.db"))
+    s = open_store(db)
     assert s.load_agents() == [a]
     s.close()
 
 
-def test_a_database_from_a_newer_master_is_refused(tmp_path):
-    path = tmp_path / "s.db"
-    Store(str(path)).close()
-    with closing(sqlite3.connect(path)) as c, c:
+def test_a_database_from_a_newer_master_is_refused(db):
+    s = open_store(db)
+    with s.db() as c:
         c.execute("update schema_version set version = 99")
+    s.close()
     with pytest.raises(StoreError, match="newer"):
-        Store(str(path))
+        open_store(db)
 
 
-def test_a_database_with_an_unknown_migration_is_refused(tmp_path):
-    path = tmp_path / "s.db"
-    Store(str(path)).close()
-    with closing(sqlite3.connect(path)) as c, c:
+def test_a_database_with_an_unknown_migration_is_refused(db):
+    s = open_store(db)
+    with s.db() as c:
         c.execute("insert into migrations (name, applied_at) values ('from-the-future', 0)")
+    s.close()
     with pytest.raises(StoreError, match="from-the-future"):
-        Store(str(path))
+        open_store(db)
+
+
+def test_the_tail_of_an_output_is_its_last_bytes(store):
+    store.insert_task(_task("t1", 1.0), ["a"])
+    r = protocol.Result(id="t1", agent_id="a", state="SUCCEED", code=0, output=b"0123456789", output_bytes=10, stderr=b"ab", stderr_bytes=2)
+    store.record_result("t1", "a", r, 5.0)
+    (t,) = store.targets("t1", tail=3)
+    assert (t.stdout, t.stderr) == (b"6789", b"ab")
 
 
 def test_migrations_run_once_each_on_an_existing_database(tmp_path, monkeypatch):

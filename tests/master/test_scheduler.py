@@ -12,6 +12,8 @@ import pytest
 from mschedule_agent import protocol as P
 from mschedule_master.schedules import Misfire, Overlap, Schedule
 
+BACKENDS = ("sqlite", "postgresql")  # tests taking `rig` or `db` run on both stores (tests/conftest.py)
+
 MIN = 60
 #: the rig's clock starts at 1_000_000 = 16666 min + 40 s: the next fire time of "* * * * *"
 FIRST = 1_000_020
@@ -84,9 +86,9 @@ def test_default_follows_the_jobs_default_at_fire_time_and_a_pin_does_not(rig):
     assert rig.service.jobs.task_link(pinned[0]).job_version == 1
 
 
-def test_two_masters_on_one_database_fire_a_fire_time_once(rig, rig_factory, tmp_path):
+def test_two_masters_on_one_database_fire_a_fire_time_once(rig, rig_factory, db):
     _setup(rig)
-    other = rig_factory(tmp_path / "master.db")  # a restarted (or second) master on the same file
+    other = rig_factory(db)  # a restarted (or second) master on the same file
     rig.service.flush_agents()
     other.registry.load(other.store.load_agents(), rig.clock())
     try:
@@ -101,12 +103,12 @@ def test_two_masters_on_one_database_fire_a_fire_time_once(rig, rig_factory, tmp
         other.store.close()
 
 
-def test_a_restart_at_a_fire_time_fires_it_once(rig, rig_factory, tmp_path):
+def test_a_restart_at_a_fire_time_fires_it_once(rig, rig_factory, db):
     _setup(rig)
     _at(rig, FIRST + 0.5)
     rig.service.flush_agents()
     rig.store.close()
-    again = rig_factory(tmp_path / "master.db")
+    again = rig_factory(db)
     try:
         again.engine.restore()
         again.clock.now = FIRST + 2  # back within the fire time's grace
@@ -135,13 +137,13 @@ def test_a_paused_schedule_fires_nothing_and_resume_does_not_run_the_paused_time
 F5 = 1_000_200
 
 
-def _down_across_three_fire_times(rig, rig_factory, tmp_path, misfire: str) -> list[tuple[int, str]]:
+def _down_across_three_fire_times(rig, rig_factory, db, misfire: str) -> list[tuple[int, str]]:
     """Every 5 min; up until F5 - 30, down across F5, +5 min, +10 min, back at +12 min."""
     _setup(rig, cron="*/5 * * * *", misfire=Misfire.parse(misfire), overlap=Overlap.parse("allow(5)"))
     _at(rig, F5 - 30)
     rig.service.flush_agents()
     rig.store.close()
-    again = rig_factory(tmp_path / "master.db")
+    again = rig_factory(db)
     again.registry.load(again.store.load_agents(), F5)
     try:
         again.clock.now = F5 + 12 * MIN
@@ -151,18 +153,18 @@ def _down_across_three_fire_times(rig, rig_factory, tmp_path, misfire: str) -> l
         again.store.close()
 
 
-def test_down_across_three_fire_times_skip_records_them_missed(rig, rig_factory, tmp_path):
-    out = _down_across_three_fire_times(rig, rig_factory, tmp_path, "skip")
+def test_down_across_three_fire_times_skip_records_them_missed(rig, rig_factory, db):
+    out = _down_across_three_fire_times(rig, rig_factory, db, "skip")
     assert out == [(F5, "missed"), (F5 + 5 * MIN, "missed"), (F5 + 10 * MIN, "missed")]
 
 
-def test_down_across_three_fire_times_run_once_runs_the_latest(rig, rig_factory, tmp_path):
-    out = _down_across_three_fire_times(rig, rig_factory, tmp_path, "run_once")
+def test_down_across_three_fire_times_run_once_runs_the_latest(rig, rig_factory, db):
+    out = _down_across_three_fire_times(rig, rig_factory, db, "run_once")
     assert out == [(F5, "missed"), (F5 + 5 * MIN, "missed"), (F5 + 10 * MIN, "caught-up")]
 
 
-def test_down_across_three_fire_times_catch_up_runs_each_within_its_limit(rig, rig_factory, tmp_path):
-    out = _down_across_three_fire_times(rig, rig_factory, tmp_path, "catch_up(2, 1h)")
+def test_down_across_three_fire_times_catch_up_runs_each_within_its_limit(rig, rig_factory, db):
+    out = _down_across_three_fire_times(rig, rig_factory, db, "catch_up(2, 1h)")
     assert out == [(F5, "missed"), (F5 + 5 * MIN, "caught-up"), (F5 + 10 * MIN, "caught-up")]
 
 
