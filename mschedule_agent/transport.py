@@ -395,7 +395,7 @@ class MqttTransport:
         if self._network is None:
             self._client.loop_stop()  # first: paho's thread would reconnect after the socket closes
         sock = self._client.socket()  # 3.1.1: a connection lost without DISCONNECT publishes the will
-        if isinstance(sock, socket.socket):  # (a websocket wrapper has no shutdown: it closes below)
+        if sock is not None and hasattr(sock, "shutdown"):  # (a websocket wrapper has none: it closes below)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -482,10 +482,13 @@ class MqttTransport:
         self.connect_count += 1
         self._subscribed.clear()
         if self.subscriptions:
-            rap = self._retain_as_published if self._v5 else frozenset()  # 3.1.1: no subscription options
-            self._sub_mid = client.subscribe(
-                [(t, _retain_as_published(q) if t in rap else SubscribeOptions(qos=q)) for t, q in self.subscriptions]
-            )[1]
+            if self._v5:
+                rap = self._retain_as_published
+                self._sub_mid = client.subscribe(
+                    [(t, _retain_as_published(q) if t in rap else SubscribeOptions(qos=q)) for t, q in self.subscriptions]
+                )[1]
+            else:  # 3.1.1: no subscription options; paho refuses a SubscribeOptions there ("Invalid QoS level")
+                self._sub_mid = client.subscribe(list(self.subscriptions))[1]
         else:
             self._subscribed.set()
         self._connected.set()
