@@ -151,7 +151,9 @@ def test_the_bytes_followed_are_the_stored_output_binary_and_not_utf8_included(f
 def test_a_broker_outage_mid_stream_loses_no_byte_of_the_result(own_broker, prefix, tmp_path):
     script = "for i in $(seq 1 60); do echo line-$i; sleep 0.1; done"
     expected = b"".join(b"line-%d\n" % i for i in range(1, 61))
-    with Fleet(tmp_path, own_broker.url, prefix, agents=1) as fleet:
+    # lost_grace 30: the test is about bytes; the harness's 5 s could run out while the agent
+    # reconnects after the restart (a provisional LOST, revised when the result comes).
+    with Fleet(tmp_path, own_broker.url, prefix, agents=1, master_flags={"lost_grace": 30}) as fleet:
         agent = fleet.agent_ids[0]
         task = fleet.http("POST", "/api/v1/tasks", {"targets": ["all"], "script_text": script})
         follower = Reader(fleet.master.http_url, output_path(task["id"], agent, follow="1"))
