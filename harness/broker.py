@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .procs import end_process
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "deploy" / "mosquitto"
 
@@ -198,13 +200,7 @@ class Mosquitto:
     def _signal(self, sig: int, timeout: float) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, sig, timeout)
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None

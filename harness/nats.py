@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from .broker import ROOT, BrokerError, free_port, listening_pid_owns
+from .procs import end_process
 
 CONF = ROOT / "deploy" / "nats" / "node.conf"
 HOST = "127.0.0.1"
@@ -115,15 +116,8 @@ class NatsNode:
         self._signal(signal.SIGKILL, 10.0)
 
     def _signal(self, sig: int, timeout: float) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            end_process(self.proc, sig, timeout)
         self.proc = None
 
 

@@ -138,6 +138,18 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def end_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to a still-running ``proc`` and wait ``timeout`` s for it, then SIGKILL it:
+    how the harness stops a broker or NATS node it started."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def kill_leftovers(workdir: Path) -> None:
     """A failed test must not leave what it started (under ``workdir``) running."""
     for entry in processes_mentioning(str(workdir)):

@@ -796,12 +796,17 @@ def encode_approval(approval: Approval) -> str:
 
 
 def decode_approval(text: str) -> Approval:
+    return _decode_text(Approval, text, "approval", "approval")
+
+
+def _decode_text(cls: type[_Payload], text: str, what: str, field: str) -> _Payload:
+    """A bare JSON object (a signed header, an approval: no envelope) as ``cls``."""
     data = text.encode("utf-8")
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise DecodeError(f"approval: malformed JSON: {e}", data, e, field="approval") from e
-    return from_payload(Approval, doc, data)
+        raise DecodeError(f"{what}: malformed JSON: {e}", data, e, field=field) from e
+    return from_payload(cls, doc, data)
 
 
 def encode_signed(kid: str, header: str, sig: bytes, body_json: bytes) -> bytes:
@@ -829,12 +834,7 @@ def encode_header(header: SignedHeader) -> str:
 
 def decode_header(text: str) -> SignedHeader:
     """Parse a header whose signature has been verified. Raises DecodeError."""
-    data = text.encode("utf-8")
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise DecodeError(f"signed header: malformed JSON: {e}", data, e, field="header") from e
-    return from_payload(SignedHeader, doc, data)
+    return _decode_text(SignedHeader, text, "signed header", "header")
 
 
 
