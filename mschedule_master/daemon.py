@@ -86,6 +86,8 @@ HEARD_PERSIST_EVERY = 1.0
 SYNC_RESEND = 5.0
 #: (HA) A standby tries to take the lead this often at most (seconds; lease / 5 when shorter).
 POLL_LEAD = 0.5
+#: How long "master ready" waits for the broker to grant the subscriptions (SUBACK).
+SUBSCRIBE_WAIT = 30.0
 
 
 def rollout_timing(s: config.Settings) -> Timing:
@@ -194,6 +196,15 @@ class Daemon:
             if not connected:
                 log.info("stopped before the broker could be reached")
                 return self.exit_code
+            # Ready means subscribed: a clustered broker (NATS) grants a new session's
+            # subscriptions seconds after CONNACK, and a submission published before the
+            # SUBACK reaches no one.
+            granted, subscribed = await self._unless_stopped(transport.wait_subscribed, SUBSCRIBE_WAIT)
+            if not granted:
+                log.info("stopped before the broker granted the subscriptions")
+                return self.exit_code
+            if not subscribed:
+                log.warning("the broker has not answered the subscriptions within %.0f s; going on", SUBSCRIBE_WAIT)
             log.info(
                 "master ready: broker %s, prefix %s, db %s, http %s", transport.url, self.topics.prefix,
                 redact(s.db), s.http,
