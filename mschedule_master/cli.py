@@ -568,6 +568,16 @@ def plan_text(task: dict[str, Any]) -> str:
     return " > ".join(parts)
 
 
+def add_confirm_flags(p: argparse.ArgumentParser) -> None:
+    """``--yes`` and ``--confirm-over``: ``run`` and ``job run`` ask before a wide rollout."""
+    from . import cli_args
+
+    p.add_argument("-y", "--yes", action="store_true", help="start without asking, however many targets")
+    p.add_argument("--confirm-over", type=cli_args.count, metavar="N",
+                   default=os.environ.get("MSCHEDULE_CONFIRM_OVER", str(DEFAULT_CONFIRM_OVER)),
+                   help="ask before starting on more than N targets (env MSCHEDULE_CONFIRM_OVER; default %(default)s)")
+
+
 def cmd_run(client: Client, args: argparse.Namespace, console: Console) -> int:
     from . import cli_ids, cli_targets
 
@@ -1059,10 +1069,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--env", action="append", metavar="KEY=VALUE")
     r.add_argument("--cwd", metavar="DIR", help="run the script there (default /)")
     r.add_argument("--request-id", metavar="ID", help="submitting the same request again returns the same task")
-    r.add_argument("-y", "--yes", action="store_true", help="start without asking, however many targets")
-    r.add_argument("--confirm-over", type=cli_args.count, metavar="N",
-                   default=os.environ.get("MSCHEDULE_CONFIRM_OVER", str(DEFAULT_CONFIRM_OVER)),
-                   help="ask before starting on more than N targets (env MSCHEDULE_CONFIRM_OVER; default %(default)s)")
+    add_confirm_flags(r)
     r.add_argument("--show-output", action="store_true", help="print every target's output at the end, not only "
                    "the failed ones")
     r.add_argument("--no-wait", action="store_true", help="print the task id and return")

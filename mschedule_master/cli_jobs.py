@@ -23,6 +23,7 @@ from .cli import (
     EXIT_USAGE,
     Client,
     CliError,
+    add_confirm_flags,
     add_plan_flags,
     b64,
     escape,
@@ -246,12 +247,29 @@ def cmd_default(client: Client, args: argparse.Namespace, console: Console) -> i
 
 
 def cmd_run(client: Client, args: argparse.Namespace, console: Console) -> int:
+    from . import cli_ids, cli_targets
+
     name, version = split_ref(args.ref)
+    if args.target:
+        args.target = cli_ids.agent_selectors(client, args.target)
+    if not args.yes:  # as ``mschedule run``: ask before a wide rollout (the job's own targets too)
+        targets = run_targets(client, name, version, args.target)
+        if targets:  # none: the master says what is missing
+            cli_targets.confirm(client, targets, args.confirm_over, console)
     body = {**given_flags(args), "author": author()}
     if version is not None:
         body["version"] = int(version) if version.isdigit() else version  # or latest / default
     task = client.post(f"/api/v1/jobs/{quote(name)}/run", body)
     return _follow_task(client, task, args, console, f"{name}@{task['job_version']}")
+
+
+def run_targets(client: Client, name: str, version: str | None, given: list[str] | None) -> list[str]:
+    """The selectors a job run starts on: ``-t`` when given, else the version's defaults."""
+    if given:
+        return given
+    doc = client.get(f"/api/v1/jobs/{quote(name)}/versions/{quote(version or 'default')}")
+    targets: list[str] = doc["defaults"].get("targets") or []
+    return targets
 
 
 def cmd_rerun(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -376,6 +394,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = js.add_parser("run", help="run a version (flags override its defaults) and follow it")
     p.add_argument("ref", metavar="NAME[@VERSION]")
     add_run_flags(p)
+    add_confirm_flags(p)
     _follow_flags(p)
     p.set_defaults(fn=cmd_run)
 

@@ -12,8 +12,9 @@ import uuid
 from harness.demo import cli_argv
 
 
-def mschedule(fleet, *args: str, timeout: float = 90, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MSCHEDULE_MASTER": fleet.url}
+def mschedule(fleet, *args: str, timeout: float = 90, stdin: bytes | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    env = {**os.environ, "MSCHEDULE_MASTER": fleet.url, **(env or {})}
     env.pop("MSCHEDULE_TOKEN", None)
     return subprocess.run([*cli_argv(), *args], env=env, capture_output=True, timeout=timeout, input=stdin)
 
@@ -125,3 +126,24 @@ def test_rerun_failed_runs_only_the_failed_and_not_run_targets(ui_fleet, tmp_pat
     assert set(json.loads(p.stdout)["targets"]) == not_ok
     p = mschedule(ui_fleet, "rerun", "no-such-task")
     assert p.returncode == 2 and "no-such-task" in p.stderr.decode()
+
+
+def test_job_run_asks_before_more_targets_than_its_limit_unless_yes_as_run_does(ui_fleet, tmp_path):
+    name = f"wide-{uuid.uuid4().hex[:6]}.sh"
+    f = tmp_path / "job.sh"
+    f.write_bytes(b"#!/bin/sh\necho wide\n")
+    ok_json(ui_fleet, "job", "save", name, str(f), "-t", "role=web")  # its default targets: 2 agents
+
+    def runs() -> int:
+        return len(ok_json(ui_fleet, "job", "history", name)["runs"])
+
+    for how in (["--confirm-over", "1"], ["-t", "all", "--confirm-over", "2"]):  # its own targets; -t's
+        p = mschedule(ui_fleet, "job", "run", name, *how, stdin=b"")  # no terminal: nobody to ask
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "more than" in err and "add --yes" in err, (how, p.stdout, err)
+    assert runs() == 0
+    p = mschedule(ui_fleet, "job", "run", name, "--no-wait", stdin=b"", env={"MSCHEDULE_CONFIRM_OVER": "1"})
+    assert p.returncode == 2 and b"add --yes" in p.stderr and runs() == 0
+    assert ok_json(ui_fleet, "job", "run", name, "--confirm-over", "1", "--yes")["state"] == "SUCCEED"
+    assert ok_json(ui_fleet, "job", "run", name, "--confirm-over", "2")["state"] == "SUCCEED"  # 2: not over
+    assert runs() == 2
