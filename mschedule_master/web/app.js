@@ -8,7 +8,11 @@ const TOKEN_KEY = "mschedule.token";
 const FINAL_TASK = new Set(["SUCCEED", "FAILED", "KILLED"]);
 const GOOD = new Set(["SUCCEED"]);
 const BAD = new Set(["FAILED", "TIMEOUT", "KILLED", "INTERRUPTED", "LOST", "UNREACHABLE", "REJECTED"]);
-const ACTIVE = new Set(["DISPATCHED", "RUNNING"]);
+const ACTIVE = new Set(["DISPATCHED", "RUNNING"]); // may write output: sent to its agent, or running
+// Sent is not started: a DISPATCHED target counts as waiting (as the CLI counts it), and one
+// whose agent is offline is shown waiting for that agent.
+const RUNNING = new Set(["RUNNING"]);
+const WAITS_FOR_AGENT = new Set(["WAITING", "DISPATCHED"]);
 const FALLBACK_POLL_MS = 5000;
 const MAX_OUTPUT = 8192; // bytes of each stream's tail shown per target; "show all" fetches the rest
 const LIVE_KEEP = 65536; // characters of live output kept per running target and stream
@@ -25,6 +29,7 @@ const state = {
   taskLimit: 50, // tasks listed; "show older tasks" adds 50 (the API's page is at most 500)
   live: new Map(), // agent id -> live output of the shown task while the target runs (watchOutput)
   liveStop: null, // aborts the shown task's output stream
+  offline: new Set(), // ids of offline agents, read while the shown task has targets waiting
 };
 
 // ------------------------------------------------------------------ helpers
@@ -72,7 +77,7 @@ function buckets(counts) {
     if (GOOD.has(s)) b.succeeded += n;
     else if (s === "KILLED") b.killed += n;
     else if (BAD.has(s)) b.failed += n;
-    else if (ACTIVE.has(s)) b.running += n;
+    else if (RUNNING.has(s)) b.running += n;
     else if (s === "CANCELLED") b.cancelled += n;
     else b.waiting += n;
   }
@@ -438,7 +443,11 @@ async function loadTask(id) {
   const items = [...meta.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]), ...jobMeta(t)]; // jobs.js
   $("#task-meta").replaceChildren(...metaPairs(items));
   bar(t.counts, t.target_count, $("#task-bar"));
-  $("#task-counts").textContent = `${countsText(t.counts)} — ${t.target_count} targets`;
+  state.offline = await offlineAgents(t);
+  if (state.route !== "task" || state.taskId !== id) return;
+  const forOffline = Object.values(t.targets || {}).filter(waitsForOfflineAgent).length;
+  $("#task-counts").textContent = `${countsText(t.counts)} — ${plural(t.target_count, "target")}` +
+    (forOffline ? ` — ${forOffline} waiting for an offline agent` : "");
   $("#task-script").textContent = t.script_encoding === "base64" ? "(binary script)" : t.script;
   $("#kill").disabled = FINAL_TASK.has(t.state);
   const failedOrNotRun = Object.values(t.counts).length && Object.entries(t.counts).some(([s, n]) => n && s !== "SUCCEED");
@@ -450,6 +459,27 @@ async function loadTask(id) {
   body.replaceChildren();
   const targets = Object.values(t.targets || {}).sort((a, b) => (a.hostname || "").localeCompare(b.hostname || ""));
   for (const x of targets) body.append(...targetRows(x, closed));
+}
+
+// The offline agents, when some target of the task still waits for its agent (else none:
+// nothing to read).
+async function offlineAgents(t) {
+  if (!Object.values(t.targets || {}).some((x) => WAITS_FOR_AGENT.has(x.state))) return new Set();
+  try {
+    return new Set((await api("GET", "/api/v1/agents?online=false")).agents.map((a) => a.id));
+  } catch (e) {
+    return state.offline; // keep what was known; the next refresh reads again
+  }
+}
+
+// Not yet accepted by an agent that is offline: it waits for that agent (until its delivery
+// timeout), it does not run.
+function waitsForOfflineAgent(x) {
+  return WAITS_FOR_AGENT.has(x.state) && !x.acked && state.offline.has(x.agent_id);
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 // Each label with its value in one grid cell, so a narrow window never wraps a label
@@ -495,7 +525,11 @@ function targetRows(x, closed) {
   const row = h("tr", { "data-agent": x.agent_id, "data-state": x.state },
     h("td", { class: "mono", title: x.agent_id }, x.agent_id.slice(0, 12)),
     h("td", {}, x.hostname || ""),
-    h("td", {}, badge(x.state),
+    h("td", {}, waitsForOfflineAgent(x) ? Object.assign(badge(x.state), { className: "badge idle" }) : badge(x.state),
+      waitsForOfflineAgent(x)
+        ? h("div", { class: "small waiting-offline", title: "the agent is offline: the task waits for it until its delivery timeout" },
+            "waiting for its agent (offline)")
+        : null,
       x.agent_state && x.agent_state !== x.state ? h("div", { class: "muted small" }, "agent reported ", badge(x.agent_state)) : null,
       x.revised_from ? h("div", { class: "muted small revised" }, `revised from ${x.revised_from} at ${when(x.revised_at)}`) : null,
       x.kill_pending ? h("div", { class: "small kill-pending", title: "a kill was sent; the agent has not confirmed it yet" }, "KILL_PENDING") : null,

@@ -4,6 +4,7 @@ broker and agents: submit a task from the page, watch it finish, see its output.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,47 @@ def test_a_canary_from_the_page_pauses_shows_its_plan_and_the_approve_button_run
     page.locator("#task-state[data-state=SUCCEED]").wait_for(timeout=60_000)
     assert page.locator("#targets tbody tr[data-state=SUCCEED]").count() == 2
     assert page.locator("#approve").is_hidden() and page.locator("#abort").is_disabled()
+
+
+def test_a_target_sent_to_an_offline_agent_shows_as_waiting_for_it_not_running(broker, tmp_path, page):
+    import json
+    import urllib.request
+    import uuid
+
+    from harness.demo import start_demo_fleet
+
+    fleet = start_demo_fleet(tmp_path, broker.url, f"away{uuid.uuid4().hex[:8]}/mschedule", labels=({"role": "away"},))
+    try:
+        agent = fleet.agents[0]
+        agent_id = agent.agent_id
+        agent.stop()
+        deadline = time.monotonic() + 30
+        while fleet.online_agents() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fleet.online_agents() == 0, "the master never saw the agent go"
+        body = json.dumps({"targets": [agent_id], "script_text": "true", "delivery_timeout": 300}).encode()
+        req = urllib.request.Request(fleet.url + "/api/v1/tasks", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            task_id = json.loads(r.read())["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{fleet.url}/api/v1/tasks/{task_id}", timeout=10) as r:
+                target = json.loads(r.read())["targets"][agent_id]
+            if target["state"] == "DISPATCHED":
+                break
+            time.sleep(0.1)
+        assert target["state"] == "DISPATCHED" and not target["acked"], target  # sent, never accepted
+
+        page.goto(f"{fleet.url}/#/task/{task_id}")
+        row = page.locator(f"#targets tbody tr[data-agent='{agent_id}'][data-state=DISPATCHED]")
+        row.locator(".waiting-offline", has_text="waiting for its agent (offline)").wait_for()
+        assert row.locator(".badge.idle").count() == 1  # not coloured as running
+        counts = page.locator("#task-counts").inner_text()
+        assert "0 running · 1 waiting" in counts and "1 target — 1 waiting for an offline agent" in counts, counts
+        page.goto(fleet.url + "/")
+        task_row = page.locator(f"#tasks tbody tr[data-task='{task_id}']")
+        task_row.wait_for()
+        assert "0 running · 1 waiting" in task_row.inner_text()  # the task list counts it so too
+    finally:
+        fleet.stop()
