@@ -37,12 +37,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.mschedule-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    # setuptools' editable build prints a boxed notice (a UserWarning) on every install: noise
-    # in `make demo`/`make test` output, never an error (errors still fail the import check below).
-    export PYTHONWARNINGS=ignore::UserWarning
-    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -m pip install -q -e '.[master,test]' 2>&1 | grep -v "^WARNING: Location" || true
-    unset PYTHONWARNINGS
+    # quietly: no build-tool warning boxes (errors still fail the import check below)
+    scripts/pip-install-quiet.sh "$VENV/bin/python" --upgrade pip
+    scripts/pip-install-quiet.sh "$VENV/bin/python" -e '.[master,test]'
     "$VENV/bin/python" -c 'import mschedule_agent, paho.mqtt, orjson, netifaces, tenacity, aiohttp, psycopg, pytest' \
         || { echo "bootstrap: python dependencies did not install" >&2; exit 1; }
     touch "$stamp"
