@@ -30,7 +30,7 @@ from aiohttp.typedefs import Handler
 from mschedule_agent import protocol
 from mschedule_agent.protocol import MAX_SCRIPT_BYTES, DecodeError
 
-from . import follow, openapi, plan, probes, roles, sse
+from . import follow, followmarks, openapi, plan, probes, roles, sse
 from .audit import ACTOR, AuditUnavailable
 from .coalesce import Coalescer
 from .models import Agent, InvalidRequest, NotFound, RequestConflict, Service, Target, Task, TaskEnded, WrongState
@@ -396,9 +396,18 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "stream must be stdout or stderr", "stream")
+    offset = query_int(request, "offset", -1, 0, 2**62)  # bytes of the stream the follower has already
     if query_bool(request, "follow"):  # tail -f: chunked, until the target ends (follow.py)
         service, match = service_of(request), request.match_info
-        return await follow.follow_output(request, service, match["task_id"], match["agent_id"], stream)
+        try:
+            holes = followmarks.parse_holes(request.query.get("holes", ""), max(offset, 0))
+        except ValueError as e:
+            raise ApiError(400, str(e), "holes") from None
+        return await follow.follow_output(request, service, match["task_id"], match["agent_id"], stream, max(offset, 0),
+                                          holes)  # fmt: skip
+    for name in ("offset", "holes"):
+        if name in request.query:
+            raise ApiError(400, f"{name} resumes a follow: give it with follow=1", name)
     target = await read(service_of(request), "output", request.match_info["task_id"], request.match_info["agent_id"])
     data = target.stdout if stream == "stdout" else target.stderr
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated

@@ -1090,7 +1090,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("agent", nargs="?")
     o.add_argument("--stderr", action="store_true")
     o.add_argument("-f", "--follow", action="store_true", help="with AGENT: print the output as it is written "
-                   "(tail -f), until the target ends")
+                   "(tail -f), until the target ends; it reconnects on its own, without repeats")
     o.set_defaults(fn=cmd_output)
 
     k = sub.add_parser("kill", help="kill a task")

@@ -2,21 +2,31 @@
 shows of its targets' output while they run (docs: README "Live output").
 
 ``follow_output`` copies the follow route's chunked answer to stdout as it comes (``tail
--f``, ending with the target). :class:`Lines` turns the task's ``output`` events into whole
-lines per target and stream, for ``run --follow`` (``host: line``, interleaved like pdsh)
-and for the latest line per target that ``run`` shows under its progress bar.
+-f``, ending with the target); when the connection drops or the master restarts, it asks
+again with ``offset=`` the bytes it has and ``holes=`` the ranges it was shown skipped
+(:mod:`.followmarks`): nothing repeats, and the holes are filled at the end.
+:class:`Lines` turns the task's ``output`` events into whole lines per target and stream,
+for ``run --follow`` (``host: line``, interleaved like pdsh) and for the latest line per
+target that ``run`` shows under its progress bar.
 """
 
 from __future__ import annotations
 
 import base64
+import sys
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import quote
+
+from .followmarks import Position, holes_text
 
 #: A follow waits this long (seconds) for the master to send something: a quiet script
 #: sends nothing for as long as it is quiet; a master that goes away closes the connection.
 FOLLOW_READ_TIMEOUT = 24 * 3600.0
+#: Seconds between two tries to follow again after the master went away (doubling up to 2 s).
+RECONNECT_FIRST = 0.2
 #: Longest line kept per target and stream before it is shown cut (a script printing
 #: without newlines must not grow the CLI).
 MAX_LINE = 4096
@@ -24,15 +34,58 @@ MAX_LINE = 4096
 LATEST_ROWS = 8
 
 
-def follow_output(client: Any, task_id: str, agent_id: str, stream: str, out: BinaryIO) -> None:
-    """Write one target's ``stream`` to ``out`` as it is written, until the target ends."""
+def follow_output(client: Any, task_id: str, agent_id: str, stream: str, out: BinaryIO, *,
+                  patience: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    """Write one target's ``stream`` to ``out`` as it is written, until the target ends.
+    An answer that breaks off, or ends while the target still runs (the master restarted),
+    is asked for again from where it stopped, as long as the master answers within
+    ``patience`` seconds (default: as ``run`` waits for a restarting master)."""
+    from .cli import EXIT_UNREACHABLE, UNREACHABLE_PATIENCE, CliError
+
+    patience = UNREACHABLE_PATIENCE if patience is None else patience
+    at = Position()
+    reached, delay, noted = clock(), RECONNECT_FIRST, False
+    while True:
+        try:
+            _copy(client, task_id, agent_id, stream, at, out)
+            if _ended(client, task_id, agent_id):
+                return
+            reached, delay = clock(), RECONNECT_FIRST  # it answered: the patience starts again
+        except CliError as e:
+            if e.status != EXIT_UNREACHABLE or clock() - reached > patience:
+                raise
+        except OSError:  # the answer broke off: the master went away mid-answer (it answered until now)
+            reached, delay = clock(), RECONNECT_FIRST
+        if at.filling:
+            return  # the stream was over; a filled part broke off (the stored output has it all)
+        if not noted:
+            print(f"mschedule: the follow broke off at byte {at.pos}; following again from there",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            noted = True
+        sleep(delay)
+        delay = min(2.0, delay * 2)
+
+
+def _copy(client: Any, task_id: str, agent_id: str, stream: str, at: Position, out: BinaryIO) -> None:
+    """One follow answer, from byte ``at.pos``, copied to ``out`` (OSError: it broke off)."""
     path = f"/api/v1/tasks/{quote(task_id, safe='')}/targets/{quote(agent_id, safe='')}/output"
-    resp = client.open("GET", path, query={"stream": stream, "follow": "1"}, timeout=FOLLOW_READ_TIMEOUT,
-                       accept="application/octet-stream")  # fmt: skip
+    query = {"stream": stream, "follow": "1", "offset": str(at.pos) if at.pos else None,
+             "holes": holes_text(at.holes) or None}  # fmt: skip
+    resp = client.open("GET", path, query=query, timeout=FOLLOW_READ_TIMEOUT, accept="application/octet-stream")
     with resp:
         for piece in resp.pieces():
             out.write(piece)
             out.flush()
+            at.feed(piece)
+
+
+def _ended(client: Any, task_id: str, agent_id: str) -> bool:
+    """Whether the target will write no more (its result is stored, or it has a final verdict)."""
+    from .cli import TARGET_FINAL
+
+    t = client.get(f"/api/v1/tasks/{quote(task_id, safe='')}")["targets"][agent_id]
+    return t.get("agent_state") is not None or t["state"] in TARGET_FINAL
 
 
 def chunk_bytes(data: dict[str, Any]) -> bytes:

@@ -1,12 +1,15 @@
 """``GET /api/v1/tasks/{task}/targets/{agent}/output?follow=1``: one stream, ``tail -f``-like.
 
-The answer is chunked raw bytes: the stream from its first byte, as the agent's live
-chunks (:mod:`.liveoutput`) arrive, then, once the target has ended, the rest from its
-stored result, and the answer ends. Bytes the agent never sent live (it fell behind)
-show as one line ``[mschedule: N bytes skipped]``; so do bytes a truncated result no
-longer holds. A chunk lost on the way is waited for :data:`HOLE_WAIT` seconds, then passed
-the same way, unless the result comes first and fills it. Without a skip, the bytes
-followed are exactly the stored output.
+The answer is chunked raw bytes: the stream from its first byte (or from byte ``offset``:
+a follower that reconnects says how far it got), as the agent's live chunks
+(:mod:`.liveoutput`) arrive, then, once the target has ended, the rest from its stored
+result, and the answer ends. Bytes the agent never sent live (it fell behind) show as one
+line ``[mschedule: N bytes skipped]``; so do bytes a truncated result no longer holds. A
+chunk lost on the way (a broker outage: the master takes chunks at QoS 0) is waited for
+:data:`HOLE_WAIT` seconds, then passed the same way, unless the result comes first and
+fills it in place. Once the result is there, the bytes this follower saw skipped and the
+result holds come after the rest, each part marked with where it belongs
+(:mod:`.followmarks`). Without a skip, the bytes followed are exactly the stored output.
 
 Wake-ups come from the engine's events (a chunk stored, the target changed), with a
 look every :data:`WAKE` seconds regardless; a follow lasts at most :data:`FOLLOW_MAX`.
@@ -20,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .followmarks import filled, skipped_line
 from .liveoutput import Chunk, event_for
 from .models import Event, Service, Target
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 WAKE = 1.0  #: seconds between two looks when no event comes
 HOLE_WAIT = 2.0  #: seconds a chunk missing in the middle is waited for before it is passed
 FOLLOW_MAX = 7 * 24 * 3600.0  #: seconds a follow may last
+MAX_HOLES = 1000  #: skipped ranges a follower remembers to fill from the result (the later are only marked)
 
 _STOPS_KEY = web.AppKey("follow_stops", set[asyncio.Event])
 
@@ -43,10 +48,6 @@ async def _stop_all(app: web.Application) -> None:
         stop.set()
 
 
-def skipped_line(n: int) -> bytes:
-    return b"\n[mschedule: %d bytes skipped]\n" % n
-
-
 async def _read(service: Service, name: str, *args: Any) -> Any:
     off_loop = getattr(service, "read_off_loop", None)
     if off_loop is not None:
@@ -59,16 +60,43 @@ def ended(target: Target) -> bool:
     return target.agent_state is not None or target.state.final
 
 
-def final_rest(target: Target, stream: str, pos: int) -> bytes:
-    """What the stored result holds of ``stream`` from offset ``pos`` on (a truncated result
-    keeps the first and last halves of its cap: a skipped line stands for the middle)."""
+def _stored(target: Target, stream: str) -> tuple[bytes, int, int]:
+    """``(data, head, tail_start)``: the stored bytes; those before ``head`` are the stream's
+    first bytes, the rest its bytes from ``tail_start`` on (a truncated result keeps the first
+    and last halves of its cap; one not truncated: head = tail_start = its length)."""
     data = target.stdout if stream == "stdout" else target.stderr
     total = target.stdout_bytes if stream == "stdout" else target.stderr_bytes
     truncated = target.stdout_truncated if stream == "stdout" else target.stderr_truncated
     if not truncated:
-        return data[pos:]
+        return data, len(data), len(data)
     head = len(data) // 2  # the agent keeps cap // 2 bytes of head and the rest of the cap as tail
-    tail_start = total - (len(data) - head)
+    return data, head, total - (len(data) - head)
+
+
+def held(target: Target, stream: str, start: int, end: int) -> list[tuple[int, bytes]]:
+    """The parts of the stream's bytes ``start``..``end`` the stored result holds, as
+    ``(offset, bytes)``."""
+    data, head, tail_start = _stored(target, stream)
+    parts = []
+    if start < head:
+        parts.append((start, data[start : min(end, head)]))
+    lo = max(start, tail_start)
+    if end > lo:
+        parts.append((lo, data[head + lo - tail_start : head + end - tail_start]))
+    return [(at, b) for at, b in parts if b]
+
+
+def fill_holes(target: Target, stream: str, holes: list[tuple[int, int]]) -> bytes:
+    """The skipped ranges a follower saw, from the stored result, each marked with its offset."""
+    return b"".join(filled(at, b) for start, end in holes for at, b in held(target, stream, start, end))
+
+
+def final_rest(target: Target, stream: str, pos: int) -> bytes:
+    """What the stored result holds of ``stream`` from offset ``pos`` on (a truncated result
+    keeps the first and last halves of its cap: a skipped line stands for the middle)."""
+    data, head, tail_start = _stored(target, stream)
+    if head == tail_start:
+        return data[pos:]
     out = bytearray()
     if pos < head:
         out += data[pos:head]
@@ -81,24 +109,29 @@ def final_rest(target: Target, stream: str, pos: int) -> bytes:
 
 
 class _Position:
-    """How far a follower is, and since when it waits on a missing chunk."""
+    """How far a follower is, since when it waits on a missing chunk, and the ranges it
+    passed with a skipped line (``holes``, to fill from the result)."""
 
-    def __init__(self) -> None:
-        self.pos = 0
+    def __init__(self, pos: int = 0) -> None:
+        self.pos = pos
         self.hole_since: float | None = None
+        self.holes: list[tuple[int, int]] = []
+
+    def _skip(self, to: int) -> bytes:
+        if len(self.holes) < MAX_HOLES:
+            self.holes.append((self.pos, to))
+        line = skipped_line(to - self.pos)
+        self.pos = to
+        return line
 
     def take(self, chunks: list[Chunk], now: float) -> bytes:
         out = bytearray()
         for c in chunks:
             if c.offset > self.pos:
-                if c.offset - c.skipped <= self.pos:  # the agent never sent these
-                    out += skipped_line(c.offset - self.pos)
-                elif self.hole_since is None or now - self.hole_since < HOLE_WAIT:
+                if c.offset - c.skipped > self.pos and (self.hole_since is None or now - self.hole_since < HOLE_WAIT):
                     self.hole_since = self.hole_since or now
                     break  # lost on the way, or dropped by the cap: wait a little
-                else:
-                    out += skipped_line(c.offset - self.pos)
-                self.pos = c.offset
+                out += self._skip(c.offset)  # the agent never sent these, or they did not come in time
             self.hole_since = None
             if c.end > self.pos:
                 out += c.data[self.pos - c.offset :]
@@ -113,11 +146,17 @@ async def so_far(service: Service, task_id: str, agent_id: str, stream: str) -> 
     return _Position().take(chunks, 0.0)
 
 
-async def follow_output(request: web.Request, service: Service, task_id: str, agent_id: str, stream: str) -> web.StreamResponse:
+async def follow_output(
+    request: web.Request, service: Service, task_id: str, agent_id: str, stream: str, offset: int = 0,
+    holes: list[tuple[int, int]] | None = None,
+) -> web.StreamResponse:
+    """``offset``: the stream's bytes the follower has already (a skipped line counting as
+    the bytes it stands for): the answer starts there. ``holes``: ranges before it that an
+    earlier answer skipped, to fill from the result with this answer's own."""
     target: Target = await _read(service, "output", task_id, agent_id)  # NotFound: a 404 before any byte
     resp = web.StreamResponse(headers={
         "Content-Type": "application/octet-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-        "X-Mschedule-Follow": "1",
+        "X-Mschedule-Follow": "1", "X-Mschedule-Offset": str(offset),
     })  # fmt: skip
     resp.enable_chunked_encoding()
     wake, stop = asyncio.Event(), asyncio.Event()
@@ -132,12 +171,13 @@ async def follow_output(request: web.Request, service: Service, task_id: str, ag
     loop = asyncio.get_running_loop()
     try:
         await resp.prepare(request)
-        at = _Position()
+        at = _Position(offset)
+        at.holes = list(holes or [])
         deadline = loop.time() + FOLLOW_MAX
         while loop.time() < deadline and not stop.is_set():
             wake.clear()
             if ended(target):
-                await resp.write(final_rest(target, stream, at.pos))
+                await resp.write(final_rest(target, stream, at.pos) + fill_holes(target, stream, at.holes))
                 break
             chunks = await _read(service, "live_chunks", task_id, agent_id, stream, at.pos)
             data = at.take(chunks, loop.time())

@@ -469,17 +469,29 @@ PATHS: dict[str, Any] = {
                 _query("stream", {"type": "string", "enum": ["stdout", "stderr"], "default": "stdout"}, "which stream"),
                 _query("follow", QUERY_BOOL,
                        "tail -f: a chunked answer that carries the output as it is written and ends when the "
-                       "target does (bytes never sent live show as a line '[mschedule: N bytes skipped]')"),
+                       "target does. Bytes never sent live, or lost on the way, show as a line "
+                       "'\\n[mschedule: N bytes skipped]\\n'; once the target has ended, those the stored result "
+                       "holds follow the rest, each part between '\\n[mschedule: N bytes skipped at byte X, from "
+                       "the result:]\\n' and '\\n[mschedule: end of the bytes from byte X]\\n'"),
+                _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**62},
+                       "with follow=1: the bytes of the stream the follower already has (a skipped line counts "
+                       "as the N bytes it stands for; a filled part counts nothing): the answer starts at that "
+                       "byte, so a follower that reconnects gets the rest without repeats. Without follow=1: 400"),
+                _query("holes", {"type": "string", "maxLength": 4200, "pattern": "^([0-9]+-[0-9]+(,[0-9]+-[0-9]+)*)?$"},
+                       "with follow=1 and offset: the ranges START-END (end excluded; in order, at most 100) an "
+                       "earlier answer showed as skipped; once the target has ended they are filled from the "
+                       "result as this answer's own are. Without follow=1: 400"),
             ],
             "responses": {
                 "200": {
                     "description": "raw bytes; X-Mschedule-State, X-Mschedule-Exit-Code, X-Mschedule-Truncated, "
-                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow, and none of those). "
+                    "X-Mschedule-Total-Bytes headers (with follow=1: X-Mschedule-Follow and X-Mschedule-Offset, "
+                    "where the answer starts, and none of those). "
                     "A target still running answers what it has written so far (its live output), with "
                     "X-Mschedule-Live: true",
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 },
-                "400": _err("bad stream"),
+                "400": _err("bad stream, offset or holes, or offset or holes without follow=1"),
                 "401": _UNAUTH,
                 "404": _err("unknown task or target"),
             },
