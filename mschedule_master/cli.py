@@ -662,7 +662,7 @@ def _follow(client: Client, task_id: str, console: Console, watcher: EventWatche
                     continue
                 for kind, doc in events:
                     live, read, task = _apply(kind, doc, live, read, task)
-                    _show_output(kind, doc, output, view, lines)
+                    _show_output(kind, doc, output, view, lines, lambda a: output.from_result(client, task_id, a))
                 if not read:
                     view.update(task)
             except KeyboardInterrupt:
@@ -688,15 +688,20 @@ def _follow(client: Client, task_id: str, console: Console, watcher: EventWatche
                 view.resume()
 
 
-def _show_output(kind: str, doc: dict[str, Any], output: Any, view: Any, lines: bool) -> None:
+def _show_output(kind: str, doc: dict[str, Any], output: Any, view: Any, lines: bool,
+                 from_result: Callable[[str], list[tuple[str, str, str]]]) -> None:  # fmt: skip
     """An ``output`` event's whole lines: printed with ``--follow``; the latest line of each
-    target is shown under the progress bar either way. A target's end ends its last line."""
+    target is shown under the progress bar either way. A target's end ends its last line;
+    with ``--follow``, what its lines lack (gaps, a lost end) comes from its result first."""
     raw = doc.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if kind == "output":
         done = output.feed(data)
+    elif kind == "output_end":
+        output.ended_at(data)
+        return
     elif kind == "target" and data.get("state") in TARGET_FINAL and isinstance(data.get("agent_id"), str):
-        done = output.finish(data["agent_id"])
+        done = (from_result(data["agent_id"]) if lines else []) + output.finish(data["agent_id"])
     else:
         return
     for agent_id, _stream, text in done:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from .followmarks import Position, holes_text
+from .followmarks import ASKED_HOLES, Position, holes_text
 
 #: A follow waits this long (seconds) for the master to send something: a quiet script
 #: sends nothing for as long as it is quiet; a master that goes away closes the connection.
@@ -107,6 +107,8 @@ class Lines:
     def __init__(self) -> None:
         self._partial: dict[tuple[str, str], bytes] = {}
         self._ends: dict[tuple[str, str], int] = {}
+        self._holes: dict[tuple[str, str], list[tuple[int, int]]] = {}  #: ranges shown skipped
+        self._totals: dict[tuple[str, str], int] = {}  #: each stream's length, from ``output_end``
         self.hosts: dict[str, str] = {}
         self.latest: OrderedDict[str, str] = OrderedDict()  #: agent id -> its latest line, most recent last
 
@@ -128,7 +130,10 @@ class Lines:
             return []  # seen already (a re-read after a resync)
         lines: list[tuple[str, str, str]] = []
         self._ends[key] = offset + len(chunk)
-        if offset > end:  # skipped by the agent, or lost on the way: say so
+        if offset > end:  # skipped by the agent, or lost on the way: say so (and fill it at the end)
+            holes = self._holes.setdefault(key, [])
+            if len(holes) < ASKED_HOLES:
+                holes.append((end, offset))
             lines += self._flush(key)
             lines.append((agent_id, stream, f"[mschedule: {offset - end} bytes skipped]"))
         elif offset < end:
@@ -146,6 +151,36 @@ class Lines:
                 self.latest.move_to_end(agent_id)
         return lines
 
+    def ended_at(self, data: dict[str, Any]) -> None:
+        """An ``output_end`` event: how long each stream of its target is."""
+        agent_id = data.get("agent_id")
+        for stream in ("stdout", "stderr"):
+            total = data.get(f"{stream}_bytes")
+            if isinstance(agent_id, str) and isinstance(total, int):
+                self._totals[(agent_id, stream)] = total
+
+    def from_result(self, client: Any, task_id: str, agent_id: str) -> list[tuple[str, str, str]]:
+        """A target has ended: what its lines lack (the bytes lost after the last chunk that
+        came, and the ranges shown skipped), from the stored result through the follow
+        route (``offset``, ``holes``), as lines. Nothing to ask when nothing is missing."""
+        lines: list[tuple[str, str, str]] = []
+        for stream in ("stdout", "stderr"):
+            key = (agent_id, stream)
+            end, holes = self._ends.get(key, 0), self._holes.pop(key, [])
+            if not holes and self._totals.get(key, 0) <= end:
+                continue
+            path = f"/api/v1/tasks/{quote(task_id, safe='')}/targets/{quote(agent_id, safe='')}/output"
+            query = {"stream": stream, "follow": "1", "offset": str(end), "holes": holes_text(holes) or None}
+            try:
+                with client.open("GET", path, query=query, timeout=60, accept="application/octet-stream") as resp:
+                    rest = resp.read()
+            except Exception:  # noqa: BLE001 - a view: the summary at the end has the output
+                continue
+            got = self.feed({"agent_id": agent_id, "stream": stream, "offset": end,
+                             "data": base64.b64encode(rest).decode(), "encoding": "base64"})  # fmt: skip
+            lines += [ln for i, ln in enumerate(got) if ln[2] or not _beside_mark(got, i)]
+        return lines
+
     def finish(self, agent_id: str | None = None) -> list[tuple[str, str, str]]:
         """The unfinished last lines (of one target, or of all): the output ended there."""
         out: list[tuple[str, str, str]] = []
@@ -160,3 +195,9 @@ class Lines:
     def prefixed(self, agent_id: str, text: str) -> str:
         """``host: line``, as pdsh prints."""
         return f"{self.name(agent_id)}: {text}"
+
+
+def _beside_mark(lines: list[tuple[str, str, str]], i: int) -> bool:
+    """Whether line ``i`` is next to a ``[mschedule: ...]`` line (the empty line its leading
+    newline makes: not shown)."""
+    return any(0 <= j < len(lines) and lines[j][2].startswith("[mschedule: ") for j in (i - 1, i + 1))

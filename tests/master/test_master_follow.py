@@ -170,3 +170,34 @@ def test_offset_resumes_a_follow_without_repeats_running_or_ended(served):
         bad = cli_http.request(live.url, "GET", f"{base}?{query}", headers={}, body=None, timeout=10)
         with bad:
             assert bad.status == 400 and field in bad.read().decode()
+
+
+def test_run_follow_shows_a_lost_chunk_skipped_then_fills_it_and_the_lost_end_from_the_result(served, capsys):
+    from mschedule_agent.protocol import OutputEnd
+    from mschedule_master import cli
+
+    rig, live = served
+    live.call(lambda: rig.register("a1", hostname="web-1"))
+    sha = "0" * 64
+
+    def agent() -> None:  # the agent's side, once the CLI watches the task's events
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (live.call(lambda: rig.service.tasks()) and live.open_streams()):
+            time.sleep(0.02)
+        (task,) = live.call(lambda: rig.service.tasks())
+        live.call(lambda: rig.from_agent("a1", Started(id=task.id, agent_id="a1", started_at=rig.clock())))
+        send(rig, live, task.id, 0, 0, b"one\n")
+        send(rig, live, task.id, 2, 8, b"three\n")  # seq 1 ("two\n") and seq 3 ("four\n") lost on the way
+        live.call(lambda: rig.feed(rig.incoming(rig.topics.output("a1", task.id), OutputEnd(
+            id=task.id, agent_id="a1", seq=4, stdout_bytes=19, stderr_bytes=0, stdout_sha256=sha, stderr_sha256=sha))))
+        time.sleep(0.3)  # (the CLI shows what came before the result)
+        finish(rig, live, task.id, b"one\ntwo\nthree\nfour\n")
+
+    feeder = threading.Thread(target=agent, daemon=True)
+    feeder.start()
+    assert cli.main(["--master", live.url, "run", "-t", "a1", "--follow", "-c", "echo"]) == 0
+    feeder.join(10)
+    shown = [ln.removeprefix("web-1: ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("web-1: ")]
+    assert shown == ["one", "[mschedule: 4 bytes skipped]", "three", "four",
+                     "[mschedule: 4 bytes skipped at byte 4, from the result:]", "two",
+                     "[mschedule: end of the bytes from byte 4]"], shown  # fmt: skip
