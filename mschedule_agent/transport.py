@@ -262,7 +262,9 @@ class MqttTransport:
         )
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
-        if self.url.tls:  # the same for every address (BrokerList checks)
+        if self.url.username is not None:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
             import ssl  # here only: see paho_import.import_paho
 
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
