@@ -129,7 +129,7 @@ class Fleet:
     """A master and ``agents`` agents on one broker and prefix; a context manager that
     stops them all. ``agent_flags`` go to every agent, ``master_flags`` to the master.
     ``agent_brokers``: agent i connects to ``agent_brokers[i % len]`` instead (the nodes of
-    a clustered broker); ``mqtt_version="3.1.1"`` goes to the master, agents and client."""
+    a clustered broker; an entry may list several, comma-separated, as --broker takes them); ``mqtt_version="3.1.1"`` goes to the master, agents and client."""
 
     def __init__(
         self,

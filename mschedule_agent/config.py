@@ -14,9 +14,10 @@ from typing import Any
 
 from . import __version__ as _version
 from . import layers
+from .brokerlist import BrokerList, join_addresses
 from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX, MAX_OUTPUT_CAP, ProtocolError, Topics, check_level
-from .transport import MQTT_VERSIONS, BrokerURL, check_mqtt_version, portable_topic
+from .transport import MQTT_VERSIONS, check_mqtt_version, portable_topic
 
 ENV_PREFIX = "MSCHEDULE_AGENT_"
 
@@ -37,6 +38,7 @@ SIGNING_MODES = ("off", "audit", "enforce")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    #: one broker URL, or several comma-separated (the nodes of one cluster: brokerlist.py)
     broker: str = DEFAULT_BROKER
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     id_file: Path | None = None  #: default: <state_dir>/agent-id
@@ -88,7 +90,10 @@ class Settings:
             "must hold no '.' or ' ' with MQTT 3.1.1 (NATS refuses them in topic names)",
         )  # fmt: skip
         try:
-            BrokerURL.parse(self.broker)
+            BrokerList.parse(self.broker)
+        except ValueError as e:
+            raise ConfigError("broker", str(e)) from None
+        try:
             Topics(self.topic_prefix)
             for k in self.labels:
                 check_level(k, "label")
@@ -130,6 +135,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return {str(k): str(v) for k, v in value.items()}
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             return dict(parse_label(str(v), source) for v in items)
+        if name == "broker":  # a string (commas allowed), a TOML array, or a repeated flag
+            if not isinstance(value, (str, list)):
+                raise ValueError(value)
+            return join_addresses(value)
         if name in ("stream", "require_approval"):
             if isinstance(value, bool):
                 return value
@@ -176,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
         description="Run the scripts mschedule sends to this machine, and report back over MQTT.",
     )
     add = p.add_argument
-    add("--broker", help=f"mqtt://[user:pass@]host:port or mqtts://... (default {DEFAULT_BROKER})")
+    add("--broker", action="append", metavar="URL",
+        help="mqtt://[user:pass@]host:port or mqtts://...; several (the nodes of one cluster): repeat the flag or "
+             f"separate them with commas, tried in turn (default {DEFAULT_BROKER})")  # fmt: skip
     add("--state-dir", help=f"directory for the id, the ledger and temp scripts (default {DEFAULT_STATE_DIR})")
     add("--id-file", help="agent id file (default <state-dir>/agent-id)")
     add("--label", action="append", metavar="K=V", help="a label for target selection; repeatable")

@@ -30,6 +30,7 @@ import_paho(defer_unused=True)  # first, before anything imports paho: keeps ssl
 
 from . import config, memory  # noqa: E402
 from .agent import Agent  # noqa: E402
+from .brokerlist import BrokerList  # noqa: E402
 from .errors import AgentError, ConfigError, IdentityError, LedgerError  # noqa: E402
 from .executor import Executor  # noqa: E402
 from .fencing import EpochFence  # noqa: E402
@@ -37,7 +38,7 @@ from .gate import Gate  # noqa: E402
 from .hostinfo import collect  # noqa: E402
 from .identity import load_or_create_id  # noqa: E402
 from .ledger import Ledger  # noqa: E402
-from .transport import BrokerURL, Incoming, MqttTransport, NetworkLoop  # noqa: E402
+from .transport import Incoming, MqttTransport, NetworkLoop  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AgentError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
-    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), BrokerURL.parse(agent.settings.broker), agent.settings.state_dir)
+    log.info("agent %s starting (pid %d, broker %s, state %s)", agent.id, os.getpid(), BrokerList.parse(agent.settings.broker), agent.settings.state_dir)
     if settings.metrics:
         try:
             from .metrics import serve  # only now: prometheus_client would cost an idle agent's RSS

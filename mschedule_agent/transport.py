@@ -17,6 +17,9 @@ Both daemons talk MQTT through :class:`MqttTransport`; business code sees only
 * TCP_NODELAY on the socket (88 ms -> 0.35 ms QoS-1 round trips, MQTT-FACTS.md).
 * Reconnects forever with capped exponential backoff and full jitter (paho alone
   doubles without jitter); the first connect is retried the same way with tenacity.
+* Several broker addresses (the nodes of one cluster, :mod:`.brokerlist`): the first
+  connect takes the first that answers; a lost connection that does not come back within
+  ``ATTEMPTS_PER_BROKER`` attempts moves on to the next address, round robin, same backoff.
 * Payload sizes are checked before publishing: Mosquitto answers an oversize QoS-1
   publish in a way paho 2.2 cannot decode, and paho then resends it forever.
 """
@@ -37,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
+from .brokerlist import BrokerList
 from .paho_import import import_paho
 from .paho_shim import InflightClient, PahoPublication
 from .protocol import MAX_MESSAGE_BYTES, MessageTooLarge
@@ -201,7 +205,7 @@ class MqttTransport:
 
     def __init__(
         self,
-        url: BrokerURL | str,
+        url: BrokerURL | BrokerList | str,
         *,
         client_id: str,
         subscriptions: Iterable[tuple[str, int]] = (),
@@ -220,7 +224,10 @@ class MqttTransport:
         retain_as_published: Iterable[str] = (),
         mqtt_version: str = "5",
     ) -> None:
-        self.url = BrokerURL.parse(url) if isinstance(url, str) else url
+        #: the broker addresses; ``url`` (below) is the one in use or being tried
+        if isinstance(url, BrokerURL):
+            url = BrokerList([url])
+        self.brokers = url if isinstance(url, BrokerList) else BrokerList.parse(url)
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         #: Subscriptions whose messages keep the retain flag they were published with (MQTT v5),
@@ -275,7 +282,16 @@ class MqttTransport:
             c.on_socket_register_write = self._guard(lambda cl, ud, sock: network._want_write(cl, sock, True))
             c.on_socket_unregister_write = self._guard(lambda cl, ud, sock: network._want_write(cl, sock, False))
         self._client = c
+        self._connect_props: Properties | None = None
+        if self._v5:
+            self._connect_props = Properties(PacketTypes.CONNECT)
+            self._connect_props.SessionExpiryInterval = session_expiry
         self._rejitter()
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker in use, or the one the next (re)connect tries."""
+        return self.brokers.current
 
     def _will_props(self, will: Will) -> Properties | None:
         if not will.delay:
@@ -296,28 +312,56 @@ class MqttTransport:
         and start the network thread, which then reconnects by itself."""
         if self._stopping:
             return
-        props: Properties | None = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self._session_expiry
         try:
-            self._connect(props)
+            self._connect_first()
         except OSError as e:
-            log.warning("cannot reach broker %s (%s); will retry", self.url, e)
-            if not self._retry_connect(props, connect_timeout):
+            log.warning("cannot reach broker %s (%s); will retry", self.brokers, e)
+            if not self._retry_connect(connect_timeout):
                 return
         if self._network is None:
             self._client.loop_start()
 
-    def _connect(self, props: Properties | None) -> None:
+    def _connect_first(self) -> None:
+        """Connect to the first broker of the list (from the current one) that answers;
+        the last one's OSError when none does."""
+        error: OSError | None = None
+        for url in self.brokers.round():
+            self._point_at(url)
+            try:
+                self._client.reconnect()
+                return
+            except OSError as e:
+                if len(self.brokers) > 1:
+                    log.warning("cannot reach broker %s (%s); trying the next", url, e)
+                error = e
+        assert error is not None  # the list is never empty
+        raise error
+
+    def _point_at(self, url: BrokerURL) -> None:
+        """Make ``url`` the broker the next (re)connect goes to, through paho's public
+        ``connect_async`` (which only records it): the same keepalive, session flags and
+        properties every time. Only while no connection is open."""
+        self.brokers.select(url)
+        self._client.username_pw_set(url.username, url.password)
         if not self._v5:  # 3.1.1: clean_session was given to the client; no properties
-            self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+            self._client.connect_async(url.host, url.port, keepalive=self._keepalive)
             return
-        self._client.connect(
-            self.url.host, self.url.port, keepalive=self._keepalive, clean_start=self._clean_start, properties=props
+        self._client.connect_async(
+            url.host, url.port, keepalive=self._keepalive, clean_start=self._clean_start, properties=self._connect_props
         )
 
-    def _retry_connect(self, props: Properties | None, connect_timeout: float | None) -> bool:
+    def _attempt_failed(self) -> None:
+        """A (re)connect attempt failed: after the current broker's last attempt, the next
+        (re)connect goes to the next one in the list."""
+        if self._stopping:
+            return
+        gone = self.brokers.current
+        url = self.brokers.failed()
+        if url is not None:
+            log.warning("broker %s did not answer %d attempts in a row; moving to %s", gone, self.brokers.attempts, url)
+            self._point_at(url)
+
+    def _retry_connect(self, connect_timeout: float | None) -> bool:
         """The first connect failed: retry it with tenacity's jittered backoff. tenacity
         (and the concurrent/asyncio modules it imports, ~3.7 MB) is imported only here, so a
         process whose first connect succeeds never loads it. False: stopped meanwhile."""
@@ -336,14 +380,14 @@ class MqttTransport:
                 with attempt:
                     if self._stopping:
                         return False
-                    self._connect(props)
+                    self._connect_first()
         except OSError as e:
-            raise TransportError(f"cannot reach broker {self.url}: {e}") from e
+            raise TransportError(f"cannot reach broker {self.brokers}: {e}") from e
         return True
 
     def _log_retry(self, rs: RetryCallState) -> None:
         error = rs.outcome.exception() if rs.outcome is not None else None  # set before a retry's sleep
-        log.warning("cannot reach broker %s (%s); will retry", self.url, error)
+        log.warning("cannot reach broker %s (%s); will retry", self.brokers, error)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until the broker has answered this connection's SUBSCRIBE (its SUBACK):
@@ -478,6 +522,7 @@ class MqttTransport:
             return
         self._attempt = 0
         self._rejitter()
+        self.brokers.connected()
         self._disconnected.clear()
         self.connect_count += 1
         self._subscribed.clear()
@@ -509,6 +554,8 @@ class MqttTransport:
         self._subscribed.clear()
         self._disconnected.set()
         self._rejitter()
+        if not was:  # closed before a CONNACK (refused, or the node going down): a failed attempt
+            self._attempt_failed()
         if not self._stopping:
             log.warning("disconnected from %s (%s); will reconnect", self.url, reason_code)
             if self._network is not None:
@@ -524,12 +571,14 @@ class MqttTransport:
         except OSError as e:
             self._rejitter()
             log.warning("reconnect to %s failed (%s); will retry", self.url, e)
+            self._attempt_failed()
             if self._network is not None:  # always: only the network loop schedules this method
                 self._network.call_later(backoff_delay(self._attempt - 1), self._network_reconnect)
 
     def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._rejitter()
         log.warning("reconnect to %s failed; will retry", self.url)
+        self._attempt_failed()
 
     def _handle_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Properties | None

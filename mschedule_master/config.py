@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from mschedule_agent import layers
+from mschedule_agent.brokerlist import BrokerList, join_addresses
 from mschedule_agent.protocol import DEFAULT_PREFIX
-from mschedule_agent.transport import MQTT_VERSIONS, BrokerURL, check_mqtt_version, portable_topic
+from mschedule_agent.transport import MQTT_VERSIONS, check_mqtt_version, portable_topic
 
 from .errors import ConfigError
 
@@ -59,6 +60,7 @@ LOG_FORMATS = ("text", "json")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    #: one broker URL, or several comma-separated (the nodes of one cluster: brokerlist.py)
     broker: str = DEFAULT_BROKER
     db: str = DEFAULT_DB
     topic_prefix: str = DEFAULT_PREFIX
@@ -116,7 +118,7 @@ class Settings:
         if self.http != "off":
             parse_hostport(self.http)
         try:
-            BrokerURL.parse(self.broker)  # its messages never hold the password
+            BrokerList.parse(self.broker)  # its messages never hold a password
         except ValueError as e:
             raise ConfigError(str(e), "broker") from None
         if not isinstance(self.groups, dict) or not all(
@@ -175,6 +177,11 @@ def from_env(env: dict[str, str]) -> dict[str, object]:
 
 def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> Settings:
     merged = layers.merge((file_values, env_values, {k: v for k, v in flag_values.items() if v is not None}))
+    broker = merged.get("broker")  # a string (commas allowed), a TOML array, or a repeated flag
+    if isinstance(broker, str) or (isinstance(broker, list) and all(isinstance(b, str) for b in broker)):
+        merged["broker"] = join_addresses(broker)
+    elif broker is not None:
+        raise ConfigError(f"broker must be a URL, a comma-separated list or an array of URLs, not {broker!r}", "broker")
     groups = merged.get("groups")
     if isinstance(groups, dict):  # web = "role=web" is a one-member group, as web = ["role=web"]
         merged["groups"] = {k: [v] if isinstance(v, str) else v for k, v in groups.items()}
@@ -198,7 +205,9 @@ def build(file_values: Mapping[str, Any], env_values: Mapping[str, Any], flag_va
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mschedule-master", description="The mschedule master daemon.")
     p.add_argument("--config", help="TOML settings file (also defines [groups])")
-    p.add_argument("--broker", help=f"MQTT broker URL (default {DEFAULT_BROKER})")
+    p.add_argument("--broker", action="append", metavar="URL",
+                   help="MQTT broker URL; several (the nodes of one cluster): repeat the flag or separate them "
+                        f"with commas, tried in turn (default {DEFAULT_BROKER})")  # fmt: skip
     p.add_argument("--db", help=f"SQLite database path, or a postgresql:// URL for HA masters (default {DEFAULT_DB})")
     p.add_argument("--lease", type=float,
                    help=f"PostgreSQL only: seconds a leader that stopped answering keeps the lead ({DEFAULT_LEASE:g})")

@@ -205,6 +205,37 @@ def test_bad_settings_raise_config_error(argv, env):
         config.load(argv, env=env)
 
 
+@pytest.mark.parametrize(
+    "argv, env, toml",
+    [
+        (["--broker", "mqtt://a:1", "--broker", "mqtt://b:2"], {}, None),  # a repeated flag
+        (["--broker", "mqtt://a:1,mqtt://b:2"], {}, None),
+        ([], {"MSCHEDULE_AGENT_BROKER": "mqtt://a:1, mqtt://b:2"}, None),
+        ([], {}, 'broker = ["mqtt://a:1", "mqtt://b:2"]\n'),
+        ([], {}, '[agent]\nbroker = "mqtt://a:1,mqtt://b:2"\n'),
+    ],
+)
+def test_config_takes_several_brokers_from_a_repeated_flag_a_comma_list_or_a_toml_array(tmp_path, argv, env, toml):
+    if toml is not None:
+        (tmp_path / "agent.toml").write_text(toml)
+        argv = [*argv, "--config", str(tmp_path / "agent.toml")]
+    assert config.load(argv, env=env).broker == "mqtt://a:1,mqtt://b:2"
+
+
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["--broker", "mqtt://a:1,mqtts://b:2"], "mix mqtt:// and mqtts://"),
+        (["--broker", "mqtt://a:1", "--broker", "mqtt://a:1"], "given twice"),
+        (["--broker", " , "], "no broker address"),
+    ],
+)
+def test_config_refuses_a_bad_broker_list_naming_the_broker_setting(argv, why):
+    with pytest.raises(ConfigError, match=why) as e:
+        config.load(argv, env={})
+    assert e.value.source == "broker"
+
+
 def test_bad_config_file_is_a_config_error(tmp_path):
     f = tmp_path / "agent.toml"
     f.write_text("heartbeat = = 3")

@@ -68,3 +68,38 @@ def test_redeliver_max_is_a_setting_of_file_environment_and_flag(tmp_path):
     assert config.load(["--config", str(f)], {"MSCHEDULE_MASTER_REDELIVER_MAX": "40"}).redeliver_max == 40.0
     assert config.load(["--config", str(f), "--redeliver-max", "50"], {}).redeliver_max == 50.0
     assert daemon.rollout_timing(config.load(["--redeliver-max", "50"], {})).redeliver_max == 50.0
+
+
+@pytest.mark.parametrize(
+    "argv, env, toml",
+    [
+        (["--broker", "mqtt://a:1", "--broker", "mqtt://b:2"], {}, None),  # a repeated flag
+        (["--broker", "mqtt://a:1,mqtt://b:2"], {}, None),
+        ([], {"MSCHEDULE_MASTER_BROKER": "mqtt://a:1, mqtt://b:2"}, None),
+        ([], {}, 'broker = ["mqtt://a:1", "mqtt://b:2"]\n'),
+        ([], {}, 'broker = "mqtt://a:1,mqtt://b:2"\n'),
+    ],
+)
+def test_several_brokers_come_from_a_repeated_flag_a_comma_list_or_a_toml_array(tmp_path, argv, env, toml):
+    if toml is not None:
+        (tmp_path / "m.toml").write_text(toml)
+        argv = [*argv, "--config", str(tmp_path / "m.toml")]
+    assert config.load(argv, env).broker == "mqtt://a:1,mqtt://b:2"
+
+
+@pytest.mark.parametrize(
+    "argv, toml, why",
+    [
+        (["--broker", "mqtt://a:1,mqtts://b:2"], None, "mix mqtt:// and mqtts://"),
+        (["--broker", "mqtt://a:1", "--broker", "mqtt://a:1"], None, "given twice"),
+        (["--broker", ","], None, "no broker address"),
+        ([], "broker = [1, 2]\n", "a comma-separated list or an array"),
+    ],
+)
+def test_a_bad_broker_list_is_refused_naming_the_broker_setting(tmp_path, argv, toml, why):
+    if toml is not None:
+        (tmp_path / "m.toml").write_text(toml)
+        argv = [*argv, "--config", str(tmp_path / "m.toml")]
+    with pytest.raises(ConfigError, match=why) as e:
+        config.load(argv, {})
+    assert e.value.field == "broker"

@@ -2,7 +2,9 @@
 3.1.1 listener on each node): agents spread over the three nodes, the master on the first.
 A rollout, a kill, and a node killed -9 mid-rollout: every target runs exactly once and the
 task ends with the right verdict. One cluster and fleet serve the module; each test ends its
-task before the next begins."""
+task before the next begins. Each daemon here has its one node's address, so the dead node's
+agents wait for it to come back; given all three (``--broker a,b,c``) they move to another
+node instead: tests/master/test_nats_failover.py."""
 
 from __future__ import annotations
 
