@@ -260,6 +260,7 @@ class Store:
             self._conn.execute("pragma busy_timeout=10000")
             self._conn.execute(f"pragma journal_size_limit={WAL_LIMIT}")
             self._depth = 0
+            self._began = False  #: the outermost db() has begun its transaction (see lazy)
             self._savepoint = ""  #: "" none, "pending" (opened at the first write), "open"
             self._sync_needed = False
             self._wal_fd: int | None = None
@@ -276,9 +277,19 @@ class Store:
             self._wal_fd = None
 
     @contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        """A transaction; nested uses join the outermost one, which commits or rolls back."""
+    def db(self, *, lazy: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction; nested uses join the outermost one, which commits or rolls back.
+
+        ``lazy`` (the engine's batches): the transaction begins at the first nested
+        ``db()``, which every write method opens, and a batch that wrote nothing (heartbeats,
+        acks of nothing new) neither begins nor commits. Reads before it see what is
+        committed, which is the same: this connection is the only writer. Only for bodies
+        that write through nested ``db()`` uses, never through the yielded connection.
+        """
         if self._depth:
+            if not self._began:
+                self._conn.execute("begin immediate")
+                self._began = True
             if self._savepoint == "pending":
                 self._conn.execute("savepoint msg")
                 self._savepoint = "open"
@@ -288,7 +299,9 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self._conn.execute("begin immediate")
+        if not lazy:
+            self._conn.execute("begin immediate")
+        self._began = not lazy
         self._depth = 1
         try:
             yield self._conn
@@ -296,9 +309,15 @@ class Store:
             self._depth = 0
             self._savepoint = ""
             self._sync_needed = False
-            self._conn.execute("rollback")
+            if self._began:
+                self._began = False
+                self._conn.execute("rollback")
             raise
         self._depth = 0
+        if not self._began:
+            self._sync_needed = False
+            return
+        self._began = False
         started = time.perf_counter()
         self._conn.execute("commit")
         if self._sync_needed:
