@@ -41,9 +41,9 @@ log = logging.getLogger("bench.hotpath")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fanout(url: str, workdir: Path, n: int, repeat: int, profile: Path | None) -> dict[str, Any]:
+def fanout(url: str, workdir: Path, n: int, repeat: int, profile: Path | None, broker_pid: int = 0) -> dict[str, Any]:
     prefix = f"hp-fan-{uuid.uuid4().hex[:6]}/mschedule"
-    seconds, cpu, problems = [], [], []
+    seconds, cpu, problems, dispatched, own, broker = [], [], [], [], [], []
     with MasterProc(url, prefix, workdir / "fanout") as master, FakeAgents(url, prefix, n, respond=True) as fake:
         fake.register()
         master.wait_online(n, 120)
@@ -51,19 +51,26 @@ def fanout(url: str, workdir: Path, n: int, repeat: int, profile: Path | None) -
         with BenchClient(url, prefix) as client:
             for i in range(repeat):
                 fake.tasks.clear()
-                c0 = cpu_seconds(master.pid)
+                c0, p0, b0 = cpu_seconds(master.pid), time.process_time(), cpu_seconds(broker_pid) if broker_pid else 0.0
                 last = profile is not None and i == repeat - 1
                 with _profiled(master.pid, profile / f"fanout-{n}.txt" if last and profile else None) as prof:
-                    done, s = client.run(fake.ids, timeout=120, parallel=n)
+                    request_id, at = client.submit(fake.ids, parallel=n)
+                    done = client.finished(client.reply(request_id, 120).task_id, 120)
+                    s = done.at - at
+                    dispatched.append(fake.last_task_at - at)
                 cpu.append(cpu_seconds(master.pid) - c0)
+                own.append(time.process_time() - p0)
+                broker.append((cpu_seconds(broker_pid) - b0) if broker_pid else 0.0)
                 seconds.append(s)
                 problems += check_summary(done, fake.ids)
                 wait_idle(master.pid, timeout=60)
     return {"agents": n, "seconds": [round(s, 3) for s in seconds], "median_s": round(statistics.median(seconds), 3),
-            "cpu_s": [round(c, 3) for c in cpu], "problems": problems, "profile": _top(prof)}  # fmt: skip
+            "cpu_s": [round(c, 3) for c in cpu],
+            "last_task_s": [round(d, 3) for d in dispatched], "agents_cpu_s": [round(c, 3) for c in own],
+            "broker_cpu_s": [round(c, 3) for c in broker], "problems": problems, "profile": _top(prof)}  # fmt: skip
 
 
-def ingestion(url: str, workdir: Path, n: int, profile: Path | None) -> dict[str, Any]:
+def ingestion(url: str, workdir: Path, n: int, profile: Path | None, broker_pid: int = 0) -> dict[str, Any]:
     prefix = f"hp-ing-{uuid.uuid4().hex[:6]}/mschedule"
     with MasterProc(url, prefix, workdir / "ingest") as master, FakeAgents(url, prefix, n, ack=True) as fake:
         fake.register()
@@ -75,14 +82,17 @@ def ingestion(url: str, workdir: Path, n: int, profile: Path | None) -> dict[str
             messages = fake.results()
             wait_idle(master.pid, timeout=60)
             with _profiled(master.pid, profile and profile / f"ingest-{n}.txt") as prof:
+                b0, p0 = cpu_seconds(broker_pid) if broker_pid else 0.0, time.process_time()
                 c0, first = cpu_seconds(master.pid), time.perf_counter()
-                fake.publish_all(messages)
+                published = fake.publish_all(messages)
                 done = client.finished(reply.task_id, 300)
                 cpu = cpu_seconds(master.pid) - c0
+                own, broker = time.process_time() - p0, (cpu_seconds(broker_pid) - b0) if broker_pid else 0.0
             seconds = done.at - first
             problems = check_summary(done, fake.ids)
     return {"results": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1), "cpu_s": round(cpu, 2),
-            "per_cpu_s": round(n / cpu, 1), "problems": problems, "profile": _top(prof)}  # fmt: skip
+            "per_cpu_s": round(n / cpu, 1), "publisher_s": round(published, 3), "agents_cpu_s": round(own, 2),
+            "broker_cpu_s": round(broker, 2), "problems": problems, "profile": _top(prof)}  # fmt: skip
 
 
 def heartbeat_share(url: str, workdir: Path, n: int, interval: float, seconds: float, profile: Path | None) -> dict[str, Any]:
@@ -132,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     broker.start()
     try:
         if "fanout" not in args.skip:
-            out["fanout"] = fanout(broker.url, workdir, args.fanout, args.repeat, prof)
+            assert broker.proc is not None
+            out["fanout"] = fanout(broker.url, workdir, args.fanout, args.repeat, prof, broker.proc.pid or 0)
             log.info("fanout: %s", {k: v for k, v in out["fanout"].items() if k != "profile"})
         if "ingest" not in args.skip:
-            out["ingest"] = ingestion(broker.url, workdir, args.results, prof)
+            assert broker.proc is not None
+            out["ingest"] = ingestion(broker.url, workdir, args.results, prof, broker.proc.pid or 0)
             log.info("ingest: %s", {k: v for k, v in out["ingest"].items() if k != "profile"})
         if "hb" not in args.skip:
             out["hb"] = heartbeat_share(broker.url, workdir, args.hb_agents, args.hb_interval, args.hb_seconds, prof)

@@ -57,7 +57,7 @@ def _paho() -> types.ModuleType:
 _CLIENT_ATTRS = (
     "_out_message_mutex", "_out_messages", "_inflight_messages", "_max_inflight_messages", "_sock", "_out_packet",
     "_thread", "_in_packet", "_manual_ack", "_protocol", "_max_queued_messages", "_in_callback_mutex", "_sockpairW",
-    "_on_socket_register_write", "_userdata", "suppress_exceptions",
+    "_on_socket_register_write", "_userdata", "suppress_exceptions", "_msgtime_mutex", "_last_bytes_received",
 )  # fmt: skip
 #: ... methods we override or call, with the parameters we pass ...
 _CLIENT_METHODS = {
@@ -71,6 +71,8 @@ _CLIENT_METHODS = {
     "_packet_queue": ["self", "command", "packet", "mid", "qos", "info"],
     "_packet_write": ["self"],
     "_handle_pubackcomp": ["self", "cmd"],
+    "_packet_read": ["self"],
+    "_packet_handle": ["self"],
     "_handle_publish": ["self"],
     "_handle_on_message": ["self", "message"],
     "_send_puback": ["self", "mid"],
@@ -82,7 +84,7 @@ _CLIENT_METHODS = {
 _MODULE_NAMES = (
     "mqtt_ms_queued", "mqtt_ms_wait_for_puback", "mqtt_ms_wait_for_pubrec", "mqtt_ms_publish", "mqtt_ms_invalid",
     "MQTT_ERR_SUCCESS", "MQTT_ERR_NO_CONN", "MQTT_ERR_QUEUE_SIZE", "MQTTv5", "PUBLISH", "DISCONNECT", "sockpair_data",
-    "MQTTMessage", "time_func", "MQTT_LOG_ERR",
+    "MQTTMessage", "time_func", "MQTT_LOG_ERR", "MQTT_ERR_PROTOCOL", "MalformedPacket",
 )  # fmt: skip
 _INFO_ATTRS = ("_condition", "_published", "_iterpos", "mid", "rc")
 #: MQTTMessage's slots, each set by :func:`_message` (paho's __init__ would build a Condition).
@@ -236,6 +238,10 @@ def _message(mid: int, topic: bytes, payload: bytes, qos: int, retain: bool, inf
     m.properties = None
     return m
 
+
+#: Packets :meth:`InflightClient._packet_read` takes whole from the buffer: PUBLISH, PUBACK.
+_FAST_READ = frozenset({0x30, 0x40})
+_MalformedPacket = _ms.MalformedPacket
 
 #: The most bytes :meth:`InflightClient._packet_write` joins into one ``send()``.
 WRITE_JOIN_BYTES = 65536
@@ -436,6 +442,44 @@ class InflightClient(_ms.Client):
     def _create_socket(self) -> SocketLike:
         sock = super()._create_socket()
         return BufferedSocket(sock) if type(sock) is socket.socket else sock
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """A PUBLISH or PUBACK already whole in the BufferedSocket's buffer is taken in one
+        slice; anything else (a packet split across reads, other packets) is read by paho,
+        byte by byte through ``_sock_recv`` (three or more calls per packet: 7 % of the
+        master's CPU ingesting results)."""
+        sock = self._sock
+        if type(sock) is not BufferedSocket or self._in_packet["command"] != 0:
+            return super()._packet_read()
+        data, start = sock._data, sock._pos
+        size = len(data)
+        if size - start < 2 or data[start] & 0xF0 not in _FAST_READ:
+            return super()._packet_read()
+        length, mult, i = 0, 1, start + 1
+        while True:
+            if i >= size or i - start > 4:
+                return super()._packet_read()  # the length is not all here (or too long: paho refuses it)
+            byte = data[i]
+            length += (byte & 127) * mult
+            mult *= 128
+            i += 1
+            if not byte & 128:
+                break
+        end = i + length
+        if end > size:
+            return super()._packet_read()
+        sock._pos = end
+        self._in_packet = {"command": data[start], "have_remaining": 1, "remaining_count": [], "remaining_mult": mult,
+                           "remaining_length": length, "packet": data[i:end], "to_process": 0, "pos": 0}  # fmt: skip
+        try:
+            rc = self._packet_handle()
+        except _MalformedPacket:
+            rc = _ms.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}  # fmt: skip
+        with self._msgtime_mutex:
+            self._last_bytes_received = _ms.time_func()
+        return rc
 
     # paho's versions evaluate ``except ssl.SSLWantReadError`` on every would-block read or
     # write, which would load the deferred ssl module (see import_paho) for plain TCP.
