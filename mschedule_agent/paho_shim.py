@@ -241,7 +241,7 @@ def _message(mid: int, topic: bytes, payload: bytes, qos: int, retain: bool, inf
 
 #: Packets :meth:`InflightClient._packet_read` takes whole from the buffer: PUBLISH, PUBACK.
 _FAST_READ = frozenset({0x30, 0x40})
-_MalformedPacket = _ms.MalformedPacket
+_MalformedPacket: type[Exception] = getattr(_ms, "MalformedPacket")  # noqa: B009  (paho does not re-export it)
 
 #: The most bytes :meth:`InflightClient._packet_write` joins into one ``send()``.
 WRITE_JOIN_BYTES = 65536
@@ -469,8 +469,9 @@ class InflightClient(_ms.Client):
         if end > size:
             return super()._packet_read()
         sock._pos = end
-        self._in_packet = {"command": data[start], "have_remaining": 1, "remaining_count": [], "remaining_mult": mult,
-                           "remaining_length": length, "packet": data[i:end], "to_process": 0, "pos": 0}  # fmt: skip
+        whole: Any = {"command": data[start], "have_remaining": 1, "remaining_count": [], "remaining_mult": mult,
+                      "remaining_length": length, "packet": data[i:end], "to_process": 0, "pos": 0}  # fmt: skip
+        self._in_packet = whole  # bytes, not paho's bytearray: its decoders and ours only read it
         try:
             rc = self._packet_handle()
         except _MalformedPacket:

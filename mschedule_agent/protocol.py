@@ -205,18 +205,23 @@ def _readable_id(payload: Any) -> str | None:
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson can write
 
 
-#: message class -> its field names (dataclasses.fields() was 6 % of the master's CPU)
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+#: message class -> the names of its fields that may hold a number (dataclasses.fields()
+#: on every message built was 6 % of the master's CPU)
+_NUMBER_FIELDS: dict[type, tuple[str, ...]] = {}
+_TEXTUAL = frozenset({str, bytes, type(None)})
+
+
+def _number_fields(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if not _TEXTUAL.issuperset(_options(hints[f.name])))
 
 
 def _check_numbers(msg: Any) -> None:
-    names = _FIELD_NAMES.get(type(msg))
+    names = _NUMBER_FIELDS.get(type(msg))
     if names is None:
-        names = _FIELD_NAMES[type(msg)] = tuple(f.name for f in dataclasses.fields(msg))
+        names = _NUMBER_FIELDS[type(msg)] = _number_fields(type(msg))
     for name in names:
         value = getattr(msg, name)
-        if type(value) is str:  # the common case, quickly
-            continue
         if isinstance(value, float):
             _check(math.isfinite(value), name, "must be a finite number")
         elif isinstance(value, int) and not isinstance(value, bool):
@@ -416,19 +421,23 @@ class Result:
         if self.state not in RESULT_STATES:
             raise _FieldError("state", f"state must be one of {sorted(RESULT_STATES)}")
         # A count left at 0 (or absent, as in the design document's result) means "what is here".
-        for name, data in (("output", self.output), ("stderr", self.stderr)):
-            seen = getattr(self, f"{name}_bytes")
-            if seen == 0 and data:
-                object.__setattr__(self, f"{name}_bytes", len(data))
-            elif not getattr(self, f"{name}_truncated"):
-                _check(seen >= len(data), f"{name}_bytes", f"{name}_bytes is less than the {name} it carries")
-            _check(seen >= 0, f"{name}_bytes", f"{name}_bytes must be >= 0")
+        _check_stream(self, "output", self.output, self.output_bytes, self.output_truncated)
+        _check_stream(self, "stderr", self.stderr, self.stderr_bytes, self.stderr_truncated)
 
     @property
     def duration(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - self.started_at)
+
+
+def _check_stream(result: Result, name: str, data: bytes, seen: int, truncated: bool) -> None:
+    if seen == 0 and data:
+        object.__setattr__(result, f"{name}_bytes", len(data))
+    elif not truncated and seen < len(data):
+        raise _FieldError(f"{name}_bytes", f"{name}_bytes is less than the {name} it carries")
+    if seen < 0:
+        raise _FieldError(f"{name}_bytes", f"{name}_bytes must be >= 0")
 
 
 @message("reject")
@@ -914,6 +923,8 @@ class _Schema:
         self.byte_fields = [n for n, t in self.types.items() if bytes in _options(t)]
         self.options = {n: _options(t) for n, t in self.types.items()}  #: field -> the types it may hold
         self.names = frozenset(self.types)
+        #: field -> its first type when a scalar that _convert_to returns as it is, else None
+        self.first = {n: o[0] if o[0] in _SCALARS else None for n, o in self.options.items()}
 
 
 _SCHEMAS: dict[type, _Schema] = {}
@@ -1042,8 +1053,10 @@ def from_payload(cls: type[_Payload], payload: Any, data: bytes = b"") -> _Paylo
         if not s.required.issubset(keys):
             missing = sorted(s.required - set(keys))
             raise _FieldError(missing[0], f"missing field(s): {', '.join(missing)}")
-        options = s.options
-        kwargs = {name: _convert_to(value, options[name], name) for name, value in payload.items()}
+        options, first = s.options, s.first
+        kwargs = {}
+        for name, value in payload.items():  # a value of its field's first scalar type is taken as it is
+            kwargs[name] = value if type(value) is first[name] else _convert_to(value, options[name], name)
         return cls(**kwargs)
     except _FieldError as e:
         raise DecodeError(
