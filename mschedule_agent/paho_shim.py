@@ -395,6 +395,33 @@ class InflightClient(_ms.Client):
         return _ms.MQTT_ERR_SUCCESS
 
     # ------------------------------------------------------------------ sending
+    def _send_publish(
+        self,
+        mid: int,
+        topic: bytes,
+        payload: bytes | bytearray = b"",
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        info: MQTTMessageInfo | None = None,
+        properties: Properties | None = None,
+    ) -> MQTTErrorCode:
+        """paho's, building a QoS 0/1 PUBLISH without properties in one join (paho appends
+        to a bytearray piece by piece and formats a debug line whether or not it logs)."""
+        if properties is not None or qos > 1 or self._sock is None or type(topic) is not bytes:
+            return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
+        v5 = self._protocol == _ms.MQTTv5
+        remaining = 2 + len(topic) + len(payload) + (2 if qos else 0) + (1 if v5 else 0)
+        header = bytearray((_ms.PUBLISH | (int(bool(dup)) << 3) | (qos << 1) | int(bool(retain)),))
+        while True:  # the remaining length, 7 bits a byte
+            byte, remaining = remaining & 0x7F, remaining >> 7
+            header.append(byte | 0x80 if remaining else byte)
+            if not remaining:
+                break
+        packet = b"".join((header, len(topic).to_bytes(2, "big"), topic, mid.to_bytes(2, "big") if qos else b"",
+                           b"\x00" if v5 else b"", payload))  # fmt: skip
+        return self._packet_queue(_ms.PUBLISH, packet, mid, qos, info)
+
     def _packet_queue(
         self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: MQTTMessageInfo | None = None
     ) -> MQTTErrorCode:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, TypeVarTuple
 
@@ -460,11 +460,14 @@ class Daemon:
 
     def _drain(self) -> None:
         """Apply what the inbox holds (what arrived while the last batch was applied)."""
-        with self._inbox_lock:
-            n = min(len(self._inbox), BATCH_MAX)
-            batch = [self._inbox.popleft() for _ in range(n)]
-            for _ in range(n):
-                self._arrivals.popleft()
+        with self._inbox_lock:  # held briefly: paho's thread waits on it to add a message
+            if len(self._inbox) <= BATCH_MAX:
+                batch: Iterable[Incoming] = self._inbox
+                self._inbox, self._arrivals = collections.deque(), collections.deque()
+            else:
+                batch = [self._inbox.popleft() for _ in range(BATCH_MAX)]
+                for _ in range(BATCH_MAX):
+                    self._arrivals.popleft()
             more = bool(self._inbox)
             self._drain_scheduled = _NOW if more else _IDLE
         if more:
