@@ -425,12 +425,19 @@ class InflightClient(_ms.Client):
     def _packet_queue(
         self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: MQTTMessageInfo | None = None
     ) -> MQTTErrorCode:
-        """paho's, except that the network thread is woken only when the queue was empty:
-        until it has emptied the queue it writes whatever is appended meanwhile."""
+        """paho's, except that the network thread is woken only when this packet is at the
+        head of the queue: otherwise the packets before it are still to be written (whoever
+        queued the head woke the thread, or the thread put it back and waits to write), and
+        the thread writes until the queue is empty. (Two publishers appending at once: the
+        one whose packet is at the head wakes it; an empty queue: the thread took both.)"""
         out = self._out_packet
-        wake = not out
-        out.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet), "packet": packet,
-                    "info": info})  # fmt: skip
+        mpkt: Any = {"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet), "packet": packet,
+                     "info": info}  # fmt: skip
+        out.append(mpkt)
+        try:
+            wake = out[0] is mpkt
+        except IndexError:  # the network thread has taken it already
+            wake = False
         sockpair = self._sockpairW
         if wake and sockpair is not None:
             try:
