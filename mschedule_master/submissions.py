@@ -154,12 +154,10 @@ class ProgressPublisher:
             return
         last = events[-1]
         d = last.data
-        changes = None
-        if len(events) > 1:
-            changes = {e.data["agent_id"]: {"state": e.data["state"], "code": e.data.get("code")} for e in events}
+        changes = {e.data["agent_id"]: {"state": e.data["state"], "code": e.data.get("code")} for e in events}
         msg = protocol.Progress(
             task_id=task_id, state=d["task_state"], counts=d["counts"], ts=last.ts, agent_id=d["agent_id"],
-            target_state=d["state"], code=d.get("code"), changes=changes,
+            target_state=d["state"], code=d.get("code"), changes=changes if len(changes) > 1 else None,
         )  # fmt: skip
         self.transport.publish(self.topics.task_progress(task_id), protocol.encode(msg), qos=1)
 

@@ -35,6 +35,14 @@ def test_one_progress_per_task_per_batch_names_each_target_at_its_latest_state()
     assert (p2.agent_id, p2.target_state, p2.changes) == ("c", "RUNNING", None)
 
 
+def test_one_target_changing_twice_in_a_batch_is_one_change_at_its_latest_state():
+    transport, topics = MemoryTransport(), Topics("p")
+    ProgressPublisher(transport, topics).publish([_target("t1", "a", "RUNNING"), _target("t1", "a", "SUCCEED", 0)])
+    (sent,) = transport.take()
+    p = protocol.decode_as(sent.payload, Progress)
+    assert (p.agent_id, p.target_state, p.code, p.changes) == ("a", "SUCCEED", 0, None)
+
+
 def test_a_single_change_is_sent_as_before_without_changes_and_the_summary_follows_its_progress():
     transport, topics = MemoryTransport(), Topics("p")
     end = models.Event(kind="task", task_id="t1", ts=3.0, data={
