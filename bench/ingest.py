@@ -67,6 +67,7 @@ class FakeAgents:
         self.ids = [f"fake{tag}{i:06d}" for i in range(n)]
         self.tasks: dict[str, str] = {}  # agent id -> task id
         self.deliveries = 0  #: task messages received, re-deliveries included
+        self.last_task_at = 0.0  #: perf_counter when the last task message arrived
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self.transport = MqttTransport(
@@ -97,6 +98,7 @@ class FakeAgents:
             return
         with self._cond:
             self.deliveries += 1
+            self.last_task_at = time.perf_counter()
             first = info.agent_id not in self.tasks
             self.tasks[info.agent_id] = task.id
             self._cond.notify_all()

@@ -21,9 +21,11 @@ def py_spy() -> str | None:
 
 
 @contextmanager
-def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False):
+def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False, gil: bool = False):
     """Record ``pid`` with py-spy while the block runs; yields a dict filled with the summary
-    afterwards (empty when py-spy is not installed: ``pip install -e '.[bench]'``)."""
+    afterwards (empty when py-spy is not installed: ``pip install -e '.[bench]'``). ``gil``:
+    only the thread holding the GIL is sampled, i.e. where the CPU goes, not who waits for it
+    (a thread waiting to re-take the GIL after an SQLite call otherwise shows there)."""
     summary: dict = {}
     binary = py_spy()
     if binary is None:
@@ -34,6 +36,8 @@ def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False):
     argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
     if idle:
         argv.append("--idle")
+    if gil:
+        argv.append("--gil")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield summary

@@ -262,6 +262,7 @@ class MqttTransport:
         )
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
+        c.publish_callbacks = False  # _handle_publish only reports failures: a successful PUBACK needs no call
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
@@ -596,15 +597,20 @@ class MqttTransport:
             log.error("broker refused publish mid=%s: %s (not authorised?)", mid, reason_code)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        props = msg.properties  # None from the shim's own decoding of a PUBLISH without properties
+        response_topic = corr = None
+        if props is not None:
+            response_topic = getattr(props, "ResponseTopic", None)
+            corr = getattr(props, "CorrelationData", None)
         ack: Callable[[], object] | None = None
-        if msg.qos > 0:
-            mid, qos = msg.mid, msg.qos
+        qos = msg.qos
+        if qos > 0:
+            mid = msg.mid
             ack = lambda: client.ack(mid, qos)  # noqa: E731
         # bytes(): paho annotates bytes | bytearray; it decodes bytes, which bytes() returns as they are
-        incoming = Incoming(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), response_topic, corr, ack)
+        payload = msg.payload
+        incoming = Incoming(msg.topic, payload if type(payload) is bytes else bytes(payload), qos, bool(msg.retain),
+                            response_topic, corr, ack)  # fmt: skip
         if self._on_message is None:
             incoming.ack()
             return

@@ -122,6 +122,10 @@ class Engine:
     def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
         return self.txn.subscribe(callback)
 
+    def subscribe_batch(self, callback: Callable[[list[models.Event]], None]) -> None:
+        """``callback(events)`` once per committed batch (see :meth:`Txn.subscribe_batch`)."""
+        self.txn.subscribe_batch(callback)
+
     def emit(self, kind: str, task_id: str | None, data: dict[str, Any]) -> None:
         self.txn.emit(kind, task_id, data)
 
@@ -522,6 +526,7 @@ class Engine:
         data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": reason}
         if action.new.final:
             self.metrics.target_finished(action.new.value)
+        if action.new.final and log.isEnabledFor(logging.INFO):  # one line per target: built only when logged
             t = active.rollout.targets.get(action.agent_id)
             took = now - t.dispatched_at if t is not None and t.dispatched_at is not None else None
             log.info(

@@ -50,6 +50,7 @@ class Metrics:
         self.targets_finished = Counter(
             "mschedule_targets_finished_total", "Targets that reached a final state, by state", ["state"], registry=r
         )
+        self._finished_by_state: dict[str, Any] = {}  #: state -> its targets_finished child
         self.submit_to_dispatch = Histogram(
             "mschedule_submit_to_dispatch_seconds", "From a task's creation to a target's first dispatch",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -113,7 +114,10 @@ class Metrics:
         self.rejects.labels(code if code in REJECT_CODES else "other").inc()
 
     def target_finished(self, state: str) -> None:
-        self.targets_finished.labels(state).inc()
+        child = self._finished_by_state.get(state)
+        if child is None:  # labels() looks the child up anew each time: once per state here
+            child = self._finished_by_state[state] = self.targets_finished.labels(state)
+        child.inc()
 
     def received(self, n: int = 1) -> None:
         self.messages_in.inc(n)

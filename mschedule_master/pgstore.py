@@ -270,8 +270,10 @@ class PgStore(Store):
             pass
 
     @contextmanager
-    def db(self) -> Iterator[Any]:
-        """A transaction; nested uses join the outermost one, which commits or rolls back."""
+    def db(self, *, lazy: bool = False) -> Iterator[Any]:
+        """A transaction; nested uses join the outermost one, which commits or rolls back.
+        ``lazy`` is ignored: every transaction begins at once and checks the leader's epoch
+        (a batch is PUBACKed only by a master that still leads)."""
         if self._depth:
             self._depth += 1
             try:

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,6 +246,21 @@ def open_store(db: str) -> Store:
     return Store(db)
 
 
+class _Joined:
+    """A nested :meth:`Store.db`: joins the outermost transaction."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._store._join()
+
+    def __exit__(self, *exc: object) -> None:
+        self._store._depth -= 1
+
+
 class Store:
     #: What a failed statement raises (the daemon stops on these; pgstore.py's differ).
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
@@ -260,6 +275,8 @@ class Store:
             self._conn.execute("pragma busy_timeout=10000")
             self._conn.execute(f"pragma journal_size_limit={WAL_LIMIT}")
             self._depth = 0
+            self._began = False  #: the outermost db() has begun its transaction (see lazy)
+            self._joined = _Joined(self)  #: what a nested db() returns
             self._savepoint = ""  #: "" none, "pending" (opened at the first write), "open"
             self._sync_needed = False
             self._wal_fd: int | None = None
@@ -275,20 +292,38 @@ class Store:
             os.close(self._wal_fd)
             self._wal_fd = None
 
-    @contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        """A transaction; nested uses join the outermost one, which commits or rolls back."""
+    def db(self, *, lazy: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """A transaction; nested uses join the outermost one, which commits or rolls back.
+
+        ``lazy`` (the engine's batches): the transaction begins at the first nested
+        ``db()``, which every write method opens, and a batch that wrote nothing (heartbeats,
+        acks of nothing new) neither begins nor commits. Reads before it see what is
+        committed, which is the same: this connection is the only writer. Only for bodies
+        that write through nested ``db()`` uses, never through the yielded connection.
+
+        A nested use is a plain object, not a generator: every write of every message
+        opens one (a generator-based context manager was ~10 % of the master's CPU).
+        """
         if self._depth:
-            if self._savepoint == "pending":
-                self._conn.execute("savepoint msg")
-                self._savepoint = "open"
-            self._depth += 1
-            try:
-                yield self._conn
-            finally:
-                self._depth -= 1
-            return
-        self._conn.execute("begin immediate")
+            return self._joined
+        return self._outermost(lazy)
+
+    def _join(self) -> sqlite3.Connection:
+        """Entering a nested db(): begin the lazy transaction, open the pending savepoint."""
+        if not self._began:
+            self._conn.execute("begin immediate")
+            self._began = True
+        if self._savepoint == "pending":
+            self._conn.execute("savepoint msg")
+            self._savepoint = "open"
+        self._depth += 1
+        return self._conn
+
+    @contextmanager
+    def _outermost(self, lazy: bool) -> Iterator[sqlite3.Connection]:
+        if not lazy:
+            self._conn.execute("begin immediate")
+        self._began = not lazy
         self._depth = 1
         try:
             yield self._conn
@@ -296,9 +331,15 @@ class Store:
             self._depth = 0
             self._savepoint = ""
             self._sync_needed = False
-            self._conn.execute("rollback")
+            if self._began:
+                self._began = False
+                self._conn.execute("rollback")
             raise
         self._depth = 0
+        if not self._began:
+            self._sync_needed = False
+            return
+        self._began = False
         started = time.perf_counter()
         self._conn.execute("commit")
         if self._sync_needed:

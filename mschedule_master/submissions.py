@@ -10,8 +10,8 @@
   request id holding ``.`` or a space is refused unanswered: its reply topic is one that
   3.1.1 brokers such as NATS refuse.
 * :class:`ProgressPublisher`: one ``progress`` on ``<prefix>/tasks/<task_id>/progress``
-  per target change, and a retained ``summary`` on ``<prefix>/tasks/<task_id>/summary``
-  when the task ends.
+  per task per committed batch that changed its targets (the batch's changes in it), and a
+  retained ``summary`` on ``<prefix>/tasks/<task_id>/summary`` when the task ends.
 """
 
 from __future__ import annotations
@@ -125,25 +125,47 @@ def _raw_request_id(data: bytes) -> str | None:
 
 
 class ProgressPublisher:
-    """An engine event subscriber (runs after each commit) that publishes task progress."""
+    """An engine batch subscriber (runs after each commit) that publishes task progress:
+    one ``progress`` per task per batch, not one per target change (a batch of 2,000
+    results to one task was 2,000 QoS-1 publications), then the summary of a task that ended."""
 
     def __init__(self, transport: Transport, topics: Topics) -> None:
         self.transport = transport
         self.topics = topics
 
     def __call__(self, event: models.Event) -> None:
-        if event.task_id is None:
+        self.publish([event])
+
+    def publish(self, events: list[models.Event]) -> None:
+        pending: dict[str, list[models.Event]] = {}  #: task id -> its target events, in order
+        for event in events:
+            if event.task_id is None:
+                continue
+            if event.kind == "target":
+                pending.setdefault(event.task_id, []).append(event)
+            elif event.kind == "task" and TaskState(event.data["state"]).final:
+                self._progress(event.task_id, pending.pop(event.task_id, []))
+                self._summary(event)
+        for task_id, changes in pending.items():
+            self._progress(task_id, changes)
+
+    def _progress(self, task_id: str, events: list[models.Event]) -> None:
+        if not events:
             return
+        last = events[-1]
+        d = last.data
+        changes = {e.data["agent_id"]: {"state": e.data["state"], "code": e.data.get("code")} for e in events}
+        msg = protocol.Progress(
+            task_id=task_id, state=d["task_state"], counts=d["counts"], ts=last.ts, agent_id=d["agent_id"],
+            target_state=d["state"], code=d.get("code"), changes=changes if len(changes) > 1 else None,
+        )  # fmt: skip
+        self.transport.publish(self.topics.task_progress(task_id), protocol.encode(msg), qos=1)
+
+    def _summary(self, event: models.Event) -> None:
+        assert event.task_id is not None
         d = event.data
-        if event.kind == "target":
-            msg = protocol.Progress(
-                task_id=event.task_id, state=d["task_state"], counts=d["counts"], ts=event.ts,
-                agent_id=d["agent_id"], target_state=d["state"], code=d.get("code"),
-            )  # fmt: skip
-            self.transport.publish(self.topics.task_progress(event.task_id), protocol.encode(msg), qos=1)
-        elif event.kind == "task" and TaskState(d["state"]).final:
-            summary = protocol.Summary(
-                task_id=event.task_id, state=d["state"], counts=d["counts"], ts=event.ts, reason=d.get("reason", ""),
-                targets=d.get("targets", {}),
-            )  # fmt: skip
-            self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(summary), qos=1, retain=True)
+        summary = protocol.Summary(
+            task_id=event.task_id, state=d["state"], counts=d["counts"], ts=event.ts, reason=d.get("reason", ""),
+            targets=d.get("targets", {}),
+        )  # fmt: skip
+        self.transport.publish(self.topics.task_summary(event.task_id), protocol.encode(summary), qos=1, retain=True)

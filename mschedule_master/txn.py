@@ -55,6 +55,7 @@ class Txn:
         self._events: list[models.Event] = []
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
+        self._batch_subscribers: list[Callable[[list[models.Event]], None]] = []
         #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
         self._guarding: dict[str, Active] | None = None
         self._guard_targets: dict[str, set[str]] = {}
@@ -72,7 +73,7 @@ class Txn:
             return
         self._depth = 1
         try:
-            with self.store.db():
+            with self.store.db(lazy=True):  # a batch that writes nothing commits nothing
                 yield
                 self._save_snapshots()
         except BaseException:
@@ -168,6 +169,11 @@ class Txn:
 
         return unsubscribe
 
+    def subscribe_batch(self, callback: Callable[[list[models.Event]], None]) -> None:
+        """``callback(events)`` once per committed batch that emitted events (after the
+        per-event subscribers): to act once per batch, e.g. one progress per task."""
+        self._batch_subscribers.append(callback)
+
     def emit(self, kind: str, task_id: str | None, data: dict[str, Any]) -> None:
         self._events.append(models.Event(kind=kind, task_id=task_id, ts=self._clock(), data=data))
 
@@ -200,3 +206,9 @@ class Txn:
                     callback(event)
                 except Exception:
                     log.exception("event subscriber failed on a %s event", event.kind)
+        if events:
+            for batch_callback in self._batch_subscribers:
+                try:
+                    batch_callback(events)
+                except Exception:
+                    log.exception("batch subscriber failed on %d event(s)", len(events))

@@ -83,7 +83,7 @@ def make_rig(path, *, timing: Timing | None = None, groups=None) -> Rig:
     registry = Registry()
     timing = timing or Timing(delivery_timeout=10, redeliver_interval=2, ack_grace=1, lost_grace=5, kill_resend=2)
     engine = Engine(store=store, transport=transport, topics=topics, registry=registry, timing=timing, groups=groups, clock=clock)
-    engine.subscribe(ProgressPublisher(transport, topics))
+    engine.subscribe_batch(ProgressPublisher(transport, topics).publish)
     service = MasterService(engine=engine, registry=registry, store=store, topics=topics, clock=clock)
     return Rig(store, registry, engine, service, transport, clock, topics)
 
