@@ -379,7 +379,12 @@ class _Pending:
         return self.done
 
 
-def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig, monkeypatch):
+def _stored_snapshot(rig, task_id, agent_id):
+    stored = rig.store.load_stored(task_id)
+    return next(t for t in stored.snapshots if t.agent_id == agent_id)
+
+
+def test_the_delivery_clock_waits_while_the_first_copy_has_not_reached_the_broker(rig, monkeypatch):
     pubs: list[_Pending] = []
     publish = rig.transport.publish
 
@@ -391,15 +396,29 @@ def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig,
     monkeypatch.setattr(rig.transport, "publish", slow_publish)
     rig.register("a1")
     task_id = rig.submit(["a1"]).task_id
-    assert len(rig.sent("task")) == 1
-    rig.tick(2.1)  # first re-delivery due, but the first copy is still queued in the client
+    (_, first), = rig.sent("task")
+    for _ in range(30):  # three delivery timeouts, the copy still in our own client: no clock, no copy, no verdict
+        rig.tick(1.0)
+        rig.register("a1")  # online all along (a registration asks for a copy: one is on its way already)
+    assert rig.sent("task") == []
+    target = _stored_snapshot(rig, task_id, "a1")
+    assert (target.state, target.expires_at) == (TargetState.DISPATCHED, None)
+    for p in pubs:
+        p.done = True  # the broker's PUBACK: the clock starts at the next pump
+    rig.tick(0.1)
+    handed = rig.clock.now
+    assert _stored_snapshot(rig, task_id, "a1").expires_at == pytest.approx(handed + 10)
+    assert first.expires_at <= handed + 10, "the copy's accept-by never outlasts the master's"
+    rig.tick(2.0)  # back-off from the PUBACK: 2 s
+    assert [m.id for _, m in rig.sent("task")] == [task_id]
+    rig.register("a1")  # a registration re-sends at once, unless a copy is still on its way
     assert rig.sent("task") == []
     for p in pubs:
         p.done = True
-    rig.tick(2.1)  # back-off: 2 s after the dispatch, then 2 s more (out for 2 s at the skipped one)
+    rig.register("a1")
     assert [m.id for _, m in rig.sent("task")] == [task_id]
-    rig.register("a1")  # a registration re-sends at once, whatever the queue
-    assert [m.id for _, m in rig.sent("task")] == [task_id]
+    rig.tick(9.0)  # expires_at + ack_grace after the PUBACK
+    assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
 
 
 def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_commit(rig, monkeypatch):
