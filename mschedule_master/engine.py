@@ -536,7 +536,7 @@ class Engine:
                         self._apply(active, [], now, touched=agents)
 
     def _settle(self, now: float) -> None:
-        for task_id, agent_id in self.flow.settled():
+        for task_id, agent_id in self.flow.settled(now):
             active = self._active.get(task_id)
             if active is not None and self.registry.is_online(agent_id):
                 active.rollout.on_handed(agent_id, now)  # [] always
@@ -558,7 +558,10 @@ class Engine:
             active.rollout.on_agent_offline(agent_id, now, unheard=self.registry.is_unheard(agent_id))
             return
         task = active.task
-        expires_at = t.expires_at if t.expires_at is not None else now + task.delivery_timeout
+        if t.expires_at is None:  # the first copy: its accept-by allows for our connection's lag
+            expires_at = now + task.delivery_timeout + self.flow.allowance(now)
+        else:
+            expires_at = t.expires_at
         if active.encoded is None or active.encoded[0] != expires_at:
             msg = protocol.Task(
                 id=task.id, script=task.script, timeout=task.timeout, parallel=task.parallel,
@@ -576,7 +579,7 @@ class Engine:
             self.flow.drop(key)
             log.exception("publish of task %s to %s failed; the redelivery sends it again", task.id, agent_id)
             return
-        self.flow.sent(key, publication)
+        self.flow.sent(key, publication, now)
         redeliver = t.expires_at is not None
         self.metrics.dispatched(task.created_at, now, redeliver=redeliver)
         if not redeliver:
@@ -585,6 +588,30 @@ class Engine:
     def backlog(self, task_id: str | None = None) -> Backlog:
         """How throttled delivery is: copies in the master's queue and in flight."""
         return self.flow.backlog(task_id)
+
+    def delivery(self, task_id: str) -> dict[str, Any] | None:
+        """The task's delivery as the API shows it (``delivery``), None once it has ended:
+        whether flow control holds its copies back, and why."""
+        active = self._active.get(task_id)
+        if active is None:
+            return None
+        b = self.flow.backlog(task_id)
+        waiting = sum(1 for t in active.rollout.targets.values() if _queued(t) and t.offline_since is not None)
+        if b.task_queued and b.throttled:
+            reason = (
+                f"throttled: {b.task_queued} cop{'y' if b.task_queued == 1 else 'ies'} of this task wait in the "
+                f"master's queue ({b.queued} in all) while {b.in_flight} await the broker's acknowledgement "
+                f"(dispatch_window {b.window}); their delivery clocks start once the broker takes them"
+            )
+        elif waiting:
+            reason = f"{waiting} cop{'y waits' if waiting == 1 else 'ies wait'} for the agent to come online"
+        else:
+            reason = ""
+        return {
+            "throttled": bool(b.task_queued) and b.throttled, "queued": b.task_queued, "in_flight": b.task_in_flight,
+            "waiting_for_agent": waiting, "master_queued": b.queued, "master_in_flight": b.in_flight,
+            "window": b.window, "reason": reason,
+        }  # fmt: skip
 
     def _target_changed(self, active: Active, action: TargetChanged, now: float, code: int | None) -> None:
         task_id = active.task.id

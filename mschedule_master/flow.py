@@ -14,6 +14,7 @@ which copies are still wanted.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -49,7 +50,8 @@ class Flow:
             raise ValueError(f"dispatch_window must be >= 1, got {window}")
         self.window = window
         self._queue: deque[Key] = deque()
-        self._flight: deque[tuple[Key, Publication]] = deque()
+        self._flight: deque[tuple[Key, Publication, float]] = deque()  #: (copy, its publication, sent at)
+        self.lag = 0.0  #: how long the last copy the broker took had been in flight (seconds)
         self._held: set[Key] = set()  #: queued or in flight: a second copy would only queue behind it
         self._queued_by_task: Counter[str] = Counter()
         self._flight_by_task: Counter[str] = Counter()
@@ -81,25 +83,34 @@ class Flow:
         self._dec(self._queued_by_task, key[0])
         return key
 
-    def sent(self, key: Key, publication: Publication) -> None:
-        self._flight.append((key, publication))
+    def sent(self, key: Key, publication: Publication, now: float) -> None:
+        self._flight.append((key, publication, now))
         self._flight_by_task[key[0]] += 1
 
     def drop(self, key: Key) -> None:
         """A taken copy that is no longer wanted (acked, killed, ended, agent offline)."""
         self._held.discard(key)
 
-    def settled(self) -> list[Key]:
+    def settled(self, now: float) -> list[Key]:
         """The copies the broker acknowledged since the last call, oldest first (a copy
         still unacknowledged holds back the ones behind it: PUBACKs come in order)."""
         done: list[Key] = []
         flight = self._flight
         while flight and flight[0][1].wait(0):
-            key, _ = flight.popleft()
+            key, _, sent_at = flight.popleft()
+            self.lag = max(0.0, now - sent_at)
             self._dec(self._flight_by_task, key[0])
             self._held.discard(key)
             done.append(key)
         return done
+
+    def allowance(self, now: float) -> float:
+        """Extra accept-by time for a copy published now: twice what copies take to reach
+        the broker at present (the last one's time in flight, or the oldest unacknowledged
+        one's age if longer), in whole seconds. A copy's accept-by is written before it
+        leaves; the agent must not refuse it for our own connection's slowness."""
+        oldest = now - self._flight[0][2] if self._flight else 0.0
+        return float(math.ceil(2 * max(self.lag, oldest)))
 
     @property
     def busy(self) -> bool:
