@@ -577,7 +577,10 @@ class Engine:
             publication = self.transport.publish(topic, payload, qos=1)
         except Exception:
             self.flow.drop(key)
-            log.exception("publish of task %s to %s failed; the redelivery sends it again", task.id, agent_id)
+            log.exception("publish of task %s to %s failed; its redeliveries try again until it expires", task.id,
+                          agent_id, extra={"task_id": task.id, "agent_id": agent_id})  # fmt: skip
+            active.rollout.on_handed(agent_id, now)  # a clock, so that it ends (UNREACHABLE) if it never goes out
+            self._handed.setdefault(task_id, set()).add(agent_id)
             return
         self.flow.sent(key, publication, now)
         redeliver = t.expires_at is not None
