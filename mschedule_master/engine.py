@@ -111,7 +111,9 @@ class Engine:
         self.txn = Txn(store=store, transport=transport, clock=clock, rebuild=self._rebuild)
         #: task copies: the master's own queue and the window in flight (flow.py); fed after each commit
         self.flow = Flow(window=dispatch_window)
-        self._handed: dict[str, set[str]] = {}  #: task id -> targets whose delivery clock started, to persist
+        #: task id -> targets that flow control changed outside a transaction (a clock started, an
+        #: agent found offline): persisted by the next pump()
+        self._unsaved: dict[str, set[str]] = {}
         self.txn.hand_copies = self._queue_copies
         self.ingest = Ingest(
             store=store, txn=self.txn, topics=topics, metrics=self.metrics, clock=clock, active=self._active,
@@ -527,10 +529,10 @@ class Engine:
         self._settle(now)
         self._send(now)
         self._settle(now)
-        if self._handed:
-            handed, self._handed = self._handed, {}
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, {}
             with self.batch():
-                for task_id, agents in handed.items():
+                for task_id, agents in unsaved.items():
                     active = self._active.get(task_id)
                     if active is not None:
                         self._apply(active, [], now, touched=agents)
@@ -540,7 +542,7 @@ class Engine:
             active = self._active.get(task_id)
             if active is not None and self.registry.is_online(agent_id):
                 active.rollout.on_handed(agent_id, now)  # [] always
-                self._handed.setdefault(task_id, set()).add(agent_id)
+                self._unsaved.setdefault(task_id, set()).add(agent_id)
 
     def _send(self, now: float) -> None:
         while (key := self.flow.take()) is not None:
@@ -556,6 +558,7 @@ class Engine:
         if not self.registry.is_online(agent_id):  # held back: queued again when it comes online
             self.flow.drop(key)
             active.rollout.on_agent_offline(agent_id, now, unheard=self.registry.is_unheard(agent_id))
+            self._unsaved.setdefault(task_id, set()).add(agent_id)
             return
         task = active.task
         if t.expires_at is None:  # the first copy: its accept-by allows for our connection's lag
@@ -580,7 +583,7 @@ class Engine:
             log.exception("publish of task %s to %s failed; its redeliveries try again until it expires", task.id,
                           agent_id, extra={"task_id": task.id, "agent_id": agent_id})  # fmt: skip
             active.rollout.on_handed(agent_id, now)  # a clock, so that it ends (UNREACHABLE) if it never goes out
-            self._handed.setdefault(task_id, set()).add(agent_id)
+            self._unsaved.setdefault(task_id, set()).add(agent_id)
             return
         self.flow.sent(key, publication, now)
         redeliver = t.expires_at is not None

@@ -579,3 +579,30 @@ def test_late_reports_of_one_finished_task_load_its_targets_once(rig, monkeypatc
     assert loads == [task_id]
     task = rig.store.get_task(task_id)
     assert (task.state, task.counts) == (TaskState.SUCCEED, {"SUCCEED": 3})
+
+
+def test_a_copy_for_an_offline_agent_waits_in_the_master_and_leaves_when_it_comes_online(rig):
+    rig.register("a1")
+    rig.tick(30)  # its heartbeats stopped: offline
+    assert not rig.registry.is_online("a1")
+    task_id = rig.submit(["a1"]).task_id  # named: it may be offline
+    assert rig.sent("task") == [], "nothing for the broker to hold for an absent agent"
+    rig.tick(5)
+    rig.register("a1")  # back: its copy leaves now, with a fresh accept-by
+    ((_, copy),) = rig.sent("task")
+    assert copy.id == task_id and copy.expires_at == pytest.approx(rig.clock.now + 10)
+    assert _stored_snapshot(rig, task_id, "a1").expires_at == pytest.approx(rig.clock.now + 10)
+
+
+def test_an_agent_that_stays_offline_while_its_copy_waits_is_unreachable_after_delivery_timeout(rig):
+    rig.register("a1")
+    rig.tick(30)
+    task_id = rig.submit(["a1"]).task_id
+    rig.tick(10.9)  # delivery_timeout 10 + ack_grace 1 after it was seen offline
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    rig.tick(0.2)
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.reason) == (
+        TargetState.UNREACHABLE, "agent offline for more than delivery_timeout 10s; never sent"
+    )
+    assert rig.sent("task") == []
