@@ -177,10 +177,16 @@ class Txn:
         outbox, self._outbox = self._outbox, []
         acks, self._acks = self._acks, []
         events, self._events = self._events, []
-        copies: list[tuple[Active, str]] = []
+        # Task copies first (flow control publishes them, engine.py/flow.py): what the batch
+        # also says, such as a submit's reply, then follows them to the broker, as before.
+        copies = [out.copy_of for out in outbox if out.copy_of is not None]
+        if copies and self.hand_copies is not None:
+            try:
+                self.hand_copies(copies)
+            except Exception:
+                log.exception("could not queue %d task copies; the redeliveries send them again", len(copies))
         for out in outbox:
-            if out.copy_of is not None:  # a task copy: flow control publishes it (engine.py, flow.py)
-                copies.append(out.copy_of)
+            if out.copy_of is not None:
                 continue
             try:
                 self.transport.publish(
@@ -193,11 +199,6 @@ class Txn:
                 )
             except Exception:
                 log.exception("publish to %s failed", out.topic)
-        if copies and self.hand_copies is not None:
-            try:
-                self.hand_copies(copies)
-            except Exception:
-                log.exception("could not queue %d task copies; the redeliveries send them again", len(copies))
         for inc in acks:
             try:
                 inc.ack()
