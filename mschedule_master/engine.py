@@ -561,8 +561,8 @@ class Engine:
             self._unsaved.setdefault(task_id, set()).add(agent_id)
             return
         task = active.task
-        if t.expires_at is None:  # the first copy: its accept-by allows for our connection's lag
-            expires_at = now + task.delivery_timeout + self.flow.allowance(now)
+        if t.expires_at is None:  # the first copy: its accept-by cannot know when the broker takes it
+            expires_at = now + 2 * task.delivery_timeout + self.flow.allowance(now)
         else:
             expires_at = t.expires_at
         if active.encoded is None or active.encoded[0] != expires_at:

@@ -1,5 +1,5 @@
 """Flow control under a slow broker connection (issue 24): a real master behind a TCP
-proxy that lets through 800 bytes a second of what the master sends, real agents
+proxy that lets through 600 bytes a second of what the master sends, real agents
 connected straight to the broker, a window of one task copy in flight. The master's own
 queue holds the last copies for longer than the delivery timeout; their clocks start
 only when the broker takes them, so every target SUCCEEDs, each script once, none
@@ -16,7 +16,7 @@ from harness.fleet import Fleet
 from harness.procs import wait_until
 
 #: What the proxy lets through from the master, bytes per second (a task copy is ~400).
-RATE = 800
+RATE = 600
 AGENTS = 8
 TIMING = {"delivery_timeout": 3, "ack_grace": 0.5, "redeliver_interval": 1, "dispatch_window": 1}
 
