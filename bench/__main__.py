@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         readme = Path(__file__).resolve().parent.parent / "README.md"
         print("README.md updated" if report.update_readme(readme, md_path.read_text()) else "README.md has no bench markers")
-    return 0 if all(o.error is None and o.correct for o in outcomes) else 1
+    print(report.verdict(outcomes))
+    return report.exit_status(outcomes)
 
 
 if __name__ == "__main__":

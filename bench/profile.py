@@ -15,6 +15,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: The checkout's root: frames of its own files are shown relative to it.
+ROOT = str(Path(__file__).resolve().parent.parent)
+
 
 def py_spy() -> str | None:
     return shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
@@ -33,7 +36,8 @@ def recording(pid: int, out: Path, *, rate: int = 250, idle: bool = False, gil: 
         yield summary
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
+    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking",
+            "--threads"]  # fmt: skip
     if idle:
         argv.append("--idle")
     if gil:
@@ -59,7 +63,7 @@ def _frame(text: str) -> str:
     """``func (path/to/file.py:123)`` -> ``file.py:func`` (package-relative when possible)."""
     name, _, where = text.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("/site-packages/", "/work/main/", "/lib/python3"):
+    for marker in ("/site-packages/", f"{ROOT}/", "/lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
@@ -82,19 +86,33 @@ IDLE_LEAVES = (
 )
 
 
+def _is_label(element: str) -> bool:
+    """A collapsed stack's thread or process label (``thread (7317): MainThread`` with
+    ``--threads``, ``process 42:"cmd"`` with ``--subprocesses``), not a frame: without
+    ``--threads`` the first element is a real frame (``<module> (x.py:6)``) and must count."""
+    return element.startswith(("thread (", "process "))
+
+
 def summarise(raw: str, top: int = 15) -> dict:
-    """Self and total shares of the busy samples per function, from py-spy's collapsed-stack
-    output (a thread waiting in select()/a condition is not counted)."""
+    """Self and total shares of the busy samples per function (and per thread, when the
+    stacks are labelled), from py-spy's collapsed-stack output (a thread waiting in
+    select()/a condition is not counted)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     samples = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the thread
-        if not frames:
+        elements = stack.split(";")
+        labels = []
+        while elements and _is_label(elements[0]):
+            labels.append(elements.pop(0))
+        frames = [_frame(f) for f in elements]
+        if not frames:  # a labelled thread with no Python frame: not running Python code
+            idle += n
             continue
         if frames[-1] in IDLE_LEAVES:
             idle += n
@@ -103,10 +121,16 @@ def summarise(raw: str, top: int = 15) -> dict:
         own[frames[-1]] += n
         for f in set(frames):
             total[f] += n
+        thread = next((lab.partition(": ")[2] or lab for lab in labels if lab.startswith("thread (")), None)
+        if thread is not None:
+            threads[thread] += n
     if not samples:
         return {"samples": 0, "idle_samples": idle}
 
     def share(c: Counter[str]) -> list[list]:
         return [[name, round(100 * n / samples, 1)] for name, n in c.most_common(top)]
 
-    return {"samples": samples, "idle_samples": idle, "self_pct": share(own), "total_pct": share(total)}
+    summary = {"samples": samples, "idle_samples": idle, "self_pct": share(own), "total_pct": share(total)}
+    if threads:
+        summary["threads_pct"] = share(threads)
+    return summary

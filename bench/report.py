@@ -98,7 +98,12 @@ def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
             lines.append(f"| fork+exec+wait `/bin/sh -c true`, {b[key]['threads']} thread(s) | {_fmt(b[key]['per_s'])}/s |")
     if "mqtt_qos1_rtt" in b:
         r = b["mqtt_qos1_rtt"]
-        lines.append(f"| paho QoS-1 round trip via mosquitto | p50 {_fmt(r['p50_ms'])} ms, p99 {_fmt(r['p99_ms'])} ms |")
+        lines.append(f"| plain paho QoS-1 round trip via mosquitto (own process) | p50 {_fmt(r['p50_ms'])} ms, "
+                     f"p99 {_fmt(r['p99_ms'])} ms |")  # fmt: skip
+    if "transport_qos1_rtt" in b:
+        r = b["transport_qos1_rtt"]
+        lines.append(f"| the same through mschedule's transport, in the bench process | p50 {_fmt(r['p50_ms'])} ms, "
+                     f"p99 {_fmt(r['p99_ms'])} ms |")  # fmt: skip
     lines += ["", "| # | scenario | figure | measured | target | met | results correct |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for o in outcomes:
         correct = "error: " + o.error[:120] if o.error else ("yes" if o.correct else "NO: " + _short(o.problems))
@@ -114,6 +119,20 @@ def markdown(results: dict[str, Any], outcomes: list[Outcome]) -> str:
             lines.append(f"|  |  | *{figure}* | {value} |  |  |  |")
     lines.append("")
     return "\n".join(lines)
+
+
+def exit_status(outcomes: list[Outcome]) -> int:
+    """``python -m bench``'s exit status: 0 only when scenarios ran and every one of them is
+    correct (no error, every target's result present and right, each script run once).
+    A missed speed target alone does not fail the run: the table shows it."""
+    return 0 if outcomes and all(o.error is None and o.correct is True for o in outcomes) else 1
+
+
+def verdict(outcomes: list[Outcome]) -> str:
+    """One line for the end of the run: how many scenarios are correct, and which are not."""
+    bad = [o.id for o in outcomes if not (o.error is None and o.correct is True)]
+    head = f"{len(outcomes) - len(bad)} of {len(outcomes)} scenario(s) correct"
+    return head if not bad else f"{head}; NOT correct: {', '.join(bad)} (exit status 1)"
 
 
 README_START = "<!-- bench:table -->"

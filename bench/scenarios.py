@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -157,8 +159,11 @@ def _fanout(
 ) -> float:
     submitted = time.time()
     before = cpu_seconds(cpu_of or {})
-    done, seconds = client.run(ids, timeout=timeout, parallel=len(ids))
+    with dispatch_peaks(master) as peaks:
+        done, seconds = client.run(ids, timeout=timeout, parallel=len(ids))
     after = cpu_seconds(cpu_of or {})
+    if peaks:
+        o.metrics[key.replace("timeline", "dispatch_peaks")] = peaks
     o.problems.extend(check_summary(done, ids))
     o.metrics[key.replace("timeline", "task_messages")] = client.task_messages
     if cpu_of:
@@ -169,6 +174,39 @@ def _fanout(
         except (OSError, ValueError, KeyError) as e:
             o.metrics[key] = {"error": str(e)}
     return seconds
+
+
+@contextmanager
+def dispatch_peaks(master: MasterProc | None, every: float = 1.0):
+    """While the block runs, poll the master's /metrics every ``every`` s; yields a dict
+    filled with the peaks of its flow-control gauges (``queued``: copies in its own queue,
+    ``in_flight``: not yet acknowledged by the broker) and its ``window``."""
+    peaks: dict[str, float] = {}
+    if master is None:
+        yield peaks
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{master.http_port}/metrics", timeout=5) as r:
+                    lines = r.read().decode().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                name, _, value = line.partition(" ")
+                if name.startswith("mschedule_dispatch_") and value:
+                    short = name.removeprefix("mschedule_dispatch_")
+                    peaks[short] = max(peaks.get(short, 0.0), float(value))
+
+    poller = threading.Thread(target=poll, name="dispatch-peaks", daemon=True)
+    poller.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        poller.join(10)
 
 
 def breakdown(master: MasterProc, runs: list[tuple[float, float, str]]) -> dict[str, float]:
@@ -339,6 +377,10 @@ def scenario_4(ctx: Context) -> Outcome:
             o.metrics["fanout_seconds"] = round(seconds, 3)
             o.metrics["master_after_fanout_rss_mb"] = watch.summary()["rss_end_mb"]
     o.info.append(("task messages for the fan-out", f"{o.metrics.get('task_messages', 0):,}"))
+    peaks = o.metrics.get("dispatch_peaks") or {}
+    if peaks:
+        o.info.append(("flow control, peaks", f"{peaks.get('queued', 0):,.0f} copies queued in the master, "
+                       f"{peaks.get('in_flight', 0):,.0f} in flight (window {peaks.get('window', 0):,.0f})"))  # fmt: skip
     o.checks = [
         Check("master CPU while heartbeating", round(idle["cpu_share"] * 100, 1), 20, "% of a core"),
         Check("master RSS", idle["rss_max_mb"], 200, "MB"),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mschedule_agent.transport import Publication
-
 from . import models, plan
 from .rollout import Limits, Progress, Rollout
 
@@ -18,7 +16,6 @@ class Active:
     rollout: Rollout
     encoded: tuple[float, bytes] | None = None  #: (expires_at, the task message): one encode per window fill
     codes: dict[str, int | None] = field(default_factory=dict)  #: exit codes of the stored results, for the summary
-    copies: dict[str, Publication] = field(default_factory=dict)  #: the last task copy sent to each unacked target
     script_sha256: str | None = None  #: of task.script, computed at the first result that reports one
     progress: Progress = field(default_factory=Progress)  #: the plan's progress as last stored
 

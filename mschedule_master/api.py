@@ -362,10 +362,18 @@ async def get_task(request: web.Request) -> web.Response:
         task = with_hostnames(service, task)  # on the loop: the registry lives there
         links = api_jobs.task_links(service, task.id)  # on the loop: so does the store's connection
         links.update(plan_history(service, task))
+        links.update(delivery_of(service, task.id))  # on the loop: flow control's queue lives there
         return await render(service, lambda: dumps({**task_json(task, max_output=limit, outputs=outputs), **links}))
 
     query = (tuple(sorted(kw.items())), limit, outputs)
     return web.json_response(text=await request.app[COALESCE_KEY].get(task_id, query, answer))
+
+
+def delivery_of(service: Service, task_id: str) -> dict[str, Any]:
+    """``{"delivery": ...}`` while the task runs on this master (engine.py ``delivery``)."""
+    engine = getattr(service, "engine", None)
+    delivery = engine.delivery(task_id) if engine is not None and getattr(engine, "driving", False) else None
+    return {} if delivery is None else {"delivery": delivery}
 
 
 async def render(service: Service, fn: Callable[[], str]) -> str:

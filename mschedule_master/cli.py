@@ -939,6 +939,9 @@ def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> in
             console.print(f"aborted by {task['aborted_by']['by']} {when(task['aborted_by']['at'])}", markup=False,
                           highlight=False)  # fmt: skip
         console.print(counts_text(task["counts"]), highlight=False)
+        delivery = task.get("delivery") or {}
+        if delivery.get("reason"):  # flow control holds copies back (docs/rollout.md, "Flow control")
+            console.print(f"delivery {delivery['reason']}", markup=False, highlight=False)
         console.print(targets_table(task, offline_agents(client, task)))  # fmt: skip
     return EXIT_OK if task["state"] in ("SUCCEED", "WAITING", "RUNNING", "PAUSED") else EXIT_TASK_FAILED
 

@@ -54,8 +54,12 @@ DEFAULT_OUTPUT_RETENTION_DAYS = 0.0  #: their outputs sooner, when set (0 = with
 DEFAULT_LEASE = 5.0
 #: a task over this many targets needs a plan or an explicit parallel (0 = no limit)
 DEFAULT_UNPLANNED_TARGET_LIMIT = 1000
+#: task copies published and not yet acknowledged by the broker, at most (flow.py; docs/rollout.md)
+DEFAULT_DISPATCH_WINDOW = 2000
 DEFAULT_MQTT_VERSION = "5"  #: "3.1.1" for brokers without MQTT 5 (NATS, RabbitMQ): docs/protocol.md
 LOG_FORMATS = ("text", "json")
+#: paho has 65,535 packet ids for everything the master publishes at QoS 1: tasks leave room
+MAX_DISPATCH_WINDOW = 30000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class Settings:
     #: API tokens with roles, by name (roles.py): {"alice": {"role": "operator", "sha256": "..."}}
     tokens: dict[str, Any] = field(default_factory=dict)
     unplanned_target_limit: int = DEFAULT_UNPLANNED_TARGET_LIMIT
+    dispatch_window: int = DEFAULT_DISPATCH_WINDOW
 
     def __post_init__(self) -> None:
         for name in ("delivery_timeout", "redeliver_interval", "redeliver_max", "ack_grace", "lost_grace", "lost_max", "kill_resend", "flush_interval", "lease"):
@@ -103,6 +108,12 @@ class Settings:
             raise ConfigError(
                 f"unplanned_target_limit must be a whole number of targets >= 0 (0 = no limit), not {limit!r}",
                 "unplanned_target_limit",
+            )
+        window = self.dispatch_window
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_DISPATCH_WINDOW:
+            raise ConfigError(
+                f"dispatch_window must be a whole number of task copies from 1 to {MAX_DISPATCH_WINDOW}, not {window!r}",
+                "dispatch_window",
             )
         if self.log_format not in LOG_FORMATS:
             formats = ", ".join(LOG_FORMATS)
@@ -236,6 +247,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--unplanned-target-limit", dest="unplanned_target_limit", type=int,
                    help="refuse a task over this many targets with neither a plan nor a parallel; 0 = no limit "
                         f"({DEFAULT_UNPLANNED_TARGET_LIMIT})")  # fmt: skip
+    p.add_argument("--dispatch-window", dest="dispatch_window", type=int,
+                   help="task copies published and not yet acknowledged by the broker, at most; the rest wait "
+                        f"in the master's queue ({DEFAULT_DISPATCH_WINDOW})")  # fmt: skip
     return p
 
 

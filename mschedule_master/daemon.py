@@ -91,6 +91,8 @@ HEARD_PERSIST_EVERY = 1.0
 SYNC_RESEND = 5.0
 #: (HA) A standby tries to take the lead this often at most (seconds; lease / 5 when shorter).
 POLL_LEAD = 0.5
+#: While task copies are queued or in flight, look for the broker's PUBACKs this often (seconds).
+FLOW_POLL = 0.01
 #: How long "master ready" waits for the broker to grant the subscriptions (SUBACK).
 SUBSCRIBE_WAIT = 30.0
 
@@ -313,11 +315,14 @@ class Daemon:
         engine = Engine(
             store=store, transport=counted, topics=self.topics, registry=registry, timing=timing, groups=s.groups,
             metrics=metrics, sealer=sealing.load(s.signing_key, clock=time.time),
-            unplanned_target_limit=s.unplanned_target_limit,
+            unplanned_target_limit=s.unplanned_target_limit, dispatch_window=s.dispatch_window,
         )  # fmt: skip
         engine.epoch = getattr(store, "epoch", None)  # HA: the leader's (pgstore.py)
         engine.subscribe_batch(ProgressPublisher(counted, self.topics).publish)
-        metrics.watch(agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox))
+        metrics.watch(
+            agents=registry.agents, task_states=store.task_state_counts, inbox_depth=lambda: len(self._inbox),
+            delivery=engine.backlog,
+        )  # fmt: skip
         self.retention = Retention(
             store=store, policy=Policy(s.retention_days, s.output_retention_days), active_ids=engine.active_ids,
             clear_summary=lambda task_id: counted.publish(self.topics.task_summary(task_id), b"", qos=1, retain=True),
@@ -504,6 +509,7 @@ class Daemon:
         if synced and not self._synced:
             self._synced = True
             log.info("caught up with the broker: deadlines run again")
+        self._pump()
 
     def _yield(self, _other: protocol.MasterAnswer) -> None:
         """A live master started after this one shares this broker and prefix: exit 2 (HA: a
@@ -512,7 +518,37 @@ class Daemon:
         assert self._stop is not None
         self._stop.set()
 
+    def _pump(self) -> None:
+        """Flow control (flow.py): start the clocks of the copies the broker took, send more."""
+        try:
+            self.service.engine.pump()
+        except NotLeader as e:
+            self._step_down(str(e))
+        except (sqlite3.Error, StoreError):
+            self._fatal("the database failed while starting delivery clocks")
+
+    async def _pumping(self) -> None:
+        """While task copies are queued or in flight, look for PUBACKs every FLOW_POLL
+        seconds (the drain after each inbox batch looks too)."""
+        assert self._stop is not None
+        engine = self.service.engine
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), FLOW_POLL if engine.flow.busy else TICK_MAX)
+            except TimeoutError:
+                pass
+            if engine.flow.busy:
+                self._pump()
+
     async def _timer(self) -> None:
+        assert self._stop is not None
+        pumping = asyncio.ensure_future(self._pumping())
+        try:
+            await self._ticks()
+        finally:
+            pumping.cancel()
+
+    async def _ticks(self) -> None:
         assert self._stop is not None
         while not self._stop.is_set():
             deadlines = (self.service.engine.next_deadline(), self.service.schedules.next_wake())

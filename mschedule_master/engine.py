@@ -32,11 +32,23 @@ from mschedule_agent.transport import Incoming, Transport
 
 from . import models, plan, targeting
 from .actives import Active, counts, limits, plan_of
+from .flow import DEFAULT_WINDOW, Backlog, Flow
 from .ingest import REJECT_STATES, REVIVED_KEPT, Ingest
 from .metrics import Metrics
 from .models import InvalidRequest, NotFound, RequestConflict, WrongState
 from .registry import Change, Registry
-from .rollout import MANUAL_ABORT, Action, Dispatch, Progress, Rollout, SendKill, TargetChanged, TaskChanged, Timing
+from .rollout import (
+    MANUAL_ABORT,
+    Action,
+    Dispatch,
+    Progress,
+    Rollout,
+    SendKill,
+    TargetChanged,
+    TargetSnapshot,
+    TaskChanged,
+    Timing,
+)
 from .sealing import Unsealed
 from .states import TargetState, TaskState
 from .store import Store, StoredTask
@@ -75,6 +87,7 @@ class Engine:
         metrics: Metrics | None = None,
         sealer: Unsealed | None = None,
         unplanned_target_limit: int = UNPLANNED_TARGET_LIMIT,
+        dispatch_window: int = DEFAULT_WINDOW,
     ) -> None:
         self.store = store
         self.sealer = sealer or Unsealed()  #: signs each task/kill copy for its agent (sealing.py)
@@ -96,6 +109,12 @@ class Engine:
         #: on a standby: called with (channel, id) inside the transaction that stored a task or a kill
         self.notify: Callable[[str, str], None] | None = None
         self.txn = Txn(store=store, transport=transport, clock=clock, rebuild=self._rebuild)
+        #: task copies: the master's own queue and the window in flight (flow.py); fed after each commit
+        self.flow = Flow(window=dispatch_window)
+        #: task id -> targets that flow control changed outside a transaction (a clock started, an
+        #: agent found offline): persisted by the next pump()
+        self._unsaved: dict[str, set[str]] = {}
+        self.txn.hand_copies = self._queue_copies
         self.ingest = Ingest(
             store=store, txn=self.txn, topics=topics, metrics=self.metrics, clock=clock, active=self._active,
             apply=self._apply, timing=self._timing,
@@ -144,11 +163,11 @@ class Engine:
             snapshots = [replace(memory[s.agent_id]) if s.agent_id in earlier else s for s in stored.snapshots]
             rollout = Rollout.restore(
                 task_id, limits(active.task), targets=snapshots, task_state=stored.task.state, reason="",
-                timing=self._timing(active.task), plan=plan_of(active.task), progress=stored.progress,
+                timing=self._timing(active.task), plan=plan_of(active.task), progress=stored.progress, handoff=True,
             )  # fmt: skip
             codes = {a: row["code"] for a, row in self.store.target_states(task_id).items()}
             rebuilt = self._active[task_id] = Active(
-                active.task, rollout, codes=codes, copies=active.copies, progress=stored.progress or Progress()
+                active.task, rollout, codes=codes, progress=stored.progress or Progress()
             )
             self.txn.touched(rebuilt, earlier)
             log.warning("task %s: rollout rebuilt from the database", task_id, extra={"task_id": task_id})
@@ -200,7 +219,9 @@ class Engine:
                 self._hand_over("task", task_id)
                 log.info("task %s stored for %d target(s); the leader runs it", task_id, len(agent_ids), extra={"task_id": task_id})
                 return task, agent_ids
-            rollout = Rollout(task_id, agent_ids, limits(task), timing=self._timing(task), now=now, plan=task_plan)
+            rollout = Rollout(
+                task_id, agent_ids, limits(task), timing=self._timing(task), now=now, plan=task_plan, handoff=True
+            )
             active = self._active[task_id] = Active(task, rollout)
             self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": counts(active), "created": True})
             log.info("task %s created for %d target(s)", task_id, len(agent_ids), extra={"task_id": task_id})
@@ -346,6 +367,7 @@ class Engine:
         rollout = Rollout.restore(
             st.task.id, limits(st.task), targets=st.snapshots, task_state=st.task.state,
             reason=reason, timing=self._timing(st.task), killed=bool(kills), plan=plan_of(st.task), progress=st.progress,
+            handoff=True,
         )  # fmt: skip
         rollout.defer(self._deaf_at_start if deaf is None else deaf)
         codes = {a: row["code"] for a, row in self.store.target_states(st.task.id).items()}
@@ -381,6 +403,7 @@ class Engine:
         return min(deadlines, default=None)
 
     def tick(self) -> None:
+        self.pump()
         now = self.clock()
         due = [a for a in self._active.values() if (d := a.rollout.next_deadline()) is not None and d <= now]
         if not due:
@@ -405,6 +428,8 @@ class Engine:
                 self.txn.guard(active)
                 if change.online:
                     actions = r.on_agent_online(change.agent_id, now)
+                    if _queued(r.targets[change.agent_id]):  # its copy waited for it: send it now
+                        actions = [*actions, Dispatch(change.agent_id, None)]
                 else:
                     actions = r.on_agent_offline(change.agent_id, now, unheard=self.registry.is_unheard(change.agent_id))
                 self._apply(active, actions, now, touched={change.agent_id})
@@ -431,8 +456,10 @@ class Engine:
                 self.txn.guard(active)
                 if t.kill_requested:
                     self._apply(active, [SendKill(agent_id)], now)
+                elif _queued(t):
+                    self._dispatch(active, Dispatch(agent_id, None))
                 elif not t.acked and t.expires_at is not None and now < t.expires_at:
-                    self._dispatch(active, Dispatch(agent_id, t.expires_at, redeliver=True), always=True)
+                    self._dispatch(active, Dispatch(agent_id, t.expires_at, redeliver=True))
 
     def on_agent_message(self, info: protocol.TopicInfo, incoming: Incoming) -> None:
         """An ``ack``, ``started``, ``result`` or ``reject`` on ``<prefix>[/dc/DC]/results/<agent>``."""
@@ -480,34 +507,121 @@ class Engine:
         if active.rollout.state.final and task_id in self._active:
             del self._active[task_id]
 
-    def _dispatch(self, active: Active, action: Dispatch, *, always: bool = False) -> None:
-        """Queue the task message for ``action.agent_id``.
+    def _dispatch(self, active: Active, action: Dispatch) -> None:
+        """Ask for a task copy to ``action.agent_id``: queued in :attr:`flow` once the batch
+        commits (nothing leaves before), published as the window allows (:meth:`pump`).
 
-        A timed re-delivery is skipped while the previous copy has not even reached the
-        broker (no PUBACK yet: it still sits in our own client's queue, as in a big
-        fan-out), unless ``always`` (an agent that registers again gets its copy now).
+        No second copy while one is queued or not yet acknowledged by the broker (as in a
+        big fan-out): it would only queue behind the first (:meth:`Flow.put`).
         """
-        t = active.task
-        if action.redeliver and not always:
-            previous = active.copies.get(action.agent_id)
-            if previous is not None and not previous.wait(0):
-                return
-        if active.encoded is None or active.encoded[0] != action.expires_at:
+        self.txn.send(Out("", b"", copy_of=(active, action.agent_id)))
+
+    # ------------------------------------------------------------------ flow control (flow.py)
+    def _queue_copies(self, copies: list[tuple[Active, str]]) -> None:
+        """(after a commit) The batch's task copies join the master's queue; send what fits."""
+        self._settle(self.clock())  # first: a copy the broker took no longer stands in for a new one
+        for active, agent_id in copies:
+            self.flow.put(active.task.id, agent_id)
+        self.pump()
+
+    def pump(self) -> None:
+        """Start the delivery clocks of the copies the broker acknowledged, then publish
+        queued copies while fewer than the window are unacknowledged. The daemon calls it
+        often while :attr:`flow` is busy, and after each commit. The started clocks are
+        persisted in a transaction of their own."""
+        now = self.clock()
+        self._settle(now)
+        self._send(now)
+        self._settle(now)
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, {}
+            with self.batch():
+                for task_id, agents in unsaved.items():
+                    active = self._active.get(task_id)
+                    if active is not None:
+                        self._apply(active, [], now, touched=agents)
+
+    def _settle(self, now: float) -> None:
+        for task_id, agent_id in self.flow.settled(now):
+            active = self._active.get(task_id)
+            if active is not None and self.registry.is_online(agent_id):
+                active.rollout.on_handed(agent_id, now)  # [] always
+                self._unsaved.setdefault(task_id, set()).add(agent_id)
+
+    def _send(self, now: float) -> None:
+        while (key := self.flow.take()) is not None:
+            self._publish_copy(key, now)
+
+    def _publish_copy(self, key: tuple[str, str], now: float) -> None:
+        task_id, agent_id = key
+        active = self._active.get(task_id)
+        t = active.rollout.targets.get(agent_id) if active is not None else None
+        if active is None or t is None or t.state is not TargetState.DISPATCHED or t.acked or t.kill_requested:
+            self.flow.drop(key)  # it ended, was acked or killed meanwhile: no copy wanted
+            return
+        if not self.registry.is_online(agent_id):  # held back: queued again when it comes online
+            self.flow.drop(key)
+            active.rollout.on_agent_offline(agent_id, now, unheard=self.registry.is_unheard(agent_id))
+            self._unsaved.setdefault(task_id, set()).add(agent_id)
+            return
+        task = active.task
+        if t.expires_at is None:  # the first copy: its accept-by cannot know when the broker takes it
+            expires_at = now + 2 * task.delivery_timeout + self.flow.allowance(now)
+        else:
+            expires_at = t.expires_at
+        if active.encoded is None or active.encoded[0] != expires_at:
             msg = protocol.Task(
-                id=t.id, script=t.script, timeout=t.timeout, parallel=t.parallel, fail_rate=t.fail_rate,
-                fail_count=t.fail_count, env=t.env, cwd=t.cwd, output_cap=t.output_cap, expires_at=action.expires_at,
-                stream=t.stream,
-                epoch=self.epoch,
+                id=task.id, script=task.script, timeout=task.timeout, parallel=task.parallel,
+                fail_rate=task.fail_rate, fail_count=task.fail_count, env=task.env, cwd=task.cwd,
+                output_cap=task.output_cap, expires_at=expires_at, stream=task.stream, epoch=self.epoch,
             )  # fmt: skip
-            active.encoded = (action.expires_at, protocol.encode(msg))
-        topic = self._topics_for(action.agent_id).tasks(action.agent_id)
+            active.encoded = (expires_at, protocol.encode(msg))
+        topic = self._topics_for(agent_id).tasks(agent_id)
         payload = self.sealer.task(
-            active.encoded[1], task_id=t.id, script=t.script, agent_id=action.agent_id, expires_at=action.expires_at
+            active.encoded[1], task_id=task.id, script=task.script, agent_id=agent_id, expires_at=expires_at
         )
-        self.txn.send(Out(topic, payload, copy_of=(active, action.agent_id)))
-        self.metrics.dispatched(t.created_at, self.clock(), redeliver=action.redeliver)
-        if not action.redeliver:
-            log.debug("task %s dispatched to %s", t.id, action.agent_id, extra={"task_id": t.id})
+        try:
+            publication = self.transport.publish(topic, payload, qos=1)
+        except Exception:
+            self.flow.drop(key)
+            log.exception("publish of task %s to %s failed; its redeliveries try again until it expires", task.id,
+                          agent_id, extra={"task_id": task.id, "agent_id": agent_id})  # fmt: skip
+            active.rollout.on_handed(agent_id, now)  # a clock, so that it ends (UNREACHABLE) if it never goes out
+            self._unsaved.setdefault(task_id, set()).add(agent_id)
+            return
+        self.flow.sent(key, publication, now)
+        redeliver = t.expires_at is not None
+        self.metrics.dispatched(task.created_at, now, redeliver=redeliver)
+        if not redeliver:
+            log.debug("task %s sent to %s", task.id, agent_id, extra={"task_id": task.id})
+
+    def backlog(self, task_id: str | None = None) -> Backlog:
+        """How throttled delivery is: copies in the master's queue and in flight."""
+        return self.flow.backlog(task_id)
+
+    def delivery(self, task_id: str) -> dict[str, Any] | None:
+        """The task's delivery as the API shows it (``delivery``), None once it has ended:
+        whether flow control holds its copies back, and why."""
+        active = self._active.get(task_id)
+        if active is None:
+            return None
+        b = self.flow.backlog(task_id)
+        waiting = sum(1 for t in active.rollout.targets.values() if _queued(t) and t.offline_since is not None)
+        if b.task_queued and b.throttled:
+            reason = (
+                f"throttled: {b.task_queued} cop{'y' if b.task_queued == 1 else 'ies'} of this task wait in the "
+                f"master's queue ({b.queued} in all) while {b.in_flight} await the broker's acknowledgement "
+                f"(dispatch_window {b.window}); their delivery clocks start once the broker takes them"
+            )
+        elif waiting:
+            reason = f"{waiting} cop{'y waits' if waiting == 1 else 'ies wait'} for the agent to come online"
+        else:
+            reason = ""
+        return {
+            "throttled": bool(b.task_queued) and b.throttled, "queued": b.task_queued, "in_flight": b.task_in_flight,
+            "waiting_for_agent": waiting, "master_queued": b.queued, "master_in_flight": b.in_flight,
+            "window": b.window, "reason": reason,
+        }  # fmt: skip
 
     def _target_changed(self, active: Active, action: TargetChanged, now: float, code: int | None) -> None:
         task_id = active.task.id
@@ -579,4 +693,10 @@ class Engine:
 
     def _timing(self, task: models.Task) -> Timing:
         return replace(self.timing, delivery_timeout=task.delivery_timeout)
+
+
+def _queued(t: TargetSnapshot) -> bool:
+    """Dispatched, its delivery clock not started (its copy never reached the broker while
+    the agent was connected), and still wanted."""
+    return t.state is TargetState.DISPATCHED and not t.acked and t.expires_at is None and not t.kill_requested
 

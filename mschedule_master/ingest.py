@@ -106,7 +106,6 @@ class Ingest:
             return
         r = active.rollout
         self._txn.guard(active)
-        active.copies.pop(agent_id, None)  # it has (or is past) the task: no more copies to watch
         if isinstance(msg, Ack):
             if msg.audit:  # an agent in signing mode audit: enforce would have refused this copy
                 log.warning("task %s: agent %s would refuse it when enforcing: %s", msg.id, agent_id, msg.audit,

@@ -140,15 +140,18 @@ class Metrics:
         task_states: Callable[[], dict[str, int]] | None = None,
         inbox_depth: Callable[[], int] | None = None,
         leadership: Callable[[], tuple[bool, int]] | None = None,
+        delivery: Callable[[], Any] | None = None,
     ) -> None:
         """Sources read at each scrape (on the master's loop thread, as the API runs).
-        ``leadership``: (this master leads, the database's epoch), for HA masters."""
+        ``leadership``: (this master leads, the database's epoch), for HA masters.
+        ``delivery``: flow control's :class:`~.flow.Backlog` (queued, in flight, window)."""
         s = self._state
-        s.agents, s.task_states, s.inbox_depth, s.leadership = (
+        s.agents, s.task_states, s.inbox_depth, s.leadership, s.delivery = (
             agents or s.agents,
             task_states or s.task_states,
             inbox_depth or s.inbox_depth,
             leadership or s.leadership,
+            delivery or s.delivery,
         )
 
     def render(self) -> bytes:
@@ -166,6 +169,7 @@ class _StateCollector(Collector):
         self.task_states: Callable[[], dict[str, int]] | None = None
         self.inbox_depth: Callable[[], int] | None = None
         self.leadership: Callable[[], tuple[bool, int]] | None = None
+        self.delivery: Callable[[], Any] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # values only at collect(): nothing to check for name clashes up front
@@ -192,6 +196,21 @@ class _StateCollector(Collector):
         if self.inbox_depth is not None:
             yield GaugeMetricFamily(
                 "mschedule_inbox_depth", "MQTT messages received, not yet applied", value=self.inbox_depth()
+            )
+        if self.delivery is not None:
+            b = self.delivery()
+            yield GaugeMetricFamily(
+                "mschedule_dispatch_queued", "Task copies waiting in the master's own queue (flow control)", value=b.queued
+            )
+            yield GaugeMetricFamily(
+                "mschedule_dispatch_in_flight", "Task copies published, not yet acknowledged by the broker (PUBACK)",
+                value=b.in_flight,
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "mschedule_dispatch_window", "Task copies allowed in flight at once (dispatch_window)", value=b.window
+            )
+            yield GaugeMetricFamily(
+                "mschedule_dispatch_throttled", "1 while copies wait because the window is full", value=int(b.throttled)
             )
         if self.leadership is not None:
             leading, epoch = self.leadership()

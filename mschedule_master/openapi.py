@@ -240,6 +240,21 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "object", "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"},
                                                            "step": {"type": ["integer", "null"]}}},
             },
+            "delivery": {
+                "type": "object",
+                "description": "GET one running task: whether flow control holds its copies back, and why "
+                "(docs/rollout.md, \"Flow control\")",
+                "properties": {
+                    "throttled": {"type": "boolean", "description": "copies wait because the window is full"},
+                    "queued": {"type": "integer", "description": "this task's copies in the master's queue"},
+                    "in_flight": {"type": "integer", "description": "... published, not yet acknowledged by the broker"},
+                    "waiting_for_agent": {"type": "integer", "description": "copies held until their agent is online"},
+                    "master_queued": {"type": "integer", "description": "copies in the master's queue, all tasks"},
+                    "master_in_flight": {"type": "integer", "description": "un-acknowledged copies, all tasks"},
+                    "window": {"type": "integer", "description": "dispatch_window: copies in flight at most"},
+                    "reason": {"type": "string", "description": "in words; empty when nothing holds it back"},
+                },
+            },
             "aborted_by": {"type": "object", "description": "GET one task a person aborted: who and when",
                            "properties": {"by": {"type": ["string", "null"]}, "at": {"type": "number"}}},
             "targets": {

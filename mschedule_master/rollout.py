@@ -19,6 +19,9 @@ change names or signatures without updating both sides):
     actions = r.kill(now, reason="killed by user")
     actions = r.tick(now)                # time-based: redeliver, expiry -> UNREACHABLE, LOST, kill resend
     r.defer(seconds)                     # the master could not hear for this long: every clock waits as long
+    r = Rollout(..., handoff=True)       # flow control: a Dispatch only queues a copy; its delivery
+    actions = r.on_handed(agent_id, now) # clock starts when the broker took a copy (PUBACK) while
+                                         # the agent was connected (docs/rollout.md "Flow control")
     actions = r.on_agent_heard(agent_id, now, heard=False)   # its datacenter's bridge went down (True: up)
     r.next_deadline() -> float | None    # when tick() next has something to do
     r.state, r.reason, r.counts(), r.targets (dict agent_id -> TargetSnapshot, read-only use)
@@ -206,10 +209,12 @@ class TargetSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Publish the task to ``agent_id`` (first time, or again when ``redeliver``)."""
+    """Publish the task to ``agent_id`` (first time, or again when ``redeliver``).
+    ``expires_at`` None: the target's delivery clock has not started (``handoff``): the
+    daemon writes the time its copy leaves the master's queue + delivery_timeout."""
 
     agent_id: str
-    expires_at: float
+    expires_at: float | None
     redeliver: bool = False
 
 
@@ -284,9 +289,11 @@ class Rollout:
         timing: Timing = Timing(),
         now: float,
         plan: Plan | None = None,
+        handoff: bool = False,
     ) -> None:
         targets = [TargetSnapshot(agent_id=a, seq=i) for i, a in enumerate(agent_ids)]
         self._setup(task_id, limits, timing, targets, plan)
+        self.handoff = handoff
 
     @classmethod
     def restore(
@@ -301,6 +308,7 @@ class Rollout:
         killed: bool | None = None,
         plan: Plan | None = None,
         progress: Progress | None = None,
+        handoff: bool = False,
     ) -> Rollout:
         """Rebuild a rollout from its stored targets (after a master restart).
 
@@ -312,6 +320,7 @@ class Rollout:
         """
         self = cls.__new__(cls)
         self._setup(task_id, limits, timing, sorted(targets, key=lambda t: t.seq), plan)
+        self.handoff = handoff
         self.state = task_state
         self.reason = reason
         if progress is not None:
@@ -363,6 +372,8 @@ class Rollout:
         self.aborted = False
         self.killed = False
         self.revised = False  #: the task had ended and a late report changed its verdict
+        #: flow control: a dispatched target's delivery clock starts at on_handed(), not at the Dispatch
+        self.handoff = False
         self._end_reason = ""  #: the abort or kill reason the task will end with
         self._targets: dict[str, TargetSnapshot] = {t.agent_id: t for t in targets}
         if len(self._targets) != len(targets):
@@ -477,11 +488,13 @@ class Rollout:
         actions: list[Action] = []
         for agent_id in sorted(self._active, key=lambda a: self._targets[a].seq):
             t = self._targets[agent_id]
-            if t.state is _T.DISPATCHED and t.expires_at is None:  # a store that lost it: give a fresh expiry
-                t.expires_at = now + self.timing.delivery_timeout
+            if t.state is _T.DISPATCHED and t.expires_at is None and not t.acked and not self.handoff:
+                t.expires_at = now + self.timing.delivery_timeout  # a store that lost it: give a fresh expiry
             if t.kill_requested:
                 t.kill_sent_at = now
                 actions.append(SendKill(agent_id))
+            elif not t.acked and t.state is _T.DISPATCHED and t.expires_at is None:  # its copy was still queued
+                actions.append(Dispatch(agent_id, None))
             elif not t.acked and t.state is _T.DISPATCHED and t.expires_at is not None and now < t.expires_at:
                 t.last_sent_at = now
                 actions.append(Dispatch(agent_id, t.expires_at, redeliver=True))
@@ -617,6 +630,22 @@ class Rollout:
         self._touch(t)
         return []
 
+    def on_handed(self, agent_id: str, now: float) -> list[Action]:
+        """(``handoff``) The broker took a copy of the task (its PUBACK) while the agent was
+        connected: the target's delivery clock starts now, ``expires_at = now +
+        delivery_timeout`` and ``dispatched_at = now`` (the redelivery back-off counts from
+        here; until then ``dispatched_at`` is when the rollout decided). Until then the copy
+        sat in the master's own queue or connection, which is no fault of the agent's.
+        Ignored once the clock runs, the agent acked, or the target is no longer DISPATCHED."""
+        t = self._targets.get(agent_id)
+        if t is None or t.state is not _T.DISPATCHED or t.acked or t.expires_at is not None:
+            return []
+        t.expires_at = now + self.timing.delivery_timeout
+        t.dispatched_at = t.last_sent_at = now  # the copy left: the redelivery back-off counts from here
+        t.offline_since = t.unheard_since = None  # it was connected when the broker took the copy
+        self._touch(t)
+        return []
+
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> list[Action]:
@@ -666,6 +695,12 @@ class Rollout:
         if not t.acked and t.state is _T.DISPATCHED and now >= _expiry(t, tm):
             if t.kill_requested:
                 return self._finish(t, _T.CANCELLED, now, "killed before the agent accepted it")
+            if t.expires_at is None:  # queued for an agent that stayed offline
+                if t.unheard_since is not None:
+                    why = f"datacenter unreachable for more than lost_max {max(tm.lost_max, tm.lost_grace):g}s"
+                else:
+                    why = f"agent offline for more than delivery_timeout {tm.delivery_timeout:g}s; never sent"
+                return self._finish(t, _T.UNREACHABLE, now, why)
             return self._finish(t, _T.UNREACHABLE, now, f"not accepted within delivery_timeout {tm.delivery_timeout:g}s")
         lost_at, redeliver_at = _lost_at(t, tm), _redeliver_at(t, tm)
         if lost_at is not None and now >= lost_at:
@@ -785,6 +820,8 @@ class Rollout:
                 continue
             t.kill_requested = True
             t.kill_sent_at = now
+            if t.state is _T.DISPATCHED and not t.acked and t.expires_at is None:
+                t.expires_at = now + self.timing.delivery_timeout  # a copy may be on its way: wait as long
             self._touch(t)
             actions.append(SendKill(agent_id))
         return actions
@@ -815,7 +852,7 @@ class Rollout:
 
     def _dispatch_window(self, now: float, end: int) -> list[Action]:
         actions: list[Action] = []
-        expires_at = now + self.timing.delivery_timeout
+        expires_at = None if self.handoff else now + self.timing.delivery_timeout
         while len(self._active) < self.window and self._next < end:
             t = self._targets[self._order[self._next]]
             self._next += 1
@@ -929,7 +966,15 @@ class Rollout:
 
 
 def _expiry(t: TargetSnapshot, tm: Timing) -> float:
-    return (t.expires_at if t.expires_at is not None else math.inf) + tm.ack_grace
+    if t.expires_at is not None:
+        return t.expires_at + tm.ack_grace
+    # queued (handoff): no clock until the broker takes a copy while the agent is connected;
+    # an agent offline all along is given delivery_timeout (its bridge down: lost_max)
+    if t.unheard_since is not None:
+        return t.unheard_since + max(tm.lost_max, tm.lost_grace)
+    if t.offline_since is not None:
+        return t.offline_since + tm.delivery_timeout + tm.ack_grace
+    return math.inf
 
 
 def _lost_at(t: TargetSnapshot, tm: Timing) -> float | None:

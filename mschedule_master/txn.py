@@ -40,7 +40,7 @@ class Out:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
-    copy_of: tuple[Active, str] | None = None  #: a task copy for (task, agent): keep its Publication
+    copy_of: tuple[Active, str] | None = None  #: a task copy for (task, agent): handed to hand_copies
 
 
 class Txn:
@@ -56,6 +56,8 @@ class Txn:
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
         self._batch_subscribers: list[Callable[[list[models.Event]], None]] = []
+        #: takes the committed batch's task copies (Out.copy_of) instead of publishing them (flow control)
+        self.hand_copies: Callable[[list[tuple[Active, str]]], None] | None = None
         #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
         self._guarding: dict[str, Active] | None = None
         self._guard_targets: dict[str, set[str]] = {}
@@ -181,9 +183,19 @@ class Txn:
         outbox, self._outbox = self._outbox, []
         acks, self._acks = self._acks, []
         events, self._events = self._events, []
-        for out in outbox:
+        # Task copies first (flow control publishes them, engine.py/flow.py): what the batch
+        # also says, such as a submit's reply, then follows them to the broker, as before.
+        copies = [out.copy_of for out in outbox if out.copy_of is not None]
+        if copies and self.hand_copies is not None:
             try:
-                pub = self.transport.publish(
+                self.hand_copies(copies)
+            except Exception:
+                log.exception("could not queue %d task copies; the redeliveries send them again", len(copies))
+        for out in outbox:
+            if out.copy_of is not None:
+                continue
+            try:
+                self.transport.publish(
                     out.topic,
                     out.payload,
                     qos=1,
@@ -191,8 +203,6 @@ class Txn:
                     response_topic=out.response_topic,
                     correlation_data=out.correlation_data,
                 )
-                if out.copy_of is not None:
-                    out.copy_of[0].copies[out.copy_of[1]] = pub
             except Exception:
                 log.exception("publish to %s failed", out.topic)
         for inc in acks:

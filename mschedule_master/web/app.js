@@ -429,7 +429,8 @@ async function loadTask(id) {
   if (state.route !== "task" || state.taskId !== id) return;
   $("#task-id").textContent = t.id;
   $("#task-state").replaceWith(Object.assign(badge(t.state), { id: "task-state" }));
-  $("#task-reason").textContent = (t.reason || "") + (t.revised_at ? ` — verdict revised ${when(t.revised_at)}` : "");
+  $("#task-reason").textContent = (t.reason || "") + (t.revised_at ? ` — verdict revised ${when(t.revised_at)}` : "")
+    + (t.delivery && t.delivery.reason ? ` — delivery ${t.delivery.reason}` : "");
   const meta = [
     ["targets", t.targets_spec.join(" ")],
     ["parallel", t.parallel],

@@ -379,7 +379,12 @@ class _Pending:
         return self.done
 
 
-def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig, monkeypatch):
+def _stored_snapshot(rig, task_id, agent_id):
+    stored = rig.store.load_stored(task_id)
+    return next(t for t in stored.snapshots if t.agent_id == agent_id)
+
+
+def test_the_delivery_clock_waits_while_the_first_copy_has_not_reached_the_broker(rig, monkeypatch):
     pubs: list[_Pending] = []
     publish = rig.transport.publish
 
@@ -391,15 +396,29 @@ def test_no_timed_redelivery_while_the_last_copy_has_not_reached_the_broker(rig,
     monkeypatch.setattr(rig.transport, "publish", slow_publish)
     rig.register("a1")
     task_id = rig.submit(["a1"]).task_id
-    assert len(rig.sent("task")) == 1
-    rig.tick(2.1)  # first re-delivery due, but the first copy is still queued in the client
+    (_, first), = rig.sent("task")
+    for _ in range(30):  # three delivery timeouts, the copy still in our own client: no clock, no copy, no verdict
+        rig.tick(1.0)
+        rig.register("a1")  # online all along (a registration asks for a copy: one is on its way already)
+    assert rig.sent("task") == []
+    target = _stored_snapshot(rig, task_id, "a1")
+    assert (target.state, target.expires_at) == (TargetState.DISPATCHED, None)
+    for p in pubs:
+        p.done = True  # the broker's PUBACK: the clock starts at the next pump
+    rig.tick(0.1)
+    handed = rig.clock.now
+    assert _stored_snapshot(rig, task_id, "a1").expires_at == pytest.approx(handed + 10)
+    assert first.expires_at == pytest.approx(handed - 30.1 + 20), "its accept-by: sent + 2 x delivery_timeout"
+    rig.tick(2.0)  # back-off from the PUBACK: 2 s
+    assert [m.id for _, m in rig.sent("task")] == [task_id]
+    rig.register("a1")  # a registration re-sends at once, unless a copy is still on its way
     assert rig.sent("task") == []
     for p in pubs:
         p.done = True
-    rig.tick(2.1)  # back-off: 2 s after the dispatch, then 2 s more (out for 2 s at the skipped one)
+    rig.register("a1")
     assert [m.id for _, m in rig.sent("task")] == [task_id]
-    rig.register("a1")  # a registration re-sends at once, whatever the queue
-    assert [m.id for _, m in rig.sent("task")] == [task_id]
+    rig.tick(9.0)  # expires_at + ack_grace after the PUBACK
+    assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
 
 
 def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_commit(rig, monkeypatch):
@@ -560,3 +579,30 @@ def test_late_reports_of_one_finished_task_load_its_targets_once(rig, monkeypatc
     assert loads == [task_id]
     task = rig.store.get_task(task_id)
     assert (task.state, task.counts) == (TaskState.SUCCEED, {"SUCCEED": 3})
+
+
+def test_a_copy_for_an_offline_agent_waits_in_the_master_and_leaves_when_it_comes_online(rig):
+    rig.register("a1")
+    rig.tick(30)  # its heartbeats stopped: offline
+    assert not rig.registry.is_online("a1")
+    task_id = rig.submit(["a1"]).task_id  # named: it may be offline
+    assert rig.sent("task") == [], "nothing for the broker to hold for an absent agent"
+    rig.tick(5)
+    rig.register("a1")  # back: its copy leaves now, with a fresh accept-by
+    ((_, copy),) = rig.sent("task")
+    assert copy.id == task_id and copy.expires_at == pytest.approx(rig.clock.now + 20), "2 x delivery_timeout"
+    assert _stored_snapshot(rig, task_id, "a1").expires_at == pytest.approx(rig.clock.now + 10)
+
+
+def test_an_agent_that_stays_offline_while_its_copy_waits_is_unreachable_after_delivery_timeout(rig):
+    rig.register("a1")
+    rig.tick(30)
+    task_id = rig.submit(["a1"]).task_id
+    rig.tick(10.9)  # delivery_timeout 10 + ack_grace 1 after it was seen offline
+    assert rig.store.get_target(task_id, "a1").state is TargetState.DISPATCHED
+    rig.tick(0.2)
+    target = rig.store.get_target(task_id, "a1")
+    assert (target.state, target.reason) == (
+        TargetState.UNREACHABLE, "agent offline for more than delivery_timeout 10s; never sent"
+    )
+    assert rig.sent("task") == []

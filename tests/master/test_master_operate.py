@@ -149,6 +149,7 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
     from pathlib import Path
 
     from mschedule_agent.metrics import AgentCollector
+    from mschedule_master.flow import Backlog
     from mschedule_master.metrics import Metrics
 
     doc = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/mschedule.json").read_text())
@@ -162,6 +163,7 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
         agents=lambda: [SimpleNamespace(dc="bj", online=True)],
         task_states=lambda: {"SUCCEED": 1},
         inbox_depth=lambda: 0,
+        delivery=lambda: Backlog(queued=0, in_flight=0, window=2000),
     )
     for hook in (lambda: m.target_finished("SUCCEED"), lambda: m.rejected("busy"), lambda: m.deleted("tasks", 1)):
         hook()  # labelled series exist once used

@@ -39,6 +39,7 @@ def test_a_canary_pauses_then_an_approval_with_who_runs_the_rest(rig):
     assert _dispatched(rig) == [], "nothing more while paused"
     rig.tick(1000)
     assert rig.store.get_task(task_id).state is TaskState.PAUSED and _dispatched(rig) == []
+    _fleet(rig, 3)  # their heartbeats: online (a copy for an agent gone offline waits for it)
     approved = rig.service.approve(task_id, "alice")
     assert approved.state is TaskState.RUNNING and approved.plan_step == 3 and approved.paused_at is None
     (event,) = rig.store.events(task_id, kind="approved")
@@ -116,6 +117,7 @@ def test_a_timed_pause_ends_on_time_across_a_restart(tmp_path, rig_factory):
     second.engine.restore()
     second.tick(19)
     assert second.store.get_task(task_id).state is TaskState.PAUSED
+    _fleet(second, 2)  # their heartbeats: online (a copy for an agent gone offline waits for it)
     second.tick(1.5)
     task = second.store.get_task(task_id)
     assert task.state is TaskState.RUNNING and _dispatched(second) == ["a2"]

@@ -13,7 +13,8 @@ def test_one_target_runs_from_submit_to_stored_result(rig):
     task_id = reply.task_id
     tasks = rig.sent("task")
     assert [t for t, _ in tasks] == ["test/agents/a1/tasks"]
-    assert tasks[0][1].id == task_id and tasks[0][1].expires_at == rig.clock.now + 10
+    # its accept-by: twice delivery_timeout (10) after it left; the master's clock: 10 from the PUBACK
+    assert tasks[0][1].id == task_id and tasks[0][1].expires_at == rig.clock.now + 20
     assert rig.store.get_task(task_id).state is TaskState.RUNNING
 
     rig.from_agent("a1", protocol.Ack(id=task_id, agent_id="a1", at=rig.clock.now))

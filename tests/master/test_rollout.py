@@ -1116,3 +1116,85 @@ def test_the_lost_clock_stops_while_the_agents_datacenter_cannot_be_heard(offlin
     assert run.mirror["a00"] == T.LOST
     if bridge_down_at is not None and bridge_up_at is None:
         assert "lost_max 100s" in only(run.actions, TargetChanged)[-1].reason
+
+
+# ---------------------------------------------------------------------- flow control (docs/rollout.md "Flow control")
+
+HANDOFF = Timing(delivery_timeout=10, ack_grace=1, redeliver_interval=20)
+
+
+def _handoff(n: int = 2) -> Rollout:
+    return Rollout("t1", ids(n), Limits(parallel=n), timing=HANDOFF, now=0, handoff=True)
+
+
+def test_with_handoff_a_dispatch_starts_no_clock_until_the_broker_took_the_copy():
+    r = _handoff()
+    assert only(r.start(0), Dispatch) == [Dispatch("a00", None), Dispatch("a01", None)]
+    assert r.next_deadline() is None and r.tick(1000) == [], "queued for ever: no verdict on our own queue"
+    assert r.targets["a00"].state is T.DISPATCHED and r.targets["a00"].expires_at is None
+
+
+@pytest.mark.parametrize(
+    ("handed", "unreachable_at"),
+    [({"a00": 4, "a01": 9}, {"a00": 15, "a01": 20}), ({"a01": 0, "a00": 30}, {"a01": 11, "a00": 41})],
+)
+def test_with_handoff_the_delivery_clock_counts_from_the_puback(handed, unreachable_at):
+    r = _handoff()
+    r.start(0)
+    for agent, at in sorted(handed.items(), key=lambda kv: kv[1]):
+        assert r.on_handed(agent, at) == []
+        assert (r.targets[agent].expires_at, r.targets[agent].dispatched_at) == (at + 10, at)
+    for agent, at in sorted(unreachable_at.items(), key=lambda kv: kv[1]):
+        r.tick(at - 0.01)
+        assert r.targets[agent].state is T.DISPATCHED
+        r.tick(at)
+        assert r.targets[agent].state is T.UNREACHABLE
+
+
+def test_with_handoff_a_second_puback_or_one_after_the_ack_moves_nothing():
+    r = _handoff()
+    r.start(0)
+    r.on_handed("a00", 4)
+    r.on_handed("a00", 8)
+    assert r.targets["a00"].expires_at == 14
+    r.on_ack("a01", 5)
+    r.on_handed("a01", 6)
+    assert r.targets["a01"].expires_at is None and r.next_deadline() == 15
+
+
+def test_with_handoff_an_agent_offline_while_its_copy_is_held_has_delivery_timeout_to_return():
+    r = _handoff()
+    r.start(0)
+    r.on_agent_offline("a01", 2)
+    assert r.next_deadline() == 13
+    r.defer(3)  # the master could not hear for 3 s: the wait moves too
+    changes = only(r.tick(16), TargetChanged)
+    assert [(c.agent_id, c.new) for c in changes] == [("a01", T.UNREACHABLE)]
+    assert changes[0].reason == "agent offline for more than delivery_timeout 10s; never sent"
+
+
+def test_with_handoff_an_agent_back_online_waits_for_its_copy_again():
+    r = _handoff()
+    r.start(0)
+    r.on_agent_offline("a01", 2)
+    r.on_agent_online("a01", 12)
+    assert r.next_deadline() is None
+    r.on_handed("a01", 30)
+    assert r.next_deadline() == 41
+
+
+def test_with_handoff_a_kill_of_a_copy_that_never_left_cancels_it_at_its_expiry():
+    r = _handoff(1)
+    r.start(0)
+    assert only(r.kill(5), SendKill) == [SendKill("a00")]
+    assert r.targets["a00"].expires_at == 15
+    assert [(c.new, c.reason) for c in only(r.tick(16), TargetChanged)] == [
+        (T.CANCELLED, "killed before the agent accepted it")
+    ]
+
+
+def test_with_handoff_resume_queues_a_copy_again_for_a_target_stored_without_a_clock():
+    targets = [TargetSnapshot("a00", T.DISPATCHED, seq=0, dispatched_at=0.0)]
+    r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.RUNNING, timing=HANDOFF, handoff=True)
+    assert only(r.resume(100), Dispatch) == [Dispatch("a00", None)]
+    assert r.next_deadline() is None
