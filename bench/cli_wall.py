@@ -105,7 +105,7 @@ def fleet_of(n: int, workdir: Path, broker_url: str, *, real_max: int = REAL_MAX
 
 
 def measure(sizes: list[int], runs: int, *, ansible: bool = True, real_max: int = REAL_MAX) -> list[dict]:
-    """One row per N: ``n``, ``simulated``, the medians ``wall``/``master``/``gap``, and
+    """One row per N: ``n``, ``simulated``, ``load`` (1-minute load average), the medians ``wall``/``master``/``gap``, and
     ``ansible`` (its median wall, forks, and ``ratio`` = Ansible / mschedule) or None when
     Ansible is not installed or ``ansible`` is False."""
     exe = peers.find_ansible() if ansible else None
@@ -117,7 +117,8 @@ def measure(sizes: list[int], runs: int, *, ansible: bool = True, real_max: int 
         try:
             for n in sizes:
                 with fleet_of(n, Path(tmp) / f"n{n}", broker.url, real_max=real_max) as target:
-                    row: dict = {"n": n, "simulated": target.simulated, **time_runs(target, n, runs)}
+                    load = os.getloadavg()[0]  # the machine is shared: the load the row was measured under
+                    row: dict = {"n": n, "simulated": target.simulated, "load": load, **time_runs(target, n, runs)}
                 if exe is not None:
                     got = peers.time_ansible(exe, n, runs)
                     row["ansible"] = {**got, "ratio": got["wall"] / row["wall"]}
@@ -142,7 +143,7 @@ def cli_start_ms(runs: int = 10) -> float:
 
 HEADER = (
     "| N agents | `mschedule run` wall (median) | master's own (created -> finished) | finished -> CLI exit "
-    "| `ansible -m raw` wall (median, forks) | Ansible / mschedule |\n|---|---|---|---|---|---|"
+    "| `ansible -m raw` wall (median, forks) | Ansible / mschedule | load |\n|---|---|---|---|---|---|---|"
 )
 
 
@@ -151,9 +152,7 @@ def row_line(row: dict) -> str:
     kind = "simulated" if row["simulated"] else "real"
     a = row.get("ansible")
     peer = f"{a['wall']:.2f} s (-f {a['forks']}) | {a['ratio']:.1f}x" if a else "not installed | -"
-    return (
-        f"| {row['n']:,} ({kind}) | {row['wall']:.3f} s | {row['master']:.3f} s | {row['gap'] * 1000:.0f} ms | {peer} |"
-    )
+    return f"| {row['n']:,} ({kind}) | {row['wall']:.3f} s | {row['master']:.3f} s | {row['gap'] * 1000:.0f} ms | {peer} | {row['load']:.1f} |"
 
 
 def print_row(row: dict) -> None:
