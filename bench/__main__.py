@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"where latest.json/latest.md go (default {RESULTS})")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     p.add_argument("--readme", action="store_true", help="also put the table into README.md's Performance section")
-    p.add_argument("--cli-wall", metavar="SIZES", help="also time `mschedule run` on real agents, e.g. 1,10,100 "
-                   "(bench/cli_wall.py)")
+    p.add_argument("--cli-wall", metavar="SIZES", help="also time `mschedule run` on N agents (real up to 100, simulated "
+                   "above), e.g. 1,10,100,1000, and Ansible -m raw on the same N when installed (bench/cli_wall.py)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
