@@ -596,6 +596,22 @@ class MqttTransport:
         if reason_code.is_failure:
             log.error("broker refused publish mid=%s: %s (not authorised?)", mid, reason_code)
 
+    def _acker(self, client: paho.Client, mid: int, qos: int) -> Callable[[], object]:
+        """The PUBACK of packet ``mid`` on this connection only. A packet id belongs to one
+        connection's session: after a reconnect (another broker of the list, or a session
+        the broker lost) the same id may name a different message, which a late ack would
+        acknowledge unread. The broker re-sends what this connection left unacknowledged
+        when the session resumes, and that copy is acknowledged in its turn."""
+        connection = self.connect_count
+
+        def ack() -> object:
+            if self.connect_count != connection:
+                log.debug("ack of packet %s from an earlier connection not sent", mid)
+                return None
+            return client.ack(mid, qos)
+
+        return ack
+
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         props = msg.properties  # None from the shim's own decoding of a PUBLISH without properties
         response_topic = corr = None
@@ -605,8 +621,7 @@ class MqttTransport:
         ack: Callable[[], object] | None = None
         qos = msg.qos
         if qos > 0:
-            mid = msg.mid
-            ack = lambda: client.ack(mid, qos)  # noqa: E731
+            ack = self._acker(client, msg.mid, qos)
         # bytes(): paho annotates bytes | bytearray; it decodes bytes, which bytes() returns as they are
         payload = msg.payload
         incoming = Incoming(msg.topic, payload if type(payload) is bytes else bytes(payload), qos, bool(msg.retain),

@@ -194,3 +194,43 @@ def test_wait_subscribed_returns_once_the_broker_granted_the_subscriptions(own_b
         assert got == [b"first", b"second"]
     finally:
         t.stop()
+
+
+def test_an_ack_from_an_earlier_connection_is_not_sent_on_the_next(own_broker, prefix):
+    """A packet id belongs to one connection's session: after a reconnect the same id may name
+    another message, which a late PUBACK would acknowledge unread. The late ack is dropped;
+    a message of the new connection is acknowledged as usual."""
+    got: list = []
+    arrived = threading.Event()
+
+    def on_message(m):
+        got.append(m)
+        arrived.set()
+
+    t = MqttTransport(own_broker.url, client_id=f"la-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/la", 1)],
+                      on_message=on_message)  # manual ack: the test acks
+    t.start(connect_timeout=10)
+    try:
+        sent: list[int] = []
+        client = t._client
+        real_ack = client.ack
+        client.ack = lambda mid, qos: (sent.append(mid), real_ack(mid, qos))[1]  # a spy beside the real ack
+        for round_ in (b"old", b"new"):
+            assert t.wait_subscribed(10)
+            arrived.clear()
+            with Collector(own_broker.url, []) as pub:
+                pub.publish(f"{prefix}/la", round_)
+            assert arrived.wait(10), f"{round_!r} did not arrive"
+            if round_ == b"old":
+                own_broker.stop()
+                wait_until(lambda: not t.is_connected(), 15, what="disconnected")
+                own_broker.start()
+                assert t.wait_connected(30)
+        old = next(m for m in got if m.payload == b"old")
+        new = [m for m in got if m.payload == b"new"][-1]
+        old.ack()
+        assert sent == []
+        new.ack()
+        assert len(sent) == 1
+    finally:
+        t.stop()
