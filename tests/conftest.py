@@ -3,6 +3,7 @@ loopback port (never the system broker on 1883), and a unique topic prefix per t
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from harness.require import in_ci, require_tools
 from mschedule_agent.protocol import Topics
 
 IN_CI = in_ci()
+
+
+def pytest_configure(config) -> None:
+    """No terminal width from the environment: the CLI draws its tables PIPE_WIDTH wide when
+    piped, and tests read them whole. pytest imports readline, which puts COLUMNS=80 into the
+    C environment; an xdist worker starts with it in os.environ (tables cut at 80 columns)."""
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 
 def require_mosquitto() -> None:
