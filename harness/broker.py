@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,10 +21,36 @@ class BrokerError(RuntimeError):
     pass
 
 
+#: Where free_port() looks first: below the kernel's ephemeral range (see there).
+_LOW_PORTS = 10000
+
+
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now. Picked at random below the kernel's ephemeral range
+    when there is room: the kernel hands ephemeral ports to every outgoing connection (each
+    MQTT client's, each HTTP call's), so one picked there may be taken by a connection before
+    the daemon binds it (seen with tests running side by side), while a port below it can only
+    be taken by another listener that picked the same one."""
+    ceiling = _ephemeral_low()
+    for _ in range(20 if ceiling - _LOW_PORTS >= 1000 else 0):
+        port = random.randrange(_LOW_PORTS, ceiling)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def listening_pid_owns(pid: int, port: int) -> bool:

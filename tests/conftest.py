@@ -3,6 +3,7 @@ loopback port (never the system broker on 1883), and a unique topic prefix per t
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,22 @@ from harness.require import in_ci, require_tools
 from mschedule_agent.protocol import Topics
 
 IN_CI = in_ci()
+
+
+def pytest_configure(config) -> None:
+    """No terminal width from the environment: the CLI draws its tables PIPE_WIDTH wide when
+    piped, and tests read them whole. pytest imports readline, which puts COLUMNS=80 into the
+    C environment; an xdist worker starts with it in os.environ (tables cut at 80 columns)."""
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Modules with a ``slow`` test run first, otherwise in the usual order (a stable sort,
+    modules kept whole). Under xdist (`make test`: --dist loadscope --no-loadscope-reorder)
+    each of them starts at once on a worker, rather than last, with the run waiting for it."""
+    slow = {item.module for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module not in slow)
 
 
 def require_mosquitto() -> None:

@@ -152,6 +152,13 @@ class Background:
                 self.lines.append(raw.decode(errors="replace").rstrip("\n"))
                 self._cond.notify_all()
 
+    def exit_code(self, timeout: float) -> int:
+        """Wait for the one-liner to end and for its last line to be read (the reader thread
+        can still hold it when the process has ended)."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
     def has(self, pred: Callable[[str], bool]) -> bool:
         with self._cond:
             return any(pred(line) for line in self.lines)
@@ -345,7 +352,7 @@ def check_submit_with_request_id(doc: Doc, pub: Collector, broker) -> None:
     reply = SubmitReply(ok=True, request_id="req-42", task_id=TASK, targets=[AGENT])
     bg = doc.start("submit-reply-watch")
     publish_until(pub, bg, doc.topics.submit_reply("req-42"), encode(reply), lambda line: bool(line))
-    assert bg.proc.wait(10) == 0
+    assert bg.exit_code(10) == 0
     assert decode(bg.lines[0].encode()) == reply
 
 
@@ -371,7 +378,7 @@ def check_submit_and_wait(doc: Doc, pub: Collector, broker) -> None:
         assert incoming.response_topic.startswith(f"{doc.prefix}/submit/reply/rr-")
         reply = SubmitReply(ok=True, task_id=TASK, targets=[AGENT])
         master.publish(incoming.response_topic, encode(reply), correlation_data=incoming.correlation_data)
-        assert bg.proc.wait(30) == 0
+        assert bg.exit_code(30) == 0
     assert decode(bg.lines[0].encode()) == reply
 
 

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.broker import free_port
 from harness.fleet import Fleet
+from harness.procs import wait_until
 from mschedule_agent import config
 from mschedule_agent.errors import ConfigError
 
@@ -33,7 +34,9 @@ def test_an_agent_with_metrics_counts_its_tasks_and_shows_its_queue(broker, tmp_
         assert before[("process_resident_memory_bytes", ())] > 0
         for script in ("true", "exit 3"):
             fleet.wait_task(fleet.submit(["all"], script))
-        after = scrape(url)
+        # the summary can come before the result_ack reaches the agent and empties its outbox
+        after = wait_until(lambda: (m := scrape(url))[("mschedule_agent_outbox", ())] == 0 and m, 10,
+                           what="the outbox emptied by the result_ack")  # fmt: skip
     assert after[("mschedule_agent_tasks_finished_total", (("state", "SUCCEED"),))] == 1
     assert after[("mschedule_agent_tasks_finished_total", (("state", "FAILED"),))] == 1
     assert after[("mschedule_agent_tasks_failed_total", ())] == 1

@@ -27,6 +27,8 @@ CUT_SECONDS = 10.0
 #: The production defaults: a bridge cut must not turn running targets LOST.
 MASTER_FLAGS = {"delivery_timeout": 60, "lost_grace": 60}
 
+pytestmark = pytest.mark.slow
+
 
 class XFleet(Fleet):
     """harness.fleet.Fleet's helpers (submit over MQTT as the operator, wait for the

@@ -29,6 +29,8 @@ from harness.mqtt import Collector
 from harness.procs import wait_until
 from mschedule_agent import protocol
 
+pytestmark = pytest.mark.slow
+
 
 def marker_script(markers: Path, seconds: float) -> str:
     """Appends one line to ``markers/<agent dir>`` per run, after ``seconds``."""

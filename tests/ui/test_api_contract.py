@@ -30,6 +30,8 @@ EXAMPLES = int(os.environ.get("MSCHEDULE_CONTRACT_EXAMPLES", "10"))
 SEED = int(os.environ.get("MSCHEDULE_CONTRACT_SEED", "21"))
 RUN_TIMEOUT = 120 + EXAMPLES * 6
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", params=["loopback", "token"])
 def contract_fleet(request, broker, tmp_path_factory):
