@@ -138,7 +138,7 @@ def test_readme_mosquitto_pub_one_liner_runs_a_task_and_its_result_arrives(agent
     subprocess.run(["bash", "-c", line], env=env, check=True, timeout=10)
     watch.wait_for(is_(Ack, "hello-1"), timeout=10)
     watch.wait_for(is_(Started, "hello-1"), timeout=10)
-    (res,) = watch.wait_for(is_(Result, "hello-1"), timeout=15)
+    (res,) = watch.wait_for(is_(Result, "hello-1"), timeout=15)[:1]  # results are re-sent until acked
     r = msg_of(res)
     assert (r.state, r.code, r.agent_id) == ("SUCCEED", 0, aid)
     assert r.output.startswith(b"hello from ") and len(r.output) > len("hello from \n")
@@ -152,7 +152,7 @@ def test_python3_shebang_task_published_by_hand_runs(agent, watch, broker, prefi
          "-m", f'{{"type":"task","payload":{{"id":"manual-py","script":"{script}","timeout":60}}}}'],
         check=True, timeout=10,
     )  # fmt: skip
-    (res,) = watch.wait_for(is_(Result, "manual-py"), timeout=15)
+    (res,) = watch.wait_for(is_(Result, "manual-py"), timeout=15)[:1]  # results are re-sent until acked
     r = msg_of(res)
     assert (r.state, r.code, r.output) == ("SUCCEED", 0, b"hello from python\n")
 
@@ -184,7 +184,7 @@ def test_kill_9_mid_run_reports_interrupted_after_restart_and_never_reruns(tmp_p
         a.kill9()
         assert group_alive(pgid)  # the script has its own session: a crash of the agent leaves it
         a = start_agent(tmp_path / "agent", broker.url, prefix)
-        (res,) = watch.wait_for(is_(Result, "crash-1"), timeout=15)
+        (res,) = watch.wait_for(is_(Result, "crash-1"), timeout=15)[:1]  # results are re-sent until acked
         assert (msg_of(res).state, msg_of(res).code) == ("INTERRUPTED", None)
         assert "leftover processes were killed" in msg_of(res).error and group_alive(pgid) == []
         watch.publish(topics.tasks(aid), task("crash-1", b"echo again"))
@@ -236,7 +236,7 @@ def test_kill_and_timeout_leave_no_descendants(agent, watch, topics, tmp_path):
         watch.publish(topics.tasks(aid), task("to-1", b"sleep 300 & sleep 300 & wait", timeout=0.5, kill_grace=1))
         (st,) = watch.wait_for(is_(Started, "to-1"), timeout=10)
         pgids.append(msg_of(st).pid)
-        (res,) = watch.wait_for(is_(Result, "to-1"), timeout=15)
+        (res,) = watch.wait_for(is_(Result, "to-1"), timeout=15)[:1]  # results are re-sent until acked
         assert msg_of(res).state == "TIMEOUT" and group_alive(pgids[0]) == []
 
         script = f"trap '' TERM; touch {trapped}; sleep 300 & sleep 300 & wait".encode()
@@ -245,7 +245,7 @@ def test_kill_and_timeout_leave_no_descendants(agent, watch, topics, tmp_path):
         pgids.append(msg_of(st).pid)
         wait_until(trapped.exists, timeout=10, what="the script to ignore SIGTERM")
         watch.publish(topics.control(aid), encode(Kill(id="kill-1")))
-        (res,) = watch.wait_for(is_(Result, "kill-1"), timeout=15)
+        (res,) = watch.wait_for(is_(Result, "kill-1"), timeout=15)[:1]  # results are re-sent until acked
         assert msg_of(res).state == "KILLED" and msg_of(res).signal == 9 and group_alive(pgids[1]) == []
     finally:
         for p in pgids:
@@ -300,7 +300,7 @@ def test_bad_input_is_rejected_and_the_agent_keeps_running(agent, watch, topics)
             (rej,) = watch.wait_for(is_(Reject, task_id), timeout=10)
             assert msg_of(rej).code == code and msg_of(rej).reason
     watch.publish(topics.tasks(aid), task("good-1", b"echo ok"))
-    (res,) = watch.wait_for(is_(Result, "good-1"), timeout=15)
+    (res,) = watch.wait_for(is_(Result, "good-1"), timeout=15)[:1]  # results are re-sent until acked
     assert msg_of(res).output == b"ok\n" and agent.running()
 
 
@@ -324,7 +324,7 @@ def test_sigterm_kills_running_scripts_reports_them_and_keeps_queued_ones(tmp_pa
         pgid = msg_of(st).pid
         watch.wait_for(is_(Ack, "term-queued"), timeout=10)
         assert a.stop() == 0
-        (res,) = watch.wait_for(is_(Result, "term-run"), timeout=10)
+        (res,) = watch.wait_for(is_(Result, "term-run"), timeout=10)[:1]  # results are re-sent until acked
         assert (msg_of(res).state, msg_of(res).error) == ("KILLED", "agent shutdown")
         assert group_alive(pgid) == [] and not marker.exists()
         a = start_agent(tmp_path / "agent", broker.url, prefix)
