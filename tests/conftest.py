@@ -4,6 +4,7 @@ loopback port (never the system broker on 1883), and a unique topic prefix per t
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -23,6 +24,12 @@ def pytest_configure(config) -> None:
     C environment; an xdist worker starts with it in os.environ (tables cut at 80 columns)."""
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
+    # Ctrl-C as in a terminal: a run started in the background by a non-interactive shell
+    # (`cmd &`) has SIGINT ignored, every child inherits that, and the CLI's Ctrl-C tests
+    # then wait in vain (three did so in a fresh-clone run). A Python handler here is reset
+    # to the default in each child at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items) -> None:

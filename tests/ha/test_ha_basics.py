@@ -3,6 +3,7 @@ and take submissions that the leader runs."""
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import pytest
@@ -52,7 +53,11 @@ def test_a_leader_cut_from_postgresql_steps_down_and_a_standby_leads(ha, tmp_pat
         ).fetchone()
     assert n == 1
     wait_until(lambda: not old.running(), timeout=15, what="the cut-off leader to step down")
-    assert old.proc.returncode == 1 and "stepping down: the lock connection failed" in old.log()
+    # It notices on its lock connection, or (on a loaded machine, when the standby was
+    # quicker) at its next write, by the epoch the standby's takeover raised: both step down.
+    assert old.proc.returncode == 1
+    assert re.search(r"stepping down: (the lock connection failed|leadership lost: .* the database is at epoch)",
+                     old.log()), old.log()[-2000:]  # fmt: skip
     assert ha.leader(timeout=15) is standby
     marker = tmp_path / "after"
     task_id = ha.submit(standby, ["all"], f"echo x >> {marker}")
