@@ -125,6 +125,17 @@ def start_master(
     raise AssertionError("unreachable")
 
 
+def runs(log: Path) -> list[str]:
+    """The agents (their ``$MSCHEDULE_TEST_AGENT``) that appended to ``log``, one line per
+    run, sorted: a test's script writes there to prove each target ran exactly once."""
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
+def nonzero_counts(task: dict) -> dict[str, int]:
+    """A task's or summary's ``counts`` without the states no target is in."""
+    return {k: v for k, v in task["counts"].items() if v}
+
+
 class Fleet:
     """A master and ``agents`` agents on one broker and prefix; a context manager that
     stops them all. ``agent_flags`` go to every agent, ``master_flags`` to the master.

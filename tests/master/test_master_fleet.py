@@ -25,10 +25,6 @@ def _index_of(fleet: Fleet) -> dict[str, int]:
     return {a: i for i, a in enumerate(fleet.agent_ids)}
 
 
-def _counts(task: dict) -> dict[str, int]:
-    return {k: v for k, v in task["counts"].items() if v}
-
-
 def test_parallel_3_never_runs_more_than_3_at_once(fleet, tmp_path):
     log = tmp_path / "runs.log"
     script = f'echo "start $MSCHEDULE_TEST_AGENT $(date +%s.%N)" >> {log}; sleep 0.4; echo "end $MSCHEDULE_TEST_AGENT $(date +%s.%N)" >> {log}'

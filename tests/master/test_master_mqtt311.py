@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 
 import pytest
 
-from harness.fleet import Fleet
+from harness.fleet import Fleet, runs
 from harness.procs import wait_until
 
 N = 3
@@ -22,11 +21,6 @@ def fleet(broker, tmp_path_factory):
     prefix = f"t{uuid.uuid4().hex[:10]}/mschedule"
     with Fleet(tmp_path_factory.mktemp("fleet311"), broker.url, prefix, agents=N, mqtt_version="3.1.1") as f:
         yield f
-
-
-def _runs(log: Path) -> list[str]:
-    """The agent indexes that ran the script, one line per run."""
-    return sorted(log.read_text().split()) if log.exists() else []
 
 
 def test_every_part_speaks_311_on_the_wire(fleet, broker):
@@ -45,7 +39,7 @@ def test_a_rollout_runs_every_target_once(fleet, tmp_path):
     task_id = fleet.submit(["all"], f'echo "$MSCHEDULE_TEST_AGENT" >> {log}', parallel=2)
     summary = fleet.wait_task(task_id, 30)
     assert (summary["state"], summary["counts"]["SUCCEED"]) == ("SUCCEED", N)
-    assert _runs(log) == [str(i) for i in range(N)]
+    assert runs(log) == [str(i) for i in range(N)]
 
 
 def test_kill_mid_rollout_kills_the_running_and_cancels_the_rest(fleet):
@@ -67,7 +61,7 @@ def test_master_killed_mid_rollout_resumes_from_its_persistent_session(fleet, tm
     fleet.master.restart()
     summary = fleet.wait_task(task_id, 60)
     assert summary["state"] == "SUCCEED", summary
-    assert _runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
+    assert runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
 
 
 def test_an_agent_away_at_dispatch_gets_its_task_from_its_session(fleet, tmp_path):
@@ -84,4 +78,4 @@ def test_an_agent_away_at_dispatch_gets_its_task_from_its_session(fleet, tmp_pat
     away.wait_online(20, after=offset)
     summary = fleet.wait_task(task_id, 30)
     assert summary["state"] == "SUCCEED", summary
-    assert _runs(log) == [str(i) for i in range(N)]
+    assert runs(log) == [str(i) for i in range(N)]

@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from harness.fleet import Fleet
+from harness.fleet import Fleet, nonzero_counts, runs
 from harness.nats import NatsCluster
 from harness.require import require_tools
 
@@ -42,14 +41,6 @@ def fleet(cluster, tmp_path_factory):
         yield f
 
 
-def _runs(log: Path) -> list[str]:
-    return sorted(log.read_text().split()) if log.exists() else []
-
-
-def _counts(summary: dict) -> dict[str, int]:
-    return {k: v for k, v in summary["counts"].items() if v}
-
-
 def test_agents_are_spread_over_the_three_nodes(cluster, fleet):
     for i, agent in enumerate(fleet.agents):
         port = re.search(r"--broker mqtt://127\.0\.0\.1:(\d+)", " ".join(agent.argv))
@@ -60,14 +51,14 @@ def test_a_rollout_across_the_nodes_runs_every_target_once(fleet, tmp_path):
     log = tmp_path / "runs.log"
     task_id = fleet.submit(["all"], f'echo "$MSCHEDULE_TEST_AGENT" >> {log}', parallel=2)
     summary = fleet.wait_task(task_id, 30)
-    assert (summary["state"], _counts(summary)) == ("SUCCEED", {"SUCCEED": N})
-    assert _runs(log) == [str(i) for i in range(N)]
+    assert (summary["state"], nonzero_counts(summary)) == ("SUCCEED", {"SUCCEED": N})
+    assert runs(log) == [str(i) for i in range(N)]
 
 
 def test_a_failing_target_gives_the_failed_verdict(fleet):
     task_id = fleet.submit(["all"], 'test "$MSCHEDULE_TEST_AGENT" != 2', parallel=N)
     summary = fleet.wait_task(task_id, 30)
-    assert (summary["state"], _counts(summary)) == ("FAILED", {"SUCCEED": N - 1, "FAILED": 1})
+    assert (summary["state"], nonzero_counts(summary)) == ("FAILED", {"SUCCEED": N - 1, "FAILED": 1})
     assert summary["targets"][fleet.agent_ids[2]]["state"] == "FAILED"
 
 
@@ -76,7 +67,7 @@ def test_kill_mid_rollout_kills_the_running_and_cancels_the_rest(fleet):
     fleet.wait_progress(task_id, lambda p: p["counts"].get("RUNNING") == 2)
     fleet.kill(task_id)
     summary = fleet.wait_task(task_id, 30)
-    assert (summary["state"], _counts(summary)) == ("KILLED", {"KILLED": 2, "CANCELLED": N - 2})
+    assert (summary["state"], nonzero_counts(summary)) == ("KILLED", {"KILLED": 2, "CANCELLED": N - 2})
 
 
 def test_a_node_killed_mid_rollout_loses_nothing_and_runs_nothing_twice(cluster, fleet, tmp_path):
@@ -95,5 +86,5 @@ def test_a_node_killed_mid_rollout_loses_nothing_and_runs_nothing_twice(cluster,
     cluster.wait_ready(60, nodes=[node])
     back = time.monotonic() - t0
     summary = fleet.wait_task(task_id, 60)
-    assert (summary["state"], _counts(summary)) == ("SUCCEED", {"SUCCEED": N}), (summary, f"node back in {back:.1f} s")
-    assert _runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
+    assert (summary["state"], nonzero_counts(summary)) == ("SUCCEED", {"SUCCEED": N}), (summary, f"node back in {back:.1f} s")
+    assert runs(log) == [str(i) for i in range(N)], "a target ran twice or never"

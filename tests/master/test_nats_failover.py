@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from harness.fleet import Fleet
+from harness.fleet import Fleet, nonzero_counts, runs
 from harness.nats import NatsCluster
 from harness.procs import wait_until
 from harness.require import require_tools
@@ -50,14 +49,6 @@ def fleet(cluster, tmp_path_factory):
         yield f
 
 
-def _runs(log: Path) -> list[str]:
-    return sorted(log.read_text().split()) if log.exists() else []
-
-
-def _counts(summary: dict) -> dict[str, int]:
-    return {k: v for k, v in summary["counts"].items() if v}
-
-
 def _target_state(fleet: Fleet, task_id: str, agent: int) -> str:
     return fleet.task(task_id)["targets"][fleet.agent_ids[agent]]["state"]
 
@@ -85,8 +76,8 @@ def test_an_agent_whose_node_dies_moves_to_the_next_and_the_rollout_ends_without
     t0 = time.monotonic()
     summary = fleet.wait_task(task_id, 90)
     ended = time.monotonic() - t0
-    assert (summary["state"], _counts(summary)) == ("SUCCEED", {"SUCCEED": N}), (summary, f"{ended:.1f} s")
-    assert _runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
+    assert (summary["state"], nonzero_counts(summary)) == ("SUCCEED", {"SUCCEED": N}), (summary, f"{ended:.1f} s")
+    assert runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
     assert _moved(fleet.agents[1].log(), cluster.urls[2]), fleet.agents[1].log()[-3000:]
     assert not cluster.nodes[1].running(), "the dead node was not needed"
 
@@ -104,8 +95,8 @@ def test_the_master_whose_node_dies_moves_to_the_next_and_its_rollout_ends(clust
     cluster.nodes[0].kill9()
     wait_until(lambda: _moved(fleet.master.log(), cluster.urls[1]), 60, interval=0.2, what="the master on node 1")
     summary = wait_until(lambda: _ended(fleet, task_id), 90, interval=0.2, what="the task ended")
-    assert (summary["state"], _counts(summary)) == ("SUCCEED", {"SUCCEED": N}), summary
-    assert _runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
+    assert (summary["state"], nonzero_counts(summary)) == ("SUCCEED", {"SUCCEED": N}), summary
+    assert runs(log) == [str(i) for i in range(N)], "a target ran twice or never"
     assert _moved(fleet.agents[0].log(), cluster.urls[1]), fleet.agents[0].log()[-3000:]
     assert not cluster.nodes[0].running()
 
