@@ -185,6 +185,10 @@ class Ingest:
     def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
         self._txn.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
 
+    def forget_revived(self, task_id: str) -> None:
+        """A failed message touched ``task_id``: a late report loads it afresh from the store."""
+        self._revived.pop(task_id, None)
+
     def _revivable(self, task_id: str, agent_id: str) -> Active | None:
         """A finished task whose target ``agent_id`` holds a provisional verdict (UNREACHABLE,
         LOST): its rollout, loaded again so that the agent's late report can revise it."""
