@@ -1022,6 +1022,13 @@ def encode(msg: Message) -> bytes:
     return data
 
 
+def encode_result_ack(task_id: str, agent_id: str) -> bytes:
+    """``encode(ResultAck(id=task_id, agent_id=agent_id))``, the same bytes and the same
+    checks, without building the message: the master sends one per result it stores."""
+    _check_ids(id=task_id, agent_id=agent_id)
+    return orjson.dumps({"v": PROTOCOL_VERSION, "type": "result_ack", "payload": {"id": task_id, "agent_id": agent_id}})
+
+
 def _result_from_design_document(payload: dict[str, Any]) -> dict[str, Any]:
     """The design document's result has no ``state``: derive it from ``code``
     (0 -> SUCCEED, any other integer -> FAILED). Without a usable code it stays missing."""

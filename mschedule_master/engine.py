@@ -154,6 +154,7 @@ class Engine:
         messages of the batch changed and the failed call did not touch (they are persisted
         at the commit). Memory then says what the database will say."""
         task_id = active.task.id
+        self.ingest.forget_revived(task_id)  # its kept rollout may hold what was rolled back
         try:
             stored = self.store.load_stored(task_id)
             if stored is None or stored.task.state.final:

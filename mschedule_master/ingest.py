@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .rollout import Action, Progress, Rollout, Timing
 from .states import TARGET_PROVISIONAL, TargetState
 from .store import Store
-from .txn import Txn
+from .txn import Out, Txn
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,11 @@ class Ingest:
                 log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
 
     def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
-        self._txn.publish(self.topics.dc(dc).control(agent_id), protocol.ResultAck(id=task_id, agent_id=agent_id))
+        self._txn.send(Out(self.topics.dc(dc).control(agent_id), protocol.encode_result_ack(task_id, agent_id)))
+
+    def forget_revived(self, task_id: str) -> None:
+        """A failed message touched ``task_id``: a late report loads it afresh from the store."""
+        self._revived.pop(task_id, None)
 
     def _revivable(self, task_id: str, agent_id: str) -> Active | None:
         """A finished task whose target ``agent_id`` holds a provisional verdict (UNREACHABLE,

@@ -181,9 +181,23 @@ class MasterService:
         batch = list(batch)
         self.engine.metrics.received(len(batch))
         with self.engine.batch():
+            reports: list[tuple[protocol.TopicInfo, Incoming]] = []  # a run of agent reports: one savepoint
             for incoming in batch:
-                self.engine.guarded(f"message on {incoming.topic}", self._route, incoming)
+                info = None if incoming.topic.startswith(BRIDGE_STATE_PREFIX) else self.topics.parse(incoming.topic)
+                if info is not None and info.kind == "results":
+                    reports.append((info, incoming))
+                    continue
+                self._reports(reports)
+                reports = []
+                self.engine.guarded(f"message on {incoming.topic}", self._routed, incoming, info)
+            self._reports(reports)
+            for incoming in batch:
                 self.engine.after_commit_ack(incoming)
+
+    def _reports(self, reports: list[tuple[protocol.TopicInfo, Incoming]]) -> None:
+        """Agent reports (ack, started, result, reject), each isolated as if guarded alone."""
+        if reports:
+            self.engine.txn.guarded_each(_message_on, self.engine.on_agent_message, reports)
 
     def housekeeping(self, *, verdicts: bool = True) -> None:
         """Timers: rollout deadlines, stale heartbeats, lazy persistence of agents.
@@ -215,12 +229,12 @@ class MasterService:
             with self.engine.batch():
                 self.store.save_agents(dirty)
 
-    def _route(self, incoming: Incoming) -> None:
+    def _routed(self, incoming: Incoming, info: protocol.TopicInfo | None) -> None:
+        """``incoming`` with its parsed topic (None: a bridge state or an unexpected topic)."""
         topic = incoming.topic
         if topic.startswith(BRIDGE_STATE_PREFIX):
             self._bridge_state(incoming)
             return
-        info = self.topics.parse(topic)
         if info is None:
             log.warning("message on unexpected topic %s; ignored", topic)
         elif info.kind == "results":
@@ -320,3 +334,7 @@ def _output(store: Store, task_id: str, agent_id: str) -> models.Target:
 
 
 _READS: dict[str, Callable[..., Any]] = {"tasks": _tasks, "task": _task, "output": _output, "live_chunks": chunks_after}
+
+
+def _message_on(args: tuple[Any, ...]) -> str:
+    return f"message on {args[1].topic}"

@@ -920,3 +920,17 @@ def test_stream_defaults_to_on_and_an_unchanged_submit_keeps_its_old_digest():
     import hashlib
 
     assert hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest() == s.digest()
+
+
+@pytest.mark.parametrize("task_id, agent_id", [("t1", "a1"), ("20261201-abc", "host.example-9"), ("é", "ü")])
+def test_the_master_s_result_ack_shortcut_encodes_what_the_message_encodes(task_id, agent_id):
+    assert p.encode_result_ack(task_id, agent_id) == p.encode(p.ResultAck(id=task_id, agent_id=agent_id))
+
+
+@pytest.mark.parametrize("task_id, agent_id", [("", "a1"), ("t/1", "a1"), ("t1", "a+"), ("t1", "#")])
+def test_the_master_s_result_ack_shortcut_refuses_what_the_message_refuses(task_id, agent_id):
+    with pytest.raises(ValueError) as shortcut:
+        p.encode_result_ack(task_id, agent_id)
+    with pytest.raises(ValueError) as message:
+        p.ResultAck(id=task_id, agent_id=agent_id)
+    assert str(shortcut.value) == str(message.value)

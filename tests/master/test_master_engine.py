@@ -240,6 +240,43 @@ def test_a_failing_message_is_skipped_without_losing_the_rest_of_its_batch(rig, 
     assert rig.store.events(kind="half-done") == []
 
 
+def test_a_report_failing_amid_a_run_of_reports_spoils_none_of_the_others(rig, monkeypatch):
+    """A run of agent reports shares one savepoint; when one raises, the run is undone and
+    replayed one report at a time: each other result is stored, answered and PUBACKed once."""
+    agents = [f"a{i}" for i in range(5)]
+    for a in agents:
+        rig.register(a)
+    task_id = rig.submit(agents, parallel=5).task_id
+    real = rig.engine.on_agent_message
+    calls: list[str] = []
+
+    def flaky(info, incoming):
+        calls.append(info.agent_id)
+        if info.agent_id == "a2":
+            rig.store.add_event(rig.clock.now, "half-done", task_id, "a2", {})
+            raise RuntimeError("bug")
+        return real(info, incoming)
+
+    monkeypatch.setattr(rig.engine, "on_agent_message", flaky)
+    rig.sent()
+    rig.acked.clear()
+    results = [rig.incoming(rig.topics.results(a), P.Result(id=task_id, agent_id=a, state="SUCCEED", code=0)) for a in agents]
+    rig.feed(*results)
+    assert calls == ["a0", "a1", "a2", *agents]  # the run up to the failure, then each report again
+    assert rig.acked == [rig.topics.results(a) for a in agents]
+    assert sorted(m.agent_id for _, m in rig.sent("result_ack")) == ["a0", "a1", "a3", "a4"]  # once each
+    stored = {a: rig.store.get_target(task_id, a) for a in agents}
+    assert {a: t.state for a, t in stored.items()} == {a: TargetState.DISPATCHED if a == "a2" else TargetState.SUCCEED for a in agents}
+    assert rig.store.events(kind="half-done") == []
+    memory = {a: t.state for a, t in rig.engine._active[task_id].rollout.targets.items()}
+    assert memory == {a: t.state for a, t in stored.items()}
+
+    monkeypatch.setattr(rig.engine, "on_agent_message", real)  # the agent re-sends: the task ends
+    rig.from_agent("a2", P.Result(id=task_id, agent_id="a2", state="SUCCEED", code=0))
+    task = rig.store.get_task(task_id)
+    assert task.state is TaskState.SUCCEED and task.counts == {"SUCCEED": 5}
+
+
 def test_a_restarted_master_reloads_its_fleet_and_unfinished_tasks_and_carries_on(tmp_path, rig_factory):
     db = tmp_path / "m.db"
     first = rig_factory(db)
