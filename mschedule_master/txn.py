@@ -105,24 +105,9 @@ class Txn:
     def guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` inside a batch; if it raises, undo its writes, publications and
         events only, log, and carry on with the rest of the batch."""
-        mark = (len(self._outbox), len(self._events), len(self._acks))
-        self.store.savepoint_begin()
-        self._guarding, self._guard_targets = {}, {}
-        try:
-            fn(*args)
-        except Exception:
-            self.store.savepoint_rollback()
-            del self._outbox[mark[0] :]
-            del self._events[mark[1] :]
-            del self._acks[mark[2] :]
-            log.exception("failed to handle %s; skipped", what)
-            touched, self._guarding = self._guarding, None
-            for active in touched.values():
-                self._rebuild(active, self._earlier(active))
-        else:
-            self.store.savepoint_release()
-        finally:
-            self._guarding = None
+        failed = self._undoable(lambda: fn(*args))
+        if failed is not None:
+            log.error("failed to handle %s; skipped", what, exc_info=failed)
 
     def guarded_each(self, what: Callable[[Any], str], fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> None:
         """``fn(*args)`` for each ``args`` of ``calls``, with :meth:`guarded`'s isolation but
@@ -134,17 +119,28 @@ class Txn:
         Only for calls whose memory effects outside the rollouts are idempotent (agent
         reports: a replayed report finds memory as the rebuilt rollout says; only metrics
         may count a replayed report twice). ``what(args)`` names a call for the log."""
-        if len(calls) < 2:
+
+        def run_all() -> None:
             for args in calls:
-                self.guarded(what(args), fn, *args)
-            return
+                fn(*args)
+
+        if len(calls) >= 2:
+            if self._undoable(run_all) is None:
+                return
+            log.info("a run of %d messages failed: replaying them one at a time", len(calls))
+        for args in calls:
+            self.guarded(what(args), fn, *args)
+
+    def _undoable(self, run: Callable[[], object]) -> Exception | None:
+        """``run()`` under a savepoint. If it raises, its writes, publications, events and
+        PUBACKs are undone and the rollouts it touched rebuilt from the store; the exception
+        is returned (None when it ran through)."""
         mark = (len(self._outbox), len(self._events), len(self._acks))
         self.store.savepoint_begin()
         self._guarding, self._guard_targets = {}, {}
         try:
-            for args in calls:
-                fn(*args)
-        except Exception:
+            run()
+        except Exception as e:
             self.store.savepoint_rollback()
             del self._outbox[mark[0] :]
             del self._events[mark[1] :]
@@ -152,11 +148,10 @@ class Txn:
             touched, self._guarding = self._guarding, None
             for active in touched.values():
                 self._rebuild(active, self._earlier(active))
-            log.info("a run of %d messages failed: replaying them one at a time", len(calls))
-            for args in calls:
-                self.guarded(what(args), fn, *args)
+            return e
         else:
             self.store.savepoint_release()
+            return None
         finally:
             self._guarding = None
 
