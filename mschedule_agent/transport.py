@@ -195,10 +195,24 @@ class Transport(Protocol):
 MessageHandler = Callable[[Incoming], None]
 
 
+class Network(Protocol):
+    """Who drives a transport's socket when paho's own thread does not: :class:`NetworkLoop`
+    (one thread for many connections) or :class:`~.asyncnet.AsyncioNetwork` (an asyncio
+    loop). The socket callbacks come from any thread; ``call_later`` schedules a reconnect."""
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
+
+    def _register(self, client: paho.Client, sock: SocketLike) -> None: ...
+
+    def _want_write(self, client: paho.Client, sock: SocketLike, on: bool) -> None: ...
+
+    def _unregister(self, sock: SocketLike) -> None: ...
+
+
 class MqttTransport:
     """A paho client with the guarantees listed in the module docstring.
 
-    ``on_message`` runs on paho's network thread: keep it short, and call
+    ``on_message`` runs on the network thread (paho's, or the ``network``'s): keep it short, and call
     ``msg.ack()`` (possibly later, from any thread) to PUBACK a QoS-1 message.
     ``on_connect(session_present)`` runs after the subscriptions are renewed.
     """
@@ -220,7 +234,7 @@ class MqttTransport:
         max_payload: int = MAX_MESSAGE_BYTES,
         ca_file: str | None = None,
         manual_ack: bool = True,
-        network: NetworkLoop | None = None,
+        network: Network | None = None,
         retain_as_published: Iterable[str] = (),
         mqtt_version: str = "5",
     ) -> None:
@@ -515,7 +529,12 @@ class MqttTransport:
             self._network._register(client, sock)
 
     def _handle_connect(
-        self, client: paho.Client, userdata: Any, flags: ConnectFlags, reason_code: ReasonCode, properties: Properties | None
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self.url, reason_code)
@@ -531,7 +550,10 @@ class MqttTransport:
             if self._v5:
                 rap = self._retain_as_published
                 self._sub_mid = client.subscribe(
-                    [(t, _retain_as_published(q) if t in rap else SubscribeOptions(qos=q)) for t, q in self.subscriptions]
+                    [
+                        (t, _retain_as_published(q) if t in rap else SubscribeOptions(qos=q))
+                        for t, q in self.subscriptions
+                    ]
                 )[1]
             else:  # 3.1.1: no subscription options; paho refuses a SubscribeOptions there ("Invalid QoS level")
                 self._sub_mid = client.subscribe(list(self.subscriptions))[1]
@@ -582,7 +604,12 @@ class MqttTransport:
         self._attempt_failed()
 
     def _handle_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Properties | None
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
     ) -> None:
         for rc in reason_codes:
             if rc.is_failure:

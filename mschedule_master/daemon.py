@@ -1,9 +1,9 @@
 """``mschedule-master``: wires the real clock, MQTT transport, store and HTTP API together.
 
-One asyncio loop owns all state. paho's network thread only appends each incoming
-message to an inbox and wakes the loop; the loop drains the inbox in batches, each
-applied in one SQLite transaction, after which the batch's publications go out and its
-messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
+One asyncio loop owns all state, and drives the MQTT connection too (no paho thread:
+:mod:`mschedule_agent.asyncnet`). Each incoming message is appended to an inbox; the loop
+drains the inbox in batches, each applied in one SQLite transaction, after which the
+batch's publications go out and its messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
 staleness sweep, and keeps the listening clock: deadlines run only while the master is
 connected and caught up with what its broker queued (docs/rollout.md, "The listening clock").
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, TypeVarTuple
 
 from mschedule_agent import memory, protocol
+from mschedule_agent.asyncnet import AsyncioNetwork
 from mschedule_agent.protocol import Topics
 from mschedule_agent.transport import Incoming, MqttTransport, TransportError, Will
 
@@ -121,7 +122,9 @@ def acquire_lock(db: str) -> TextIO:
         f.seek(0)
         other = f.read().strip() or "?"
         f.close()
-        raise AlreadyRunning(f"another mschedule-master (pid {other}) owns the database {db}; refusing to start") from None
+        raise AlreadyRunning(
+            f"another mschedule-master (pid {other}) owns the database {db}; refusing to start"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
@@ -148,6 +151,7 @@ class Daemon:
         self._drain_scheduled = _IDLE
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._network: AsyncioNetwork | None = None  #: drives the MQTT socket on the loop
         self.exit_code = EXIT_STOPPED
         #: HA masters on PostgreSQL (ha.py, leadership.py): None for one master on SQLite
         self.ha = is_postgres_url(settings.db)
@@ -293,6 +297,8 @@ class Daemon:
         self._sync_topic = self.topics.master_probe(f"{self.instance}-sync")
         rival_topics = [status_topic, self.topics.master_challenge(), self.topics.master_probe(self.instance)]
         subscriptions = [*self.topics.master_subscriptions(), BRIDGE_STATE_TOPIC, *rival_topics, self._sync_topic]
+        assert self._loop is not None
+        self._network = AsyncioNetwork(self._loop)
         transport = MqttTransport(
             s.broker,
             client_id=s.client_id,
@@ -303,6 +309,7 @@ class Daemon:
             will=Will(status_topic, status_payload("offline", self.instance, s.client_id), retain=True),
             retain_as_published=[self.topics.submit()],  # a retained submit is refused even when live (v5)
             mqtt_version=s.mqtt_version,
+            network=self._network,
         )
         self._guard = RivalGuard(
             transport=transport, topics=self.topics, instance=self.instance, client_id=s.client_id,
@@ -388,6 +395,8 @@ class Daemon:
         stepped_down = self._lead is not None and self._lead.lost() is not None  # the new leader's status stays
         final = [(self._status_topic, offline, True)] if transport.is_connected() and not stepped_down else []
         await self._loop.run_in_executor(None, lambda: transport.stop(final=final))
+        if self._network is not None:
+            self._network.close()
         self.reads.close()
         store.close()
         if self._lead is not None:
@@ -426,7 +435,7 @@ class Daemon:
         return True, result
 
     def _connected(self, transport: MqttTransport) -> None:
-        """(paho's thread) Connected: say we are online, and catch up before judging anything."""
+        """(the network's callback) Connected: say we are online, and catch up before judging anything."""
         self._publish_status(transport)
         self._synced = False
         self._unsynced_since = time.time()
@@ -446,7 +455,7 @@ class Daemon:
         payload = status_payload("online", self.instance, self.settings.client_id)
         transport.publish(self._status_topic, payload, qos=1, retain=True)
 
-    # ------------------------------------------------------------------ inbox (paho thread -> loop)
+    # ------------------------------------------------------------------ inbox (network -> loop)
     def _on_message(self, incoming: Incoming) -> None:
         memory.heap.note(len(incoming.payload))  # trimmed by the timer once the batch is applied
         lazy = incoming.qos == 0 and incoming.topic.endswith("/heartbeat")
@@ -465,7 +474,7 @@ class Daemon:
 
     def _drain(self) -> None:
         """Apply what the inbox holds (what arrived while the last batch was applied)."""
-        with self._inbox_lock:  # held briefly: paho's thread waits on it to add a message
+        with self._inbox_lock:  # held briefly: a network thread (were there one) waits on it
             if len(self._inbox) <= BATCH_MAX:
                 batch: Iterable[Incoming] = self._inbox
                 self._inbox, self._arrivals = collections.deque(), collections.deque()
@@ -710,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.close()
+
 
 if __name__ == "__main__":
     sys.exit(main())

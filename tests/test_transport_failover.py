@@ -1,6 +1,6 @@
 """Several broker addresses against real brokers: the first connect takes the first that
 answers, and a broker killed under a connection hands it to the next one in the list,
-round robin, with paho's own network thread and with the shared NetworkLoop alike.
+round robin, with paho's own network thread, the shared NetworkLoop and an asyncio loop alike.
 
 Two separate Mosquittos share no sessions, so each move here starts a new one; the
 sessions' move across a NATS cluster is tests/master/test_nats_cluster.py's."""
@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
 from harness.broker import Mosquitto, free_port
+from harness.loops import loop_network
 from harness.procs import wait_until
 from mschedule_agent.transport import MqttTransport, NetworkLoop
 
@@ -67,12 +70,22 @@ def test_the_first_connect_takes_the_first_broker_that_answers(two_brokers, pref
         t.stop()
 
 
-@pytest.mark.parametrize("loop", ["paho thread", "network loop"])
+@pytest.mark.parametrize("loop", ["paho thread", "network loop", "asyncio loop"])
 def test_a_killed_broker_hands_the_connection_to_the_next_and_back_round_robin(two_brokers, prefix, loop, caplog):
     """b0 killed: the client moves to b1 (b0 stays dead); b0 back and b1 killed: to b0."""
     b0, b1 = two_brokers
     topic = f"{prefix}/x"
-    net = NetworkLoop().start() if loop == "network loop" else None
+    with ExitStack() as stack:
+        _failover_round_trip(b0, b1, topic, loop, caplog, stack)
+
+
+def _failover_round_trip(b0, b1, topic, loop, caplog, stack: ExitStack) -> None:
+    net: Any = None
+    if loop == "network loop":
+        net = NetworkLoop().start()
+        stack.callback(net.stop)
+    elif loop == "asyncio loop":
+        _loop, net, _thread = stack.enter_context(loop_network())
     t, got, arrived = _receiver(f"{b0.url},{b1.url}", topic, network=net)
     caplog.set_level(logging.WARNING, logger="mschedule_agent.transport")
     t.start(connect_timeout=10)
@@ -92,5 +105,3 @@ def test_a_killed_broker_hands_the_connection_to_the_next_and_back_round_robin(t
         assert got == [b"on b0", b"on b1", b"on b0 again"]
     finally:
         t.stop(timeout=2)
-        if net is not None:
-            net.stop()
