@@ -222,10 +222,19 @@ def _check_numbers(msg: Any) -> None:
         names = _NUMBER_FIELDS[type(msg)] = _number_fields(type(msg))
     for name in names:
         value = getattr(msg, name)
-        if isinstance(value, float):
+        kind = type(value)
+        if kind is float or (kind is not int and isinstance(value, float)):
             _check(math.isfinite(value), name, "must be a finite number")
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif kind is int or (kind is not bool and value is not None and isinstance(value, int)):
             _check(_INT_MIN <= value <= _INT_MAX, name, "is out of the 64-bit range")
+
+
+def _check_id_pair(task_id: str, agent_id: str) -> None:
+    """``_check_ids(id=..., agent_id=...)``, without building a dict (every report has both)."""
+    if not _topic_level_ok(task_id):
+        raise _FieldError("id", "id must be a non-empty topic level (no '/', '+', '#')")
+    if not _topic_level_ok(agent_id):
+        raise _FieldError("agent_id", "agent_id must be a non-empty topic level (no '/', '+', '#')")
 
 
 def _check_ids(**ids: str) -> None:
@@ -351,7 +360,7 @@ class ResultAck:
     agent_id: str
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
 
 
 @message("ack")
@@ -368,7 +377,7 @@ class Ack:
     audit: str = ""
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
 
 
 @message("started")
@@ -382,7 +391,7 @@ class Started:
     pid: int | None = None
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
 
 
 @message("result")
@@ -415,7 +424,7 @@ class Result:
     script_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
         sha = self.script_sha256
         _check(sha is None or is_sha256(sha), "script_sha256", "script_sha256 must be 64 lowercase hex digits")
         if self.state not in RESULT_STATES:
@@ -481,7 +490,7 @@ class OutputChunk:
     skipped: int = 0
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
         _check(self.seq >= 0, "seq", "seq must be >= 0")
         _check(self.stream in OUTPUT_STREAMS, "stream", "stream must be stdout or stderr")
         _check(self.offset >= 0, "offset", "offset must be >= 0")
@@ -507,7 +516,7 @@ class OutputEnd:
     skipped: int = 0  #: bytes of both streams never sent live
 
     def __post_init__(self) -> None:
-        _check_ids(id=self.id, agent_id=self.agent_id)
+        _check_id_pair(self.id, self.agent_id)
         _check(self.seq >= 0, "seq", "seq must be >= 0")
         for name in ("stdout", "stderr"):
             _check(getattr(self, f"{name}_bytes") >= 0, f"{name}_bytes", f"{name}_bytes must be >= 0")
@@ -925,8 +934,23 @@ class _Schema:
         self.byte_fields = [n for n, t in self.types.items() if bytes in _options(t)]
         self.options = {n: _options(t) for n, t in self.types.items()}  #: field -> the types it may hold
         self.names = frozenset(self.types)
-        #: field -> its first type when a scalar that _convert_to returns as it is, else None
-        self.first = {n: o[0] if o[0] in _SCALARS else None for n, o in self.options.items()}
+        #: field -> the JSON value types that _convert_to returns as they are (found by
+        #: converting a sample of each): such a value is taken without a call
+        self.plain = {n: _plain_types(n, o) for n, o in self.options.items()}
+
+
+_SAMPLES: tuple[Any, ...] = ("x", 1, 1.5, True, None)  #: one value of each JSON scalar type
+
+
+def _plain_types(name: str, options: tuple[Any, ...]) -> frozenset[type]:
+    plain = set()
+    for sample in _SAMPLES:
+        try:
+            if _convert_to(sample, options, name) is sample:
+                plain.add(type(sample))
+        except (_FieldError, TypeError, ValueError):  # not a value this field takes as it is
+            pass
+    return frozenset(plain)
 
 
 _SCHEMAS: dict[type, _Schema] = {}
@@ -1044,10 +1068,15 @@ _UPGRADES: dict[type, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def from_payload(cls: type[_Payload], payload: Any, data: bytes = b"") -> _Payload:
-    """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API)."""
+_UNREAD: Any = object()  #: from_payload's msg_id when its caller has not read it
+
+
+def from_payload(cls: type[_Payload], payload: Any, data: bytes = b"", msg_id: str | None = _UNREAD) -> _Payload:
+    """Build and validate a ``cls`` from a payload object (used by decode and the HTTP API);
+    ``msg_id``: the payload's readable id when the caller has it already."""
     type_name = getattr(cls, "TYPE", cls.__name__)
-    msg_id = _readable_id(payload)
+    if msg_id is _UNREAD:
+        msg_id = _readable_id(payload)
     if not isinstance(payload, dict):
         raise DecodeError("payload must be a JSON object", data, msg_type=type_name, field="payload")
     s = _schema(cls)
@@ -1062,10 +1091,10 @@ def from_payload(cls: type[_Payload], payload: Any, data: bytes = b"") -> _Paylo
         if not s.required.issubset(keys):
             missing = sorted(s.required - set(keys))
             raise _FieldError(missing[0], f"missing field(s): {', '.join(missing)}")
-        options, first = s.options, s.first
+        options, plain = s.options, s.plain
         kwargs = {}
-        for name, value in payload.items():  # a value of its field's first scalar type is taken as it is
-            kwargs[name] = value if type(value) is first[name] else _convert_to(value, options[name], name)
+        for name, value in payload.items():  # a value _convert_to would return as it is is taken so
+            kwargs[name] = value if type(value) in plain[name] else _convert_to(value, options[name], name)
         return cls(**kwargs)
     except _FieldError as e:
         raise DecodeError(
@@ -1100,7 +1129,7 @@ def decode(data: bytes) -> Message:
     cls = _REGISTRY.get(type_name)
     if cls is None:
         raise DecodeError(f"unknown message type {type_name!r}", data, field="type", msg_type=type_name, msg_id=msg_id)
-    return from_payload(cls, payload, data)
+    return from_payload(cls, payload, data, msg_id)
 
 
 def peek(data: bytes, name: str) -> str | None:
