@@ -245,7 +245,23 @@ _MalformedPacket: type[Exception] = getattr(_ms, "MalformedPacket")  # noqa: B00
 
 #: The most bytes :meth:`InflightClient._packet_write` joins into one ``send()``.
 WRITE_JOIN_BYTES = 65536
+#: The most bytes of the queue's head it regroups per call.
+WRITE_PLAN_BYTES = 1 << 20
 _PLAIN = 0x40  #: the command given to joined packets: a PUBACK's, which paho does nothing after writing
+
+
+def _joinable(p: Any) -> bool:
+    """A queued packet paho does nothing for after writing it, not yet partly written."""
+    command = p["command"] & 0xF0
+    return not p["pos"] and command != _ms.DISCONNECT and not (command == _ms.PUBLISH and p["qos"] == 0)
+
+
+def _joined(run: list[Any], size: int) -> Any:
+    """One queue entry for ``run`` (itself when alone)."""
+    if len(run) == 1:
+        return run[0]
+    return {"command": _PLAIN, "mid": 0, "qos": 1, "pos": 0, "to_process": size, "packet": b"".join([p["packet"] for p in run]),
+            "info": None}  # fmt: skip
 
 
 class InflightClient(_ms.Client):
@@ -451,26 +467,41 @@ class InflightClient(_ms.Client):
         return _ms.MQTT_ERR_SUCCESS
 
     def _packet_write(self) -> MQTTErrorCode:
-        """paho's, writing the packets queued in one ``send()`` (up to WRITE_JOIN_BYTES):
-        those whose writing needs nothing more (all but QoS-0 PUBLISHes and DISCONNECT)
-        are joined into one."""
+        """paho's, writing the packets queued in as few ``send()`` calls as it can: each run of
+        packets whose writing needs nothing more (all but QoS-0 PUBLISHes, DISCONNECT and a
+        packet partly written) is joined into one, up to WRITE_JOIN_BYTES each. Joining only
+        the first WRITE_JOIN_BYTES left paho to write the rest of a big batch (2,000 results
+        queue ~350 KB of result_acks and PUBACKs) one ``send()`` per packet.
+        At most WRITE_PLAN_BYTES are regrouped per call: what the socket does not take now
+        is regrouped again at the next."""
         out = self._out_packet  # only this (the network) thread takes from its left end
         if len(out) > 1:
-            taken: list[Any] = []
-            size = 0
-            while out and size < WRITE_JOIN_BYTES:
-                p = out[0]
-                command = p["command"] & 0xF0
-                if p["pos"] or command == _ms.DISCONNECT or (command == _ms.PUBLISH and p["qos"] == 0):
+            front: list[Any] = []  #: the regrouped head of the queue, in order
+            run: list[Any] = []
+            run_size = planned = 0
+            for _ in range(len(out)):  # what is queued now; publishers append on the right meanwhile
+                if planned >= WRITE_PLAN_BYTES:
                     break
-                taken.append(out.popleft())
-                size += p["to_process"]
-            if len(taken) == 1:
-                out.appendleft(taken[0])
-            elif taken:
-                joined = b"".join([p["packet"] for p in taken])
-                out.appendleft({"command": _PLAIN, "mid": 0, "qos": 1, "pos": 0, "to_process": size, "packet": joined,
-                                "info": None})  # fmt: skip
+                try:
+                    p = out.popleft()
+                except IndexError:
+                    break
+                size = p["to_process"]
+                planned += size
+                if _joinable(p) and (not run or run_size + size <= WRITE_JOIN_BYTES):
+                    run.append(p)
+                    run_size += size
+                    continue
+                if run:
+                    front.append(_joined(run, run_size))
+                if _joinable(p):  # a full run: p starts the next
+                    run, run_size = [p], size
+                else:
+                    run, run_size = [], 0
+                    front.append(p)
+            if run:
+                front.append(_joined(run, run_size))
+            out.extendleft(reversed(front))
         return super()._packet_write()
 
     def _create_socket(self) -> SocketLike:
@@ -547,7 +578,9 @@ class InflightClient(_ms.Client):
                 continue
             self._inflight_messages += 1
             m.state = _ms.mqtt_ms_wait_for_puback if m.qos == 1 else _ms.mqtt_ms_wait_for_pubrec
-            rc = self._send_publish(m.mid, m.topic.encode("utf-8"), m.payload, m.qos, m.retain, m.dup, properties=m.properties)
+            rc = self._send_publish(
+                m.mid, m.topic.encode("utf-8"), m.payload, m.qos, m.retain, m.dup, properties=m.properties
+            )
             if rc != _ms.MQTT_ERR_SUCCESS:
                 return rc
         return _ms.MQTT_ERR_SUCCESS

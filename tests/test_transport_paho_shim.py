@@ -10,6 +10,7 @@ import pytest
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from mschedule_agent import paho_shim
 from mschedule_agent.paho_shim import InflightClient
 
 
@@ -51,3 +52,40 @@ def test_a_publish_without_properties_is_decoded_as_paho_decodes_it(client, qos)
         decode(client)
     expected_mid = 4242 if qos else 0
     assert seen[0] == seen[1] == ("pre/results/a1", b'{"type":"result"}', qos, True, expected_mid)
+
+
+def test_queued_packets_are_written_in_as_few_sends_as_their_kinds_allow(client, monkeypatch):
+    """A run of packets paho does nothing after writing goes out in one send(), before and
+    after a QoS-0 PUBLISH (which paho writes alone, to mark it published), and a run past
+    WRITE_JOIN_BYTES in several: 3 sends here, where joining only the head's run took 102
+    (one per PUBACK after the QoS-0 PUBLISH)."""
+    sent: list[bytes] = []
+    real = client._sock
+
+    class Counting:  # the real socket pair's end, counting the send() calls made on it
+        def send(self, buf: bytes) -> int:
+            sent.append(bytes(buf))
+            return real.send(buf)
+
+    client._sock = Counting()
+    client.on_socket_register_write = lambda *_a: None  # queue them: written by _packet_write below
+    info = paho.MQTTMessageInfo(2)
+    client._send_publish(1, b"pre/agents/a1/tasks", b"t" * 300, 1, False, False)
+    client._send_publish(2, b"pre/tasks/t1/progress", b"p", 0, False, False, info)
+    for mid in range(100, 200):
+        client._send_puback(mid)
+    expected = b"".join(bytes(p["packet"]) for p in client._out_packet)
+    assert client._packet_write() == paho.MQTT_ERR_SUCCESS
+    assert b"".join(sent) == expected  # the same bytes, in the same order
+    assert len(sent) == 3
+    assert info.is_published()
+
+    sent.clear()  # 1,200 PUBACKs (4,800 bytes) with a join limit of 1,000 bytes: 5 sends, not 951
+    monkeypatch.setattr(paho_shim, "WRITE_JOIN_BYTES", 1000)
+    for mid in range(1000, 2200):
+        client._send_puback(mid)
+    expected = b"".join(bytes(p["packet"]) for p in client._out_packet)
+    assert client._packet_write() == paho.MQTT_ERR_SUCCESS
+    assert b"".join(sent) == expected
+    assert len(sent) == 5
+    client._sock = real
