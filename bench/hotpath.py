@@ -110,11 +110,13 @@ def heartbeat_share(url: str, workdir: Path, n: int, interval: float, seconds: f
 
 @contextmanager
 def _profiled(pid: int, out: Path | None) -> Iterator[dict[str, Any]]:
-    """py-spy ``pid`` while the block runs, sampling only the thread that holds the GIL."""
+    """py-spy ``pid`` while the block runs. The master's MQTT I/O runs on its loop's thread
+    (no paho thread to tell apart any more), and py-spy's ``--gil`` recorded no sample
+    of it: every busy thread is sampled."""
     if out is None or py_spy() is None:
         yield {}
         return
-    with recording(pid, out, gil=True) as summary:
+    with recording(pid, out) as summary:
         yield summary
 
 
