@@ -821,6 +821,18 @@ def test_parse_classifies_our_topics_and_ignores_the_rest(topic, expected):
     assert Topics().parse(topic) == expected
 
 
+def test_parse_answers_again_from_its_bounded_cache(monkeypatch):
+    from mschedule_agent import protocol
+
+    monkeypatch.setattr(protocol, "PARSED_KEPT", 3)
+    topics = Topics()
+    first = [topics.parse(t) for t, _ in PARSE]  # more topics than the cache keeps
+    assert first == [e for _, e in PARSE]
+    assert [topics.parse(t) for t, _ in PARSE] == first  # the same answers, cached or not
+    assert len(topics._parsed) <= 3
+    assert topics == Topics() and hash(topics) == hash(Topics())  # the cache is not the value
+
+
 @FUZZ
 @given(_level, st.none() | _level, st.sampled_from(["status", "heartbeat", "tasks", "control", "results"]))
 def test_parse_inverts_every_agent_topic_builder(agent_id, dc, kind):
