@@ -68,6 +68,11 @@ class Trimmer:
         if size >= self.threshold:
             self._due = True
 
+    @property
+    def due(self) -> bool:
+        """A large message was noted since the last trim (its caches may be emptied first)."""
+        return self._due
+
     def tick(self) -> None:
         if self._due:
             self._due = False

@@ -571,6 +571,8 @@ class Daemon:
                 self._step_down(why)
                 return
             self._guard.tick()
+            if memory.heap.due:  # large results: SQLite's cache holds their pages; free it, then trim
+                self.service.store.shrink_memory()
             memory.heap.tick()
             try:
                 if self.ha and time.time() >= self._next_sweep:

@@ -348,6 +348,9 @@ class PgStore(Store):
     def incremental_vacuum(self, pages: int) -> int:
         return 0  # PostgreSQL's autovacuum hands space back
 
+    def shrink_memory(self) -> None:
+        """Nothing to free here: PostgreSQL's caches live in its own processes."""
+
     def check_writable(self) -> str | None:
         if self._depth:
             return None
