@@ -5,14 +5,16 @@ mqtts:// with --ca-file, and a plain-MQTT client refused on a TLS port."""
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from harness.agentproc import start_agent
+from harness.fleet import Fleet, start_master
 from harness.mqtt import Collector
 from harness.require import require_tools
-from harness.xdc import MASTER_USER, MONITOR_USER, Xdc
+from harness.xdc import MASTER_USER, MONITOR_USER, OPERATOR_USER, Xdc
 from mschedule_agent import protocol
 
 
@@ -68,3 +70,29 @@ def test_a_plain_client_is_refused_on_a_tls_listener(tls_xdc):
         assert not xdc.can_connect(site, MONITOR_USER, tls=False), f"{site}: accepted plain MQTT on its TLS listener"
     assert xdc.can_connect("central", MASTER_USER)
     assert not xdc.can_connect("central", MASTER_USER, tls=False), "the master's listener accepted plain MQTT"
+
+
+def test_the_master_daemon_runs_a_task_over_tls(tls_xdc, topics, tmp_path):
+    """The real master on mqtts:// (its MQTT socket driven by its asyncio loop, TLS reads
+    and writes included: mschedule_agent/asyncnet.py) rolls a task out to a real agent at
+    the edge and records its verdict and output; its CA comes from SSL_CERT_FILE."""
+    xdc = tls_xdc
+    state = tmp_path / "agent"
+    agent_id = xdc.provision_agent("bj", state)
+    xdc.wait_reloaded("bj", agent_id)
+    fleet = Fleet(tmp_path, xdc.url("central", OPERATOR_USER), topics.prefix)
+    try:
+        fleet.master = start_master(tmp_path / "master", xdc.url("central", MASTER_USER), topics.prefix)
+        fleet.agents.append(start_agent(state, xdc.url("bj", agent_id), topics.prefix,
+                                        ca_file=str(tmp_path / "tls" / "ca.crt"), env={"SSL_CERT_FILE": ""}))  # fmt: skip
+        fleet.wait_agents_known(1)
+        task = fleet.http("POST", "/api/v1/tasks", {"targets": ["all"], "script_text": "echo master over tls"})
+        summary = fleet.wait_task(task["id"], 60)
+        assert summary["state"] == "SUCCEED", summary
+        target = fleet.http("GET", f"/api/v1/tasks/{task['id']}")["targets"][agent_id]
+        assert (target["state"], target["code"]) == ("SUCCEED", 0), target
+        with urllib.request.urlopen(f"{fleet.master.http_url}/api/v1/tasks/{task['id']}/targets/{agent_id}/output",
+                                    timeout=30) as resp:  # fmt: skip
+            assert resp.read() == b"master over tls\n"
+    finally:
+        fleet.stop()
