@@ -497,7 +497,7 @@ class Engine:
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)
-        touched.update(active.rollout.pop_dirty())
+        touched.update(active.rollout.take_dirty())
         progress = active.rollout.progress
         if progress != active.progress:
             self.txn.guard(active)

@@ -159,7 +159,7 @@ class Txn:
         """After a failed guarded call: the targets of ``active`` that earlier messages of
         the batch changed and the failed call did not touch (no longer queued to persist)."""
         task_id = active.task.id
-        failed = set(active.rollout.pop_dirty()) | self._guard_targets.get(task_id, set())
+        failed = active.rollout.take_dirty() | self._guard_targets.get(task_id, set())
         pending = self._snaps.pop(task_id, None)
         return (pending[1] - failed) if pending else set()
 

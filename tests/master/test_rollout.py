@@ -669,6 +669,26 @@ def test_pop_dirty_reports_targets_whose_fields_changed_without_a_state_change()
     assert run.r.pop_dirty() == []
 
 
+def test_take_dirty_is_pop_dirty_unordered():
+    run = Run(3, parallel=3)
+    run.start()
+    assert run.r.take_dirty() == {"a00", "a01", "a02"}
+    run.do(run.r.on_ack("a02", 1))
+    assert run.r.take_dirty() == {"a02"}
+    assert run.r.take_dirty() == set() and run.r.pop_dirty() == []
+
+
+def test_nonzero_counts_follow_every_move_and_are_the_callers_own():
+    run = Run(2, parallel=1)
+    first = run.r.counts(nonzero=True)
+    first["WAITING"] = 99  # the caller's copy: the rollout's cached counts stay right
+    assert run.r.counts(nonzero=True) == {"WAITING": 2}
+    run.start()
+    assert run.r.counts(nonzero=True) == {"WAITING": 1, "DISPATCHED": 1}
+    run.do(run.r.on_final("a00", T.SUCCEED, 2))
+    assert run.r.counts(nonzero=True) == {"DISPATCHED": 1, "SUCCEED": 1}
+
+
 # ------------------------------------------------------------------------ deadlines
 
 
