@@ -214,19 +214,31 @@ class Engine:
             stream=spec.stream,
         )  # fmt: skip
         with self.batch():
-            self.store.insert_task(task, agent_ids, spec.request_id, digest)
-            self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
             if not self.driving:  # an HA standby: stored; the leader starts it (ha.py)
+                self.store.insert_task(task, agent_ids, spec.request_id, digest)
+                self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
                 self._hand_over("task", task_id)
                 log.info("task %s stored for %d target(s); the leader runs it", task_id, len(agent_ids), extra={"task_id": task_id})
                 return task, agent_ids
             rollout = Rollout(
                 task_id, agent_ids, limits(task), timing=self._timing(task), now=now, plan=task_plan, handoff=True
             )
+            created = rollout.counts(nonzero=True)
+            # The rollout is pure: started first, its targets are inserted as it left them, in
+            # the same transaction, before anything is carried out (a fan-out's 100,000 rows
+            # written once, not inserted WAITING and updated at the commit).
+            actions = rollout.start(now)
+            targets = rollout.targets
+            self.store.insert_task(
+                task, agent_ids, spec.request_id, digest, snapshots=[targets[a] for a in agent_ids]
+            )
+            rollout.take_dirty()  # stored just now
+            self.store.add_event(now, "task_created", task_id, None, {"targets": agent_ids, "name": spec.name})
             active = self._active[task_id] = Active(task, rollout)
-            self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": counts(active), "created": True})
+            self.txn.guard(active)  # a failure below: rebuilt from the store (which then has no such task)
+            self.emit("task", task_id, {"state": TaskState.WAITING.value, "counts": created, "created": True})
             log.info("task %s created for %d target(s)", task_id, len(agent_ids), extra={"task_id": task_id})
-            self._apply(active, rollout.start(now), now)
+            self._apply(active, actions, now, stored=True)
             if rollout.final:
                 return self.store.get_task(task_id, with_targets=False) or task, agent_ids
             # from memory: a read of the targets' counts would sit before the commit (and the reply)
@@ -474,26 +486,30 @@ class Engine:
         now: float,
         touched: set[str] | None = None,
         code: tuple[str, int | None] | None = None,
+        stored: bool = False,
     ) -> None:
-        """Carry out ``actions``; ``code`` is (agent id, exit code) of the result that caused them."""
+        """Carry out ``actions``; ``code`` is (agent id, exit code) of the result that caused them.
+        ``stored``: the targets the actions name are stored as the rollout holds them already
+        (a submission inserts them so); only what changes after is persisted at the commit."""
         task_id = active.task.id
         touched = set(touched or ())
+        named: set[str] = set() if stored else touched  # the targets the actions name, to persist
         if code is not None:
             active.codes[code[0]] = code[1]  # before the actions: a TaskChanged to final reads it
         for action in actions:
             if isinstance(action, Dispatch):
-                touched.add(action.agent_id)
+                named.add(action.agent_id)
                 if action.redeliver and not self.registry.is_online(action.agent_id):
                     continue  # its persistent session queues the first copy; re-sent when it registers
                 self._dispatch(active, action)
             elif isinstance(action, SendKill):
-                touched.add(action.agent_id)
+                named.add(action.agent_id)
                 topic = self._topics_for(action.agent_id).control(action.agent_id)
                 reason = "rollout aborted" if active.rollout.aborted else "task killed"
                 body = protocol.encode(protocol.Kill(id=task_id, reason=reason, epoch=self.epoch))
                 self.txn.send(Out(topic, self.sealer.kill(body, task_id=task_id, agent_id=action.agent_id)))
             elif isinstance(action, TargetChanged):
-                touched.add(action.agent_id)
+                named.add(action.agent_id)
                 self._target_changed(active, action, now, code[1] if code and code[0] == action.agent_id else None)
             elif isinstance(action, TaskChanged):
                 self._task_changed(active, action, now)

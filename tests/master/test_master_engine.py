@@ -482,6 +482,29 @@ def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_
     assert rig.store.get_target(task_id, "a2").acked
 
 
+def test_a_submission_inserts_its_targets_as_the_started_rollout_holds_them_and_writes_them_once(rig, monkeypatch):
+    for a in ("a1", "a2", "a3"):
+        rig.register(a)
+    saves: list[list[str]] = []
+    save = rig.store.save_snapshots
+
+    def counting_save(t, snaps):
+        saves.append(sorted(s.agent_id for s in snaps))
+        save(t, snaps)
+
+    monkeypatch.setattr(rig.store, "save_snapshots", counting_save)
+    task_id = rig.submit(["a1", "a2", "a3"], parallel=2).task_id
+    # one write: the delivery clocks started at the broker's PUBACK (MemoryTransport's is at
+    # once); the submission's commit does not update the rows it inserted
+    assert saves == [["a1", "a2"]]
+    memory = rig.engine._active[task_id].rollout.targets
+    stored = {s.agent_id: s for s in rig.store.load_task(task_id).snapshots}
+    assert stored == memory
+    assert [stored[a].state for a in ("a1", "a2", "a3")] == [TargetState.DISPATCHED, TargetState.DISPATCHED, TargetState.WAITING]
+    assert stored["a1"].expires_at is not None, "the clock started at the broker's PUBACK, and was saved"
+    assert [m.id for _, m in rig.sent("task")] == [task_id, task_id]
+
+
 # ------------------------------------------------------------------ provisional verdicts, the listening clock
 
 
