@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 #: At start-up, summaries of tasks that ended this recently (seconds) are published again.
 SUMMARY_REPUBLISH_WINDOW = 3600.0
 
-Resolver = Callable[[list[str], list[models.Agent], dict[str, list[str]]], list[str]]
+Resolver = Callable[[list[str], list[targeting.Agent], dict[str, list[str]]], list[str]]
 
 
 #: Timing is a frozen dataclass: one default instance is safe to share.
@@ -195,7 +195,7 @@ class Engine:
                 assert task is not None
                 return task, list(self.store.target_states(existing))  # ids only: no output read
         try:
-            agent_ids = list(dict.fromkeys(self._resolve(list(spec.targets), self.registry.agents(), self.groups)))
+            agent_ids = list(dict.fromkeys(self._resolve(list(spec.targets), self.registry.targetable(), self.groups)))
         except ValueError as e:  # targeting.UnknownSelector and its kin
             raise InvalidRequest(str(e), field="targets") from None
         if not agent_ids:
