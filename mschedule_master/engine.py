@@ -531,7 +531,7 @@ class Engine:
         No second copy while one is queued or not yet acknowledged by the broker (as in a
         big fan-out): it would only queue behind the first (:meth:`Flow.put`).
         """
-        self.txn.send(Out("", b"", copy_of=(active, action.agent_id)))
+        self.txn.send_copy(active, action.agent_id)
 
     # ------------------------------------------------------------------ flow control (flow.py)
     def _queue_copies(self, copies: list[tuple[Active, str]]) -> None:
