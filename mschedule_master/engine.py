@@ -64,6 +64,9 @@ SUMMARY_REPUBLISH_WINDOW = 3600.0
 Resolver = Callable[[list[str], list[targeting.Agent], dict[str, list[str]]], list[str]]
 
 
+#: TargetState -> its value (Enum.value is a slow descriptor)
+_VALUES = {s: s.value for s in TargetState}
+
 #: Timing is a frozen dataclass: one default instance is safe to share.
 DEFAULT_TIMING = Timing()
 
@@ -654,7 +657,6 @@ class Engine:
             )  # fmt: skip
         if reason:
             self.store.set_target_reason(task_id, action.agent_id, reason)
-        data = {"agent_id": action.agent_id, "old": action.old.value, "new": action.new.value, "reason": reason}
         if action.new.final:
             self.metrics.target_finished(action.new.value)
         if action.new.final and log.isEnabledFor(logging.INFO):  # one line per target: built only when logged
@@ -665,12 +667,16 @@ class Engine:
                 f" ({reason})" if reason else "",
                 extra={"task_id": task_id, "agent_id": action.agent_id, "state": action.new.value, "duration": took},
             )  # fmt: skip
+        new = _VALUES[action.new]  # one event per target of a fan-out: no Enum.value descriptor
         self.emit(
             "target",
             task_id,
             {
-                **data,
-                "state": action.new.value,
+                "agent_id": action.agent_id,
+                "old": _VALUES[action.old],
+                "new": new,
+                "reason": reason,
+                "state": new,
                 "code": code,
                 "task_state": active.rollout.state.value,
                 "counts": counts(active),
