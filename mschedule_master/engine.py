@@ -562,17 +562,23 @@ class Engine:
                         self._apply(active, [], now, touched=agents)
 
     def _settle(self, now: float) -> None:
+        # per copy of a fan-out: the lookups hoisted, no empty set built for each setdefault
+        actives, unsaved, online = self._active, self._unsaved, self.registry.is_online
         for task_id, agent_id in self.flow.settled(now):
-            active = self._active.get(task_id)
-            if active is not None and self.registry.is_online(agent_id):
+            active = actives.get(task_id)
+            if active is not None and online(agent_id):
                 active.rollout.on_handed(agent_id, now)  # [] always
-                self._unsaved.setdefault(task_id, set()).add(agent_id)
+                agents = unsaved.get(task_id)
+                if agents is None:
+                    agents = unsaved[task_id] = set()
+                agents.add(agent_id)
 
     def _send(self, now: float) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)  # once per call, not per copy
         while (key := self.flow.take()) is not None:
-            self._publish_copy(key, now)
+            self._publish_copy(key, now, debug)
 
-    def _publish_copy(self, key: tuple[str, str], now: float) -> None:
+    def _publish_copy(self, key: tuple[str, str], now: float, debug: bool = False) -> None:
         task_id, agent_id = key
         active = self._active.get(task_id)
         t = active.rollout.targets.get(agent_id) if active is not None else None
@@ -612,7 +618,7 @@ class Engine:
         self.flow.sent(key, publication, now)
         redeliver = t.expires_at is not None
         self.metrics.dispatched(task.created_at, now, redeliver=redeliver)
-        if not redeliver:
+        if debug and not redeliver:
             log.debug("task %s sent to %s", task.id, agent_id, extra={"task_id": task.id})
 
     def backlog(self, task_id: str | None = None) -> Backlog:

@@ -1022,19 +1022,24 @@ def _redeliver_gap(t: TargetSnapshot, last: float, tm: Timing) -> float:
 
 
 def _deadline(t: TargetSnapshot, tm: Timing) -> float | None:
-    """The earliest time at which tick() has something to do for ``t``."""
-    if t.state not in _ACTIVE:
+    """The earliest time at which tick() has something to do for ``t``: the least of its
+    clocks that is not +inf (None if none is). Three times per target of a fan-out
+    (dispatch, broker's PUBACK, ack): no lists built."""
+    state = t.state
+    if state is not _T.DISPATCHED and state is not _T.RUNNING:
         return None
-    times: list[float] = []
-    if t.state is _T.DISPATCHED and not t.acked:
-        times.append(_expiry(t, tm))
-    for at in (_lost_at(t, tm), _redeliver_at(t, tm)):
-        if at is not None:
-            times.append(at)
+    due = _expiry(t, tm) if state is _T.DISPATCHED and not t.acked else math.inf
+    at = _lost_at(t, tm)
+    if at is not None and at < due:
+        due = at
+    at = _redeliver_at(t, tm)
+    if at is not None and at < due:
+        due = at
     if t.kill_requested:
-        times.append(_kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf)
-    finite = [x for x in times if x != math.inf]
-    return min(finite) if finite else None
+        at = _kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf
+        if at < due:
+            due = at
+    return None if due == math.inf else due
 
 
 def _kill_resend_at(t: TargetSnapshot, tm: Timing) -> float:
