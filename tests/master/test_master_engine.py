@@ -666,3 +666,30 @@ def test_an_agent_that_stays_offline_while_its_copy_waits_is_unreachable_after_d
         TargetState.UNREACHABLE, "agent offline for more than delivery_timeout 10s; never sent"
     )
     assert rig.sent("task") == []
+
+
+def test_a_submission_leaves_the_garbage_collector_as_it_found_it(rig):
+    import gc
+
+    from mschedule_master.models import InvalidRequest
+
+    rig.register("a1")
+    seen = []
+    real = rig.engine._submit
+
+    def spy(spec):
+        seen.append(gc.isenabled())
+        return real(spec)
+
+    rig.engine._submit = spy
+    assert gc.isenabled()
+    rig.submit(["a1"])
+    with pytest.raises(InvalidRequest):
+        rig.submit(["nobody"])
+    assert gc.isenabled() and seen == [False, False], "off during the submission, on again after, even when it fails"
+    gc.disable()
+    try:
+        rig.submit(["a1"])
+        assert not gc.isenabled(), "a collector someone else turned off stays off"
+    finally:
+        gc.enable()
