@@ -27,10 +27,13 @@ from mschedule_agent.transport import Incoming
 
 from .engine import Engine
 from .models import Event
-from .states import TargetState
+from .states import TARGET_FINAL
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+#: the final target states' values, as events carry them (no TargetState(value) call per event)
+_FINAL_VALUES = frozenset(s.value for s in TARGET_FINAL)
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -153,7 +156,7 @@ class LiveIngest:
             return
         agent_id = event.data.get("agent_id")
         state = event.data.get("state")
-        if not isinstance(agent_id, str) or state is None or not TargetState(state).final:
+        if not isinstance(agent_id, str) or state not in _FINAL_VALUES:  # one event per target of a fan-out
             return
         for stream in protocol.OUTPUT_STREAMS:
             self._ends.pop((event.task_id, agent_id, stream), None)

@@ -12,6 +12,8 @@ units (``_seconds``).
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -22,13 +24,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from mschedule_agent.protocol import REJECT_CODES
+
+_le: Callable[[float], str] = floatToGoString  #: a bucket's bound as prometheus_client writes it (untyped there)
 
 #: Latency buckets (seconds) from a loopback fleet to a slow cross-datacenter bridge.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -51,13 +56,14 @@ class Metrics:
             "mschedule_targets_finished_total", "Targets that reached a final state, by state", ["state"], registry=r
         )
         self._finished_by_state: dict[str, Any] = {}  #: state -> its targets_finished child
-        self.submit_to_dispatch = Histogram(
+        # once per dispatched copy and per stored result: _Histogram, not prometheus_client's
+        self.submit_to_dispatch = _Histogram(
             "mschedule_submit_to_dispatch_seconds", "From a task's creation to a target's first dispatch",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.dispatch_to_result = Histogram(
+        self.dispatch_to_result = _Histogram(
             "mschedule_dispatch_to_result_seconds", "From a target's dispatch to its stored result",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.redeliveries = Counter(
             "mschedule_redeliveries_total", "Task copies published again to unacked targets", registry=r
@@ -161,6 +167,40 @@ class Metrics:
     def counting(self, transport: Any) -> Any:
         """``transport`` with every publish counted in ``mschedule_mqtt_messages_published_total``."""
         return _CountingTransport(transport, self)
+
+
+class _Histogram(Collector):
+    """A histogram observed on a per-target path (each dispatched copy, each stored result):
+    a bisect into plain counters. prometheus_client's Histogram takes a lock for its sum and
+    one for the bucket it finds by walking the bounds (~2 us per copy of a fan-out). Observed
+    from the engine's thread only; a scrape reads the counters as they stand, as it reads
+    prometheus_client's (whose sum and buckets are not read atomically together either).
+    Exposed as prometheus_client's is: ``_bucket`` (cumulative, ``le``), ``_count``, ``_sum``."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], *, registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = [*sorted(buckets), math.inf]
+        self._les = [_le(b) for b in self._bounds]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as le means
+        self._sum += amount
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for le, n in zip(self._les, counts, strict=True):
+            cumulative += n
+            buckets.append((le, float(cumulative)))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
 
 
 class _StateCollector(Collector):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from mschedule_agent import protocol
 
-from . import models
+from . import models, targeting
 
 #: An agent silent for longer than this many heartbeat intervals is offline.
 STALE_FACTOR = 3.0
@@ -77,6 +77,12 @@ class Registry:
 
     def agents(self) -> list[models.Agent]:
         return [a.view() for a in self._agents.values()]
+
+    def targetable(self) -> list[targeting.Agent]:
+        """The agents as targeting reads them (id, hostname, online, dc, labels): the live
+        records, not copies, for a resolution made at once (a fan-out to 100,000 agents
+        copied each one's lists and labels)."""
+        return list(self._agents.values())
 
     def dc_of(self, agent_id: str) -> str | None:
         a = self._agents.get(agent_id)

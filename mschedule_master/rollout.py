@@ -32,6 +32,7 @@ ADDED (optional to use):
     r.pop_dirty() -> list[str]   # agent ids whose snapshot fields changed since the last call,
                                  # also without a state change (acked, kill_requested,
                                  # last_sent_at, offline_since): persist r.targets[id] for each
+    r.take_dirty() -> set[str]   # the same, unordered
     Rollout.restore(..., killed=None)   # True if the user had killed the task (else inferred)
     r.on_agent_offline(agent_id, now, unheard=True)   # offline because its datacenter's bridge is down
     r.final, r.failures, r.active, r.window, r.aborted, r.killed
@@ -390,6 +391,8 @@ class Rollout:
         self.window = self._stages[0].window
         self._next = 0  #: index in _order from which to look for the next WAITING target
         self._counts = {s: 0 for s in TargetState}
+        #: counts(nonzero=True) as last computed; None once a target moved (one per event otherwise)
+        self._nonzero: dict[str, int] | None = None
         self._stage_of: dict[str, int] = {}
         n_stages = len(self._stages)
         self._open = [0] * n_stages  #: per stage: its targets not final yet
@@ -429,7 +432,11 @@ class Rollout:
     def counts(self, *, nonzero: bool = False) -> dict[str, int]:
         """Targets per state (by state value); only the states some target is in if ``nonzero``."""
         if nonzero:
-            return {_VALUES[s]: n for s, n in self._counts.items() if n}
+            # a fan-out emits one event per dispatched target, each with the counts: computed
+            # once per state change, copied per call (the caller may keep or change its dict)
+            if self._nonzero is None:
+                self._nonzero = {_VALUES[s]: n for s, n in self._counts.items() if n}
+            return dict(self._nonzero)
         return {_VALUES[s]: n for s, n in self._counts.items()}
 
     def next_deadline(self) -> float | None:
@@ -472,6 +479,12 @@ class Rollout:
     def pop_dirty(self) -> list[str]:
         dirty = sorted(self._dirty, key=lambda a: self._targets[a].seq)
         self._dirty.clear()
+        return dirty
+
+    def take_dirty(self) -> set[str]:
+        """:meth:`pop_dirty` unordered: for a caller that collects them in a set anyway (a
+        fan-out's 100,000 need no sort)."""
+        dirty, self._dirty = self._dirty, set()
         return dirty
 
     # ------------------------------------------------------------------ lifecycle
@@ -745,6 +758,7 @@ class Rollout:
         t.state = new
         self._counts[old] -= 1
         self._counts[new] += 1
+        self._nonzero = None
         self._count_stage(t.agent_id, old, -1)
         self._count_stage(t.agent_id, new, 1)
         if old.failure:  # only a revised verdict leaves a failure
@@ -1008,19 +1022,24 @@ def _redeliver_gap(t: TargetSnapshot, last: float, tm: Timing) -> float:
 
 
 def _deadline(t: TargetSnapshot, tm: Timing) -> float | None:
-    """The earliest time at which tick() has something to do for ``t``."""
-    if t.state not in _ACTIVE:
+    """The earliest time at which tick() has something to do for ``t``: the least of its
+    clocks that is not +inf (None if none is). Three times per target of a fan-out
+    (dispatch, broker's PUBACK, ack): no lists built."""
+    state = t.state
+    if state is not _T.DISPATCHED and state is not _T.RUNNING:
         return None
-    times: list[float] = []
-    if t.state is _T.DISPATCHED and not t.acked:
-        times.append(_expiry(t, tm))
-    for at in (_lost_at(t, tm), _redeliver_at(t, tm)):
-        if at is not None:
-            times.append(at)
+    due = _expiry(t, tm) if state is _T.DISPATCHED and not t.acked else math.inf
+    at = _lost_at(t, tm)
+    if at is not None and at < due:
+        due = at
+    at = _redeliver_at(t, tm)
+    if at is not None and at < due:
+        due = at
     if t.kill_requested:
-        times.append(_kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf)
-    finite = [x for x in times if x != math.inf]
-    return min(finite) if finite else None
+        at = _kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf
+        if at < due:
+            due = at
+    return None if due == math.inf else due
 
 
 def _kill_resend_at(t: TargetSnapshot, tm: Timing) -> float:

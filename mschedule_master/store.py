@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -214,6 +214,10 @@ _SAVE_AGENT_SQL = (
     f"do update set {', '.join(f'{c}=excluded.{c}' for c in _AGENT_COLS[1:])}"
 )
 
+_INSERT_SNAPSHOT_SQL = (
+    f"insert into targets (task_id, agent_id, {', '.join(_SNAPSHOT_COLUMNS)}) "
+    f"values ({','.join('?' * (2 + len(_SNAPSHOT_COLUMNS)))})"
+)
 _SAVE_SNAPSHOT_SQL = (
     f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
 )
@@ -450,8 +454,19 @@ class Store:
 
     # ------------------------------------------------------------------ tasks
     def insert_task(
-        self, task: models.Task, agent_ids: list[str], request_id: str | None = None, digest: str | None = None
+        self,
+        task: models.Task,
+        agent_ids: list[str],
+        request_id: str | None = None,
+        digest: str | None = None,
+        *,
+        snapshots: Sequence[TargetSnapshot] | None = None,
     ) -> None:
+        """The task and its targets, WAITING in ``agent_ids`` order; or, given ``snapshots``
+        (one per agent id, in that order: a started rollout's), the targets as they say, so
+        that a fan-out's targets are written once, not inserted and then updated."""
+        if snapshots is not None and [s.agent_id for s in snapshots] != agent_ids:
+            raise ValueError("insert_task: the snapshots must be the targets', in order")
         with self.db() as c:
             if request_id is not None and digest is not None:
                 c.execute("insert into request_digests (request_id, digest) values (?,?)", (request_id, digest))
@@ -465,11 +480,14 @@ class Store:
                     _dumps(task.plan) if task.plan is not None else None,
                 ),
             )  # fmt: skip
-            c.executemany(
-                "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
-                # seq = dispatch order from the start: a restore sorts by it, and a plan's steps are seq ranges
-                [(task.id, a, TargetState.WAITING.value, i) for i, a in enumerate(agent_ids)],
-            )
+            if snapshots is None:
+                c.executemany(
+                    "insert into targets (task_id, agent_id, state, seq) values (?,?,?,?)",
+                    # seq = dispatch order from the start: a restore sorts by it, and a plan's steps are seq ranges
+                    [(task.id, a, TargetState.WAITING.value, i) for i, a in enumerate(agent_ids)],
+                )
+            else:
+                c.executemany(_INSERT_SNAPSHOT_SQL, [(task.id, s.agent_id, *_snapshot_values(s)) for s in snapshots])
             self.require_sync()
 
     def set_task_state(self, task_id: str, state: TaskState, reason: str, finished_at: float | None) -> None:

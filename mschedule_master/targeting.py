@@ -29,12 +29,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from fnmatch import fnmatchcase
-
-from .models import Agent
+from functools import cached_property
+from typing import Protocol
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  #: a group name or a label key
 _TOKEN = re.compile(r"^[^\s+#/]+$")  #: an agent id, hostname or label value: one topic level, no blanks
+
+
+class Agent(Protocol):
+    """What targeting reads of an agent: a :class:`~.models.Agent`, or the registry's own
+    record (:meth:`~.registry.Registry.targetable`: no copy of 100,000 agents per submission)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def dc(self) -> str | None: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
 
 
 class UnknownSelector(ValueError):
@@ -120,10 +136,17 @@ class _Resolver:
     def __init__(self, agents: list[Agent], groups: Mapping[str, list[str] | str]) -> None:
         self.agents = agents
         self.groups = groups
-        self.by_id = {a.id: a for a in agents}
-        self.by_hostname: dict[str, list[Agent]] = {}
-        for a in agents:
-            self.by_hostname.setdefault(a.hostname, []).append(a)
+
+    @cached_property
+    def by_id(self) -> dict[str, Agent]:  # built for the first name selector only ("all" needs none)
+        return {a.id: a for a in self.agents}
+
+    @cached_property
+    def by_hostname(self) -> dict[str, list[Agent]]:
+        by_hostname: dict[str, list[Agent]] = {}
+        for a in self.agents:
+            by_hostname.setdefault(a.hostname, []).append(a)
+        return by_hostname
 
     def top(self, sel: Selector) -> list[Agent]:
         """A selector as the user wrote it: must match, and online-only ones must match online agents."""

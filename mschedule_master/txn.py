@@ -42,7 +42,6 @@ class Out:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
-    copy_of: tuple[Active, str] | None = None  #: a task copy for (task, agent): handed to hand_copies
 
 
 class Txn:
@@ -53,12 +52,13 @@ class Txn:
         self._rebuild = rebuild
         self._depth = 0
         self._outbox: list[Out] = []
+        self._copies: list[tuple[Active, str]] = []  #: task copies (task, agent): handed to hand_copies
         self._acks: list[Incoming] = []
         self._events: list[models.Event] = []
         self._snaps: dict[str, tuple[Rollout, set[str]]] = {}  #: task id -> targets to persist at commit
         self._subscribers: list[Callable[[models.Event], None]] = []
         self._batch_subscribers: list[Callable[[list[models.Event]], None]] = []
-        #: takes the committed batch's task copies (Out.copy_of) instead of publishing them (flow control)
+        #: takes the committed batch's task copies (send_copy) instead of publishing them (flow control)
         self.hand_copies: Callable[[list[tuple[Active, str]]], None] | None = None
         #: during a guarded() call: the rollouts it may change, and the targets it queued to persist
         self._guarding: dict[str, Active] | None = None
@@ -82,6 +82,7 @@ class Txn:
                 self._save_snapshots()
         except BaseException:
             self._outbox.clear()
+            self._copies.clear()
             self._events.clear()
             self._acks.clear()
             self._snaps.clear()
@@ -135,7 +136,7 @@ class Txn:
         """``run()`` under a savepoint. If it raises, its writes, publications, events and
         PUBACKs are undone and the rollouts it touched rebuilt from the store; the exception
         is returned (None when it ran through)."""
-        mark = (len(self._outbox), len(self._events), len(self._acks))
+        mark = (len(self._outbox), len(self._events), len(self._acks), len(self._copies))
         self.store.savepoint_begin()
         self._guarding, self._guard_targets = {}, {}
         try:
@@ -145,6 +146,7 @@ class Txn:
             del self._outbox[mark[0] :]
             del self._events[mark[1] :]
             del self._acks[mark[2] :]
+            del self._copies[mark[3] :]
             touched, self._guarding = self._guarding, None
             for active in touched.values():
                 self._rebuild(active, self._earlier(active))
@@ -159,7 +161,7 @@ class Txn:
         """After a failed guarded call: the targets of ``active`` that earlier messages of
         the batch changed and the failed call did not touch (no longer queued to persist)."""
         task_id = active.task.id
-        failed = set(active.rollout.pop_dirty()) | self._guard_targets.get(task_id, set())
+        failed = active.rollout.take_dirty() | self._guard_targets.get(task_id, set())
         pending = self._snaps.pop(task_id, None)
         return (pending[1] - failed) if pending else set()
 
@@ -195,6 +197,11 @@ class Txn:
         """Queue an encoded message for publication after the current batch commits."""
         self._outbox.append(out)
 
+    def send_copy(self, active: Active, agent_id: str) -> None:
+        """Queue a task copy for ``agent_id``: handed to :attr:`hand_copies` (flow control)
+        after the current batch commits, before the batch's other publications."""
+        self._copies.append((active, agent_id))
+
     def subscribe(self, callback: Callable[[models.Event], None]) -> Callable[[], None]:
         self._subscribers.append(callback)
 
@@ -214,19 +221,17 @@ class Txn:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
+        copies, self._copies = self._copies, []
         acks, self._acks = self._acks, []
         events, self._events = self._events, []
         # Task copies first (flow control publishes them, engine.py/flow.py): what the batch
         # also says, such as a submit's reply, then follows them to the broker, as before.
-        copies = [out.copy_of for out in outbox if out.copy_of is not None]
         if copies and self.hand_copies is not None:
             try:
                 self.hand_copies(copies)
             except Exception:
                 log.exception("could not queue %d task copies; the redeliveries send them again", len(copies))
         for out in outbox:
-            if out.copy_of is not None:
-                continue
             try:
                 self.transport.publish(
                     out.topic,

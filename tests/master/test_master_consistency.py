@@ -73,3 +73,26 @@ def test_a_rollout_that_cannot_be_rebuilt_is_left_to_the_next_start_and_the_batc
     assert broken not in rig.engine._active and fine in rig.engine._active
     assert rig.store.get_task(broken).state is TaskState.RUNNING  # as stored: a restart resumes it
     assert broken in [s.task.id for s in rig.store.load_unfinished()] and rig.store.get_target(fine, "a2").acked
+
+
+def test_a_submission_failing_half_way_leaves_no_task_and_sends_no_copy(rig, monkeypatch):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    rig.sent()
+    real = rig.engine._target_changed
+
+    def boom(active, action, now, code):
+        if action.agent_id == "a2":  # after a1's copy was queued
+            raise RuntimeError("bug half-way through the dispatches")
+        return real(active, action, now, code)
+
+    monkeypatch.setattr(rig.engine, "_target_changed", boom)
+    with rig.engine.batch():
+        rig.engine.guarded("a submission", rig.engine.submit, P.Submit(targets=["a1", "a2"], script_text="x", parallel=2))
+        rig.engine.guarded("another", lambda: None)
+    assert rig.engine.active_ids() == [] and rig.store.list_tasks() == []
+    assert rig.sent("task") == [], "the failed call's copies are dropped with its writes"
+    monkeypatch.setattr(rig.engine, "_target_changed", real)
+    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+    assert sorted(t for t, _ in rig.sent("task")) == [rig.topics.tasks("a1"), rig.topics.tasks("a2")]
+    assert rig.engine.active_ids() == [task_id]

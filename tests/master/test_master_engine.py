@@ -482,6 +482,29 @@ def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_
     assert rig.store.get_target(task_id, "a2").acked
 
 
+def test_a_submission_inserts_its_targets_as_the_started_rollout_holds_them_and_writes_them_once(rig, monkeypatch):
+    for a in ("a1", "a2", "a3"):
+        rig.register(a)
+    saves: list[list[str]] = []
+    save = rig.store.save_snapshots
+
+    def counting_save(t, snaps):
+        saves.append(sorted(s.agent_id for s in snaps))
+        save(t, snaps)
+
+    monkeypatch.setattr(rig.store, "save_snapshots", counting_save)
+    task_id = rig.submit(["a1", "a2", "a3"], parallel=2).task_id
+    # one write: the delivery clocks started at the broker's PUBACK (MemoryTransport's is at
+    # once); the submission's commit does not update the rows it inserted
+    assert saves == [["a1", "a2"]]
+    memory = rig.engine._active[task_id].rollout.targets
+    stored = {s.agent_id: s for s in rig.store.load_task(task_id).snapshots}
+    assert stored == memory
+    assert [stored[a].state for a in ("a1", "a2", "a3")] == [TargetState.DISPATCHED, TargetState.DISPATCHED, TargetState.WAITING]
+    assert stored["a1"].expires_at is not None, "the clock started at the broker's PUBACK, and was saved"
+    assert [m.id for _, m in rig.sent("task")] == [task_id, task_id]
+
+
 # ------------------------------------------------------------------ provisional verdicts, the listening clock
 
 
@@ -643,3 +666,30 @@ def test_an_agent_that_stays_offline_while_its_copy_waits_is_unreachable_after_d
         TargetState.UNREACHABLE, "agent offline for more than delivery_timeout 10s; never sent"
     )
     assert rig.sent("task") == []
+
+
+def test_a_submission_leaves_the_garbage_collector_as_it_found_it(rig):
+    import gc
+
+    from mschedule_master.models import InvalidRequest
+
+    rig.register("a1")
+    seen = []
+    real = rig.engine._submit
+
+    def spy(spec):
+        seen.append(gc.isenabled())
+        return real(spec)
+
+    rig.engine._submit = spy
+    assert gc.isenabled()
+    rig.submit(["a1"])
+    with pytest.raises(InvalidRequest):
+        rig.submit(["nobody"])
+    assert gc.isenabled() and seen == [False, False], "off during the submission, on again after, even when it fails"
+    gc.disable()
+    try:
+        rig.submit(["a1"])
+        assert not gc.isenabled(), "a collector someone else turned off stays off"
+    finally:
+        gc.enable()

@@ -184,3 +184,23 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist():
     )
     served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert used and used <= served, used - served
+
+
+def test_the_per_target_histograms_read_as_prometheus_clients_own_would():
+    """metrics._Histogram (one observation per dispatched copy, per stored result) exposes
+    what prometheus_client's Histogram does with the same buckets (its ``_created`` aside)."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from mschedule_master.metrics import LATENCY_BUCKETS, _Histogram
+
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=theirs)
+    b = _Histogram("x_seconds", "doc", LATENCY_BUCKETS, registry=ours)
+    rng = random.Random(7)
+    for v in [0.0, 0.005, 0.0051, 1.0, 1800.0, 1e9] + [rng.expovariate(0.5) for _ in range(500)]:
+        a.observe(v)
+        b.observe(v)
+    expected = [line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line]
+    assert generate_latest(ours).decode().splitlines() == expected

@@ -47,6 +47,18 @@ def test_a_task_round_trips_with_its_targets_and_counts(store):
     assert store.get_task("t1").counts == {"WAITING": 1, "RUNNING": 1}
 
 
+def test_a_task_inserted_with_its_targets_snapshots_stores_them_as_they_are(store):
+    snaps = [
+        TargetSnapshot("a", TargetState.DISPATCHED, seq=0, dispatched_at=2.0, last_sent_at=2.0),
+        TargetSnapshot("b", TargetState.WAITING, seq=1),
+    ]
+    store.insert_task(_task("t1", 1.0), ["a", "b"], snapshots=snaps)
+    assert store.load_unfinished()[0].snapshots == snaps
+    assert store.get_task("t1").counts == {"WAITING": 1, "DISPATCHED": 1}
+    with pytest.raises(ValueError):
+        store.insert_task(_task("t2", 1.0), ["b", "a"], snapshots=snaps)
+
+
 def test_a_result_is_stored_once(store):
     store.insert_task(_task("t1", 1.0), ["a"])
     r1 = protocol.Result(id="t1", agent_id="a", state="FAILED", code=2, output=b"out", output_bytes=3, stderr=b"e", stderr_bytes=1)

@@ -669,6 +669,26 @@ def test_pop_dirty_reports_targets_whose_fields_changed_without_a_state_change()
     assert run.r.pop_dirty() == []
 
 
+def test_take_dirty_is_pop_dirty_unordered():
+    run = Run(3, parallel=3)
+    run.start()
+    assert run.r.take_dirty() == {"a00", "a01", "a02"}
+    run.do(run.r.on_ack("a02", 1))
+    assert run.r.take_dirty() == {"a02"}
+    assert run.r.take_dirty() == set() and run.r.pop_dirty() == []
+
+
+def test_nonzero_counts_follow_every_move_and_are_the_callers_own():
+    run = Run(2, parallel=1)
+    first = run.r.counts(nonzero=True)
+    first["WAITING"] = 99  # the caller's copy: the rollout's cached counts stay right
+    assert run.r.counts(nonzero=True) == {"WAITING": 2}
+    run.start()
+    assert run.r.counts(nonzero=True) == {"WAITING": 1, "DISPATCHED": 1}
+    run.do(run.r.on_final("a00", T.SUCCEED, 2))
+    assert run.r.counts(nonzero=True) == {"DISPATCHED": 1, "SUCCEED": 1}
+
+
 # ------------------------------------------------------------------------ deadlines
 
 
@@ -1198,3 +1218,43 @@ def test_with_handoff_resume_queues_a_copy_again_for_a_target_stored_without_a_c
     r = Rollout.restore("t1", Limits(), targets=targets, task_state=TaskState.RUNNING, timing=HANDOFF, handoff=True)
     assert only(r.resume(100), Dispatch) == [Dispatch("a00", None)]
     assert r.next_deadline() is None
+
+
+def _deadline_as_it_was(t, tm):
+    """rollout._deadline before it stopped building lists: the reference it must equal."""
+    from mschedule_master import rollout as ro
+
+    if t.state not in (T.DISPATCHED, T.RUNNING):
+        return None
+    times = []
+    if t.state is T.DISPATCHED and not t.acked:
+        times.append(ro._expiry(t, tm))
+    for at in (ro._lost_at(t, tm), ro._redeliver_at(t, tm)):
+        if at is not None:
+            times.append(at)
+    if t.kill_requested:
+        times.append(ro._kill_resend_at(t, tm) if t.kill_sent_at is not None else -math.inf)
+    finite = [x for x in times if x != math.inf]
+    return min(finite) if finite else None
+
+
+_MAYBE_TIME = st.one_of(st.none(), st.floats(min_value=0, max_value=1000, allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    state=st.sampled_from(list(TargetState)), acked=st.booleans(), kill=st.booleans(),
+    dispatched_at=_MAYBE_TIME, last_sent_at=_MAYBE_TIME, expires_at=_MAYBE_TIME, kill_sent_at=_MAYBE_TIME,
+    offline_since=_MAYBE_TIME, unheard_since=_MAYBE_TIME,
+)  # fmt: skip
+def test_the_next_deadline_of_a_target_is_the_least_of_its_finite_clocks(
+    state, acked, kill, dispatched_at, last_sent_at, expires_at, kill_sent_at, offline_since, unheard_since
+):
+    from mschedule_master.rollout import _deadline
+
+    t = TargetSnapshot(
+        "a00", state, dispatched_at=dispatched_at, last_sent_at=last_sent_at, expires_at=expires_at, acked=acked,
+        kill_requested=kill, kill_sent_at=kill_sent_at, offline_since=offline_since, unheard_since=unheard_since,
+    )  # fmt: skip
+    for tm in (TIMING, LOST_MAX):
+        assert _deadline(t, tm) == _deadline_as_it_was(t, tm)

@@ -181,3 +181,22 @@ def test_a_group_given_as_one_string_is_a_one_member_group():
 def test_a_group_member_that_is_not_a_string_is_an_invalid_selector(member):
     with pytest.raises(InvalidSelector, match="must be a string"):
         resolve(["@g"], FLEET, {"g": [member]})
+
+
+@pytest.mark.parametrize(
+    "selectors", [["all"], ["web-*"], ["role=web"], ["dc=eu"], ["twin"], ["id-web3"], ["@web"], ["role=db", "id-old"]]
+)
+def test_the_registrys_own_records_resolve_as_its_copies_do(selectors):
+    """Engine.submit resolves against Registry.targetable() (no copies): the same answer."""
+    from mschedule_agent import protocol
+    from mschedule_master.registry import Registry
+
+    registry = Registry()
+    for a in FLEET:
+        msg = protocol.Register(id=a.id, hostname=a.hostname, ip=a.ip, labels=a.labels, heartbeat=5.0)
+        registry.on_status(msg, a.dc, 1.0)
+        if not a.online:
+            registry.on_status(protocol.Offline(id=a.id), a.dc, 1.0)
+    assert [a.online for a in registry.agents()] == [a.online for a in FLEET]
+    groups = {"web": ["role=web"]}
+    assert resolve(selectors, registry.targetable(), groups) == resolve(selectors, registry.agents(), groups)
