@@ -404,6 +404,11 @@ class MqttTransport:
         error = rs.outcome.exception() if rs.outcome is not None else None  # set before a retry's sleep
         log.warning("cannot reach broker %s (%s); will retry", self.brokers, error)
 
+    def unacknowledged(self) -> int:
+        """Our QoS > 0 publications the broker has not acknowledged yet (in flight, or queued
+        in paho behind ``max_inflight``): each holds one of paho's 65,535 packet ids."""
+        return len(self._client._out_messages)
+
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until the broker has answered this connection's SUBSCRIBE (its SUBACK):
         from then on a message published to the subscribed topics reaches us."""

@@ -78,6 +78,11 @@ BATCH_MAX = 2000
 #: its batch: 10,000 agents heartbeating every 5 s were 2,000 wake-ups and batches of one
 #: a second. Any other message is drained at once (and takes the waiting heartbeats along).
 LAZY_DRAIN = 0.05
+#: Our QoS-1 publications awaiting the broker's PUBACK above which the inbox waits (paho has
+#: 65,535 packet ids; task copies are bounded by dispatch_window, at most 30,000).
+OUT_BACKLOG_MAX = 20_000
+#: Seconds between two looks at that backlog while it is above OUT_BACKLOG_MAX.
+BACKLOG_WAIT = 0.002
 _IDLE, _LATER, _NOW = 0, 1, 2  #: a drain is not scheduled, is scheduled LAZY_DRAIN from now, is scheduled now
 #: The inbox is "behind" when its oldest message waited this long (seconds) ...
 BACKLOG_AGE = 0.5
@@ -389,7 +394,7 @@ class Daemon:
             await runner.cleanup()
         try:
             if self._lead is None or self._lead.lost() is None:  # a replaced leader may commit nothing
-                self._drain()
+                self._drain_now()  # whatever the backlog: the last batch before stopping
                 self.service.flush_agents()
         except Exception:
             log.exception("could not save the last messages and agents; the broker will re-deliver them")
@@ -475,6 +480,17 @@ class Daemon:
             self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
+        """Apply what the inbox holds, but not while OUT_BACKLOG_MAX of our publications
+        wait for the broker's PUBACK (each result applied publishes its result_ack): the loop
+        reads those PUBACKs first, or paho, out of packet ids, would drop what follows."""
+        transport = getattr(self, "_transport", None)
+        if transport is not None and transport.unacknowledged() > OUT_BACKLOG_MAX:
+            assert self._loop is not None
+            self._loop.call_later(BACKLOG_WAIT, self._drain)  # still scheduled: _drain_scheduled stays
+            return
+        self._drain_now()
+
+    def _drain_now(self) -> None:
         """Apply what the inbox holds (what arrived while the last batch was applied)."""
         with self._inbox_lock:  # held briefly: a network thread (were there one) waits on it
             if len(self._inbox) <= BATCH_MAX:
