@@ -106,3 +106,25 @@ def test_a_reconnect_runs_off_the_loop(own_broker):
         assert done.wait(10)
         assert ran_on and ran_on[0] != thread.ident
         assert ticker.max_gap(start) < 0.5
+
+
+def test_unacknowledged_counts_publications_until_the_brokers_puback(own_broker, prefix):
+    """What the master's inbox waits on (daemon.OUT_BACKLOG_MAX): QoS-1 publications the
+    broker has not acknowledged, whether in flight or queued in paho."""
+    with loop_network() as (_loop, net, _thread):
+        t = MqttTransport(own_broker.url, client_id=f"an-{uuid.uuid4().hex[:6]}", network=net)
+        t.start(connect_timeout=10)
+        try:
+            assert t.wait_connected(10)
+            pubs = [t.publish(f"{prefix}/u", b"x") for _ in range(5)]
+            assert all(p.wait(10) for p in pubs)
+            assert t.unacknowledged() == 0
+            own_broker.stop()
+            wait_until(lambda: not t.is_connected(), 15, what="disconnected")
+            for _ in range(3):
+                t.publish(f"{prefix}/u", b"y")
+            assert t.unacknowledged() == 3
+            own_broker.start()
+            wait_until(lambda: t.unacknowledged() == 0, 60, what="the three re-sent and acknowledged")
+        finally:
+            t.stop(timeout=5)
