@@ -458,10 +458,8 @@ def test_the_delivery_clock_waits_while_the_first_copy_has_not_reached_the_broke
     assert rig.store.get_target(task_id, "a1").state is TargetState.UNREACHABLE
 
 
-def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_commit(rig, monkeypatch):
-    for a in ("a1", "a2"):
-        rig.register(a)
-    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+def _snapshot_writes(rig, monkeypatch) -> list[list[str]]:
+    """The agent ids of each save_snapshots call from now on (the real one still runs)."""
     writes: list[list[str]] = []
     save = rig.store.save_snapshots
 
@@ -470,6 +468,14 @@ def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_
         save(t, snaps)
 
     monkeypatch.setattr(rig.store, "save_snapshots", counting_save)
+    return writes
+
+
+def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_commit(rig, monkeypatch):
+    for a in ("a1", "a2"):
+        rig.register(a)
+    task_id = rig.submit(["a1", "a2"], parallel=2).task_id
+    writes = _snapshot_writes(rig, monkeypatch)
     now = rig.clock.now
     msgs = [
         P.Ack(id=task_id, agent_id="a1", at=now),
@@ -485,14 +491,7 @@ def test_a_batch_writes_each_changed_target_once_and_a_reader_sees_it_after_the_
 def test_a_submission_inserts_its_targets_as_the_started_rollout_holds_them_and_writes_them_once(rig, monkeypatch):
     for a in ("a1", "a2", "a3"):
         rig.register(a)
-    saves: list[list[str]] = []
-    save = rig.store.save_snapshots
-
-    def counting_save(t, snaps):
-        saves.append(sorted(s.agent_id for s in snaps))
-        save(t, snaps)
-
-    monkeypatch.setattr(rig.store, "save_snapshots", counting_save)
+    saves = _snapshot_writes(rig, monkeypatch)
     task_id = rig.submit(["a1", "a2", "a3"], parallel=2).task_id
     # one write: the delivery clocks started at the broker's PUBACK (MemoryTransport's is at
     # once); the submission's commit does not update the rows it inserted
