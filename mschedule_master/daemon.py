@@ -3,9 +3,10 @@
 One asyncio loop owns all state, and drives the MQTT connection too (no paho thread:
 :mod:`mschedule_agent.asyncnet`). Each incoming message is appended to an inbox; the loop
 drains the inbox in batches, each applied in one SQLite transaction, after which the
-batch's publications go out and its messages are PUBACKed. A timer drives the rollouts' deadlines and the registry's
-staleness sweep, and keeps the listening clock: deadlines run only while the master is
-connected and caught up with what its broker queued (docs/rollout.md, "The listening clock").
+batch's publications go out and its messages are PUBACKed. A timer drives the rollouts'
+deadlines and the registry's staleness sweep, and keeps the listening clock: deadlines run
+only while the master is connected and caught up with what its broker queued
+(docs/rollout.md, "The listening clock").
 
 Only one master may own a database (an exclusive ``flock`` on ``<db>.lock``) and a broker
 and prefix (a retained status on ``<prefix>/master/status`` with a last will, checked by a
@@ -145,7 +146,6 @@ class Daemon:
         self.instance = uuid.uuid4().hex
         self.started_at = time.time()
         self._inbox: collections.deque[Incoming] = collections.deque()
-        self._inbox_lock = threading.Lock()
         self._arrivals: collections.deque[float] = collections.deque()  #: monotonic arrival of each inbox entry
         self._behind_since: float | None = None
         self._listening: ListeningClock | None = None
@@ -464,27 +464,27 @@ class Daemon:
 
     # ------------------------------------------------------------------ inbox (network -> loop)
     def _on_message(self, incoming: Incoming) -> None:
+        """(on the loop's thread: asyncnet reads the socket there) Into the inbox."""
         memory.heap.note(len(incoming.payload))  # trimmed by the timer once the batch is applied
         lazy = incoming.qos == 0 and incoming.topic.endswith("/heartbeat")
-        with self._inbox_lock:
-            self._inbox.append(incoming)
-            self._arrivals.append(time.monotonic())
-            wanted = _LATER if lazy else _NOW
-            if self._drain_scheduled >= wanted:
-                return
-            self._drain_scheduled = wanted
+        self._inbox.append(incoming)
+        self._arrivals.append(time.monotonic())
+        wanted = _LATER if lazy else _NOW
+        if self._drain_scheduled >= wanted:
+            return
+        self._drain_scheduled = wanted
         assert self._loop is not None
         if lazy:
-            self._loop.call_soon_threadsafe(self._loop.call_later, LAZY_DRAIN, self._drain)
+            self._loop.call_later(LAZY_DRAIN, self._drain)
         else:
-            self._loop.call_soon_threadsafe(self._drain)
+            self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         """Apply what the inbox holds, but not while OUT_BACKLOG_MAX of our publications
         wait for the broker's PUBACK (each result applied publishes its result_ack): the loop
-        reads those PUBACKs first, or paho, out of packet ids, would drop what follows."""
-        transport = getattr(self, "_transport", None)
-        if transport is not None and transport.unacknowledged() > OUT_BACKLOG_MAX:
+        reads those PUBACKs first, or paho, out of packet ids, would drop what follows.
+        (Scheduled only by the transport's messages: the transport exists.)"""
+        if self._transport.unacknowledged() > OUT_BACKLOG_MAX:
             assert self._loop is not None
             self._loop.call_later(BACKLOG_WAIT, self._drain)  # still scheduled: _drain_scheduled stays
             return
@@ -492,16 +492,15 @@ class Daemon:
 
     def _drain_now(self) -> None:
         """Apply what the inbox holds (what arrived while the last batch was applied)."""
-        with self._inbox_lock:  # held briefly: a network thread (were there one) waits on it
-            if len(self._inbox) <= BATCH_MAX:
-                batch: Iterable[Incoming] = self._inbox
-                self._inbox, self._arrivals = collections.deque(), collections.deque()
-            else:
-                batch = [self._inbox.popleft() for _ in range(BATCH_MAX)]
-                for _ in range(BATCH_MAX):
-                    self._arrivals.popleft()
-            more = bool(self._inbox)
-            self._drain_scheduled = _NOW if more else _IDLE
+        if len(self._inbox) <= BATCH_MAX:
+            batch: Iterable[Incoming] = self._inbox
+            self._inbox, self._arrivals = collections.deque(), collections.deque()
+        else:
+            batch = [self._inbox.popleft() for _ in range(BATCH_MAX)]
+            for _ in range(BATCH_MAX):
+                self._arrivals.popleft()
+        more = bool(self._inbox)
+        self._drain_scheduled = _NOW if more else _IDLE
         if more:
             assert self._loop is not None
             self._loop.call_soon(self._drain)
@@ -650,8 +649,7 @@ class Daemon:
         """True while the inbox holds a message older than BACKLOG_AGE (for at most
         MAX_VERDICT_DEFER seconds in a row, so verdicts are delayed, never starved)."""
         now = time.monotonic()
-        with self._inbox_lock:
-            oldest = self._arrivals[0] if self._arrivals else None
+        oldest = self._arrivals[0] if self._arrivals else None
         if oldest is None or now - oldest < BACKLOG_AGE:
             self._behind_since = None
             return False
@@ -661,8 +659,7 @@ class Daemon:
         return now - self._behind_since < MAX_VERDICT_DEFER
 
     def _inbox_check(self) -> str | None:
-        with self._inbox_lock:
-            oldest = self._arrivals[0] if self._arrivals else None
+        oldest = self._arrivals[0] if self._arrivals else None
         age = 0.0 if oldest is None else time.monotonic() - oldest
         return None if age < READY_BACKLOG else f"inbox {age:.0f} s behind ({len(self._inbox)} message(s))"
 
@@ -701,7 +698,6 @@ def _pg_reader(url: str) -> Callable[[], Store]:
 
 def _broker_check(transport: MqttTransport) -> str | None:
     return None if transport.is_connected() else "not connected to the broker"  # no URL: /readyz needs no token
-
 
 
 #: The cyclic collector's thresholds (CPython's: 700, 10, 10). A master holds a large,
