@@ -8,8 +8,8 @@ locks taken from both sides. Measured on the master's result ingestion (bench/ho
 with this class.
 
 :class:`AsyncioNetwork` gives :class:`~.transport.MqttTransport` what
-:class:`~.transport.NetworkLoop` gives it (socket callbacks, ``call_soon``,
-``call_later``) on an asyncio loop: the socket's reader and writer are the loop's, paho's
+:class:`~.transport.NetworkLoop` gives it (socket callbacks, ``call_later``) on an
+asyncio loop: the socket's reader and writer are the loop's, paho's
 ``loop_misc`` (keepalive pings) runs every second, and messages are handed to
 ``on_message`` on the loop's thread. What that asks of its user:
 
@@ -65,9 +65,6 @@ class AsyncioNetwork:
             self._drop(fd)
 
     # ------------------------------------------------------------ MqttTransport's calls
-    def call_soon(self, fn: Callable[[], None]) -> None:
-        self._loop.call_soon_threadsafe(self._guarded, fn)
-
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """``fn`` (a reconnect: it may block) in the loop's executor after ``delay`` s."""
 

@@ -222,25 +222,27 @@ def _check_numbers(msg: Any) -> None:
         names = _NUMBER_FIELDS[type(msg)] = _number_fields(type(msg))
     for name in names:
         value = getattr(msg, name)
-        kind = type(value)
-        if kind is float or (kind is not int and isinstance(value, float)):
+        kind = type(value)  # the exact types first: isinstance() only for a subclass
+        if kind is float or isinstance(value, float):
             _check(math.isfinite(value), name, "must be a finite number")
-        elif kind is int or (kind is not bool and value is not None and isinstance(value, int)):
+        elif kind is int or (kind is not bool and isinstance(value, int)):
             _check(_INT_MIN <= value <= _INT_MAX, name, "is out of the 64-bit range")
+
+
+def _check_id(name: str, value: str) -> None:
+    if not _topic_level_ok(value):
+        raise _FieldError(name, f"{name} must be a non-empty topic level (no '/', '+', '#')")
 
 
 def _check_id_pair(task_id: str, agent_id: str) -> None:
     """``_check_ids(id=..., agent_id=...)``, without building a dict (every report has both)."""
-    if not _topic_level_ok(task_id):
-        raise _FieldError("id", "id must be a non-empty topic level (no '/', '+', '#')")
-    if not _topic_level_ok(agent_id):
-        raise _FieldError("agent_id", "agent_id must be a non-empty topic level (no '/', '+', '#')")
+    _check_id("id", task_id)
+    _check_id("agent_id", agent_id)
 
 
 def _check_ids(**ids: str) -> None:
     for name, value in ids.items():
-        if not _topic_level_ok(value):
-            raise _FieldError(name, f"{name} must be a non-empty topic level (no '/', '+', '#')")
+        _check_id(name, value)
 
 
 @message("register")
@@ -1049,7 +1051,7 @@ def encode(msg: Message) -> bytes:
 def encode_result_ack(task_id: str, agent_id: str) -> bytes:
     """``encode(ResultAck(id=task_id, agent_id=agent_id))``, the same bytes and the same
     checks, without building the message: the master sends one per result it stores."""
-    _check_ids(id=task_id, agent_id=agent_id)
+    _check_id_pair(task_id, agent_id)
     return orjson.dumps({"v": PROTOCOL_VERSION, "type": "result_ack", "payload": {"id": task_id, "agent_id": agent_id}})
 
 
