@@ -51,7 +51,7 @@ from .rollout import (
     Timing,
 )
 from .sealing import Unsealed
-from .states import TargetState, TaskState
+from .states import TARGET_VALUES, TargetState, TaskState
 from .store import Store, StoredTask
 from .txn import Out, Txn
 
@@ -64,9 +64,6 @@ SUMMARY_REPUBLISH_WINDOW = 3600.0
 
 Resolver = Callable[[list[str], list[targeting.Agent], dict[str, list[str]]], list[str]]
 
-
-#: TargetState -> its value (Enum.value is a slow descriptor)
-_VALUES = {s: s.value for s in TargetState}
 
 #: Timing is a frozen dataclass: one default instance is safe to share.
 DEFAULT_TIMING = Timing()
@@ -690,13 +687,13 @@ class Engine:
                 f" ({reason})" if reason else "",
                 extra={"task_id": task_id, "agent_id": action.agent_id, "state": action.new.value, "duration": took},
             )  # fmt: skip
-        new = _VALUES[action.new]  # one event per target of a fan-out: no Enum.value descriptor
+        new = TARGET_VALUES[action.new]  # one event per target of a fan-out: no Enum.value descriptor
         self.emit(
             "target",
             task_id,
             {
                 "agent_id": action.agent_id,
-                "old": _VALUES[action.old],
+                "old": TARGET_VALUES[action.old],
                 "new": new,
                 "reason": reason,
                 "state": new,

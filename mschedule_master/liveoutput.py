@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 #: the final target states' values, as events carry them (no TargetState(value) call per event)
 _FINAL_VALUES = frozenset(s.value for s in TARGET_FINAL)
 
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     stream: str

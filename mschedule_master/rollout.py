@@ -51,7 +51,7 @@ fields are already updated). Fields also change WITHOUT a state change -- ``acke
 (on_ack), ``kill_requested`` (with every first SendKill), ``last_sent_at``,
 ``offline_since`` -- and restore() needs ``acked`` and ``kill_requested`` to be right
 (else an acked target would expire as UNREACHABLE, an owed kill be forgotten): after
-each call (or batch), store ``r.targets[a]`` for every ``a`` in ``r.pop_dirty()``.
+each call (or batch), store ``r.targets[a]`` for every ``a`` in ``r.take_dirty()`` (or ``pop_dirty()``, in seq order).
 
 Carry the actions out IN ORDER: every change to persist (TargetChanged, TaskChanged)
 comes before the publication it implies (Dispatch, SendKill). Unknown agent ids and
@@ -70,7 +70,14 @@ from fractions import Fraction
 from mschedule_agent.protocol import parse_percent
 
 from .plan import Batch, Plan, Stage, format_duration, single_stage
-from .states import TARGET_PROVISIONAL, TargetState, TaskState, check_target_transition, check_task_transition
+from .states import (
+    TARGET_PROVISIONAL,
+    TARGET_VALUES,
+    TargetState,
+    TaskState,
+    check_target_transition,
+    check_task_transition,
+)
 
 _T = TargetState
 
@@ -275,7 +282,6 @@ PROVISIONAL = TARGET_PROVISIONAL
 ABORT_STANDS = "; the abort stands, though late reports revised its failures"
 #: How a person's abort (:meth:`Rollout.abort`, the engine's ``aborted by <who>``) begins.
 MANUAL_ABORT = "aborted by "
-_VALUES = {s: s.value for s in TargetState}  #: Enum.value is a slow descriptor; counts() runs per event
 
 
 class Rollout:
@@ -435,9 +441,9 @@ class Rollout:
             # a fan-out emits one event per dispatched target, each with the counts: computed
             # once per state change, copied per call (the caller may keep or change its dict)
             if self._nonzero is None:
-                self._nonzero = {_VALUES[s]: n for s, n in self._counts.items() if n}
+                self._nonzero = {TARGET_VALUES[s]: n for s, n in self._counts.items() if n}
             return dict(self._nonzero)
-        return {_VALUES[s]: n for s, n in self._counts.items()}
+        return {TARGET_VALUES[s]: n for s, n in self._counts.items()}
 
     def next_deadline(self) -> float | None:
         heap = self._heap
@@ -681,7 +687,7 @@ class Rollout:
         """The master could not hear for ``seconds`` (down, frozen, disconnected, far behind):
         every running clock of an active target -- delivery expiry, redelivery, LOST grace --
         moves that much later, so deadlines count only time during which the master listened.
-        Persist ``pop_dirty()``; redelivered copies carry the moved ``expires_at``."""
+        Persist ``take_dirty()``; redelivered copies carry the moved ``expires_at``."""
         if seconds <= 0 or self.final:
             return
         for agent_id in self._active:

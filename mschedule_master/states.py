@@ -79,6 +79,10 @@ class TargetState(str, Enum):
         return self in TARGET_FAILURES
 
 
+#: Each target state's value. Enum.value is a slow descriptor, and the per-target hot paths
+#: (the rollout's counts, the engine's target events) read it per event.
+TARGET_VALUES: dict[TargetState, str] = {s: s.value for s in TargetState}
+
 TARGET_FINAL = frozenset(
     {
         TargetState.SUCCEED,
