@@ -78,12 +78,12 @@ class FakeAgents:
         # The answers (ack, started, result) go out on connections of SENDER_AGENTS agents
         # each: one connection answering 100,000 first deliveries queued more QoS-1
         # publications than paho has packet ids (65,535) and dropped the rest.
-        senders = [self.transport] if n <= self.SENDER_AGENTS else [
+        # Up to SENDER_AGENTS agents, the one connection does it all.
+        self._extra = [
             MqttTransport(url, client_id=f"bench-fake-answers-{tag}-{k}", clean_start=True, session_expiry=0)
             for k in range((n + self.SENDER_AGENTS - 1) // self.SENDER_AGENTS)
-        ]  # fmt: skip
-        self._extra = senders if senders[0] is not self.transport else []
-        self._sender = {a: senders[i // self.SENDER_AGENTS] for i, a in enumerate(self.ids)} if self._extra else {}
+        ] if n > self.SENDER_AGENTS else []  # fmt: skip
+        self._sender = {a: self._extra[i // self.SENDER_AGENTS] for i, a in enumerate(self.ids)} if self._extra else {}
 
     def __enter__(self) -> FakeAgents:
         for t in self._extra:
