@@ -97,7 +97,8 @@ def ingestion(url: str, workdir: Path, n: int, profile: Path | None, broker_pid:
             seconds = done.at - first
             problems = check_summary(done, fake.ids)
     return {"results": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1), "cpu_s": round(cpu, 2),
-            "per_cpu_s": round(n / cpu, 1), "publisher_s": round(published, 3), "agents_cpu_s": round(own, 2),
+            "per_cpu_s": round(n / cpu, 1) if cpu > 0 else None,  # None: below /proc's 10 ms clock (a tiny run)
+            "publisher_s": round(published, 3), "agents_cpu_s": round(own, 2),
             "broker_cpu_s": round(broker, 2), "problems": problems, "profile": _top(prof)}  # fmt: skip
 
 
