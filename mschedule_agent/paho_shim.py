@@ -250,18 +250,38 @@ WRITE_PLAN_BYTES = 1 << 20
 _PLAIN = 0x40  #: the command given to joined packets: a PUBACK's, which paho does nothing after writing
 
 
-def _joinable(p: Any) -> bool:
-    """A queued packet paho does nothing for after writing it, not yet partly written."""
+def _joinable(p: Any, qos0: bool) -> bool:
+    """A queued packet not yet partly written that paho does nothing for after writing it, or
+    (``qos0``: ``on_publish`` reports only failures) a QoS-0 PUBLISH, whose info paho marks
+    published and for which it calls ``on_publish`` with success."""
     command = p["command"] & 0xF0
-    return not p["pos"] and command != _ms.DISCONNECT and not (command == _ms.PUBLISH and p["qos"] == 0)
+    return not p["pos"] and command != _ms.DISCONNECT and (qos0 or not (command == _ms.PUBLISH and p["qos"] == 0))
+
+
+class _Infos:
+    """The infos of the QoS-0 PUBLISHes in a joined entry: marked published together once
+    the entry is written, as paho marks each when it writes it alone."""
+
+    __slots__ = ("infos",)
+
+    def __init__(self, infos: list[Any]) -> None:
+        self.infos = infos
+
+    def _set_as_published(self) -> None:
+        for info in self.infos:
+            info._set_as_published()
 
 
 def _joined(run: list[Any], size: int) -> Any:
-    """One queue entry for ``run`` (itself when alone)."""
+    """One queue entry for ``run`` (itself when alone). With QoS-0 PUBLISHes in it, the entry
+    is a QoS-0 PUBLISH for paho (which then calls ``on_publish`` once, with mid 0, and marks
+    the infos published); otherwise a PUBACK, after which paho does nothing."""
     if len(run) == 1:
         return run[0]
-    return {"command": _PLAIN, "mid": 0, "qos": 1, "pos": 0, "to_process": size, "packet": b"".join([p["packet"] for p in run]),
-            "info": None}  # fmt: skip
+    infos = [p["info"] for p in run if p["command"] & 0xF0 == _ms.PUBLISH and p["qos"] == 0 and p["info"] is not None]
+    command, qos, info = (_ms.PUBLISH, 0, _Infos(infos)) if infos else (_PLAIN, 1, None)
+    return {"command": command, "mid": 0, "qos": qos, "pos": 0, "to_process": size,
+            "packet": b"".join([p["packet"] for p in run]), "info": info}  # fmt: skip
 
 
 class InflightClient(_ms.Client):
@@ -479,6 +499,7 @@ class InflightClient(_ms.Client):
             front: list[Any] = []  #: the regrouped head of the queue, in order
             run: list[Any] = []
             run_size = planned = 0
+            qos0 = not self.publish_callbacks
             for _ in range(len(out)):  # what is queued now; publishers append on the right meanwhile
                 if planned >= WRITE_PLAN_BYTES:
                     break
@@ -488,13 +509,13 @@ class InflightClient(_ms.Client):
                     break
                 size = p["to_process"]
                 planned += size
-                if _joinable(p) and (not run or run_size + size <= WRITE_JOIN_BYTES):
+                if _joinable(p, qos0) and (not run or run_size + size <= WRITE_JOIN_BYTES):
                     run.append(p)
                     run_size += size
                     continue
                 if run:
                     front.append(_joined(run, run_size))
-                if _joinable(p):  # a full run: p starts the next
+                if _joinable(p, qos0):  # a full run: p starts the next
                     run, run_size = [p], size
                 else:
                     run, run_size = [], 0

@@ -183,7 +183,10 @@ class Ingest:
                 log.warning("%s: task %s from agent %s", kind, task_id, agent_id, extra={"task_id": task_id})
 
     def _result_ack(self, task_id: str, agent_id: str, dc: str | None) -> None:
-        self._txn.send(Out(self.topics.dc(dc).control(agent_id), protocol.encode_result_ack(task_id, agent_id)))
+        # QoS 0: an agent re-sends a result until it hears this (at connect and every
+        # --resend seconds), and a re-sent result is stored once and acknowledged again.
+        # At QoS 1 its PUBACK was a packet in and paho's bookkeeping per result.
+        self._txn.send(Out(self.topics.dc(dc).control(agent_id), protocol.encode_result_ack(task_id, agent_id), qos=0))
 
     def forget_revived(self, task_id: str) -> None:
         """A failed message touched ``task_id``: a late report loads it afresh from the store."""

@@ -42,6 +42,8 @@ class Out:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    #: 1 for all but what the receiver asks for again when it is lost (a ``result_ack``)
+    qos: int = 1
 
 
 class Txn:
@@ -236,7 +238,7 @@ class Txn:
                 self.transport.publish(
                     out.topic,
                     out.payload,
-                    qos=1,
+                    qos=out.qos,
                     retain=out.retain,
                     response_topic=out.response_topic,
                     correlation_data=out.correlation_data,

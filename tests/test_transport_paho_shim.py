@@ -89,3 +89,39 @@ def test_queued_packets_are_written_in_as_few_sends_as_their_kinds_allow(client,
     assert b"".join(sent) == expected
     assert len(sent) == 5
     client._sock = real
+
+
+def test_qos0_publishes_join_the_run_when_on_publish_reports_only_failures(client):
+    """With ``publish_callbacks`` off (the transport's on_publish only logs refusals), QoS-0
+    PUBLISHes (the master's result_acks) join the run around them: one send() for all, each
+    info marked published only once the joined bytes are written, on_publish called once."""
+    sent: list[bytes] = []
+    real = client._sock
+    full = [True]  # the socket takes nothing while this holds
+
+    class Counting:
+        def send(self, buf: bytes) -> int:
+            if full[0]:
+                raise BlockingIOError
+            sent.append(bytes(buf))
+            return real.send(buf)
+
+    client._sock = Counting()
+    client.publish_callbacks = False
+    calls: list[int] = []
+    client.on_publish = lambda _c, _u, mid, rc, _p: calls.append(mid)
+    client.on_socket_register_write = lambda *_a: None
+    infos = [paho.MQTTMessageInfo(m) for m in range(2, 52)]
+    client._send_publish(1, b"pre/agents/a1/tasks", b"t" * 300, 1, False, False)
+    for info in infos:
+        client._send_publish(info.mid, b"pre/agents/a1/control", b"ack", 0, False, False, info)
+        client._send_puback(info.mid + 100)
+    expected = b"".join(bytes(p["packet"]) for p in client._out_packet)
+    assert client._packet_write() == paho.MQTT_ERR_AGAIN
+    assert not any(i.is_published() for i in infos)  # nothing written: nothing published
+    full[0] = False
+    assert client._packet_write() == paho.MQTT_ERR_SUCCESS
+    assert b"".join(sent) == expected and len(sent) == 1
+    assert all(i.is_published() for i in infos)
+    assert calls == [0]
+    client._sock = real
