@@ -946,3 +946,33 @@ def test_the_master_s_result_ack_shortcut_refuses_what_the_message_refuses(task_
     with pytest.raises(ValueError) as message:
         p.ResultAck(id=task_id, agent_id=agent_id)
     assert str(shortcut.value) == str(message.value)
+
+
+# --------------------------------------------------------------------------- decode's own construction
+
+
+def test_decoded_messages_get_their_own_default_containers_and_the_classes_checks():
+    """decode builds messages without the dataclass __init__ (protocol._build): a field left
+    out gets a fresh default (never one shared list or dict), and the class's own checks run
+    (a result's output_bytes is filled in; a bad state is refused)."""
+    wire = b'{"type": "register", "payload": {"id": "a1", "hostname": "h", "ip": []}}'
+    one, two = decode(wire), decode(wire)
+    assert one == p.Register(id="a1", hostname="h", ip=[]) and one.labels == {}
+    assert one.labels is not two.labels
+    out = base64.b64encode(b"hello").decode()
+    res = decode(orjson.dumps({"type": "result", "payload": {"id": "t", "agent_id": "a", "state": "FAILED", "code": 1, "output": out}}))
+    assert res.output == b"hello" and res.output_bytes == 5
+    with pytest.raises(DecodeError, match="state"):
+        decode(b'{"type": "result", "payload": {"id": "t", "agent_id": "a", "state": "MAYBE", "code": 1}}')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.code = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "name, value", [("timeout", float("nan")), ("timeout", float("inf")), ("fail_count", 2**64), ("fail_count", -(2**63) - 1)]
+)  # fmt: skip
+def test_a_payload_not_parsed_by_orjson_still_has_its_numbers_checked(name, value):
+    """The HTTP API parses with the standard library, which takes NaN, Infinity and integers
+    of any size: from_payload checks them; only decode (orjson refuses all four) skips that."""
+    with pytest.raises(DecodeError, match=name):
+        p.from_payload(p.Submit, {"targets": ["a"], "script_text": "true", name: value})
