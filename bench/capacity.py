@@ -164,6 +164,7 @@ def master_row(
                     fake.wait_dispatched(900)
                     row["dispatch_s"] = round(time.perf_counter() - at, 2)
                     row["dispatch_cpu_s"] = round(cpu_seconds(master.pid) - c0, 2)
+                    row["task_copies"] = fake.deliveries  #: n, plus the re-deliveries that arrived meanwhile
                 # The task's id from what the agents received, not from the submit_reply: past
                 # ~65,000 QoS-1 messages in flight paho drops the reply (docs/scale.md).
                 task_id = next(iter(fake.tasks.values()))
