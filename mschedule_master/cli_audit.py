@@ -14,7 +14,7 @@ import argparse
 import sqlite3
 from typing import Any
 
-from .cli import EXIT_OK, EXIT_TASK_FAILED, CliError, escape, when
+from .cli import EXIT_OK, EXIT_TASK_FAILED, CliError, command_help, escape, when
 from .cli import table as new_table
 from .cli_jobs import print_json
 
@@ -75,7 +75,7 @@ def cmd_verify(client: Client, args: argparse.Namespace, console: Console) -> in
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    a = sub.add_parser("audit", help="who did what (the audit trail), and check it")
+    a = sub.add_parser("audit", help=command_help("audit"))
     a.add_argument("--task", metavar="ID", help="only this task's records")
     a.add_argument("--action", help="only this action (submit, kill, outcome, job_version, schedule_add, ...)")
     a.add_argument("--after", type=int, default=0, metavar="SEQ", help="records after this sequence number")

@@ -26,6 +26,7 @@ from .cli import (
     add_confirm_flags,
     add_plan_flags,
     b64,
+    command_help,
     escape,
     finish,
     follow,
@@ -356,7 +357,7 @@ def cmd_agent_history(client: Client, args: argparse.Namespace, console: Console
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``job``, ``rerun`` and ``history`` to the ``mschedule`` subcommands."""
-    j = sub.add_parser("job", help="saved jobs with versions (docs/jobs.md)")
+    j = sub.add_parser("job", help=command_help("job"))
     js = j.add_subparsers(dest="job_cmd", required=True, metavar="JOB_COMMAND")
 
     p = js.add_parser("save", help="save FILE as the next version of NAME (if it changed)")
@@ -411,14 +412,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for q in js.choices.values():
         q.add_argument("--json", action="store_true")
 
-    r = sub.add_parser("rerun", help="run a task again (--failed: only its failed / not-run targets)")
+    r = sub.add_parser("rerun", help=command_help("rerun"))
     r.add_argument("task", metavar="TASK")
     r.add_argument("--failed", action="store_true")
     _follow_flags(r)
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=cmd_rerun)
 
-    h = sub.add_parser("history", help="what ran on an agent: job versions, sha256, results")
+    h = sub.add_parser("history", help=command_help("history"))
     h.add_argument("agent", metavar="AGENT")
     h.add_argument("--limit", type=int, default=50)
     h.add_argument("--json", action="store_true")

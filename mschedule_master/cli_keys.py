@@ -15,7 +15,7 @@ import argparse
 import base64
 from pathlib import Path
 
-from .cli import EXIT_OK, CliError
+from .cli import EXIT_OK, CliError, command_help
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def cmd_approve(client: Client, args: argparse.Namespace, console: Console) -> i
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    k = sub.add_parser("keys", help="signing keys (no master needed)")
+    k = sub.add_parser("keys", help=command_help("keys"))
     ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="COMMAND")
     g = ksub.add_parser("gen", help="write a new Ed25519 key pair NAME.key (0600) and NAME.pub")
     g.add_argument("name", metavar="NAME", help="path and base name of the files, e.g. /etc/mschedule/master-2026")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import EXIT_OK, Client, escape, quote, when
+from .cli import EXIT_OK, Client, command_help, escape, quote, when
 from .cli import table as new_table
 from .cli_jobs import add_run_flags, author, given_flags, print_json
 
@@ -152,7 +152,7 @@ def cmd_next(client: Client, args: argparse.Namespace, console: Console) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``schedule`` to the ``mschedule`` subcommands."""
-    s = sub.add_parser("schedule", help="run a job on a cron (docs/schedules.md)")
+    s = sub.add_parser("schedule", help=command_help("schedule"))
     ss = s.add_subparsers(dest="schedule_cmd", required=True, metavar="SCHEDULE_COMMAND")
 
     p = ss.add_parser("add", help="run JOB[@V] on a cron expression")

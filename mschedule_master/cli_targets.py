@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, agents_table, plural
+from .cli import EXIT_OK, EXIT_USAGE, Client, CliError, agents_table, command_help, plural
 from .cli_ids import agent_selectors
 
 #: A declined or refused wide rollout names this many of its hosts.
@@ -16,7 +16,7 @@ _SHOWN_HOSTS = 5
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("targets", help="preview which agents selectors match (nothing runs)")
+    p = sub.add_parser("targets", help=command_help("targets"))
     p.add_argument("selector", nargs="+", metavar="SELECTOR", help="as run's -t (agent id or prefix, label, glob ...)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_targets)

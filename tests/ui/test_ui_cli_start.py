@@ -58,3 +58,33 @@ def test_a_table_still_draws_with_rich(tmp_path, live_api):
     report = probe(tmp_path, "--master", live_api.url, "agents")
     assert report["status"] == 0 and "3 agents" in report["stdout"] and "web1" in report["stdout"]
     assert "rich.console" in report["loaded"]  # the probe shows what it claims to
+
+
+#: The modules of commands defined outside cli.py (cli._ELSEWHERE).
+OTHER_COMMANDS = ("mschedule_master.cli_targets", "mschedule_master.cli_jobs", "mschedule_master.cli_schedules",
+                  "mschedule_master.cli_keys", "mschedule_master.cli_audit")  # fmt: skip
+
+
+def test_help_and_a_json_read_import_no_other_commands_module(tmp_path, live_api):
+    """Only the command being run is built: --help lists every command without importing
+    the modules that define them, and `agents --json` imports none of them either."""
+    for argv in (["--help"], ["--master", live_api.url, "agents", "--json"]):
+        report = probe(tmp_path, *argv)
+        assert report["status"] == 0
+        assert [m for m in report["loaded"] if m in OTHER_COMMANDS] == [], argv
+    report = probe(tmp_path, "keys", "gen", "--help")  # a command of its own module: that one only
+    assert report["status"] == 0 and "usage: mschedule keys gen" in report["stdout"]
+    assert [m for m in report["loaded"] if m in OTHER_COMMANDS] == ["mschedule_master.cli_keys"]
+
+
+def test_each_command_parses_and_helps_as_with_every_command_built():
+    """The parser built for one command is, for that command, the parser built whole."""
+    from mschedule_master import cli
+
+    whole = cli.parser()
+    commands = whole._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(cli._ELSEWHERE) < set(commands) and len(commands) == 15
+    for name, full in commands.items():
+        lazy = cli.parser([name])._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+        assert lazy.format_help() == full.format_help(), name
+    assert cli.parser(["--help"]).format_help() == whole.format_help()
