@@ -31,6 +31,7 @@ SUCCEED), 1 the task did not succeed, 2 bad usage or a request the master refuse
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -1274,8 +1275,19 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
         return EXIT_OK
 
 
+def entry() -> None:
+    """The ``mschedule`` command: :func:`main`, then an exit that does not scan the heap.
+    The interpreter's own exit collects garbage while it tears the modules down: 13-15 ms
+    after a ``run`` on a 2-core machine, a third of the time from the task's end to the
+    prompt. Frozen objects are skipped by those collections (5 ms); everything is still
+    torn down and flushed as usual (files, atexit handlers)."""
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
     # As the package's module, not as __main__: cli_jobs imports this module's CliError.
-    from mschedule_master.cli import main as _main
+    from mschedule_master.cli import entry as _entry
 
-    sys.exit(_main())
+    _entry()

@@ -88,3 +88,18 @@ def test_each_command_parses_and_helps_as_with_every_command_built():
         lazy = cli.parser([name])._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
         assert lazy.format_help() == full.format_help(), name
     assert cli.parser(["--help"]).format_help() == whole.format_help()
+
+
+def test_the_mschedule_command_exits_through_entry_with_mains_status():
+    """`mschedule` is cli.entry (main, then an exit that skips the heap scans): its exit
+    status and its last words are main's."""
+    import tomllib
+    from pathlib import Path
+
+    from mschedule_master import cli
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mschedule"] == "mschedule_master.cli:entry"
+    r = subprocess.run([sys.executable, "-c", "from mschedule_master.cli import entry; entry()",
+                        "--master", "http://127.0.0.1:1", "agents"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == cli.EXIT_UNREACHABLE and "cannot reach the master" in r.stderr
