@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +158,19 @@ def kill_leftovers(workdir: Path) -> None:
             os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@contextmanager
+def stopped(*pids: int) -> Iterator[None]:
+    """SIGSTOP the processes for the block (SIGCONT after it, whatever happens): their
+    connections stay open and what a broker sends them waits unread."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass

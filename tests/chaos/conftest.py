@@ -8,10 +8,8 @@ but kept short (a few seconds) by giving the master short deadlines.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -60,21 +58,6 @@ def wait_final_state(fleet: Fleet, task_id: str, state: str, timeout: float) -> 
         verdicts = {a: (t["state"], t["reason"]) for a, t in task.get("targets", {}).items()}
         raise AssertionError(f"task ended {task.get('state')} ({task.get('reason')}): {verdicts}") from None
     return seen[0]
-
-
-@contextmanager
-def stopped(*pids: int):
-    """SIGSTOP the processes for the block (SIGCONT after it, whatever happens)."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture

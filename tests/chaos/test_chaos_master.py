@@ -8,9 +8,9 @@ import os
 import signal
 import time
 
-from harness.procs import wait_until
+from harness.procs import stopped, wait_until
 
-from .conftest import OUTAGE, events, mark, runs, stopped
+from .conftest import OUTAGE, events, mark, runs
 
 
 def assert_every_target_succeeded_once(fleet, task_id: str, markers) -> None:

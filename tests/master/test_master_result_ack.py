@@ -6,34 +6,24 @@ stored once, the script run once."""
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import orjson
 
 from harness.fleet import Fleet, runs
 from harness.mqtt import Collector
-from harness.procs import Proc, wait_until
+from harness.procs import Proc, stopped, wait_until
 from mschedule_agent import protocol
 from mschedule_agent.protocol import Topics
 
 
-@contextmanager
-def frozen(proc: Proc) -> Iterator[None]:
-    """SIGSTOP ``proc`` for the block: its connection stays open (a 30 s keepalive) and what
-    the broker sends it waits unread. SIGCONT after, whatever happens."""
+def _pid(proc: Proc) -> int:
     assert proc.pid is not None
-    os.kill(proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
+    return proc.pid
 
 
 def _outbox(state_dir: Path) -> list[str]:
@@ -80,7 +70,7 @@ def test_a_result_ack_lost_while_the_agent_is_away_costs_one_more_copy_of_the_re
             fleet.wait_progress(task_id, lambda p: p.get("target_state") == "RUNNING")
 
             # 1. The master is deaf when the result comes: the result waits for it, unread.
-            with frozen(master):
+            with stopped(_pid(master)):
                 gate.touch()
                 wire.wait_for(lambda m: protocol.decode(m.payload).TYPE == "result", 20)
                 assert agent.stop() == 0  # SIGTERM: a clean offline, the result still unacknowledged
@@ -95,7 +85,7 @@ def test_a_result_ack_lost_while_the_agent_is_away_costs_one_more_copy_of_the_re
             # for an unknown task, on the control topic after every message the session might
             # hold, is the barrier: once the agent has answered it (KILLED, never ran), a
             # queued ack would have been handled before it.
-            with frozen(master):
+            with stopped(_pid(master)):
                 offset = len(agent.log())
                 agent.start()
                 agent.wait_online(20, after=offset)
