@@ -145,7 +145,6 @@ class Ingest:
         than the task's (its sha256 differs); an agent that reports none is not checked."""
         if msg.script_sha256 is None:
             return TargetState(msg.state), ""
-        self.store.record_script_sha256(msg.id, agent_id, msg.script_sha256)
         if active.script_sha256 is None:
             active.script_sha256 = hashlib.sha256(active.task.script).hexdigest()
         if msg.script_sha256 == active.script_sha256:

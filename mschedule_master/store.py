@@ -218,6 +218,13 @@ _INSERT_SNAPSHOT_SQL = (
     f"insert into targets (task_id, agent_id, {', '.join(_SNAPSHOT_COLUMNS)}) "
     f"values ({','.join('?' * (2 + len(_SNAPSHOT_COLUMNS)))})"
 )
+#: A result's columns (and ``{sha}``: the script_sha256 it reports, when it does), written
+#: only where none is yet: the duplicate check.
+_RECORD_RESULT_SQL = (
+    "update targets set code=?, signal=?, stdout=?, stderr=?, stdout_bytes=?, stderr_bytes=?, "
+    "stdout_truncated=?, stderr_truncated=?, run_started_at=?, run_finished_at=?, "
+    "result_state=?, result_error=?, result_at=?{sha} where task_id=? and agent_id=? and result_at is null"
+)
 _SAVE_SNAPSHOT_SQL = (
     f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
 )
@@ -553,28 +560,24 @@ class Store:
             )
 
     def record_result(self, task_id: str, agent_id: str, result: protocol.Result, now: float) -> bool:
-        """Store a target's result once. False when it was already stored (or no such target)."""
+        """Store a target's result once, with the sha256 of the script the agent reports it
+        executed (mschedule_master/jobstore.py), in one statement. False when it was already
+        stored (or no such target)."""
+        values = (
+            result.code, result.signal, result.output, result.stderr, result.output_bytes,
+            result.stderr_bytes, int(result.output_truncated), int(result.stderr_truncated),
+            result.started_at, result.finished_at, result.state, result.error, now,
+        )  # fmt: skip
         with self.db() as c:
-            cur = c.execute(
-                """update targets set code=?, signal=?, stdout=?, stderr=?, stdout_bytes=?, stderr_bytes=?,
-                   stdout_truncated=?, stderr_truncated=?, run_started_at=?, run_finished_at=?,
-                   result_state=?, result_error=?, result_at=?
-                   where task_id=? and agent_id=? and result_at is null""",
-                (
-                    result.code, result.signal, result.output, result.stderr, result.output_bytes,
-                    result.stderr_bytes, int(result.output_truncated), int(result.stderr_truncated),
-                    result.started_at, result.finished_at, result.state, result.error, now, task_id, agent_id,
-                ),
-            )  # fmt: skip
+            if result.script_sha256 is None:  # an agent older than the field
+                cur = c.execute(_RECORD_RESULT_SQL.format(sha=""), (*values, task_id, agent_id))
+            else:
+                cur = c.execute(_RECORD_RESULT_SQL.format(sha=", script_sha256=?"),
+                                (*values, result.script_sha256, task_id, agent_id))  # fmt: skip
             if cur.rowcount != 1:
                 return False
             self.require_sync()
             return True
-
-    def record_script_sha256(self, task_id: str, agent_id: str, sha256: str) -> None:
-        """What the agent reported it executed (see mschedule_master/jobstore.py)."""
-        with self.db() as c:
-            c.execute("update targets set script_sha256=? where task_id=? and agent_id=?", (sha256, task_id, agent_id))
 
     def add_event(self, ts: float, kind: str, task_id: str | None, agent_id: str | None, data: dict[str, Any]) -> None:
         with self.db() as c:
