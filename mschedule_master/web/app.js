@@ -429,6 +429,7 @@ async function loadTask(id) {
   if (state.route !== "task" || state.taskId !== id) return;
   $("#task-id").textContent = t.id;
   $("#task-state").replaceWith(Object.assign(badge(t.state), { id: "task-state" }));
+  renderPlan(t); // plan.js: its steps, Approve / Abort -- with the state, before the await below
   $("#task-reason").textContent = (t.reason || "") + (t.revised_at ? ` — verdict revised ${when(t.revised_at)}` : "")
     + (t.delivery && t.delivery.reason ? ` — delivery ${t.delivery.reason}` : "");
   const meta = [
@@ -453,7 +454,6 @@ async function loadTask(id) {
   $("#kill").disabled = FINAL_TASK.has(t.state);
   const failedOrNotRun = Object.values(t.counts).length && Object.entries(t.counts).some(([s, n]) => n && s !== "SUCCEED");
   $("#rerun-failed").disabled = !FINAL_TASK.has(t.state) || !failedOrNotRun;
-  renderPlan(t); // plan.js: its steps, Approve / Abort
   state.refreshDelay = Math.min(2000, Math.max(150, 2 * t.target_count));
   const body = $("#targets tbody");
   const closed = new Set([...body.querySelectorAll("details:not([open])")].map((d) => d.dataset.agent));

@@ -425,6 +425,7 @@ def test_a_canary_from_the_page_pauses_shows_its_plan_and_the_approve_button_run
     page.click("#submit")
     page.wait_for_url("**/#/task/*")
     page.locator("#task-state[data-state=PAUSED]").wait_for(timeout=60_000)
+    page.locator("#task-plan li").nth(2).wait_for()  # (the page draws the plan with the state)
     assert page.locator("#task-plan li").count() == 3
     assert "pause until approved" in page.locator("#task-plan li.current").inner_text()
     assert page.locator("#approve").is_visible() and not page.locator("#abort").is_disabled()
