@@ -219,12 +219,14 @@ _INSERT_SNAPSHOT_SQL = (
     f"values ({','.join('?' * (2 + len(_SNAPSHOT_COLUMNS)))})"
 )
 #: A result's columns (and ``{sha}``: the script_sha256 it reports, when it does), written
-#: only where none is yet: the duplicate check.
+#: only where none is yet: the duplicate check. Formatted once here, not per result.
 _RECORD_RESULT_SQL = (
     "update targets set code=?, signal=?, stdout=?, stderr=?, stdout_bytes=?, stderr_bytes=?, "
     "stdout_truncated=?, stderr_truncated=?, run_started_at=?, run_finished_at=?, "
     "result_state=?, result_error=?, result_at=?{sha} where task_id=? and agent_id=? and result_at is null"
 )
+_RECORD_RESULT_NO_SHA_SQL = _RECORD_RESULT_SQL.format(sha="")
+_RECORD_RESULT_SHA_SQL = _RECORD_RESULT_SQL.format(sha=", script_sha256=?")
 _SAVE_SNAPSHOT_SQL = (
     f"update targets set {', '.join(f'{col}=?' for col in _SNAPSHOT_COLUMNS)} where task_id=? and agent_id=?"
 )
@@ -570,10 +572,9 @@ class Store:
         )  # fmt: skip
         with self.db() as c:
             if result.script_sha256 is None:  # an agent older than the field
-                cur = c.execute(_RECORD_RESULT_SQL.format(sha=""), (*values, task_id, agent_id))
+                cur = c.execute(_RECORD_RESULT_NO_SHA_SQL, (*values, task_id, agent_id))
             else:
-                cur = c.execute(_RECORD_RESULT_SQL.format(sha=", script_sha256=?"),
-                                (*values, result.script_sha256, task_id, agent_id))  # fmt: skip
+                cur = c.execute(_RECORD_RESULT_SHA_SQL, (*values, result.script_sha256, task_id, agent_id))
             if cur.rowcount != 1:
                 return False
             self.require_sync()
