@@ -1185,14 +1185,14 @@ def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_tasks)
 
     # targets; job, rerun, history; schedule ...; keys ...; audit (they import this module's helpers)
+    load = {m for c, (m, _) in _ELSEWHERE.items() if wanted is _Commands.ALL or c == wanted}
     done: set[str] = set()
     for name, (module, text) in _ELSEWHERE.items():
-        if wanted is _Commands.ALL or _ELSEWHERE.get(str(wanted), ("",))[0] == module:
-            if module not in done:  # its add_commands registers all of its commands, in this order
-                done.add(module)
-                importlib.import_module(f"{__package__}.{module}").add_commands(sub)
-        else:
+        if module not in load:
             sub.add_parser(name, help=text)
+        elif module not in done:  # its add_commands registers all of its commands, in this order
+            done.add(module)
+            importlib.import_module(f"{__package__}.{module}").add_commands(sub)
     return p  # fmt: skip
 
 
